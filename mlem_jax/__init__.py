@@ -1,0 +1,29 @@
+"""mlem_jax: the Multilevel Euler–Maruyama method in JAX.
+
+ML-EM solves SDEs and ODEs with a hierarchy of drift approximations `f^1, …, f^k` of
+increasing accuracy and cost, evaluating the expensive levels only rarely through the
+randomized telescope `Σ_l (B_l/p_l)(f^l − f^{l−1})`, `B_l ~ Bernoulli(p_l)`.
+
+Reference: A. Jacot, "Polynomial Speedup in Diffusion Models with the Multilevel
+Euler-Maruyama Method", arXiv:2603.24594 (2026).
+"""
+
+from ._brownian import (
+    brownian_increments as brownian_increments,
+    coarsen_increments as coarsen_increments,
+)
+from ._levels import Levels as Levels
+from ._schedules import (
+    AbstractSchedule as AbstractSchedule,
+    FixedProbabilities as FixedProbabilities,
+    Rates as Rates,
+)
+from ._solve import (
+    SolveInfo as SolveInfo,
+    em_solve as em_solve,
+    mlem_solve as mlem_solve,
+)
+
+# subpackages: data, diffusion, nn, training
+
+__version__ = "0.1.0"

@@ -1,0 +1,183 @@
+"""Level schedules: the probability `p_l` that level `l`'s correction fires in a step."""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._misc import concrete_or_none
+
+
+class AbstractSchedule(eqx.Module):
+    """Base class of ML-EM schedules.
+
+    A schedule gives, for a step of signed size `h` starting at time `t`, the
+    probabilities `p_l ∈ [0, 1]` with which each level's correction
+    `(B_l / p_l)·Δ_l` is drawn. A level with `p_l = 0` never fires (its
+    correction is dropped, which biases the solve); `p_l = 1` fires every step.
+    """
+
+    @property
+    @abc.abstractmethod
+    def num_levels(self) -> int:
+        """The number of levels this schedule is for."""
+
+    @abc.abstractmethod
+    def probabilities(self, t: ArrayLike, h: ArrayLike) -> Float[Array, " k"]:
+        """Probabilities `p_l` for the step from `t` to `t + h` (`h` may be < 0)."""
+
+
+def _as_float_array(x, name: str, owner: str) -> Array:
+    try:
+        arr = jnp.asarray(x)
+    except TypeError as e:
+        raise TypeError(f"{owner}: `{name}` must be an array of numbers.") from e
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(float)
+    return arr
+
+
+class FixedProbabilities(AbstractSchedule):
+    """The same probabilities `p_l` at every step.
+
+    **Arguments:**
+
+    - `probs`: one probability per level, each in `(0, 1]`. Usually `probs[0] = 1`:
+        the cheapest level then runs every step and carries the bulk of the drift.
+        All ones gives exactly Euler–Maruyama with the top level.
+
+    Note that with fixed probabilities the expected number of expensive-level
+    evaluations grows with the number of steps; `Rates` keeps it fixed.
+    """
+
+    probs: Float[Array, " k"]
+
+    def __init__(self, probs: ArrayLike):
+        probs = _as_float_array(probs, "probs", "FixedProbabilities")
+        if probs.ndim != 1 or probs.shape[0] == 0:
+            raise ValueError(
+                "FixedProbabilities: `probs` must be a non-empty 1-D sequence with one "
+                f"probability per level; got shape {probs.shape}."
+            )
+        value = concrete_or_none(probs)
+        if value is not None and not np.all((value > 0) & (value <= 1)):
+            raise ValueError(
+                "FixedProbabilities: every entry of `probs` must lie in (0, 1]; got "
+                f"{value.tolist()}."
+            )
+        self.probs = probs
+
+    @property
+    def num_levels(self) -> int:
+        return self.probs.shape[0]
+
+    def probabilities(self, t, h):
+        del t, h
+        return self.probs
+
+
+class Rates(AbstractSchedule):
+    """Probabilities from rates: `p_l = min(1, λ_l(t)·|h|)`.
+
+    `λ_l` counts expected level-`l` corrections per unit time, so the expected number
+    of level-`l` evaluations over a solve is about `∫ λ_l dt` whatever the step size:
+    refining the steps costs only cheap-level evaluations. `jnp.inf` means "every
+    step". As `h → 0` the corrections become a Poisson process with rates `λ_l`.
+
+    **Arguments:**
+
+    - `rates`: shape `(k,)` for constant rates, or `(m, k)` for rates that are
+        piecewise constant in time on the `m` bins given by `times`. Non-negative
+        (`inf` allowed); a zero rate drops that level's correction.
+    - `times`: optional bin edges, shape `(m + 1,)`, strictly increasing. Rates of bin
+        `i` hold on `[times[i], times[i+1])`; times outside the grid use the first
+        or last bin. A step's rate is read at its midpoint `t + h/2`.
+
+    **Example:**
+
+    ```python
+    sched = mj.Rates((jnp.inf, 20.0, 3.0))        # level 1 every step
+    sched = mj.Rates(rates=table, times=edges)   # λ_l(t), table.shape == (m, k)
+    ```
+    """
+
+    rates: Float[Array, "m k"]
+    times: Float[Array, " m+1"] | None
+
+    def __init__(self, rates: ArrayLike, times: ArrayLike | None = None):
+        rates = _as_float_array(rates, "rates", "Rates")
+        if times is None:
+            if rates.ndim != 1 or rates.shape[0] == 0:
+                raise ValueError(
+                    "Rates: without `times`, `rates` must be a non-empty 1-D sequence "
+                    f"with one rate per level; got shape {rates.shape}."
+                )
+            rates = rates[None, :]
+        else:
+            times = _as_float_array(times, "times", "Rates")
+            if times.ndim != 1 or times.shape[0] < 2:
+                raise ValueError(
+                    "Rates: `times` must be 1-D bin edges with at least 2 entries; got "
+                    f"shape {times.shape}."
+                )
+            if rates.ndim != 2 or rates.shape[0] != times.shape[0] - 1:
+                raise ValueError(
+                    "Rates: with `times` of length m + 1 = "
+                    f"{times.shape[0]}, `rates` must have shape (m, k) = "
+                    f"({times.shape[0] - 1}, k); got {rates.shape}."
+                )
+            tvalue = concrete_or_none(times)
+            if tvalue is not None and not (
+                np.all(np.isfinite(tvalue)) and np.all(np.diff(tvalue) > 0)
+            ):
+                raise ValueError(
+                    "Rates: `times` must be finite and strictly increasing; got "
+                    f"{tvalue.tolist()}."
+                )
+        if rates.shape[-1] == 0:
+            raise ValueError("Rates: `rates` has no levels.")
+        value = concrete_or_none(rates)
+        if value is not None:
+            if np.any(np.isnan(value)):
+                raise ValueError("Rates: `rates` contains NaN; expected rates >= 0.")
+            if np.any(value < 0):
+                raise ValueError(
+                    "Rates: `rates` must be non-negative (events per unit time, inf "
+                    f"for every step); got {value.tolist()}."
+                )
+        self.rates = rates
+        self.times = times
+
+    @property
+    def num_levels(self) -> int:
+        return self.rates.shape[-1]
+
+    def rate(self, t: ArrayLike) -> Float[Array, " k"]:
+        """The rates `λ_l(t)` at time `t`."""
+        if self.times is None:
+            return self.rates[0]
+        t = jnp.asarray(t, dtype=self.times.dtype)
+        i = jnp.searchsorted(self.times, t, side="right") - 1
+        i = jnp.clip(i, 0, self.rates.shape[0] - 1)
+        return self.rates[i]
+
+    def probabilities(self, t, h):
+        h = jnp.asarray(h)
+        lam = self.rate(t + h / 2)
+        # inf · |h| = inf, so infinite rates give p = 1 for any non-zero step.
+        return jnp.minimum(1, lam * jnp.abs(h).astype(lam.dtype))
+
+    def scale(self, factor: float) -> Rates:
+        """The same schedule with every rate multiplied by `factor`.
+
+        Scaling all rates up by `s` divides the variance ML-EM adds by about `s`.
+        """
+        return (
+            Rates(self.rates * factor, self.times)
+            if self.times is not None
+            else (Rates(self.rates[0] * factor))
+        )

@@ -1,0 +1,470 @@
+"""The functional solvers: `mlem_solve` and its baseline `em_solve`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+from ._brownian import split_key, step_increment, step_uniforms
+from ._levels import Levels
+from ._misc import concrete_or_none
+from ._schedules import AbstractSchedule
+from ._step import level_draws, mlem_drift
+
+DiffusionFn = Callable[[Any, Any, Any], Any]
+
+
+class SolveInfo(eqx.Module):
+    """What a solve did, returned next to its result.
+
+    **Fields:**
+
+    - `evaluations`: shape `(k,)`, how many times each level was evaluated (for
+        `em_solve`, `(num_steps,)` in a length-1 array).
+    - `cost`: the realised cost `Σ_l costs[l] · evaluations[l]`.
+    - `ts`: the times of the saved states when `saveat` was given, else `None`.
+    - `num_steps`: the number of steps taken.
+    """
+
+    evaluations: Int[Array, " k"]
+    cost: Float[Array, ""]
+    ts: Float[Array, " n"] | None
+    num_steps: int = eqx.field(static=True)
+
+
+class _SaveSpec(eqx.Module):
+    t0: bool = eqx.field(static=True)
+    t1: bool = eqx.field(static=True)
+    steps: bool = eqx.field(static=True)
+    ts_index: Int[Array, " m"] | None
+
+
+def mlem_solve(
+    levels: Levels,
+    schedule: AbstractSchedule,
+    diffusion: DiffusionFn | None,
+    y0: ArrayLike,
+    *,
+    t0: float | ArrayLike,
+    t1: float | ArrayLike,
+    num_steps: int,
+    key: PRNGKeyArray,
+    args: Any = None,
+    brownian: Array | diffrax.AbstractBrownianPath | None = None,
+    saveat: diffrax.SaveAt | None = None,
+    checkpoint: bool = True,
+) -> tuple[Array, SolveInfo]:
+    """Solve `dY = f(t, Y) dt + g(t, Y) dW` with the Multilevel Euler–Maruyama method.
+
+    Each of the `num_steps` fixed steps of signed size `h = (t1 − t0)/num_steps` is
+
+        y ← y + h · Σ_l (B_l/p_l)(f^l − f^{l−1})(t, y) + g(t, y) · ΔW,
+
+    with `B_l ~ Bernoulli(p_l)` drawn once per level per step and shared by the whole
+    batch in `y0`. A level is evaluated only when `B_l` or `B_{l+1}` fires, inside a
+    `lax.cond` that stays a real branch, so skipped levels cost nothing. The drift is
+    unbiased for the top level `f^k`; with every `p_l = 1` this is Euler–Maruyama.
+
+    **Arguments:**
+
+    - `levels`: the drift hierarchy, a `mlem_jax.Levels`.
+    - `schedule`: the level probabilities, e.g. `FixedProbabilities` or `Rates`; it
+        must have as many levels as `levels`.
+    - `diffusion`: `g(t, y, args)` returning an array broadcastable to `y` (diagonal
+        noise) or a scalar; `None` solves the ODE `dY = f dt`.
+    - `y0`: the initial state, a floating array. Put a batch of independent samples
+        in a leading axis: every element gets its own Brownian motion while the level
+        draws are shared, which is what keeps the compute skipping real.
+    - `t0`, `t1`: start and end times; `t1 < t0` integrates backwards in time (as
+        diffusion models sample), with `ΔW` then a Brownian increment over `|h|`.
+    - `num_steps`: the number of steps, a positive int.
+    - `key`: a PRNG key, split as documented in `mlem_jax._brownian` into a Brownian
+        stream and a level stream; `em_solve` with the same key and grid uses the same
+        Brownian increments.
+    - `args`: passed to every level and to `diffusion`.
+    - `brownian`: optional explicit Brownian motion, either an array of increments of
+        shape `(num_steps, *y0.shape)` (see `brownian_increments` and
+        `coarsen_increments`) or a diffrax Brownian path of shape `y0.shape` (e.g.
+        `diffrax.VirtualBrownianTree`), evaluated on the step grid. `key` then only
+        drives the level draws.
+    - `saveat`: optional `diffrax.SaveAt` with any of `t0`, `t1`, `ts` (times on the
+        step grid `t0 + n·h`) and `steps`. Without it the final state is returned.
+    - `checkpoint`: rematerialise each step in reverse-mode autodiff instead of
+        storing its intermediate values (memory `O(num_steps · y0.size)`).
+
+    **Returns:** `(y1, info)`: the final state (or, with `saveat`, the saved states
+    stacked along a new leading axis, at the times `info.ts`) and a `SolveInfo` with
+    the realised per-level evaluation counts and cost.
+
+    Pure: the same arguments give bit-identical results. Works under `jax.jit`,
+    `jax.grad` and `jax.jvp` (pathwise: the draws are fixed by `key`) and under
+    `jax.vmap` over `y0`, `args` or parameters with an unbatched `key`; a batched key
+    raises an error that explains why and what to do instead.
+
+    **Reference:** A. Jacot, "Polynomial Speedup in Diffusion Models with the
+    Multilevel Euler-Maruyama Method", arXiv:2603.24594 (2026).
+    """
+    if not isinstance(levels, Levels):
+        raise TypeError(
+            f"mlem_solve: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
+        )
+    if not isinstance(schedule, AbstractSchedule):
+        raise TypeError(
+            "mlem_solve: `schedule` must be a mlem_jax schedule (FixedProbabilities, "
+            f"Rates, ...); got {type(schedule).__name__}."
+        )
+    if schedule.num_levels != levels.num_levels:
+        raise ValueError(
+            f"mlem_solve: `schedule` has {schedule.num_levels} levels but `levels` has "
+            f"{levels.num_levels}; expected one probability or rate per level."
+        )
+    return _solve(
+        "mlem_solve",
+        levels.fns,
+        levels.costs,
+        schedule,
+        diffusion,
+        y0,
+        t0,
+        t1,
+        num_steps,
+        key,
+        args,
+        brownian,
+        saveat,
+        checkpoint,
+    )
+
+
+def em_solve(
+    drift: Callable[[Any, Any, Any], Any],
+    diffusion: DiffusionFn | None,
+    y0: ArrayLike,
+    *,
+    t0: float | ArrayLike,
+    t1: float | ArrayLike,
+    num_steps: int,
+    key: PRNGKeyArray,
+    args: Any = None,
+    brownian: Array | diffrax.AbstractBrownianPath | None = None,
+    saveat: diffrax.SaveAt | None = None,
+    cost: float = 1.0,
+    checkpoint: bool = True,
+) -> tuple[Array, SolveInfo]:
+    """Solve `dY = f(t, Y) dt + g(t, Y) dW` with Euler–Maruyama: the baseline.
+
+    `y ← y + h · f(t, y) + g(t, y) · ΔW` on `num_steps` fixed steps. With the same
+    `key`, `y0`, `t0`, `t1` and `num_steps` as a `mlem_solve`, it uses the same
+    Brownian increments, so the two can be compared pathwise.
+
+    **Arguments:** as `mlem_solve`, with `drift` (one function `f(t, y, args)`, e.g.
+    `levels.top`) in place of `levels` and `schedule`, and `cost`: the cost of one
+    drift evaluation, for `info.cost`.
+
+    **Returns:** `(y1, info)` as `mlem_solve`; `info.evaluations == [num_steps]`.
+    """
+    if not callable(drift):
+        raise TypeError(
+            "em_solve: `drift` must be a callable f(t, y, args); got "
+            f"{type(drift).__name__}."
+        )
+    if not (isinstance(cost, (int, float)) and np.isfinite(cost) and cost > 0):
+        raise ValueError(
+            f"em_solve: `cost` must be a positive finite number; got {cost!r}."
+        )
+    return _solve(
+        "em_solve",
+        (drift,),
+        (float(cost),),
+        None,
+        diffusion,
+        y0,
+        t0,
+        t1,
+        num_steps,
+        key,
+        args,
+        brownian,
+        saveat,
+        checkpoint,
+    )
+
+
+def _check_key(name: str, key) -> None:
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key
+    ):
+        if key.shape != ():
+            raise ValueError(
+                f"{name}: `key` must be a single PRNG key; got a key array of shape "
+                f"{key.shape}. For a batch, put it in `y0` and pass one key."
+            )
+        return
+    if (
+        isinstance(key, (jax.Array, np.ndarray))
+        and key.shape == (2,)
+        and key.dtype == jnp.uint32
+    ):
+        return
+    raise TypeError(
+        f"{name}: `key` must be a PRNG key from jax.random.key(seed) or "
+        f"jax.random.PRNGKey(seed); got {type(key).__name__}"
+        + (f" of shape {key.shape}" if hasattr(key, "shape") else "")
+        + "."
+    )
+
+
+def _solve(
+    name,
+    fns,
+    costs,
+    schedule,
+    diffusion,
+    y0,
+    t0,
+    t1,
+    num_steps,
+    key,
+    args,
+    brownian,
+    saveat,
+    checkpoint,
+):
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
+    num_steps = int(num_steps)
+    if num_steps <= 0:
+        raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
+    try:
+        y0 = jnp.asarray(y0)
+    except TypeError as e:
+        raise TypeError(f"{name}: `y0` must be an array.") from e
+    if not jnp.issubdtype(y0.dtype, jnp.floating):
+        raise TypeError(
+            f"{name}: `y0` must have a floating dtype (float32 or float64); got "
+            f"{y0.dtype}."
+        )
+    if diffusion is not None and not callable(diffusion):
+        raise TypeError(
+            f"{name}: `diffusion` must be a callable g(t, y, args) or None (ODE); got "
+            f"{type(diffusion).__name__}."
+        )
+    _check_key(name, key)
+    dtype = y0.dtype
+    t0 = jnp.asarray(t0, dtype)
+    t1 = jnp.asarray(t1, dtype)
+    t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
+    if t0.shape != () or t1.shape != ():
+        raise ValueError(f"{name}: `t0` and `t1` must be scalars.")
+    if t0c is not None and t1c is not None:
+        if not (np.isfinite(t0c) and np.isfinite(t1c)):
+            raise ValueError(f"{name}: `t0` and `t1` must be finite; got {t0c}, {t1c}.")
+        if t0c == t1c:
+            raise ValueError(f"{name}: `t0` and `t1` must differ; both are {t0c}.")
+    if brownian is not None:
+        if diffusion is None:
+            raise ValueError(
+                f"{name}: `brownian` was given but `diffusion` is None (an ODE has no "
+                "noise); pass a diffusion g(t, y, args) or drop `brownian`."
+            )
+        if isinstance(brownian, diffrax.AbstractPath):
+            out = jax.eval_shape(lambda p: p.evaluate(t0, t1), brownian)
+            if getattr(out, "shape", None) != y0.shape:
+                raise ValueError(
+                    f"{name}: the Brownian path `brownian` has shape "
+                    f"{getattr(out, 'shape', None)}; expected y0.shape {y0.shape}."
+                )
+        else:
+            try:
+                brownian = jnp.asarray(brownian, dtype)
+            except TypeError as e:
+                raise TypeError(
+                    f"{name}: `brownian` must be an array of increments or a diffrax "
+                    f"Brownian path; got {type(brownian).__name__}."
+                ) from e
+            if brownian.shape != (num_steps, *y0.shape):
+                raise ValueError(
+                    f"{name}: `brownian` increments have shape {brownian.shape}; "
+                    f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
+                )
+    spec, save_ts = _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps)
+    ys, evaluations, ts = _integrate(
+        fns,
+        schedule,
+        diffusion,
+        y0,
+        t0,
+        t1,
+        num_steps,
+        key,
+        args,
+        brownian,
+        spec,
+        save_ts,
+        checkpoint,
+    )
+    cost = jnp.asarray(costs, dtype) @ evaluations.astype(dtype)
+    return ys, SolveInfo(evaluations=evaluations, cost=cost, ts=ts, num_steps=num_steps)
+
+
+def _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps):
+    if saveat is None:
+        return None, None
+    if not isinstance(saveat, diffrax.SaveAt):
+        raise TypeError(
+            f"{name}: `saveat` must be a diffrax.SaveAt or None; got "
+            f"{type(saveat).__name__}."
+        )
+    sub = saveat.subs
+    if (
+        not isinstance(sub, diffrax.SubSaveAt)
+        or saveat.dense
+        or saveat.solver_state
+        or saveat.controller_state
+        or saveat.made_jump
+        or sub.fn is not diffrax.SubSaveAt(t1=True).fn
+    ):
+        raise ValueError(
+            f"{name}: `saveat` supports only SaveAt(t0=..., t1=..., ts=..., steps=...) "
+            "with no `fn`, `subs`, `dense` or state saving; use diffrax.diffeqsolve "
+            "with mlem_jax.MLEMSolver for those."
+        )
+    ts_index = None
+    save_ts = None
+    if sub.ts is not None:
+        ts = jnp.asarray(sub.ts, t0.dtype)
+        if ts.ndim != 1:
+            raise ValueError(f"{name}: `saveat.ts` must be 1-D; got shape {ts.shape}.")
+        h = (t1 - t0) / num_steps
+        index = (ts - t0) / h
+        tsc = concrete_or_none(ts)
+        if tsc is not None and t0c is not None and t1c is not None:
+            hc = (float(t1c) - float(t0c)) / num_steps
+            exact = (tsc.astype(np.float64) - float(t0c)) / hc
+            rounded = np.rint(exact)
+            if np.any(rounded < 0) or np.any(rounded > num_steps):
+                raise ValueError(
+                    f"{name}: `saveat.ts` must lie between t0={float(t0c)} and "
+                    f"t1={float(t1c)}; got {tsc.tolist()}."
+                )
+            if np.any(np.abs(exact - rounded) > 1e-3):
+                raise ValueError(
+                    f"{name}: `saveat.ts` must lie on the step grid t0 + n·h with "
+                    f"h = {hc}; got {tsc.tolist()}."
+                )
+        ts_index = jnp.rint(index).astype(jnp.int32)
+        save_ts = ts
+    spec = _SaveSpec(
+        t0=bool(sub.t0), t1=bool(sub.t1), steps=bool(sub.steps), ts_index=ts_index
+    )
+    if not (spec.t0 or spec.t1 or spec.steps or ts_index is not None):
+        raise ValueError(f"{name}: `saveat` saves nothing; set t0, t1, ts or steps.")
+    return spec, save_ts
+
+
+@eqx.filter_jit
+def _integrate(
+    fns,
+    schedule,
+    diffusion,
+    y0,
+    t0,
+    t1,
+    num_steps,
+    key,
+    args,
+    brownian,
+    spec,
+    save_ts,
+    checkpoint,
+):
+    dtype = y0.dtype
+    h = (t1 - t0) / num_steps
+    brownian_key, level_key = split_key(key)
+    k = len(fns)
+    is_path = isinstance(brownian, diffrax.AbstractPath)
+    steps = jnp.arange(num_steps)
+    xs = (steps, brownian if (brownian is not None and not is_path) else None)
+
+    def step(carry, x):
+        y, buf = carry
+        n, given_dw = x
+        t = t0 + n.astype(dtype) * h
+        if schedule is None:
+            drift = jnp.asarray(fns[0](t, y, args)).astype(dtype)
+            needed = jnp.ones((1,), bool)
+        else:
+            probs = schedule.probabilities(t, h).astype(dtype)
+            uniforms = step_uniforms(level_key, n, k, dtype)
+            _, needed, weights = level_draws(uniforms, probs)
+            drift = mlem_drift(fns, needed, weights, t, y, args)
+        if drift.shape != y.shape:
+            raise ValueError(
+                f"the drift returned shape {drift.shape}, expected the shape of y "
+                f"{y.shape}."
+            )
+        y_next = y + h * drift
+        if diffusion is not None:
+            if brownian is None:
+                dw = step_increment(brownian_key, n, y.shape, h, dtype)
+            elif is_path:
+                t_next = jnp.where(
+                    n + 1 == num_steps, t1, t0 + (n + 1).astype(dtype) * h
+                )
+                lo, hi = jnp.minimum(t, t_next), jnp.maximum(t, t_next)
+                # Same sign convention as diffrax in reverse time: the control of the
+                # step from t to t + h is W(t + h) − W(t).
+                dw = jnp.where(h > 0, 1, -1).astype(dtype) * brownian.evaluate(lo, hi)
+                dw = dw.astype(dtype)
+            else:
+                dw = given_dw
+            g = jnp.asarray(diffusion(t, y, args)).astype(dtype)
+            if jnp.broadcast_shapes(g.shape, y.shape) != y.shape:
+                raise ValueError(
+                    f"the diffusion returned shape {g.shape}, which does not broadcast "
+                    f"to the shape of y {y.shape}; expected diagonal noise (an array "
+                    "broadcastable to y, or a scalar)."
+                )
+            y_next = y_next + g * dw
+        if spec is not None and spec.ts_index is not None:
+            hit = spec.ts_index == n + 1
+            buf = jnp.where(hit.reshape(-1, *([1] * y.ndim)), y_next[None], buf)
+        out = y_next if (spec is not None and spec.steps) else None
+        return (y_next, buf), (needed, out)
+
+    if checkpoint:
+        step = jax.checkpoint(step, prevent_cse=False)
+    buf = None
+    if spec is not None and spec.ts_index is not None:
+        m = spec.ts_index.shape[0]
+        buf = jnp.where(
+            (spec.ts_index == 0).reshape(-1, *([1] * y0.ndim)),
+            y0[None],
+            jnp.zeros((m, *y0.shape), dtype),
+        )
+    (y1, buf), (needed, step_ys) = jax.lax.scan(step, (y0, buf), xs)
+    evaluations = needed.sum(axis=0, dtype=jnp.int32)
+    if spec is None:
+        return y1, evaluations, None
+    ys, ts = [], []
+    if spec.t0:
+        ys.append(y0[None])
+        ts.append(t0[None])
+    if buf is not None:
+        ys.append(buf)
+        ts.append(save_ts)
+    if spec.steps:
+        ys.append(step_ys)
+        grid = t0 + (steps + 1).astype(dtype) * h
+        ts.append(grid.at[-1].set(t1))
+    if spec.t1:
+        ys.append(y1[None])
+        ts.append(t1[None])
+    return jnp.concatenate(ys), evaluations, jnp.concatenate(ts)

@@ -1,0 +1,97 @@
+"""One ML-EM drift estimate, shared by the functional solver and `MLEMSolver`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
+from jaxtyping import Array, Bool, Float
+
+BATCHED_DRAWS_MESSAGE = (
+    "mlem_jax: the ML-EM level draws are batched under jax.vmap (the solve's `key`, "
+    "its schedule or its times are batched). Batched draws would turn every level's "
+    "lax.cond into a select that runs all levels for every sample, 4-20x slower than "
+    "Euler-Maruyama. Keep the level draws unbatched: put the batch inside `y0` "
+    "(shape (batch, ...)) and pass one `key` (Brownian increments are still drawn "
+    "independently for every element of `y0`), or vmap with `in_axes=None` for `key`; "
+    "for independent level draws per sample, run the solves one after another with "
+    "jax.lax.map, which keeps the compute skipping."
+)
+
+
+@custom_vmap
+def _unbatched(draws):
+    return draws
+
+
+@_unbatched.def_vmap
+def _unbatched_rule(axis_size, in_batched, draws):
+    del axis_size
+    if in_batched[0]:
+        raise ValueError(BATCHED_DRAWS_MESSAGE)
+    return draws, False
+
+
+def level_draws(
+    uniforms: Float[Array, " k"], probs: Float[Array, " k"]
+) -> tuple[Bool[Array, " k"], Bool[Array, " k"], Float[Array, " k"]]:
+    """From the uniforms and probabilities of one step: `(fires, needed, weights)`.
+
+    `fires[l] = B_l`, `needed[l] = B_l or B_{l+1}` (level `l` is the fine half of its
+    own increment and the coarse half of the next one) and `weights[l] = B_l / p_l`
+    (zero where `B_l = 0`, so `p_l = 0` is safe).
+
+    Raises a clear error if the draws would be batched under `jax.vmap`.
+    """
+    fires = uniforms < probs
+    fires = _unbatched(fires)
+    needed = fires | jnp.concatenate([fires[1:], jnp.zeros((1,), bool)])
+    safe_p = jnp.where(fires, probs, 1)
+    weights = jnp.where(fires, 1 / safe_p, 0)
+    return fires, needed, weights
+
+
+def mlem_drift(
+    fns: Sequence,
+    needed: Bool[Array, " k"],
+    weights: Float[Array, " k"],
+    t,
+    y: Array,
+    args,
+) -> Array:
+    """The randomized telescope `Σ_l (B_l/p_l)(f^l − f^{l−1})(t, y)`.
+
+    Each level is evaluated at most once, and only where `needed[l]`: the predicate
+    is unbatched, so `lax.cond` is a real branch and a skipped level costs nothing.
+    """
+    zeros = jnp.zeros_like(y)
+    values = []
+    for l, fn in enumerate(fns):  # noqa: E741
+        values.append(
+            jax.lax.cond(
+                needed[l],
+                lambda fn=fn: _as_like(fn(t, y, args), y, l),
+                lambda: zeros,
+            )
+        )
+    drift = zeros
+    previous = zeros
+    for l, value in enumerate(values):  # noqa: E741
+        # Differences before weighting: (f^l − f^{l−1}) is small, so weighting it by a
+        # large 1/p_l loses no precision, unlike Σ (w_l − w_{l+1}) f^l.
+        drift = drift + weights[l].astype(y.dtype) * (value - previous)
+        previous = value
+    return drift
+
+
+def _as_like(value, y: Array, level: int) -> Array:
+    value = jnp.asarray(value)
+    if value.shape != y.shape:
+        raise ValueError(
+            f"mlem_jax: level {level + 1} returned shape {value.shape}, expected the "
+            f"shape of `y` {y.shape}. Each level f(t, y, args) must return an array "
+            "like y."
+        )
+    return value.astype(y.dtype)
