@@ -24,6 +24,8 @@ from ._solve import (
     mlem_solve as mlem_solve,
 )
 
+# diffrax: MultilevelTerm, MLEMSolver, StepBrownianPath
+
 # subpackages: data, diffusion, nn, training
 
 __version__ = "0.1.0"
