@@ -6,7 +6,7 @@ pathwise:
 
     brownian_key, level_key = jax.random.split(key)
     ΔW_n = sqrt(|h|) · jax.random.normal(jax.random.fold_in(brownian_key, n), shape)
-    U_n  = jax.random.uniform(jax.random.fold_in(level_key, n), (k,))
+    U_n  = jax.random.uniform(jax.random.fold_in(level_key, n), (k,), float32)
     B_{n,l} = U_{n,l} < p_l
 
 for step `n = 0, …, num_steps − 1` of signed size `h = (t1 − t0) / num_steps`.
@@ -34,8 +34,13 @@ def step_increment(
 
 
 def step_uniforms(level_key: PRNGKeyArray, n: ArrayLike, k: int, dtype) -> Array:
-    """The uniforms `U_n` behind step `n`'s level draws `B_l = U_l < p_l`."""
-    return jax.random.uniform(jax.random.fold_in(level_key, n), (k,), dtype)
+    """The uniforms `U_n` behind step `n`'s level draws `B_l = U_l < p_l`.
+
+    Always drawn in float32 (then cast to `dtype`), so float32 and float64 solves
+    with the same key make the same level decisions.
+    """
+    u = jax.random.uniform(jax.random.fold_in(level_key, n), (k,), jnp.float32)
+    return u.astype(dtype)
 
 
 def brownian_increments(

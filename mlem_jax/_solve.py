@@ -426,7 +426,11 @@ def _integrate(
             else:
                 dw = given_dw
             g = jnp.asarray(diffusion(t, y, args)).astype(dtype)
-            if jnp.broadcast_shapes(g.shape, y.shape) != y.shape:
+            try:
+                broadcast = np.broadcast_shapes(g.shape, y.shape)
+            except ValueError:
+                broadcast = None
+            if broadcast != y.shape:
                 raise ValueError(
                     f"the diffusion returned shape {g.shape}, which does not broadcast "
                     f"to the shape of y {y.shape}; expected diagonal noise (an array "
