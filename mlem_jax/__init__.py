@@ -13,6 +13,7 @@ from ._brownian import (
     coarsen_increments as coarsen_increments,
 )
 from ._levels import Levels as Levels
+from ._path import StepBrownianPath as StepBrownianPath
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     FixedProbabilities as FixedProbabilities,
@@ -23,8 +24,8 @@ from ._solve import (
     em_solve as em_solve,
     mlem_solve as mlem_solve,
 )
-
-# diffrax: MultilevelTerm, MLEMSolver, StepBrownianPath
+from ._solver import MLEMSolver as MLEMSolver
+from ._term import MultilevelTerm as MultilevelTerm
 
 # subpackages: data, diffusion, nn, training
 
