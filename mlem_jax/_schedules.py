@@ -30,6 +30,15 @@ class AbstractSchedule(eqx.Module):
     def probabilities(self, t: ArrayLike, h: ArrayLike) -> Float[Array, " k"]:
         """Probabilities `p_l` for the step from `t` to `t + h` (`h` may be < 0)."""
 
+    def always_fires(self, h: float) -> tuple[bool, ...]:
+        """Which levels are known, before tracing, to fire at every step of size `h`.
+
+        Those levels skip the `lax.cond` and its small per-step overhead. The default
+        knows nothing (all `False`); it must never claim a level that can be skipped.
+        """
+        del h
+        return (False,) * self.num_levels
+
 
 def _as_float_array(x, name: str, owner: str) -> Array:
     try:
@@ -78,6 +87,13 @@ class FixedProbabilities(AbstractSchedule):
     def probabilities(self, t, h):
         del t, h
         return self.probs
+
+    def always_fires(self, h):
+        del h
+        value = concrete_or_none(self.probs)
+        if value is None:
+            return super().always_fires(0.0)
+        return tuple(bool(p >= 1) for p in value)
 
 
 class Rates(AbstractSchedule):
@@ -170,6 +186,14 @@ class Rates(AbstractSchedule):
         lam = self.rate(t + h / 2)
         # inf · |h| = inf, so infinite rates give p = 1 for any non-zero step.
         return jnp.minimum(1, lam * jnp.abs(h).astype(lam.dtype))
+
+    def always_fires(self, h):
+        value = concrete_or_none(self.rates)
+        if value is None:
+            return super().always_fires(h)
+        return tuple(
+            bool(np.all(value[:, l] * abs(h) >= 1)) for l in range(value.shape[1])
+        )
 
     def scale(self, factor: float) -> Rates:
         """The same schedule with every rate multiplied by `factor`.

@@ -295,9 +295,13 @@ def _solve(
                     f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
                 )
     spec, save_ts = _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps)
+    always = None
+    if schedule is not None and t0c is not None and t1c is not None:
+        always = schedule.always_fires((float(t1c) - float(t0c)) / num_steps)
     ys, evaluations, ts = _integrate(
         fns,
         schedule,
+        always,
         diffusion,
         y0,
         t0,
@@ -373,6 +377,7 @@ def _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps):
 def _integrate(
     fns,
     schedule,
+    always,
     diffusion,
     y0,
     t0,
@@ -404,7 +409,7 @@ def _integrate(
             probs = schedule.probabilities(t, h).astype(dtype)
             uniforms = step_uniforms(level_key, n, k, dtype)
             _, needed, weights = level_draws(uniforms, probs)
-            drift = mlem_drift(fns, needed, weights, t, y, args)
+            drift = mlem_drift(fns, needed, weights, t, y, args, always)
         if drift.shape != y.shape:
             raise ValueError(
                 f"the drift returned shape {drift.shape}, expected the shape of y "

@@ -60,30 +60,38 @@ def mlem_drift(
     t,
     y: Array,
     args,
+    always: Sequence[bool] | None = None,
 ) -> Array:
     """The randomized telescope `Σ_l (B_l/p_l)(f^l − f^{l−1})(t, y)`.
 
     Each level is evaluated at most once, and only where `needed[l]`: the predicate
     is unbatched, so `lax.cond` is a real branch and a skipped level costs nothing.
+    Levels flagged in the static `always` (known to fire every step, e.g. `p_1 = 1`)
+    are evaluated directly, without a branch.
     """
-    zeros = jnp.zeros_like(y)
-    values = []
+
+    # Walk the levels carrying (drift so far, previous level's value). A level that
+    # is not needed returns the carry untouched, so a skipped branch does no work:
+    # when B_{l+1} fires, level l was needed and `previous` holds f^l.
+    # Differences are taken before weighting: (f^l − f^{l−1}) is small, so a large
+    # 1/p_l multiplies it without the cancellation of Σ (w_l − w_{l+1}) f^l.
+    def update(l, fn, carry):
+        drift, previous = carry
+        value = _as_like(fn(t, y, args), y, l)
+        return drift + weights[l].astype(y.dtype) * (value - previous), value
+
+    carry = (jnp.zeros_like(y), jnp.zeros_like(y))
     for l, fn in enumerate(fns):  # noqa: E741
-        values.append(
-            jax.lax.cond(
+        if always is not None and always[l]:
+            carry = update(l, fn, carry)
+        else:
+            carry = jax.lax.cond(
                 needed[l],
-                lambda fn=fn: _as_like(fn(t, y, args), y, l),
-                lambda: zeros,
+                lambda c, l=l, fn=fn: update(l, fn, c),
+                lambda c: c,
+                carry,
             )
-        )
-    drift = zeros
-    previous = zeros
-    for l, value in enumerate(values):  # noqa: E741
-        # Differences before weighting: (f^l − f^{l−1}) is small, so weighting it by a
-        # large 1/p_l loses no precision, unlike Σ (w_l − w_{l+1}) f^l.
-        drift = drift + weights[l].astype(y.dtype) * (value - previous)
-        previous = value
-    return drift
+    return carry[0]
 
 
 def _as_like(value, y: Array, level: int) -> Array:
