@@ -27,6 +27,6 @@ from ._solve import (
 from ._solver import MLEMSolver as MLEMSolver
 from ._term import MultilevelTerm as MultilevelTerm
 
-# subpackages: data, diffusion, nn, training
+from . import data as data, diffusion as diffusion, nn as nn, training as training
 
 __version__ = "0.1.0"

@@ -1,0 +1,300 @@
+"""Image datasets for diffusion models, as float32 arrays in [−1, 1] of shape (N, C, H, W).
+
+* `digits`: scikit-learn's 8×8 handwritten digits (shipped with scikit-learn).
+* `patches`: random crops of the photographs scikit-learn ships (`china.jpg`,
+  `flower.jpg`).
+* `folder`: every PNG/JPEG image in a folder (e.g. a downloaded CelebA), centre-cropped
+  to a square and resized.
+
+Nothing needs the network. Every loader is deterministic given its arguments, and
+`split="train" | "test" | "all"` returns a fixed, disjoint held-out part for metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+from jaxtyping import Float
+from PIL import Image
+
+__all__ = [
+    "load_dataset",
+    "digits",
+    "patches",
+    "folder",
+    "DATASETS",
+    "IMAGE_EXTENSIONS",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_SPLITS = ("train", "test", "all")
+
+
+def _check_split(split: str) -> None:
+    if split not in _SPLITS:
+        raise ValueError(f"`split` must be one of {_SPLITS}, got {split!r}.")
+
+
+def _split_indices(n: int, split: str, test_fraction: float, seed: int) -> np.ndarray:
+    _check_split(split)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction}.")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(test_fraction * n)))
+    if split == "all":
+        return np.arange(n)
+    return np.sort(perm[:n_test] if split == "test" else perm[n_test:])
+
+
+def _to_unit_range(x: np.ndarray, max_value: float) -> np.ndarray:
+    return (x.astype(np.float32) / np.float32(max_value)) * 2.0 - 1.0
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize (N, H, W) float images in [0, 1] with PIL's bicubic filter."""
+    out = [
+        np.asarray(
+            Image.fromarray(img.astype(np.float32), mode="F").resize(
+                (size, size), Image.Resampling.BICUBIC
+            )
+        )
+        for img in images
+    ]
+    return np.clip(np.stack(out), 0.0, 1.0)
+
+
+def digits(
+    size: int | None = None,
+    pad: int = 0,
+    split: str = "all",
+    test_fraction: float = 0.1,
+) -> Float[np.ndarray, " n 1 h w"]:
+    """The 1797 8×8 handwritten digits of `sklearn.datasets.load_digits`.
+
+    **Arguments:**
+
+    - `size`: resize to `size × size` (bicubic) if given; otherwise 8×8.
+    - `pad`: pixels of background (−1) added on every side, after resizing; e.g.
+      `pad=4` turns 8×8 into 16×16.
+    - `split`: `"train"`, `"test"` or `"all"`; the test part is a fixed random
+      `test_fraction` of the images.
+    - `test_fraction`: size of the held-out part.
+
+    **Returns:**
+
+    A float32 array `(N, 1, H, W)` in `[−1, 1]`.
+    """
+    from sklearn.datasets import load_digits
+
+    if size is not None and int(size) < 1:
+        raise ValueError(f"`size` must be a positive int or None, got {size}.")
+    if int(pad) < 0:
+        raise ValueError(f"`pad` must be >= 0, got {pad}.")
+    images = load_digits().images / 16.0  # (N, 8, 8) in [0, 1]
+    idx = _split_indices(images.shape[0], split, test_fraction, seed=0)
+    images = images[idx]
+    if size is not None and size != 8:
+        images = _resize(images, int(size))
+    if pad:
+        images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))
+    return _to_unit_range(images, 1.0)[:, None]
+
+
+def _sample_photos() -> list[np.ndarray]:
+    from sklearn.datasets import load_sample_images
+
+    return [np.asarray(img) for img in load_sample_images().images]
+
+
+def patches(
+    size: int = 16,
+    num: int = 10_000,
+    grey: bool = True,
+    downscale: int = 4,
+    split: str = "train",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Float[np.ndarray, " n c h w"]:
+    """Random crops of the two photographs shipped with scikit-learn.
+
+    The photographs (427×640, `china.jpg` and `flower.jpg`) are first shrunk by
+    `downscale` (area averaging) so that a small patch holds more structure. The
+    bottom `test_fraction` of each photograph's rows is reserved for `split="test"`,
+    so train and test crops never overlap.
+
+    **Arguments:**
+
+    - `size`: patch side in pixels.
+    - `num`: number of patches (split evenly between the two photographs).
+    - `grey`: greyscale (1 channel) if true, RGB (3 channels) otherwise.
+    - `downscale`: integer shrink factor applied to the photographs first.
+    - `split`: `"train"`, `"test"` or `"all"` (crops anywhere).
+    - `test_fraction`: fraction of rows reserved for the test split.
+    - `seed`: seed of the crop positions.
+
+    **Returns:**
+
+    A float32 array `(num, C, size, size)` in `[−1, 1]`.
+    """
+    _check_split(split)
+    if int(size) < 1 or int(num) < 1 or int(downscale) < 1:
+        raise ValueError(
+            "`size`, `num` and `downscale` must be positive ints, got "
+            f"size={size}, num={num}, downscale={downscale}."
+        )
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction}.")
+    rng = np.random.default_rng([seed, _SPLITS.index(split)])
+    photos = []
+    for photo in _sample_photos():
+        img = Image.fromarray(photo)
+        if grey:
+            img = img.convert("L")
+        w, h = img.size
+        img = img.resize((w // downscale, h // downscale), Image.Resampling.BOX)
+        arr = np.asarray(img, dtype=np.float32)
+        photos.append(arr[..., None] if arr.ndim == 2 else arr)
+    out = []
+    counts = [num // len(photos) + (i < num % len(photos)) for i in range(len(photos))]
+    for arr, count in zip(photos, counts):
+        h, w = arr.shape[:2]
+        cut = int(round(h * (1.0 - test_fraction)))
+        lo, hi = {"train": (0, cut), "test": (cut, h), "all": (0, h)}[split]
+        if hi - lo < size or w < size:
+            raise ValueError(
+                f"`size`={size} is larger than the {split!r} region "
+                f"({hi - lo}×{w} pixels after downscale={downscale}); use a smaller "
+                "`size`, `downscale` or `test_fraction`."
+            )
+        ys = rng.integers(lo, hi - size + 1, count)
+        xs = rng.integers(0, w - size + 1, count)
+        out.extend(arr[y : y + size, x : x + size] for y, x in zip(ys, xs))
+    batch = np.stack(out).transpose(0, 3, 1, 2)
+    return _to_unit_range(batch, 255.0)
+
+
+def _centre_square(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s))
+
+
+def folder(
+    path: str | os.PathLike,
+    size: int = 64,
+    grey: bool = False,
+    recursive: bool = False,
+    limit: int | None = None,
+    split: str = "all",
+    test_fraction: float = 0.1,
+) -> Float[np.ndarray, " n c size size"]:
+    """Every PNG/JPEG image in a folder, centre-cropped to a square and resized.
+
+    Files are read in sorted order. Files whose extension is not `.png`, `.jpg` or
+    `.jpeg` (any case) are not images for this loader; they are counted in a warning.
+    Image files that cannot be decoded (corrupt, truncated) are **skipped and counted
+    in a warning** that names the first few; if no image can be read, a `ValueError`
+    is raised.
+
+    **Arguments:**
+
+    - `path`: the folder.
+    - `size`: output side in pixels (Lanczos resampling after the centre crop).
+    - `grey`: greyscale (1 channel) if true, RGB (3 channels) otherwise.
+    - `recursive`: also read images in sub-folders.
+    - `limit`: read at most this many images (the first in sorted order).
+    - `split`, `test_fraction`: as in [`mlem_jax.data.digits`][].
+
+    **Returns:**
+
+    A float32 array `(N, C, size, size)` in `[−1, 1]`.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`path`: folder {path!r} does not exist.")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(
+            f"`path`: {path!r} is a file, expected a folder of images."
+        )
+    if int(size) < 1:
+        raise ValueError(f"`size` must be a positive int, got {size}.")
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"`limit` must be a positive int or None, got {limit}.")
+    _check_split(split)
+    if recursive:
+        files = sorted(
+            os.path.join(root, f) for root, _, names in os.walk(path) for f in names
+        )
+    else:
+        files = sorted(
+            os.path.join(path, f)
+            for f in os.listdir(path)
+            if os.path.isfile(os.path.join(path, f))
+        )
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    others = len(files) - len(images)
+    if not images:
+        raise ValueError(
+            f"`path`: folder {path!r} holds no image files (extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}); found {len(files)} other file(s)."
+        )
+    if others:
+        warnings.warn(
+            f"folder {path!r}: ignored {others} file(s) without an image extension "
+            f"({', '.join(IMAGE_EXTENSIONS)}).",
+            stacklevel=2,
+        )
+    if limit is not None:
+        images = images[: int(limit)]
+    mode = "L" if grey else "RGB"
+    arrays, bad = [], []
+    for f in images:
+        try:
+            with Image.open(f) as img:
+                img.load()
+                img = _centre_square(img.convert(mode))
+                img = img.resize((size, size), Image.Resampling.LANCZOS)
+                arr = np.asarray(img, dtype=np.float32)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's decode errors
+            bad.append(f"{os.path.basename(f)} ({type(e).__name__})")
+            continue
+        arrays.append(arr[None] if grey else arr.transpose(2, 0, 1))
+    if not arrays:
+        raise ValueError(
+            f"`path`: none of the {len(images)} image file(s) in {path!r} could be "
+            f"read: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}."
+        )
+    if bad:
+        warnings.warn(
+            f"folder {path!r}: skipped {len(bad)} of {len(images)} image file(s) that "
+            f"could not be read: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}.",
+            stacklevel=2,
+        )
+    data = _to_unit_range(np.stack(arrays), 255.0)
+    return data[_split_indices(data.shape[0], split, test_fraction, seed=0)]
+
+
+DATASETS = {"digits": digits, "patches": patches, "folder": folder}
+
+
+def load_dataset(name: str, **kwargs: Any) -> Float[np.ndarray, " n c h w"]:
+    """Load a dataset by name: `"digits"`, `"patches"` or `"folder"`.
+
+    **Arguments:**
+
+    - `name`: the dataset name.
+    - `**kwargs`: passed to the loader (e.g. `path=` and `size=` for `"folder"`).
+
+    **Returns:**
+
+    A float32 array `(N, C, H, W)` in `[−1, 1]`.
+    """
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r}; expected one of {', '.join(sorted(DATASETS))}."
+        )
+    return DATASETS[name](**kwargs)

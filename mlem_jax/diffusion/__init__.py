@@ -1,0 +1,34 @@
+"""Diffusion models: the VP-SDE, score matching, sampling drifts, and metrics.
+
+Sampling is an ordinary (multilevel) SDE solve from `t = 1` to `t ≈ 0`:
+
+```python
+sde = mlem_jax.diffusion.VPSDE()
+levels = mlem_jax.diffusion.make_levels(sde, models, y_example)
+y0 = sde.prior_sample(key, y_example.shape)
+x, info = mlem_jax.mlem_solve(levels, schedule, sde.diffusion, y0,
+                              t0=1.0, t1=1e-3, num_steps=200, key=key)
+```
+"""
+
+from ._levels import (
+    drift_flops as drift_flops,
+    ladder_drifts as ladder_drifts,
+    make_levels as make_levels,
+)
+from ._metrics import (
+    drift_errors as drift_errors,
+    mmd as mmd,
+    sliced_wasserstein as sliced_wasserstein,
+    strong_error as strong_error,
+)
+from ._score import (
+    EpsilonScore as EpsilonScore,
+    GaussianScore as GaussianScore,
+    ProbabilityFlowDrift as ProbabilityFlowDrift,
+    ReverseDrift as ReverseDrift,
+    dsm_loss as dsm_loss,
+    probability_flow_drift as probability_flow_drift,
+    reverse_drift as reverse_drift,
+)
+from ._sde import VPSDE as VPSDE

@@ -1,0 +1,13 @@
+"""Neural networks for diffusion models: an Equinox UNet and width ladders."""
+
+from ._ladder import (
+    count_flops as count_flops,
+    count_params as count_params,
+    unet_ladder as unet_ladder,
+)
+from ._unet import (
+    AttentionBlock as AttentionBlock,
+    ResBlock as ResBlock,
+    UNet as UNet,
+    sinusoidal_embedding as sinusoidal_embedding,
+)

@@ -1,0 +1,90 @@
+"""A ladder of UNets of increasing width: the levels f^1, ..., f^k of ML-EM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.random as jr
+from jaxtyping import PRNGKeyArray
+
+from ._unet import UNet
+
+
+def unet_ladder(
+    image_shape: tuple[int, int, int],
+    widths: Sequence[int] = (8, 12, 16, 24, 32),
+    *,
+    key: PRNGKeyArray,
+    **unet_kwargs: Any,
+) -> tuple[UNet, ...]:
+    """Build `k = len(widths)` UNets for one image shape, narrowest first.
+
+    Every UNet shares the architecture (`channel_mults`, `num_res_blocks`, attention)
+    and differs only in `base_width`; the cost of one evaluation grows about as
+    `width ** 2`, so a width ratio of 1.4–2 between neighbours gives the 2–4× cost
+    growth per level that ML-EM is designed for.
+
+    **Arguments:**
+
+    - `image_shape`: `(channels, height, width)`.
+    - `widths`: strictly increasing `base_width` of each level.
+    - `key`: a JAX PRNG key; level `l` is initialised with `jr.fold_in(key, l)`, so a
+      level's initialisation does not depend on how many levels there are.
+    - `**unet_kwargs`: passed to [`mlem_jax.nn.UNet`][] (`channel_mults`,
+      `num_res_blocks`, `attn_resolutions`, `num_groups`, `num_heads`).
+
+    **Returns:**
+
+    A tuple of `UNet`s.
+    """
+    widths = tuple(int(w) for w in widths)
+    if len(widths) < 1 or any(w < 1 for w in widths):
+        raise ValueError(
+            f"`widths` must be a non-empty list of positive ints, got {widths}."
+        )
+    if any(b <= a for a, b in zip(widths, widths[1:])):
+        raise ValueError(f"`widths` must be strictly increasing, got {widths}.")
+    return tuple(
+        UNet(image_shape, w, key=jr.fold_in(key, i), **unet_kwargs)
+        for i, w in enumerate(widths)
+    )
+
+
+def count_params(model: Any) -> int:
+    """Number of scalar parameters (inexact array leaves) in a pytree."""
+    return int(
+        sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+    )
+
+
+def count_flops(fn: Callable[..., Any], *args: Any) -> float:
+    """FLOPs of one call `fn(*args)` from XLA's compiled cost analysis.
+
+    Array leaves of `fn` and `args` are traced (not baked in as constants), so the
+    count is the one of the program that runs.
+
+    **Arguments:**
+
+    - `fn`: a callable (e.g. an `eqx.Module`).
+    - `*args`: example arguments; only their shapes and dtypes matter.
+
+    **Returns:**
+
+    The number of floating-point operations as a float. Raises `RuntimeError` if the
+    backend reports no cost analysis.
+    """
+    dynamic, static = eqx.partition((fn, args), eqx.is_array)
+
+    def call(dynamic):
+        f, a = eqx.combine(dynamic, static)
+        return f(*a)
+
+    analysis = jax.jit(call).lower(dynamic).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device
+        analysis = analysis[0] if analysis else None
+    if not analysis or "flops" not in analysis:
+        raise RuntimeError("XLA reported no FLOP count for this backend.")
+    return float(analysis["flops"])

@@ -1,0 +1,301 @@
+"""An Equinox UNet for diffusion models on small images (DDPM / score-SDE layout)."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+
+def _num_groups(channels: int, max_groups: int) -> int:
+    # GroupNorm needs the group count to divide the channel count; widths like 12 or
+    # 24 are common in a ladder, so take the largest divisor not above `max_groups`.
+    return math.gcd(channels, max_groups)
+
+
+def _zero(layer: eqx.Module) -> eqx.Module:
+    """Zero the weights and bias of a layer (residual branches start as identity)."""
+    weight = jnp.zeros_like(layer.weight)  # type: ignore[attr-defined]
+    layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+    if getattr(layer, "bias", None) is not None:
+        layer = eqx.tree_at(lambda m: m.bias, layer, jnp.zeros_like(layer.bias))
+    return layer
+
+
+def sinusoidal_embedding(t: Float[ArrayLike, ""], dim: int) -> Float[Array, " dim"]:
+    """Transformer-style sinusoidal embedding of a scalar time.
+
+    **Arguments:**
+
+    - `t`: a scalar time; diffusion time in `[0, 1]` is scaled by 1000 first so that
+      the frequencies cover the interval as in DDPM.
+    - `dim`: the (even) embedding dimension.
+
+    **Returns:**
+
+    An array of shape `(dim,)`: `[sin(1000 t ω_i), cos(1000 t ω_i)]`.
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half) / max(half - 1, 1))
+    angle = 1000.0 * jnp.asarray(t) * freqs
+    return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)])
+
+
+class ResBlock(eqx.Module):
+    """GroupNorm → SiLU → conv, plus a projected time embedding, twice, with a skip."""
+
+    norm1: eqx.nn.GroupNorm
+    conv1: eqx.nn.Conv2d
+    time_proj: eqx.nn.Linear
+    norm2: eqx.nn.GroupNorm
+    conv2: eqx.nn.Conv2d
+    skip: eqx.nn.Conv2d | None
+
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, groups: int, *, key: PRNGKeyArray
+    ):
+        k1, k2, k3, k4 = jr.split(key, 4)
+        self.norm1 = eqx.nn.GroupNorm(_num_groups(in_ch, groups), in_ch)
+        self.conv1 = eqx.nn.Conv2d(in_ch, out_ch, 3, padding=1, key=k1)
+        self.time_proj = eqx.nn.Linear(emb_dim, out_ch, key=k2)
+        self.norm2 = eqx.nn.GroupNorm(_num_groups(out_ch, groups), out_ch)
+        self.conv2 = _zero(eqx.nn.Conv2d(out_ch, out_ch, 3, padding=1, key=k3))
+        self.skip = None if in_ch == out_ch else eqx.nn.Conv2d(in_ch, out_ch, 1, key=k4)
+
+    def __call__(
+        self, x: Float[Array, " c h w"], emb: Float[Array, " e"]
+    ) -> Float[Array, " c2 h w"]:
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = h + self.time_proj(jax.nn.silu(emb))[:, None, None]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        if self.skip is not None:
+            x = self.skip(x)
+        return x + h
+
+
+class AttentionBlock(eqx.Module):
+    """Pre-norm multi-head self-attention over the pixels of a feature map."""
+
+    norm: eqx.nn.GroupNorm
+    attn: eqx.nn.MultiheadAttention
+
+    def __init__(self, channels: int, groups: int, num_heads: int, *, key):
+        self.norm = eqx.nn.GroupNorm(_num_groups(channels, groups), channels)
+        self.attn = eqx.nn.MultiheadAttention(num_heads, channels, key=key)
+
+    def __call__(self, x: Float[Array, " c h w"]) -> Float[Array, " c h w"]:
+        c, h, w = x.shape
+        z = self.norm(x).reshape(c, h * w).T
+        z = self.attn(z, z, z)
+        return x + z.T.reshape(c, h, w)
+
+
+class UNet(eqx.Module):
+    """A UNet `ε_θ(t, x)` for images of shape `(channels, height, width)`.
+
+    The layout is the one of DDPM / score-SDE models: a sinusoidal time embedding fed
+    through an MLP into every residual block; at each resolution `num_res_blocks`
+    residual blocks (GroupNorm, SiLU, 3×3 convolutions) and optional self-attention;
+    strided-convolution downsampling and nearest-neighbour upsampling with skip
+    connections; a zero-initialised output convolution, so an untrained network
+    predicts zero.
+
+    The network acts on one image; `jax.vmap` it over a batch (as the drifts in
+    `mlem_jax.diffusion` do).
+
+    **Arguments:**
+
+    - `image_shape`: `(channels, height, width)`; height and width must be divisible
+      by `2 ** (len(channel_mults) - 1)`.
+    - `base_width`: number of channels at the first resolution; the size knob of a
+      ladder (cost grows about as `base_width ** 2`).
+    - `channel_mults`: channel multiplier at each resolution; one resolution per entry.
+    - `num_res_blocks`: residual blocks per resolution on the way down (one more on
+      the way up, as in DDPM).
+    - `attn_resolutions`: spatial sizes (e.g. `(8,)`) at which to add self-attention;
+      attention is also used in the middle block when this is non-empty.
+    - `num_groups`: maximum number of GroupNorm groups.
+    - `num_heads`: attention heads.
+    - `key`: a JAX PRNG key for the initialisation.
+
+    **Example:**
+
+    ```python
+    net = UNet((1, 8, 8), base_width=16, channel_mults=(1, 2), key=jr.key(0))
+    eps = net(0.5, x)  # x: (1, 8, 8)
+    ```
+    """
+
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    base_width: int = eqx.field(static=True)
+    channel_mults: tuple[int, ...] = eqx.field(static=True)
+    num_res_blocks: int = eqx.field(static=True)
+    attn_resolutions: tuple[int, ...] = eqx.field(static=True)
+    embed_dim: int = eqx.field(static=True)
+
+    time_mlp: tuple[eqx.nn.Linear, eqx.nn.Linear]
+    conv_in: eqx.nn.Conv2d
+    down_res: tuple[ResBlock, ...]
+    down_attn: tuple[AttentionBlock | None, ...]
+    downsample: tuple[eqx.nn.Conv2d, ...]
+    mid_res: tuple[ResBlock, ResBlock]
+    mid_attn: AttentionBlock | None
+    up_res: tuple[ResBlock, ...]
+    up_attn: tuple[AttentionBlock | None, ...]
+    upsample: tuple[eqx.nn.Conv2d, ...]
+    norm_out: eqx.nn.GroupNorm
+    conv_out: eqx.nn.Conv2d
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        base_width: int = 32,
+        channel_mults: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (),
+        num_groups: int = 8,
+        num_heads: int = 1,
+        *,
+        key: PRNGKeyArray,
+    ):
+        image_shape = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ValueError(
+                "`image_shape` must be (channels, height, width) with positive "
+                f"entries, got {image_shape}."
+            )
+        if base_width < 1 or num_res_blocks < 1 or len(channel_mults) < 1:
+            raise ValueError(
+                "`base_width` and `num_res_blocks` must be >= 1 and `channel_mults` "
+                f"non-empty, got base_width={base_width}, "
+                f"num_res_blocks={num_res_blocks}, channel_mults={channel_mults}."
+            )
+        c, height, width = image_shape
+        factor = 2 ** (len(channel_mults) - 1)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"`image_shape` {image_shape}: height and width must be divisible by "
+                f"2 ** (len(channel_mults) - 1) = {factor} for "
+                f"channel_mults={tuple(channel_mults)}."
+            )
+        self.image_shape = image_shape  # type: ignore[assignment]
+        self.base_width = int(base_width)
+        self.channel_mults = tuple(int(m) for m in channel_mults)
+        self.num_res_blocks = int(num_res_blocks)
+        self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
+        self.embed_dim = emb = 4 * base_width
+        keys = iter(jr.split(key, 64 + 4 * len(channel_mults) * (num_res_blocks + 2)))
+        g = num_groups
+
+        def attn(ch, res):
+            if res in self.attn_resolutions:
+                return AttentionBlock(ch, g, num_heads, key=next(keys))
+            return None
+
+        self.time_mlp = (
+            eqx.nn.Linear(base_width, emb, key=next(keys)),
+            eqx.nn.Linear(emb, emb, key=next(keys)),
+        )
+        self.conv_in = eqx.nn.Conv2d(c, base_width, 3, padding=1, key=next(keys))
+
+        down_res, down_attn, downsample = [], [], []
+        skip_chs = [base_width]
+        ch, res = base_width, height
+        for i, mult in enumerate(self.channel_mults):
+            out = base_width * mult
+            for _ in range(num_res_blocks):
+                down_res.append(ResBlock(ch, out, emb, g, key=next(keys)))
+                down_attn.append(attn(out, res))
+                ch = out
+                skip_chs.append(ch)
+            if i < len(self.channel_mults) - 1:
+                downsample.append(
+                    eqx.nn.Conv2d(ch, ch, 3, stride=2, padding=1, key=next(keys))
+                )
+                skip_chs.append(ch)
+                res //= 2
+        self.down_res, self.down_attn = tuple(down_res), tuple(down_attn)
+        self.downsample = tuple(downsample)
+
+        self.mid_res = (
+            ResBlock(ch, ch, emb, g, key=next(keys)),
+            ResBlock(ch, ch, emb, g, key=next(keys)),
+        )
+        self.mid_attn = (
+            AttentionBlock(ch, g, num_heads, key=next(keys))
+            if self.attn_resolutions
+            else None
+        )
+
+        up_res, up_attn, upsample = [], [], []
+        for i, mult in reversed(list(enumerate(self.channel_mults))):
+            out = base_width * mult
+            for _ in range(num_res_blocks + 1):
+                up_res.append(
+                    ResBlock(ch + skip_chs.pop(), out, emb, g, key=next(keys))
+                )
+                up_attn.append(attn(out, res))
+                ch = out
+            if i > 0:
+                upsample.append(eqx.nn.Conv2d(ch, ch, 3, padding=1, key=next(keys)))
+                res *= 2
+        self.up_res, self.up_attn = tuple(up_res), tuple(up_attn)
+        self.upsample = tuple(upsample)
+
+        self.norm_out = eqx.nn.GroupNorm(_num_groups(ch, g), ch)
+        self.conv_out = _zero(eqx.nn.Conv2d(ch, c, 3, padding=1, key=next(keys)))
+
+    def __call__(
+        self, t: Float[ArrayLike, ""], x: Float[Array, " c h w"]
+    ) -> Float[Array, " c h w"]:
+        """**Arguments:**
+
+        - `t`: scalar diffusion time in `[0, 1]`.
+        - `x`: one image of shape `image_shape`.
+
+        **Returns:**
+
+        An array of shape `image_shape` (the predicted noise `ε`).
+        """
+        if x.shape != self.image_shape:
+            raise ValueError(
+                f"UNet built for image_shape={self.image_shape} got an input of shape "
+                f"{x.shape}; vmap over a batch axis."
+            )
+        emb = sinusoidal_embedding(jnp.asarray(t, x.dtype), self.base_width)
+        emb = self.time_mlp[1](jax.nn.silu(self.time_mlp[0](emb.astype(x.dtype))))
+
+        h = self.conv_in(x)
+        hs = [h]
+        nb = self.num_res_blocks
+        for i in range(len(self.channel_mults)):
+            for j in range(nb):
+                h = self.down_res[i * nb + j](h, emb)
+                if (a := self.down_attn[i * nb + j]) is not None:
+                    h = a(h)
+                hs.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                hs.append(h)
+
+        h = self.mid_res[0](h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid_res[1](h, emb)
+
+        k = 0
+        for i in reversed(range(len(self.channel_mults))):
+            for _ in range(nb + 1):
+                h = self.up_res[k](jnp.concatenate([h, hs.pop()]), emb)
+                if (a := self.up_attn[k]) is not None:
+                    h = a(h)
+                k += 1
+            if i > 0:
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+                h = self.upsample[len(self.channel_mults) - 1 - i](h)
+
+        return self.conv_out(jax.nn.silu(self.norm_out(h)))

@@ -1,0 +1,528 @@
+"""Training score networks and whole UNet ladders, with atomic, resumable checkpoints.
+
+A *ladder directory* holds everything needed to sample with ML-EM:
+
+    manifest.json        architecture, SDE, dataset, training config, per-level results
+    level_0.eqx, ...     EMA weights of each level (Equinox `tree_serialise_leaves`)
+    checkpoints/         in-progress training state (removed when a level finishes)
+
+Weights are the only large files (a few MB for a digits ladder), so a finished ladder
+directory can be shipped as is and read back with [`mlem_jax.training.load_ladder`][].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .diffusion import VPSDE, drift_flops, dsm_loss, reverse_drift
+from .nn import UNet, count_params
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "train_ladder",
+    "load_ladder",
+    "sde_from_manifest",
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write",
+    "MANIFEST",
+    "FORMAT_VERSION",
+]
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation hyperparameters, shared by every level of a ladder.
+
+    **Arguments:**
+
+    - `steps`: optimiser steps.
+    - `batch_size`: images per step (drawn with replacement).
+    - `learning_rate`: peak AdamW learning rate (linear warm-up, then cosine decay to
+      10% of the peak).
+    - `warmup_steps`: warm-up length.
+    - `weight_decay`: AdamW decoupled weight decay.
+    - `grad_clip`: global-norm gradient clipping threshold.
+    - `ema_decay`: decay of the exponential moving average of the weights (with the
+      usual `min(decay, (1 + n) / (10 + n))` ramp); the EMA weights are the result.
+    - `checkpoint_every`: steps between checkpoints (0: only at the end).
+    - `t_min`: smallest diffusion time in the loss.
+    """
+
+    steps: int = 2000
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    t_min: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0:
+            raise ValueError("`warmup_steps` and `checkpoint_every` must be >= 0.")
+        if not self.learning_rate > 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError(
+                "`learning_rate` must be > 0 and `ema_decay` in [0, 1), got "
+                f"{self.learning_rate}, {self.ema_decay}."
+            )
+
+
+class TrainResult(eqx.Module):
+    """What [`mlem_jax.training.train`][] returns.
+
+    - `model`: the EMA weights (use these for sampling).
+    - `raw_model`: the last iterate.
+    - `losses`: training loss at every step, shape `(steps,)`.
+    """
+
+    model: Any
+    raw_model: Any
+    losses: Float[Array, " steps"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode="wb"):
+    """Write a file atomically: `write(f)` into a temporary file in the same folder,
+    flush and fsync it, then `os.replace` it onto `path`. A reader (or a crash) never
+    sees a half-written file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shipped files private
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_json(path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0,
+        config.learning_rate,
+        max(1, min(config.warmup_steps, config.steps - 1)),
+        max(config.steps, 2),
+        end_value=0.1 * config.learning_rate,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(schedule, weight_decay=config.weight_decay),
+    )
+
+
+class _State(eqx.Module):
+    params: Any
+    ema: Any
+    opt_state: Any
+    step: Array
+    losses: Array
+
+
+def _initial_state(params, optimizer, steps) -> _State:
+    return _State(
+        params=params,
+        ema=params,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        losses=jnp.full((steps,), jnp.nan, jnp.float32),
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
+    """Serialise a pytree with `eqx.tree_serialise_leaves`, atomically."""
+    atomic_write(path, lambda f: eqx.tree_serialise_leaves(f, state))
+
+
+def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
+    """Read a pytree written by [`save_checkpoint`][] into the structure of `like`.
+
+    Raises a `ValueError` naming the file if it does not match `like` (a checkpoint
+    from a different architecture or config).
+    """
+    try:
+        return eqx.tree_deserialise_leaves(os.fspath(path), like)
+    except Exception as e:  # equinox/numpy raise assorted errors on mismatch
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} does not match the model and training "
+            f"config it is loaded into ({type(e).__name__}: {e}); it was written by a "
+            "different architecture or TrainConfig."
+        ) from e
+
+
+@eqx.filter_jit
+def _train_step(
+    state: _State,
+    static: Any,
+    data: Array,
+    key: PRNGKeyArray,
+    optimizer: optax.GradientTransformation,
+    sde: VPSDE,
+    config: TrainConfig,
+) -> _State:
+    # A module-level filter_jit (hashable static arguments: the model's non-array
+    # part, the cached optimizer, the SDE and the frozen config) so that training the
+    # same architecture twice (a resume, a second run) compiles once: the UNet's
+    # backward pass is by far the slowest thing to compile.
+    k_batch, k_loss = jr.split(jr.fold_in(key, state.step))
+    x0 = data[jr.randint(k_batch, (config.batch_size,), 0, data.shape[0])]
+
+    def loss_fn(params):
+        return dsm_loss(sde, eqx.combine(params, static), x0, k_loss, config.t_min)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    n = state.step.astype(jnp.float32)
+    d = jnp.minimum(config.ema_decay, (1.0 + n) / (10.0 + n))
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema, params)
+    losses = state.losses.at[state.step].set(loss.astype(state.losses.dtype))
+    return _State(params, ema, opt_state, state.step + 1, losses)
+
+
+def train(
+    model: eqx.Module,
+    data: Float[Array, " n *shape"],
+    *,
+    key: PRNGKeyArray,
+    config: TrainConfig = TrainConfig(),
+    sde: VPSDE | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    progress: bool | str = True,
+    callback: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train a noise-prediction network with denoising score matching.
+
+    AdamW with warm-up and cosine decay, global-norm gradient clipping, and an EMA of
+    the weights. Step `n` draws its batch and noise from `jr.fold_in(key, n)`, so a run
+    is a deterministic function of `(model, data, key, config)` and a run resumed
+    from a checkpoint is **bitwise identical** to an uninterrupted one.
+
+    **Arguments:**
+
+    - `model`: the initial network `ε_θ(t, x)` (e.g. a `mlem_jax.nn.UNet`).
+    - `data`: training images `(N, *shape)`, e.g. from `mlem_jax.data`.
+    - `key`: a JAX PRNG key for batches and noise.
+    - `config`: a [`mlem_jax.training.TrainConfig`][].
+    - `sde`: the forward SDE (default `VPSDE()`).
+    - `checkpoint_path`: if given, the full training state is written there
+      atomically every `config.checkpoint_every` steps and at the end, and training
+      resumes from it if the file exists.
+    - `progress`: show a tqdm progress bar with the loss (a string sets its label).
+    - `callback`: called as `callback(step, loss)` after every step (e.g. logging; an
+      exception raised there stops training, keeping the last checkpoint).
+
+    **Returns:**
+
+    A [`mlem_jax.training.TrainResult`][] with the EMA model, last iterate and losses.
+    """
+    from tqdm.auto import tqdm
+
+    sde = VPSDE() if sde is None else sde
+    data = jnp.asarray(data)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    optimizer = _optimizer(config)
+    state = _initial_state(params, optimizer, config.steps)
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        state = load_checkpoint(checkpoint_path, state)
+
+    start = int(state.step)
+    label = progress if isinstance(progress, str) else "train"
+    bar = tqdm(
+        total=config.steps, initial=start, desc=label, disable=not progress, leave=True
+    )
+    every = max(1, config.steps // 200)
+    try:
+        for n in range(start, config.steps):
+            state = _train_step(state, static, data, key, optimizer, sde, config)
+            if callback is not None or (n + 1) % every == 0:
+                loss = float(state.losses[n])
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if callback is not None:
+                    callback(n + 1, loss)
+            bar.update(1)
+            done = n + 1 == config.steps
+            if checkpoint_path is not None and (
+                done
+                or (config.checkpoint_every and (n + 1) % config.checkpoint_every == 0)
+            ):
+                save_checkpoint(checkpoint_path, state)
+    finally:
+        bar.close()
+    return TrainResult(
+        model=eqx.combine(state.ema, static),
+        raw_model=eqx.combine(state.params, static),
+        losses=state.losses,
+    )
+
+
+def _eval_loss(sde, model, data, key, batch_size=256, batches=4) -> float:
+    """DSM loss of `model` on fixed held-out batches (same draws for every level)."""
+    loss = eqx.filter_jit(dsm_loss)
+    total = 0.0
+    for i in range(batches):
+        kb, kl = jr.split(jr.fold_in(key, i))
+        x0 = data[jr.randint(kb, (batch_size,), 0, data.shape[0])]
+        total += float(loss(sde, model, x0, kl))
+    return total / batches
+
+
+def _versions() -> dict[str, str]:
+    import diffrax
+
+    out = {"python": platform.python_version(), "jax": jax.__version__}
+    for mod, name in ((eqx, "equinox"), (optax, "optax"), (diffrax, "diffrax")):
+        out[name] = getattr(mod, "__version__", "unknown")
+    try:
+        from importlib.metadata import version
+
+        out["mlem_jax"] = version("mlem_jax")
+    except Exception:
+        out["mlem_jax"] = "unknown"
+    return out
+
+
+def _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset):
+    """The part of the manifest that must match for a resume to be valid."""
+    return {
+        "image_shape": list(image_shape),
+        "widths": [int(w) for w in widths],
+        "unet": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in unet_kwargs.items()
+        },
+        "sde": {"name": "VPSDE", "beta_min": sde.beta_min, "beta_max": sde.beta_max},
+        "train": dataclasses.asdict(config),
+        "seed": int(seed),
+        "dataset": dataset,
+    }
+
+
+def _build_unet(image_shape, width, unet_kwargs, key) -> UNet:
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in unet_kwargs.items()}
+    return UNet(tuple(image_shape), width, key=key, **kw)
+
+
+def train_ladder(
+    out_dir: str | os.PathLike,
+    data: Float[np.ndarray, " n c h w"],
+    *,
+    widths: Sequence[int] = (8, 12, 16, 24, 32),
+    unet_kwargs: dict[str, Any] | None = None,
+    config: TrainConfig = TrainConfig(),
+    sde: VPSDE | None = None,
+    seed: int = 0,
+    dataset: dict[str, Any] | None = None,
+    eval_data: Float[np.ndarray, " m c h w"] | None = None,
+    flops_batch: int = 1,
+    progress: bool = True,
+) -> tuple[tuple[UNet, ...], dict[str, Any]]:
+    """Train every level of a UNet ladder on one dataset and write a ladder directory.
+
+    Level `l` (width `widths[l]`) is initialised with `jr.fold_in(jr.key(seed), 2 l)`
+    and trained with `jr.fold_in(jr.key(seed), 2 l + 1)`. After each level the
+    manifest is rewritten atomically, so an interrupted run restarted with the same
+    arguments skips finished levels and resumes the current one from its checkpoint.
+    Restarting with different arguments in the same directory raises a `ValueError`.
+
+    **Arguments:**
+
+    - `out_dir`: the ladder directory (created if needed).
+    - `data`: training images `(N, C, H, W)` in `[−1, 1]`.
+    - `widths`: strictly increasing UNet `base_width`s, one per level.
+    - `unet_kwargs`: other [`mlem_jax.nn.UNet`][] hyperparameters (JSON-able).
+    - `config`: a [`mlem_jax.training.TrainConfig`][].
+    - `sde`: the forward SDE (default `VPSDE()`).
+    - `seed`: the seed of everything random.
+    - `dataset`: a JSON-able description of the data, recorded in the manifest (e.g.
+      `{"name": "digits", "kwargs": {}}`).
+    - `eval_data`: held-out images; if given, each level's DSM loss on them (with the
+      same noise draws for every level) is recorded as `eval_loss`.
+    - `flops_batch`: batch size at which FLOPs of one drift evaluation are measured
+      and recorded (`flops`, and `flops_per_image`).
+    - `progress`: show progress bars.
+
+    **Returns:**
+
+    The trained (EMA) models, narrowest first, and the manifest as a dict.
+    """
+    sde = VPSDE() if sde is None else sde
+    out_dir = os.fspath(out_dir)
+    data = np.asarray(data, np.float32)
+    if data.ndim != 4:
+        raise ValueError(f"`data` must have shape (N, C, H, W), got {data.shape}.")
+    widths = tuple(int(w) for w in widths)
+    if not widths or any(b <= a for a, b in zip(widths, widths[1:])) or widths[0] < 1:
+        raise ValueError(
+            f"`widths` must be positive and strictly increasing, got {widths}."
+        )
+    unet_kwargs = dict(unet_kwargs or {})
+    image_shape = tuple(data.shape[1:])
+    spec = _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset)
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        if manifest.get("spec") != json.loads(json.dumps(spec)):
+            raise ValueError(
+                f"`out_dir` {out_dir!r} already holds a ladder trained with different "
+                "arguments; use a new directory (or delete it) to train this one."
+            )
+    else:
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "spec": spec,
+            "versions": _versions(),
+            "num_train_images": int(data.shape[0]),
+            "levels": [],
+        }
+        _write_json(manifest_path, manifest)
+
+    base = jr.key(seed)
+    data_j = jnp.asarray(data)
+    models = []
+    for lvl, width in enumerate(widths):
+        weights = f"level_{lvl}.eqx"
+        init = _build_unet(image_shape, width, unet_kwargs, jr.fold_in(base, 2 * lvl))
+        if lvl < len(manifest["levels"]):
+            models.append(
+                eqx.tree_deserialise_leaves(os.path.join(out_dir, weights), init)
+            )
+            continue
+        ckpt = os.path.join(out_dir, "checkpoints", f"level_{lvl}.ckpt")
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = train(
+            init,
+            data_j,
+            key=jr.fold_in(base, 2 * lvl + 1),
+            config=config,
+            sde=sde,
+            checkpoint_path=ckpt,
+            progress=f"level {lvl} (width {width})" if progress else False,
+        )
+        model = result.model
+        jax.block_until_ready(model)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        save_checkpoint(os.path.join(out_dir, weights), model)
+        losses = np.asarray(result.losses)
+        tail = max(1, config.steps // 10)
+        y = jnp.zeros((flops_batch, *image_shape), jnp.float32)
+        flops = drift_flops(reverse_drift(sde, model), y)
+        entry = {
+            "level": lvl,
+            "width": width,
+            "file": weights,
+            "params": count_params(model),
+            "flops": flops,
+            "flops_batch": flops_batch,
+            "flops_per_image": flops / flops_batch,
+            "steps": config.steps,
+            "final_loss": float(np.mean(losses[-tail:])),
+            # Of this process only (a resumed level counts its last run); includes
+            # compilation.
+            "train_wall_s": round(wall, 1),
+            "train_cpu_s": round(cpu, 1),
+            "loss_curve": [float(x) for x in np.mean(losses.reshape(-1, tail), 1)]
+            if config.steps % tail == 0
+            else None,
+        }
+        if eval_data is not None:
+            entry["eval_loss"] = _eval_loss(
+                sde, model, jnp.asarray(eval_data, jnp.float32), jr.key(1234)
+            )
+        manifest["levels"].append(entry)
+        _write_json(manifest_path, manifest)
+        os.remove(ckpt)
+        models.append(model)
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
+        os.rmdir(ckpt_dir)
+    return tuple(models), manifest
+
+
+def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, Any]]:
+    """Read a ladder directory written by [`mlem_jax.training.train_ladder`][].
+
+    **Arguments:**
+
+    - `path`: the ladder directory.
+
+    **Returns:**
+
+    `(models, manifest)`: the finished levels' EMA networks, narrowest first, and the
+    manifest dict (`manifest["spec"]` holds architecture, SDE and dataset).
+    Build the SDE with `VPSDE(**{k: v for k, v in spec["sde"].items() if k != "name"})`.
+    """
+    path = os.fspath(path)
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise FileNotFoundError(
+            f"`path`: {path!r} is not a ladder directory (no {MANIFEST})."
+        )
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{manifest_path!r} has format_version {manifest.get('format_version')}, "
+            f"this mlem_jax reads {FORMAT_VERSION}."
+        )
+    spec = manifest["spec"]
+    if not manifest["levels"]:
+        raise ValueError(f"ladder {path!r} has no finished level yet.")
+    base = jr.key(spec["seed"])
+    models = tuple(
+        eqx.tree_deserialise_leaves(
+            os.path.join(path, entry["file"]),
+            _build_unet(
+                spec["image_shape"],
+                entry["width"],
+                spec["unet"],
+                jr.fold_in(base, 2 * entry["level"]),
+            ),
+        )
+        for entry in manifest["levels"]
+    )
+    return models, manifest
+
+
+def sde_from_manifest(manifest: dict[str, Any]) -> VPSDE:
+    """The [`mlem_jax.diffusion.VPSDE`][] a ladder was trained with."""
+    sde = manifest["spec"]["sde"]
+    return VPSDE(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
