@@ -1,0 +1,77 @@
+"""Shared benchmark plumbing: environment record, timing, atomic result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import jax
+
+
+def environment(seed: int) -> dict:
+    """Machine, backend, versions and seed, recorded with every result."""
+    versions = {}
+    for name in ("jax", "jaxlib", "equinox", "diffrax", "optax", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu,
+            "cpu_count": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+        },
+        "python": platform.python_version(),
+        "versions": versions,
+        "seed": seed,
+    }
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall-clock of `fn()` (blocking on its result) over `repeats` runs,
+    after one untimed warm-up run that compiles it."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write `payload` to `path` atomically (temp file in the same folder, rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
