@@ -1,0 +1,445 @@
+"""Calibration: measure a ladder along trajectories and choose ML-EM's rates.
+
+`calibrate` runs pilot solves and estimates, on a grid of time bins,
+
+* `V_l(t) = E‖f^l − f^{l−1}‖²` along trajectories (the variance ML-EM adds per unit
+  time at rate `λ_l` is about `V_l/λ_l`),
+* each level's cost (the `Levels` costs, XLA's FLOP count, measured wall-clock),
+* each level's drift error, and the exponent `γ` of `cost ∝ error^{−γ}`,
+
+then builds time-dependent `Rates` with `λ_l(t) ∝ sqrt(V_l(t)/C_l)`, `C_l = c_l +
+c_{l−1}` (Giles's multilevel allocation), scaled to a target added error or a budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from ._cost import count_flops, time_call
+from ._levels import Levels
+from ._schedules import AbstractSchedule, Rates
+from ._solve import em_solve, mlem_solve
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What `calibrate` measured, and the schedules it implies.
+
+    **Fields:**
+
+    - `times`: bin edges, shape `(m + 1,)`, increasing.
+    - `variances`: `V_l` per bin, shape `(m, k)`; column 0 is `E‖f^1‖²`.
+    - `costs`: per-evaluation cost of each level used for the rate rule (the
+        `Levels` costs).
+    - `flops`, `seconds`: measured FLOPs and wall-clock of one batched evaluation per
+        level (`None` if not measured).
+    - `drift_errors`: RMS `‖f^l − f_ref‖` along trajectories (`f_ref` the reference
+        drift if given, else the top level, whose own error is then 0).
+    - `gamma`, `gamma_stderr`: fitted `γ` in `log c_l = −γ log e_l + b` (FLOPs if
+        measured, else `costs`) and its standard error (`nan` with < 3 points).
+    - `amplification`: measured / predicted added mean-square error of a pilot ML-EM
+        run (how the dynamics amplify or damp the injected variance).
+    - `t0`, `t1`, `num_steps`: the grid of the pilot solves.
+    - `warnings`: diagnostics in words.
+    """
+
+    times: np.ndarray
+    variances: np.ndarray
+    costs: tuple[float, ...]
+    flops: tuple[float, ...] | None
+    seconds: tuple[float, ...] | None
+    drift_errors: np.ndarray
+    gamma: float
+    gamma_stderr: float
+    amplification: float
+    t0: float
+    t1: float
+    num_steps: int
+    warnings: tuple[str, ...]
+
+    @property
+    def num_levels(self) -> int:
+        return self.variances.shape[1]
+
+    def rate_shape(self) -> np.ndarray:
+        """Unscaled rates `sqrt(V_l(t)/C_l)`, shape `(m, k)`; level 1 is `inf`."""
+        c = np.asarray(self.costs, np.float64)
+        increment_cost = c + np.concatenate([[0.0], c[:-1]])
+        shape = np.sqrt(np.maximum(self.variances, 0.0) / increment_cost)
+        shape[:, 0] = np.inf
+        return shape
+
+    def schedule(
+        self,
+        *,
+        target_error: float | None = None,
+        budget: float | None = None,
+        num_steps: int | None = None,
+    ) -> Rates:
+        """Time-dependent `Rates` with `λ_l(t) ∝ sqrt(V_l(t)/C_l)`.
+
+        **Arguments:** exactly one of
+
+        - `target_error`: the RMS pathwise distance to Euler–Maruyama with the top
+            level on the same Brownian path (the error ML-EM adds);
+        - `budget`: the expected total cost of the solve, in the units of `costs`.
+
+        and `num_steps`, the steps the schedule will be used with (default: the
+        pilot's).
+
+        **Returns:** a `mlem_jax.Rates` on this calibration's time bins.
+        """
+        if (target_error is None) == (budget is None):
+            raise ValueError(
+                "Calibration.schedule: give exactly one of `target_error` or `budget`."
+            )
+        num_steps = self.num_steps if num_steps is None else num_steps
+        if target_error is not None:
+            if not target_error > 0:
+                raise ValueError(
+                    "Calibration.schedule: `target_error` must be > 0; got "
+                    f"{target_error}."
+                )
+
+            # Added error falls with the scale: find where it meets the target.
+            def miss(log_s):
+                err = self.predict(self._scaled(math.exp(log_s)), num_steps)["error"]
+                return _log(err) - math.log(target_error)
+
+            sign = -1.0
+        else:
+            floor = self.predict(self._scaled(0.0), num_steps)["cost"]
+            if not budget > floor:
+                raise ValueError(
+                    f"Calibration.schedule: `budget` must exceed {floor:.6g}, the cost "
+                    "of running level 1 alone at every step; got "
+                    f"{budget}."
+                )
+
+            def miss(log_s):
+                cost = self.predict(self._scaled(math.exp(log_s)), num_steps)["cost"]
+                return _log(cost) - math.log(budget)
+
+            sign = 1.0
+        log_s = _bisect(miss, sign)
+        return self._scaled(math.exp(log_s))
+
+    def _scaled(self, scale: float) -> Rates:
+        rates = self.rate_shape()
+        rates[:, 1:] *= scale
+        return Rates(
+            jnp.asarray(rates, jnp.float32), jnp.asarray(self.times, jnp.float32)
+        )
+
+    def predict(self, schedule: AbstractSchedule, num_steps: int | None = None) -> dict:
+        """Predicted cost and added error of `schedule` on this calibration's interval.
+
+        **Returns:** a dict with `evaluations` (expected per level), `cost` (expected,
+        units of `costs`) and `error`: the predicted RMS pathwise distance to
+        Euler–Maruyama with the top level, `sqrt(A · Σ_n h² Σ_l (1/p_l − 1) V_l(t_n))`
+        with `A` the measured amplification (`inf` if a level with `V_l > 0` has
+        `p_l = 0`, which drops its correction).
+        """
+        num_steps = self.num_steps if num_steps is None else num_steps
+        ts, h = _grid(self.t0, self.t1, num_steps)
+        probs = np.asarray(_probabilities_on_grid(schedule, jnp.asarray(ts), h))
+        probs = probs.astype(np.float64)
+        nxt = np.concatenate([probs[:, 1:], np.zeros((num_steps, 1))], axis=1)
+        evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=0)
+        cost = float(np.dot(evaluations, self.costs))
+        variances = self.variances[_bin_index(self.times, ts + h / 2)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_step = np.where(variances > 0, variances * (1 / probs - 1), 0.0)
+        mse = self.amplification * h**2 * per_step.sum()
+        return {
+            "evaluations": evaluations,
+            "cost": cost,
+            "error": float(np.sqrt(mse)) if np.isfinite(mse) else math.inf,
+        }
+
+    def table(self) -> str:
+        """A per-level diagnostic table, in the spirit of Giles's `mlmc_test`."""
+        k = self.num_levels
+        shape = self.rate_shape()
+        lines = [
+            f"ML-EM calibration: {k} levels, t from {self.t0:g} to {self.t1:g}, "
+            f"{self.num_steps} pilot steps, {len(self.times) - 1} time bins",
+            f"{'level':>5} {'cost':>10} {'FLOPs':>10} {'ms/eval':>9} "
+            f"{'drift err':>10} {'mean V_l':>10} {'rate shape':>11}",
+        ]
+        for l in range(k):
+            flops = f"{self.flops[l]:10.3g}" if self.flops else f"{'-':>10}"
+            ms = f"{1e3 * self.seconds[l]:9.3f}" if self.seconds else f"{'-':>9}"
+            lines.append(
+                f"{l + 1:>5} {self.costs[l]:10.3g} {flops} {ms} "
+                f"{self.drift_errors[l]:10.4g} {self.variances[:, l].mean():10.4g} "
+                f"{shape[:, l].mean():11.4g}"
+            )
+        lines.append("V_l per time bin (rows: levels; columns: bins, in time order):")
+        for l in range(k):
+            row = " ".join(f"{v:9.3g}" for v in self.variances[:, l])
+            lines.append(f"{l + 1:>5} {row}")
+        err = "" if math.isnan(self.gamma_stderr) else f" ± {self.gamma_stderr:.2f}"
+        lines.append(
+            f"fitted gamma = {self.gamma:.2f}{err}; amplification = "
+            f"{self.amplification:.3g}"
+        )
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def calibrate(
+    levels: Levels,
+    diffusion,
+    y0,
+    *,
+    t0: float,
+    t1: float,
+    num_steps: int,
+    key: PRNGKeyArray,
+    args=None,
+    num_bins: int = 8,
+    reference=None,
+    pilot_keys: int = 8,
+    measure_costs: bool = True,
+) -> Calibration:
+    """Measure a ladder along its trajectories and fit ML-EM's optimal rates.
+
+    Pilot solves: one Euler–Maruyama solve with the top level, saving every state,
+    on which every level (and `reference`) is evaluated; then `pilot_keys` ML-EM
+    solves on the same Brownian path, to measure how the dynamics amplify the
+    variance that ML-EM injects.
+
+    **Arguments:**
+
+    - `levels`, `diffusion`, `y0`, `t0`, `t1`, `num_steps`, `key`, `args`: as in
+        `mlem_solve`; `y0` should be a representative batch (leading axis), its
+        first axis is averaged over.
+    - `num_bins`: number of equal time bins for `V_l(t)`.
+    - `reference`: an optional more accurate drift `f(t, y, args)` for the drift
+        errors and `γ` (default: errors against the top level).
+    - `pilot_keys`: number of ML-EM pilot runs for the amplification (0 skips it,
+        taking amplification 1).
+    - `measure_costs`: measure FLOPs and wall-clock of each level on `y0`.
+
+    **Returns:** a `Calibration`; `print` it for the diagnostic table, call
+    `.schedule(target_error=...)` or `.schedule(budget=...)` for rates, and
+    `.predict(schedule)` for a schedule's expected cost and added error.
+    """
+    if not isinstance(levels, Levels):
+        raise TypeError(
+            f"calibrate: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
+        )
+    if not (isinstance(num_bins, int) and num_bins >= 1):
+        raise ValueError(
+            f"calibrate: `num_bins` must be a positive int; got {num_bins!r}."
+        )
+    if not (isinstance(num_steps, int) and num_steps >= num_bins):
+        raise ValueError(
+            "calibrate: `num_steps` must be an int at least `num_bins` "
+            f"({num_bins}); got {num_steps!r}."
+        )
+    if not (isinstance(pilot_keys, int) and pilot_keys >= 0):
+        raise ValueError(
+            f"calibrate: `pilot_keys` must be a non-negative int; got {pilot_keys!r}."
+        )
+    y0 = jnp.asarray(y0)
+    t0, t1 = float(t0), float(t1)
+    k = levels.num_levels
+    pilot_key, level_key = jax.random.split(key)
+    states, info = em_solve(
+        levels.top,
+        diffusion,
+        y0,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        key=pilot_key,
+        args=args,
+        saveat=diffrax.SaveAt(t0=True, steps=True),
+    )
+    ts, h = _grid(t0, t1, num_steps)
+    fns = levels.fns + ((reference,) if reference is not None else ())
+
+    def measure(carry, x):
+        t, y = x
+        values = [jnp.asarray(f(t, y, args)).astype(y.dtype) for f in fns]
+        sq = lambda v: jnp.mean(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
+        previous = jnp.zeros_like(y)
+        increments = []
+        for v in values[:k]:
+            increments.append(sq(v - previous))
+            previous = v
+        ref = values[-1]
+        errors = [sq(v - ref) for v in values[:k]]
+        return carry, (jnp.stack(increments), jnp.stack(errors))
+
+    per_step_v, per_step_e = jax.lax.scan(
+        measure,
+        None,
+        (jnp.asarray(ts, y0.dtype), states[:-1]),
+    )[1]
+    per_step_v = np.asarray(per_step_v, np.float64)
+    per_step_e = np.asarray(per_step_e, np.float64)
+    lo, hi = min(t0, t1), max(t0, t1)
+    edges = np.linspace(lo, hi, num_bins + 1)
+    bins = _bin_index(edges, ts + h / 2)
+    variances = np.stack([per_step_v[bins == b].mean(axis=0) for b in range(num_bins)])
+    drift_errors = np.sqrt(per_step_e.mean(axis=0))
+
+    flops = seconds = None
+    if measure_costs:
+        t_mid = jnp.asarray((t0 + t1) / 2, y0.dtype)
+        call = lambda f, t, y, a: f(t, y, a)
+        flops = tuple(count_flops(call, f, t_mid, y0, args) for f in levels.fns)
+        seconds = tuple(time_call(call, f, t_mid, y0, args) for f in levels.fns)
+    gamma_costs = flops if flops is not None else levels.costs
+    gamma, gamma_stderr = _fit_gamma(gamma_costs, drift_errors, reference is None)
+
+    calibration = Calibration(
+        times=edges,
+        variances=variances,
+        costs=levels.costs,
+        flops=flops,
+        seconds=seconds,
+        drift_errors=drift_errors,
+        gamma=gamma,
+        gamma_stderr=gamma_stderr,
+        amplification=1.0,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        warnings=(),
+    )
+    amplification = 1.0
+    if pilot_keys > 0 and k > 1:
+        amplification = _measure_amplification(
+            calibration, levels, diffusion, y0, pilot_key, level_key, args, pilot_keys
+        )
+    warnings = _warnings(levels, variances, gamma, gamma_stderr)
+    return dataclasses.replace(
+        calibration, amplification=amplification, warnings=warnings
+    )
+
+
+def _measure_amplification(cal, levels, diffusion, y0, pilot_key, level_key, args, n):
+    # A pilot schedule costing about 1/4 of Euler–Maruyama with the top level.
+    em_cost = cal.num_steps * cal.costs[-1]
+    floor = cal.predict(cal._scaled(0.0))["cost"]
+    schedule = cal.schedule(budget=max(0.25 * em_cost, 1.5 * floor))
+    predicted = cal.predict(schedule)["error"] ** 2
+    kw = dict(t0=cal.t0, t1=cal.t1, num_steps=cal.num_steps, args=args)
+    dw = None
+    if diffusion is not None:
+        from ._brownian import brownian_increments
+
+        dw = brownian_increments(
+            pilot_key,
+            y0.shape,
+            t0=cal.t0,
+            t1=cal.t1,
+            num_steps=cal.num_steps,
+            dtype=y0.dtype,
+        )
+    y_em, _ = em_solve(levels.top, diffusion, y0, key=pilot_key, brownian=dw, **kw)
+
+    def added(key):
+        y, _ = mlem_solve(levels, schedule, diffusion, y0, key=key, brownian=dw, **kw)
+        d = (y - y_em).reshape(y.shape[0], -1)
+        return jnp.mean(jnp.sum(d**2, axis=1))
+
+    measured = float(jnp.mean(jax.lax.map(added, jax.random.split(level_key, n))))
+    if not (predicted > 0 and np.isfinite(predicted)) or not measured > 0:
+        return 1.0
+    return measured / predicted
+
+
+def _fit_gamma(costs, errors, top_is_reference):
+    costs = np.asarray(costs, np.float64)
+    errors = np.asarray(errors, np.float64)
+    if top_is_reference:
+        costs, errors = costs[:-1], errors[:-1]
+    keep = errors > 0
+    costs, errors = costs[keep], errors[keep]
+    if len(costs) < 2:
+        return math.nan, math.nan
+    x, y = np.log(errors), np.log(costs)
+    slope, intercept = np.polyfit(x, y, 1)
+    if len(costs) < 3:
+        return float(-slope), math.nan
+    residuals = y - (slope * x + intercept)
+    s2 = residuals @ residuals / (len(x) - 2)
+    stderr = math.sqrt(s2 / np.sum((x - x.mean()) ** 2))
+    return float(-slope), float(stderr)
+
+
+def _warnings(levels, variances, gamma, gamma_stderr):
+    out = []
+    if not math.isnan(gamma):
+        if gamma <= 2:
+            out.append(
+                f"gamma = {gamma:.2f} <= 2: outside the HTMC regime, expect at most a "
+                "constant-factor gain over Euler-Maruyama."
+            )
+        elif not math.isnan(gamma_stderr) and gamma - 2 * gamma_stderr <= 2:
+            out.append(
+                f"gamma = {gamma:.2f} ± {gamma_stderr:.2f} is not clearly above 2."
+            )
+    costs = np.asarray(levels.costs)
+    if np.any(np.diff(costs) <= 0):
+        out.append("costs do not increase along the ladder.")
+    mean_v = variances.mean(axis=0)
+    for l in range(1, len(mean_v) - 1):
+        if mean_v[l + 1] > mean_v[l]:
+            out.append(
+                f"V_{l + 2} > V_{l + 1}: level {l + 2} does not refine level {l + 1}; "
+                "its corrections cost more than they save."
+            )
+    return tuple(out)
+
+
+@eqx.filter_jit
+def _probabilities_on_grid(schedule, ts, h):
+    return jax.vmap(lambda t: schedule.probabilities(t, h))(ts)
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _grid(t0: float, t1: float, num_steps: int):
+    h = (t1 - t0) / num_steps
+    return t0 + h * np.arange(num_steps), h
+
+
+def _bin_index(edges: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+
+
+def _bisect(miss, sign: float, lo: float = -30.0, hi: float = 30.0, iters: int = 80):
+    """Root of a monotone `miss(log_s)` (increasing if sign > 0) on [lo, hi]."""
+    f_lo, f_hi = sign * miss(lo), sign * miss(hi)
+    if f_lo > 0 or f_hi < 0:
+        raise ValueError(
+            "Calibration.schedule: the target cannot be met by scaling the rates (a "
+            "budget above the cost of running every level at every step, or an error "
+            "target below what the schedule's bins can reach)."
+        )
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if sign * miss(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+    return (lo + hi) / 2

@@ -1,0 +1,219 @@
+"""Calibration on a hierarchy whose V_l(t), costs and drift errors are known exactly."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mlem_jax as mj
+
+GAMMA = 3.0
+COSTS = (1.0, 4.0, 16.0, 64.0)
+DIM = 4
+
+
+def _amplitudes():
+    # Drift errors against the top level e_l = c_l^(−1/γ) for l < k, e_k = 0, with
+    # orthogonal increments: a_l² = e_{l−1}² − e_l² for the increment of level l.
+    e = [c ** (-1 / GAMMA) for c in COSTS[:-1]] + [0.0]
+    a = [1.0] + [math.sqrt(e[l - 1] ** 2 - e[l] ** 2) for l in range(1, len(COSTS))]
+    return np.array(a), np.array(e)
+
+
+def known_hierarchy():
+    """f^l(t, y) = −y + (1 + t) Σ_{j≤l} a_j u_j with orthonormal u_j: the increments
+    Δ_l = a_l (1 + t) u_l do not depend on y, so V_l(t) = a_l² (1 + t)² exactly."""
+    a, _ = _amplitudes()
+    u = np.eye(DIM)
+
+    def level(l):
+        shift = jnp.asarray(sum(a[j] * u[j] for j in range(l + 1)), jnp.float32)
+        return lambda t, y, args: -y + (1 + t) * shift
+
+    return mj.Levels(tuple(level(l) for l in range(len(COSTS))), COSTS)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    levels = known_hierarchy()
+    y0 = jax.random.normal(jax.random.key(0), (32, DIM))
+    return mj.calibrate(
+        levels,
+        lambda t, y, a: 0.3,
+        y0,
+        t0=0.0,
+        t1=1.0,
+        num_steps=64,
+        key=jax.random.key(1),
+        num_bins=4,
+        pilot_keys=64,
+        measure_costs=False,
+    )
+
+
+def test_variances_match_closed_form(calibration):
+    a, _ = _amplitudes()
+    h = 1 / 64
+    ts = h * np.arange(64)
+    bins = np.minimum((ts + h / 2) // 0.25, 3).astype(int)
+    expected = np.stack([np.mean((1 + ts[bins == b]) ** 2) * a**2 for b in range(4)])
+    np.testing.assert_allclose(calibration.times, [0.0, 0.25, 0.5, 0.75, 1.0])
+    # Column 0 is E‖f^1‖², which depends on the trajectories; the increments don't.
+    np.testing.assert_allclose(calibration.variances[:, 1:], expected[:, 1:], rtol=1e-4)
+
+
+def test_drift_errors_and_gamma(calibration):
+    _, e = _amplitudes()
+    # The mean over steps of (1 + t)² multiplies every squared error.
+    h = 1 / 64
+    factor = np.sqrt(np.mean((1 + h * np.arange(64)) ** 2))
+    np.testing.assert_allclose(
+        calibration.drift_errors, factor * e, rtol=1e-4, atol=1e-6
+    )
+    # log c = −γ log e + b holds exactly (the common factor only shifts b).
+    assert abs(calibration.gamma - GAMMA) < 1e-3
+    assert calibration.gamma_stderr < 1e-3
+    assert calibration.warnings == ()
+
+
+def test_rate_rule_is_the_closed_form(calibration):
+    c = np.array(COSTS)
+    increment_cost = c + np.concatenate([[0.0], c[:-1]])
+    shape = calibration.rate_shape()
+    assert np.all(np.isinf(shape[:, 0]))
+    np.testing.assert_allclose(
+        shape[:, 1:], np.sqrt(calibration.variances[:, 1:] / increment_cost[1:])
+    )
+    # Scaled to a budget: the predicted cost is the budget and λ ∝ sqrt(V/C) holds.
+    em_cost = 64 * COSTS[-1]
+    sched = calibration.schedule(budget=0.3 * em_cost)
+    assert isinstance(sched, mj.Rates)
+    np.testing.assert_allclose(
+        calibration.predict(sched)["cost"], 0.3 * em_cost, rtol=1e-6
+    )
+    ratio = np.asarray(sched.rates[:, 1:]) / shape[:, 1:]
+    np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-5)
+    # Scaled to an error target: the predicted added error is the target.
+    sched = calibration.schedule(target_error=0.05)
+    np.testing.assert_allclose(calibration.predict(sched)["error"], 0.05, rtol=1e-6)
+
+
+def test_predicted_evaluations_are_the_closed_form(calibration):
+    sched = mj.Rates((jnp.inf, 16.0, 8.0, 2.0))
+    pred = calibration.predict(sched)
+    p = np.array([1.0, 16 / 64, 8 / 64, 2 / 64])
+    nxt = np.append(p[1:], 0.0)
+    np.testing.assert_allclose(
+        pred["evaluations"], 64 * (1 - (1 - p) * (1 - nxt)), rtol=1e-6
+    )
+    np.testing.assert_allclose(pred["cost"], pred["evaluations"] @ np.array(COSTS))
+
+
+def test_amplification_is_one_without_feedback(calibration):
+    # Increments that do not depend on y are not amplified by the dynamics: the
+    # measured added mean-square error equals the predicted one. Each pilot's
+    # squared error has relative sd about sqrt(2); 64 pilots give sd ≈ 0.18, and
+    # the band is 4 sd.
+    assert abs(calibration.amplification - 1.0) < 4 * math.sqrt(2 / 64)
+
+
+def test_table_and_warnings():
+    levels = mj.Levels(
+        (lambda t, y, a: -y, lambda t, y, a: -y + 0.1, lambda t, y, a: -y + 0.1),
+        (1.0, 1.0, 2.0),
+    )
+    cal = mj.calibrate(
+        levels,
+        None,
+        jnp.ones((4, 2)),
+        t0=0.0,
+        t1=1.0,
+        num_steps=8,
+        key=jax.random.key(0),
+        num_bins=2,
+        pilot_keys=0,
+    )
+    text = str(cal)
+    assert "ML-EM calibration: 3 levels" in text and "fitted gamma" in text
+    assert any("costs do not increase" in w for w in cal.warnings)
+    assert cal.flops is not None and len(cal.flops) == 3
+
+
+def test_gamma_below_two_warns():
+    # Against a reference, errors 1, 1/2 (halving) while the cost doubles: γ = 1.
+    u = np.eye(3)
+    amps = [1.0, math.sqrt(1.0 - 0.25), 0.5]
+
+    def level(l):
+        shift = jnp.asarray(sum(amps[j] * u[j] for j in range(l + 1)), jnp.float32)
+        return lambda t, y, args: -y + shift
+
+    levels = mj.Levels((level(0), level(1)), (1.0, 2.0))
+    cal = mj.calibrate(
+        levels,
+        None,
+        jnp.zeros((4, 3)),
+        t0=0.0,
+        t1=1.0,
+        num_steps=4,
+        key=jax.random.key(0),
+        num_bins=1,
+        pilot_keys=0,
+        measure_costs=False,
+        reference=level(2),
+    )
+    np.testing.assert_allclose(cal.drift_errors, [1.0, 0.5], rtol=1e-5)
+    assert abs(cal.gamma - 1.0) < 1e-3
+    assert any("outside the HTMC regime" in w for w in cal.warnings)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (
+            dict(levels=(lambda t, y, a: y,)),
+            TypeError,
+            "`levels` must be a mlem_jax.Levels",
+        ),
+        (dict(num_bins=0), ValueError, "`num_bins` must be a positive int"),
+        (
+            dict(num_steps=2, num_bins=4),
+            ValueError,
+            r"`num_steps` must be an int at least `num_bins` \(4\)",
+        ),
+        (dict(pilot_keys=-1), ValueError, "`pilot_keys` must be a non-negative int"),
+    ],
+)
+def test_calibrate_bad_input(kwargs, error, match):
+    kw = dict(
+        levels=known_hierarchy(),
+        diffusion=None,
+        y0=jnp.ones((2, DIM)),
+        t0=0.0,
+        t1=1.0,
+        num_steps=8,
+        key=jax.random.key(0),
+        num_bins=2,
+        pilot_keys=0,
+        measure_costs=False,
+    )
+    kw.update(kwargs)
+    with pytest.raises(error, match=match):
+        mj.calibrate(**kw)
+
+
+def test_schedule_bad_input(calibration):
+    with pytest.raises(ValueError, match="exactly one of `target_error` or `budget`"):
+        calibration.schedule()
+    with pytest.raises(ValueError, match="exactly one of `target_error` or `budget`"):
+        calibration.schedule(target_error=0.1, budget=10.0)
+    with pytest.raises(ValueError, match="`target_error` must be > 0"):
+        calibration.schedule(target_error=0.0)
+    with pytest.raises(
+        ValueError, match="`budget` must exceed 64, the cost of running level 1"
+    ):
+        calibration.schedule(budget=10.0)
+    with pytest.raises(ValueError, match="cannot be met by scaling the rates"):
+        calibration.schedule(budget=1e9)
