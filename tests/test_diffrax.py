@@ -63,9 +63,26 @@ def _y0(dtype=jnp.float32):
     return jnp.linspace(-1.0, 1.5, np.prod(SHAPE), dtype=dtype).reshape(SHAPE)
 
 
+CONSTANT = diffrax.ConstantStepSize()
+
+
+def _save_ts(t0, t1):
+    # Two interior grid times (concrete, as mlem_solve's `saveat.ts` must be).
+    return t0 + (t1 - t0) * jnp.array([3.0, 5.0], t0.dtype) / NUM_STEPS
+
+
 @eqx.filter_jit
-def _solve(terms, solver, t0, t1, y0, args):
-    dt0 = (t1 - t0) / NUM_STEPS
+def _solve(terms, solver, t0, t1, y0, args, controller):
+    """One compiled solve shared by most tests: saves y0, two grid times and every
+    step, and the solver state."""
+    if isinstance(controller, diffrax.StepTo):
+        dt0 = None
+    else:
+        dt0 = (t1 - t0) / NUM_STEPS
+    subs = (
+        diffrax.SubSaveAt(t0=True, ts=_save_ts(t0, t1)),
+        diffrax.SubSaveAt(steps=True),
+    )
     return diffrax.diffeqsolve(
         terms,
         solver,
@@ -74,12 +91,17 @@ def _solve(terms, solver, t0, t1, y0, args):
         dt0,
         y0,
         args=args,
-        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+        stepsize_controller=controller,
+        saveat=diffrax.SaveAt(subs=subs, solver_state=True),
         max_steps=NUM_STEPS,
         # ForwardMode: the primal solve is the same as with the default adjoint,
         # compiles in half the time, and accepts UnsafeBrownianPath.
         adjoint=diffrax.ForwardMode(),
     )
+
+
+def _final(sol):
+    return sol.ys[1][-1]
 
 
 # --- MLEMSolver with every p_l = 1 is diffrax.Euler ---------------------------------
@@ -95,56 +117,56 @@ def _path(kind, t0, t1):
     return diffrax.UnsafeBrownianPath(SHAPE, KEY)
 
 
-@pytest.mark.parametrize(
-    "kind, direction",
-    [
-        ("step", "forward"),
-        ("step", "reverse"),
-        ("virtual", "reverse"),
-        ("unsafe", "forward"),
-        ("ode", "reverse"),
-    ],
-)
-def test_all_ones_is_euler(kind, direction):
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_all_ones_is_euler(direction):
     t0, t1 = DIRECTIONS[direction]
-    terms = _terms(LEVELS, None if kind == "ode" else _path(kind, t0, t1))
+    terms = _terms(LEVELS, _path("step", t0, t1))
     args = jnp.float32(1.3)
     ones = mj.FixedProbabilities((1.0, 1.0, 1.0))
-    sol = _solve(terms, mj.MLEMSolver(ones, key=KEY), t0, t1, _y0(), args)
-    sol_euler = _solve(terms, diffrax.Euler(), t0, t1, _y0(), args)
+    sol = _solve(terms, mj.MLEMSolver(ones, key=KEY), t0, t1, _y0(), args, CONSTANT)
+    sol_euler = _solve(terms, diffrax.Euler(), t0, t1, _y0(), args, CONSTANT)
     # The telescope f1 + (f2 − f1) + (f3 − f2) equals f3 up to float32 rounding.
-    np.testing.assert_allclose(sol.ys, sol_euler.ys, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(sol.ys, _y0(), atol=1e-2)
+    np.testing.assert_allclose(sol.ys[1], sol_euler.ys[1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(_final(sol), _y0(), atol=1e-2)
     np.testing.assert_array_equal(sol.solver_state.evaluations, [NUM_STEPS] * 3)
 
 
 # --- diffeqsolve(MLEMSolver) reproduces the functional mlem_solve --------------------
 
 
-@pytest.mark.parametrize("direction", ["forward", "reverse"])
-@pytest.mark.parametrize("sde", [True, False], ids=["sde", "ode"])
-def test_matches_mlem_solve(direction, sde):
+@pytest.mark.parametrize(
+    "direction, noise, controller",
+    [
+        ("forward", "step", "constant"),
+        ("reverse", "step", "constant"),
+        ("reverse", "step", "step_to"),
+        ("reverse", "virtual", "constant"),
+        # UnsafeBrownianPath keys its draws on the bits of the query times: forward
+        # on a dyadic grid, diffrax and the core ask for the same times.
+        ("forward", "unsafe", "constant"),
+        ("forward", "ode", "constant"),
+        ("reverse", "ode", "constant"),
+    ],
+)
+def test_matches_mlem_solve(direction, noise, controller):
     t0, t1 = DIRECTIONS[direction]
-    levels = LEVELS
-    schedule = (
-        mj.FixedProbabilities(PROBS) if sde else mj.Rates((jnp.inf, 3.0, 1.0))
-    )  # Rates: p_l depends on |h|, so the step size must be the core's too.
-    path = mj.StepBrownianPath(SHAPE, KEY, t0=t0, t1=t1, num_steps=NUM_STEPS)
-    terms = _terms(levels, path if sde else None)
+    sde = noise != "ode"
+    # For the ODE, Rates: p_l depends on the signed step and time, so those must be
+    # the core's too.
+    schedule = mj.FixedProbabilities(PROBS) if sde else mj.Rates((jnp.inf, 3.0, 1.0))
+    path = _path(noise, t0, t1) if sde else None
     args = jnp.float32(1.3)
-    sol = diffrax.diffeqsolve(
-        terms,
-        mj.MLEMSolver(schedule, key=KEY),
-        t0,
-        t1,
-        (t1 - t0) / NUM_STEPS,
-        _y0(),
-        args=args,
-        saveat=diffrax.SaveAt(steps=True, solver_state=True),
-        max_steps=NUM_STEPS,
+    controller = (
+        CONSTANT
+        if controller == "constant"
+        else diffrax.StepTo(ts=jnp.linspace(t0, t1, NUM_STEPS + 1))
+    )
+    terms = _terms(LEVELS, path)
+    sol = _solve(
+        terms, mj.MLEMSolver(schedule, key=KEY), t0, t1, _y0(), args, controller
     )
     ys, info = mj.mlem_solve(
-        levels,
+        LEVELS,
         schedule,
         _g if sde else None,
         _y0(),
@@ -153,47 +175,16 @@ def test_matches_mlem_solve(direction, sde):
         num_steps=NUM_STEPS,
         key=KEY,
         args=args,
-        saveat=diffrax.SaveAt(steps=True),
+        # The core's own increments for the project's path (same key), else the
+        # diffrax path itself.
+        brownian=None if noise in ("step", "ode") else path,
+        saveat=diffrax.SaveAt(t0=True, ts=_save_ts(t0, t1), steps=True),
     )
-    np.testing.assert_allclose(sol.ts, info.ts, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(sol.ys, ys, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jnp.concatenate(sol.ts), info.ts, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jnp.concatenate(sol.ys), ys, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(sol.solver_state.evaluations, info.evaluations)
     # The schedule's draws matter: some expensive level was skipped.
     assert int(info.evaluations[-1]) < NUM_STEPS
-
-
-def test_step_to_and_saveat_ts():
-    t0, t1 = DIRECTIONS["reverse"]
-    levels = LEVELS
-    schedule = mj.FixedProbabilities(PROBS)
-    path = mj.StepBrownianPath(SHAPE, KEY, t0=t0, t1=t1, num_steps=NUM_STEPS)
-    grid = jnp.linspace(t0, t1, NUM_STEPS + 1)
-    save_ts = grid[jnp.array([0, 3, 8])]
-    sol = diffrax.diffeqsolve(
-        _terms(levels, path),
-        mj.MLEMSolver(schedule, key=KEY),
-        t0,
-        t1,
-        None,
-        _y0(),
-        args=jnp.float32(1.3),
-        stepsize_controller=diffrax.StepTo(ts=grid),
-        saveat=diffrax.SaveAt(ts=save_ts, solver_state=True),
-    )
-    ys, info = mj.mlem_solve(
-        levels,
-        schedule,
-        _g,
-        _y0(),
-        t0=t0,
-        t1=t1,
-        num_steps=NUM_STEPS,
-        key=KEY,
-        args=jnp.float32(1.3),
-        saveat=diffrax.SaveAt(ts=save_ts),
-    )
-    np.testing.assert_allclose(sol.ys, ys, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(sol.solver_state.evaluations, info.evaluations)
 
 
 def test_deterministic_and_key_dependent():
@@ -202,12 +193,12 @@ def test_deterministic_and_key_dependent():
     terms = _terms(LEVELS, path)
     sched = mj.FixedProbabilities(PROBS)
     args = jnp.float32(1.3)
-    a = _solve(terms, mj.MLEMSolver(sched, key=KEY), t0, t1, _y0(), args)
-    b = _solve(terms, mj.MLEMSolver(sched, key=KEY), t0, t1, _y0(), args)
+    a = _solve(terms, mj.MLEMSolver(sched, key=KEY), t0, t1, _y0(), args, CONSTANT)
+    b = _solve(terms, mj.MLEMSolver(sched, key=KEY), t0, t1, _y0(), args, CONSTANT)
     other = mj.MLEMSolver(sched, key=jax.random.key(7))
-    c = _solve(terms, other, t0, t1, _y0(), args)
-    np.testing.assert_array_equal(a.ys, b.ys)
-    assert not np.array_equal(a.ys, c.ys)
+    c = _solve(terms, other, t0, t1, _y0(), args, CONSTANT)
+    np.testing.assert_array_equal(a.ys[1], b.ys[1])
+    assert not np.array_equal(_final(a), _final(c))
 
 
 # --- vmap ---------------------------------------------------------------------------
@@ -220,9 +211,11 @@ def test_vmap_over_y0_with_unbatched_key():
     solver = mj.MLEMSolver(mj.FixedProbabilities(PROBS), key=KEY)
     args = jnp.float32(1.3)
     y0s = jnp.stack([_y0(), 2 * _y0(), -_y0()])
-    batched = jax.vmap(lambda y: _solve(terms, solver, t0, t1, y, args).ys)(y0s)
+    batched = jax.vmap(
+        lambda y: _final(_solve(terms, solver, t0, t1, y, args, CONSTANT))
+    )(y0s)
     for i in range(y0s.shape[0]):
-        single = _solve(terms, solver, t0, t1, y0s[i], args).ys
+        single = _final(_solve(terms, solver, t0, t1, y0s[i], args, CONSTANT))
         np.testing.assert_allclose(batched[i], single, rtol=1e-6, atol=1e-6)
 
 
@@ -231,8 +224,8 @@ def test_vmap_over_key_raises():
     terms = _terms(LEVELS, None)
     sched = mj.FixedProbabilities(PROBS)
     keys = jax.random.split(KEY, 3)
-    solve = lambda key: (
-        _solve(terms, mj.MLEMSolver(sched, key=key), t0, t1, _y0(), jnp.float32(1.0)).ys
+    solve = lambda key: _final(
+        _solve(terms, mj.MLEMSolver(sched, key=key), t0, t1, _y0(), 1.0, CONSTANT)
     )
     with pytest.raises(ValueError, match="level draws are batched under jax.vmap"):
         jax.vmap(solve)(keys)
@@ -305,7 +298,7 @@ def test_step_path_increments(direction):
     n = 6
     path = mj.StepBrownianPath(SHAPE, KEY, t0=t0, t1=t1, num_steps=n)
     dws = mj.brownian_increments(KEY, SHAPE, t0=t0, t1=t1, num_steps=n)
-    grid = np.linspace(t0, t1, n + 1)
+    grid = jnp.linspace(t0, t1, n + 1)
     evaluate = eqx.filter_jit(lambda s, u: path.evaluate(s, u))
     for i in range(n):
         # W(t_{i+1}) − W(t_i) is the core's increment of step i, in either direction.
@@ -324,23 +317,6 @@ def test_step_path_increments(direction):
     np.testing.assert_allclose(
         evaluate(grid[1], mid), dws[1] + 0.5 * dws[2], rtol=1e-5, atol=1e-6
     )
-
-
-def test_step_path_statistics():
-    # Over many keys, increments over one step and over three steps have the
-    # Brownian variances h and 3h.
-    n, num_keys = 10, 4000
-    keys = jax.random.split(jax.random.key(3), num_keys)
-
-    def draw(key):
-        path = mj.StepBrownianPath((), key, t0=0.0, t1=1.0, num_steps=n)
-        return path.evaluate(0.2, 0.3), path.evaluate(0.3, 0.6)
-
-    one, three = jax.vmap(draw)(keys)
-    for sample, var in [(one, 0.1), (three, 0.3)]:
-        # The sample variance has standard deviation var·sqrt(2/num_keys).
-        assert abs(float(jnp.var(sample)) - var) < 5 * var * np.sqrt(2 / num_keys)
-    assert abs(float(jnp.corrcoef(one, three)[0, 1])) < 5 / np.sqrt(num_keys)
 
 
 # --- statistics of one ML-EM step ---------------------------------------------------
@@ -380,18 +356,17 @@ def test_one_step_mean_is_top_level():
 
 def test_step_draws_follow_key_layout():
     # Step n of MLEMSolver draws its levels from step_uniforms(level_key, n, k).
-    levels = LEVELS
-    sched = mj.FixedProbabilities(PROBS)
-    terms = mj.MultilevelTerm(levels)
-    solver = mj.MLEMSolver(sched, key=KEY)
-    y0 = _y0()
-    state = solver.init(terms, 0.0, 0.1, y0, 1.0)
+    terms = mj.MultilevelTerm(LEVELS)
+    solver = mj.MLEMSolver(mj.FixedProbabilities(PROBS), key=KEY)
+    y0, args = _y0(), jnp.float32(1.0)
+    step = eqx.filter_jit(
+        lambda t, state: solver.step(terms, t, t + 0.1, y0, args, state, False)[3]
+    )
+    state = solver.init(terms, 0.0, 0.1, y0, args)
     _, level_key = split_key(KEY)
     total = np.zeros(3, int)
     for n in range(5):
-        _, _, _, state, _ = solver.step(
-            terms, 0.1 * n, 0.1 * (n + 1), y0, 1.0, state, 0
-        )
+        state = step(jnp.float32(0.1 * n), state)
         u = step_uniforms(level_key, n, 3, y0.dtype)
         _, needed, _ = level_draws(u, jnp.asarray(PROBS, y0.dtype))
         total += np.asarray(needed, int)
@@ -404,14 +379,12 @@ def test_step_draws_follow_key_layout():
 
 def test_gradients_reverse_forward_and_finite_differences():
     with jax.enable_x64(True):
-        t0, t1 = DIRECTIONS["reverse"]
-        levels = LEVELS
-        schedule = mj.FixedProbabilities(PROBS)
+        t0, t1 = 1.0, 0.0
         path = mj.StepBrownianPath(
             SHAPE, KEY, t0=t0, t1=t1, num_steps=NUM_STEPS, dtype=jnp.float64
         )
-        terms = _terms(levels, path)
-        solver = mj.MLEMSolver(schedule, key=KEY)
+        terms = _terms(LEVELS, path)
+        solver = mj.MLEMSolver(mj.FixedProbabilities(PROBS), key=KEY)
 
         def loss(params, adjoint):
             y0, args = params
@@ -429,35 +402,33 @@ def test_gradients_reverse_forward_and_finite_differences():
             return jnp.sum(jnp.sin(sol.ys[-1]))
 
         params = (_y0(jnp.float64), jnp.float64(1.3))
-        grads = {
-            name: jax.jit(jax.grad(lambda p, a=adjoint: loss(p, a)))(params)
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        reverse = {
+            name: jax.jit(jax.grad(lambda x, a=adjoint: loss(unravel(x), a)))(flat)
             for name, adjoint in [
                 ("recursive", diffrax.RecursiveCheckpointAdjoint()),
                 ("direct", diffrax.DirectAdjoint()),
             ]
         }
-        # Forward mode: one JVP per coordinate direction.
-        flat, unravel = jax.flatten_util.ravel_pytree(params)
-        f_fwd = jax.jit(lambda x: loss(unravel(x), diffrax.ForwardMode()))
-        f_plain = jax.jit(
-            lambda x: loss(unravel(x), diffrax.RecursiveCheckpointAdjoint())
-        )
-        basis = jnp.eye(flat.size)
-        fwd = jnp.stack(
-            [jax.jvp(f_fwd, (flat,), (basis[i],))[1] for i in range(flat.size)]
-        )
+        # One compiled forward-mode solve gives both the JVPs along the coordinate
+        # directions (at `flat`) and the primal values for central differences.
         eps = 1e-6
-        fd = jnp.stack(
-            [
-                (f_plain(flat + eps * basis[i]) - f_plain(flat - eps * basis[i]))
-                / (2 * eps)
-                for i in range(flat.size)
-            ]
+        basis = jnp.eye(flat.size)
+        points = jnp.concatenate(
+            [flat + 0 * basis, flat + eps * basis, flat - eps * basis]
         )
-        rev = jax.flatten_util.ravel_pytree(grads["recursive"])[0]
-        direct = jax.flatten_util.ravel_pytree(grads["direct"])[0]
+        tangents = jnp.concatenate([basis, basis, basis])
+        f = lambda x: loss(unravel(x), diffrax.ForwardMode())
+        values, jvps = jax.jit(jax.vmap(lambda x, v: jax.jvp(f, (x,), (v,))))(
+            points, tangents
+        )
+        forward = jvps[: flat.size]
+        plus, minus = values[flat.size : 2 * flat.size], values[2 * flat.size :]
+        central = (plus - minus) / (2 * eps)
+
+        rev = reverse["recursive"]
         assert float(jnp.abs(rev).max()) > 1e-2
-        np.testing.assert_allclose(direct, rev, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(fwd, rev, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(reverse["direct"], rev, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(forward, rev, rtol=1e-10, atol=1e-12)
         # Central differences: truncation O(eps²) plus rounding O(1e-16/eps).
-        np.testing.assert_allclose(fd, rev, rtol=1e-7, atol=1e-8)
+        np.testing.assert_allclose(central, rev, rtol=1e-7, atol=1e-8)

@@ -1,0 +1,200 @@
+"""Overhead of the diffrax drop-in solver over the functional core.
+
+Times, on one problem and in one run:
+
+- `diffrax.diffeqsolve(MultiTerm(MultilevelTerm, ControlTerm(g, StepBrownianPath)),
+  MLEMSolver)` against the functional `mlem_solve` (ML-EM);
+- `diffrax.diffeqsolve(..., diffrax.Euler())` on the same term against `em_solve`
+  (Euler–Maruyama with the top level).
+
+The hierarchy is real compute: three MLP drifts whose hidden widths grow 4× per level,
+on a batch of 256 states. Both paths solve the same problem with the same key and give
+the same result (checked here too). Each timing is the median of several runs after
+compilation; the runs of the variants are interleaved so that load on a shared machine
+hits them alike. Results (ratios, machine, versions, seed) go to
+`benchmarks/results/diffrax_overhead.json`.
+
+    python benchmarks/diffrax_overhead.py            # or: taskset -c 0 python ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+
+import mlem_jax as mj
+
+RESULTS = Path(__file__).parent / "results" / "diffrax_overhead.json"
+
+
+class MLP(eqx.Module):
+    """A drift `f(t, y)`: one hidden tanh layer on `[y, t]`."""
+
+    w1: jax.Array
+    b1: jax.Array
+    w2: jax.Array
+
+    def __init__(self, dim: int, width: int, key):
+        k1, k2 = jax.random.split(key)
+        self.w1 = jax.random.normal(k1, (dim + 1, width)) / np.sqrt(dim + 1)
+        self.b1 = jnp.zeros(width)
+        self.w2 = jax.random.normal(k2, (width, dim)) / np.sqrt(width)
+
+    def __call__(self, t, y, args):
+        del args
+        ty = jnp.broadcast_to(jnp.asarray(t, y.dtype), y.shape[:-1] + (1,))
+        hidden = jnp.tanh(jnp.concatenate([y, ty], axis=-1) @ self.w1 + self.b1)
+        return hidden @ self.w2 - y
+
+
+def diffusion(t, y, args):
+    del args
+    return 0.5 * jnp.ones_like(y) * (1 + jnp.asarray(t, y.dtype))
+
+
+def diffusion_operator(t, y, args):
+    return lx.DiagonalLinearOperator(diffusion(t, y, args))
+
+
+def build(seed: int, dim: int, batch: int, base_width: int, num_levels: int):
+    key = jax.random.key(seed)
+    model_key, y_key, solve_key = jax.random.split(key, 3)
+    widths = [base_width * 4**i for i in range(num_levels)]
+    fns = tuple(
+        MLP(dim, w, k) for w, k in zip(widths, jax.random.split(model_key, num_levels))
+    )
+    costs = tuple(float(2 * batch * ((dim + 1) * w + w * dim)) for w in widths)
+    levels = mj.Levels(fns, costs)
+    y0 = jax.random.normal(y_key, (batch, dim))
+    return levels, widths, y0, solve_key
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--base-width", type=int, default=32)
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--num-steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    opts = parser.parse_args()
+
+    levels, widths, y0, key = build(
+        opts.seed, opts.dim, opts.batch, opts.base_width, opts.levels
+    )
+    n = opts.num_steps
+    t0, t1 = 1.0, 0.0  # reverse time, as diffusion models sample
+    # Level 1 every step; the expensive levels a few dozen times over the solve.
+    rates = (jnp.inf,) + tuple(40.0 / 4**i for i in range(1, opts.levels))
+    schedule = mj.Rates(rates)
+    path = mj.StepBrownianPath(y0.shape, key, t0=t0, t1=t1, num_steps=n)
+    terms = diffrax.MultiTerm(
+        mj.MultilevelTerm(levels), diffrax.ControlTerm(diffusion_operator, path)
+    )
+    dt0 = (t1 - t0) / n
+
+    @eqx.filter_jit
+    def functional_mlem(levels, y0):
+        return mj.mlem_solve(
+            levels, schedule, diffusion, y0, t0=t0, t1=t1, num_steps=n, key=key
+        )[0]
+
+    @eqx.filter_jit
+    def functional_em(levels, y0):
+        return mj.em_solve(
+            levels.top, diffusion, y0, t0=t0, t1=t1, num_steps=n, key=key
+        )[0]
+
+    @eqx.filter_jit
+    def diffrax_solve(terms, solver, y0):
+        sol = diffrax.diffeqsolve(
+            terms, solver, t0, t1, dt0, y0, max_steps=n, throw=False
+        )
+        return sol.ys[-1]
+
+    mlem_solver = mj.MLEMSolver(schedule, key=key)
+    euler = diffrax.Euler()
+    variants = {
+        "mlem_solve": lambda: functional_mlem(levels, y0),
+        "diffrax_mlem": lambda: diffrax_solve(terms, mlem_solver, y0),
+        "em_solve": lambda: functional_em(levels, y0),
+        "diffrax_euler": lambda: diffrax_solve(terms, euler, y0),
+    }
+    outputs = {name: np.asarray(fn()) for name, fn in variants.items()}  # compile
+    agreement = {
+        "mlem": float(np.abs(outputs["diffrax_mlem"] - outputs["mlem_solve"]).max()),
+        "em": float(np.abs(outputs["diffrax_euler"] - outputs["em_solve"]).max()),
+    }
+    times = {name: [] for name in variants}
+    for _ in range(opts.repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    ratios = {
+        "diffrax_mlem / mlem_solve": median["diffrax_mlem"] / median["mlem_solve"],
+        "diffrax_euler / em_solve": median["diffrax_euler"] / median["em_solve"],
+    }
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    result = {
+        "benchmark": "diffrax_overhead",
+        "ratios": ratios,
+        "median_seconds": median,
+        "all_seconds": times,
+        "max_abs_difference": agreement,
+        "problem": {
+            "levels": opts.levels,
+            "hidden_widths": widths,
+            "dim": opts.dim,
+            "batch": opts.batch,
+            "num_steps": n,
+            "t0": t0,
+            "t1": t1,
+            "rates": [float(r) for r in rates],
+            "brownian": "StepBrownianPath",
+            "repeats": opts.repeats,
+        },
+        "seed": opts.seed,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "cpu_affinity": affinity,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+            "diffrax": diffrax.__version__,
+            "equinox": eqx.__version__,
+            "lineax": lx.__version__,
+            "mlem_jax": mj.__version__,
+        },
+    }
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"ratios": ratios, "median_seconds": median}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
