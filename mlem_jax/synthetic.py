@@ -3,7 +3,7 @@ that is set, not measured: the test bench of ML-EM's theory.
 
 The drift is a random-feature series
 
-    f(y) = −y + scale · Σ_{j≥1} a_j sin(ω_j·y + φ_j) v_j,     a_j = j^{−(1/γ + 1/2)},
+    f(y) = −κ·y + scale · Σ_{j≥1} a_j sin(ω_j·y + φ_j) v_j,     a_j = j^{−(1/γ + 1/2)},
 
 and level `l` keeps the first `n_l = base_features · growth^{l−1}` terms. With random
 frequencies `ω_j`, phases `φ_j` and directions `v_j`, the terms are nearly orthogonal,
@@ -24,7 +24,7 @@ from ._levels import Levels
 
 
 class RandomFeatureDrift(eqx.Module):
-    """`f(t, y) = −y + sin(y @ omega + phase) @ out`, for `y` of shape `(..., dim)`.
+    """`f(t, y) = −κ·y + sin(y @ omega + phase) @ out`, for `y` of shape `(..., dim)`.
 
     One level of `random_feature_hierarchy`; `args` and `t` are ignored.
     """
@@ -32,11 +32,12 @@ class RandomFeatureDrift(eqx.Module):
     omega: Float[Array, "dim n"]
     phase: Float[Array, " n"]
     out: Float[Array, "n dim"]
+    damping: float = eqx.field(static=True, default=1.0)
 
     def __call__(self, t, y, args):
         del t, args
         features = jnp.sin(y @ self.omega.astype(y.dtype) + self.phase.astype(y.dtype))
-        return -y + features @ self.out.astype(y.dtype)
+        return -self.damping * y + features @ self.out.astype(y.dtype)
 
     @property
     def num_features(self) -> int:
@@ -61,6 +62,7 @@ def random_feature_hierarchy(
     reference_features: int | None = None,
     scale: float = 1.0,
     frequency: float = 1.0,
+    damping: float = 1.0,
     dtype=jnp.float32,
 ) -> tuple[Levels, RandomFeatureDrift]:
     """A `Levels` of random-feature drifts whose cost grows like `ε^{−γ}`.
@@ -76,7 +78,10 @@ def random_feature_hierarchy(
         costs are reported as the number of terms.
     - `reference_features`: terms of the returned reference drift, the "true" `f`
         that the levels approximate (default: `4 ×` the top level's).
-    - `scale`: overall size of the non-linear part; `frequency`: scale of `ω_j`.
+    - `scale`: overall size of the non-linear part; `frequency`: scale of `ω_j`;
+        `damping`: the linear restoring rate `κ`, shared by every level (a large `κ`
+        makes the SDE stiff: Euler–Maruyama then needs many steps, which ML-EM pays
+        with its cheapest level).
 
     **Returns:** `(levels, reference)`. The levels share their leading terms with
     the reference, so `‖f^l − reference‖` falls like `n_l^{−1/γ}`
@@ -103,7 +108,7 @@ def random_feature_hierarchy(
     out = scale * (j ** (-(1 / gamma + 0.5)))[:, None] * directions
 
     def truncate(n):
-        return RandomFeatureDrift(omega[:, :n], phase[:n], out[:n])
+        return RandomFeatureDrift(omega[:, :n], phase[:n], out[:n], float(damping))
 
     levels = Levels(fns=tuple(truncate(n) for n in features), costs=features)
     return levels, truncate(total)
