@@ -121,9 +121,7 @@ def main():
 
     @eqx.filter_jit
     def diffrax_solve(terms, solver, y0):
-        sol = diffrax.diffeqsolve(
-            terms, solver, t0, t1, dt0, y0, max_steps=n, throw=False
-        )
+        sol = diffrax.diffeqsolve(terms, solver, t0, t1, dt0, y0, max_steps=n)
         return sol.ys[-1]
 
     mlem_solver = mj.MLEMSolver(schedule, key=key)
@@ -178,6 +176,8 @@ def main():
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "cpu_affinity": affinity,
+            # Other processes on a shared machine; the interleaved runs see it alike.
+            "load_average_1_5_15": list(os.getloadavg()),
             "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()],
         },

@@ -25,7 +25,7 @@ DIRECTIONS = {
 }
 
 
-def _levels(scale=1.0):
+def _levels():
     # Three levels converging to the top one; they depend on t, y and args (a scalar
     # parameter, for gradients), so every place where time or direction could go
     # wrong shows in the result.
@@ -292,6 +292,11 @@ def test_constructor_errors():
 # --- StepBrownianPath ---------------------------------------------------------------
 
 
+@eqx.filter_jit
+def _evaluate(path, s, u):
+    return path.evaluate(s) if u is None else path.evaluate(s, u)
+
+
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
 def test_step_path_increments(direction):
     t0, t1 = DIRECTIONS[direction]
@@ -299,7 +304,7 @@ def test_step_path_increments(direction):
     path = mj.StepBrownianPath(SHAPE, KEY, t0=t0, t1=t1, num_steps=n)
     dws = mj.brownian_increments(KEY, SHAPE, t0=t0, t1=t1, num_steps=n)
     grid = jnp.linspace(t0, t1, n + 1)
-    evaluate = eqx.filter_jit(lambda s, u: path.evaluate(s, u))
+    evaluate = lambda s, u: _evaluate(path, s, u)
     for i in range(n):
         # W(t_{i+1}) − W(t_i) is the core's increment of step i, in either direction.
         np.testing.assert_allclose(evaluate(grid[i], grid[i + 1]), dws[i], rtol=1e-6)
@@ -309,7 +314,7 @@ def test_step_path_increments(direction):
         evaluate(grid[1], grid[5]), dws[1:5].sum(0), rtol=1e-5, atol=1e-6
     )
     # W(t) alone is the increment from the earlier end of the grid.
-    w = eqx.filter_jit(lambda t: path.evaluate(t))(grid[4])
+    w = _evaluate(path, grid[4], None)
     expected = dws[:4].sum(0) if direction == "forward" else -dws[4:].sum(0)
     np.testing.assert_allclose(w, expected, rtol=1e-5, atol=1e-6)
     # Off the grid: linear interpolation within a step (the documented restriction).
