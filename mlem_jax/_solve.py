@@ -275,7 +275,7 @@ def _solve(
                 "noise); pass a diffusion g(t, y, args) or drop `brownian`."
             )
         if isinstance(brownian, diffrax.AbstractPath):
-            out = jax.eval_shape(lambda p: p.evaluate(t0, t1), brownian)
+            out = jax.eval_shape(lambda p: _path_increment(p, t0, t1), brownian)
             if getattr(out, "shape", None) != y0.shape:
                 raise ValueError(
                     f"{name}: the Brownian path `brownian` has shape "
@@ -316,6 +316,13 @@ def _solve(
     )
     cost = jnp.asarray(costs, dtype) @ evaluations.astype(dtype)
     return ys, SolveInfo(evaluations=evaluations, cost=cost, ts=ts, num_steps=num_steps)
+
+
+def _path_increment(path, t0, t1):
+    """`W(t1) − W(t0)` from a diffrax path, also one that carries Lévy area (for the
+    stochastic Runge–Kutta solvers), whose `evaluate` returns an object with `.W`."""
+    increment = path.evaluate(t0, t1)
+    return getattr(increment, "W", increment)
 
 
 def _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps):
@@ -426,7 +433,9 @@ def _integrate(
                 lo, hi = jnp.minimum(t, t_next), jnp.maximum(t, t_next)
                 # Same sign convention as diffrax in reverse time: the control of the
                 # step from t to t + h is W(t + h) − W(t).
-                dw = jnp.where(h > 0, 1, -1).astype(dtype) * brownian.evaluate(lo, hi)
+                dw = jnp.where(h > 0, 1, -1).astype(dtype) * _path_increment(
+                    brownian, lo, hi
+                )
                 dw = dw.astype(dtype)
             else:
                 dw = given_dw

@@ -714,3 +714,15 @@ def test_brownian_helpers_bad_input():
         mj.coarsen_increments(jnp.ones((10, 2)), 3)
     with pytest.raises(ValueError, match="`factor` must be a positive int"):
         mj.coarsen_increments(jnp.ones((10, 2)), 0)
+
+
+def test_levy_area_path_gives_its_increments():
+    # Paths built for stochastic Runge–Kutta solvers return Lévy area with `.W`.
+    key = jax.random.key(0)
+    plain = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-3, shape=(3,), key=key)
+    levy = diffrax.VirtualBrownianTree(
+        0.0, 1.0, tol=1e-3, shape=(3,), key=key, levy_area=diffrax.SpaceTimeLevyArea
+    )
+    a, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=plain)
+    b, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=levy)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
