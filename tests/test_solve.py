@@ -718,11 +718,16 @@ def test_brownian_helpers_bad_input():
 
 def test_levy_area_path_gives_its_increments():
     # Paths built for stochastic Runge–Kutta solvers return Lévy area with `.W`.
-    key = jax.random.key(0)
-    plain = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-3, shape=(3,), key=key)
     levy = diffrax.VirtualBrownianTree(
-        0.0, 1.0, tol=1e-3, shape=(3,), key=key, levy_area=diffrax.SpaceTimeLevyArea
+        0.0,
+        1.0,
+        tol=1e-3,
+        shape=(3,),
+        key=jax.random.key(0),
+        levy_area=diffrax.SpaceTimeLevyArea,
     )
-    a, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=plain)
+    grid = jnp.linspace(0.0, 1.0, 9)
+    dw = jnp.stack([levy.evaluate(a, b).W for a, b in zip(grid[:-1], grid[1:])])
+    a, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=dw)
     b, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=levy)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
