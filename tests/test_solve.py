@@ -727,7 +727,7 @@ def test_levy_area_path_gives_its_increments():
         levy_area=diffrax.SpaceTimeLevyArea,
     )
     grid = jnp.linspace(0.0, 1.0, 9)
-    dw = jnp.stack([levy.evaluate(a, b).W for a, b in zip(grid[:-1], grid[1:])])
+    dw = jnp.stack([levy.evaluate(a, b) for a, b in zip(grid[:-1], grid[1:])])
     a, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=dw)
     b, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=levy)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
