@@ -1,0 +1,539 @@
+"""Cost–error benchmarks: ML-EM against Euler–Maruyama and diffrax's SDE solvers.
+
+Every run of a benchmark shares one Brownian path per sample with a reference solve
+(the most accurate drift, fine steps), so errors are strong (pathwise) errors: the
+RMS over the batch of the distance between final states. Costs are FLOPs (XLA's cost
+analysis of one batched drift evaluation, times the realised number of evaluations)
+and wall-clock. The "best EM" frontier is the cheapest Euler–Maruyama run, over every
+level and step count, reaching each error; ML-EM's frontier likewise over truncated
+ladders (levels 1..j), calibrated targets and step counts.
+
+Used by `benchmarks/cost_error.py` and `mlem-jax bench`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import lineax
+import numpy as np
+
+from ._brownian import coarsen_increments
+from ._calibrate import calibrate
+from ._cost import count_flops
+from ._levels import Levels
+from ._solve import em_solve, mlem_solve
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """An SDE `dY = f dt + σ(t) dW` with a ladder of drifts and a reference drift.
+
+    **Fields:**
+
+    - `name`: a label for results.
+    - `levels`: the ladder, cheapest first; its `costs` are FLOPs per batched
+        evaluation on `y0`.
+    - `reference`: the most accurate drift (the reference solve uses it).
+    - `sigma`: `σ(t)`, a scalar function of time (additive noise), or `None` for
+        an ODE.
+    - `y0`, `t0`, `t1`: the batch of initial states and the time interval.
+    - `gamma`: the cost–accuracy exponent by construction, if known.
+    """
+
+    name: str
+    levels: Levels
+    reference: Callable
+    sigma: Callable[[Any], Any] | None
+    y0: jax.Array
+    t0: float
+    t1: float
+    gamma: float | None = None
+
+    def diffusion(self, t, y, args):
+        return jnp.asarray(self.sigma(t), y.dtype)
+
+
+def synthetic_problem(
+    gamma: float,
+    *,
+    num_levels: int = 4,
+    growth: int = 16,
+    base_features: int = 4,
+    dim: int = 8,
+    batch: int = 32,
+    sigma: float = 0.5,
+    seed: int = 0,
+) -> Problem:
+    """The random-feature hierarchy of `mlem_jax.synthetic` with cost `∝ ε^{−γ}`, as a
+    `Problem` on `[0, 1]` with additive noise `σ`; the reference drift has 4× the top
+    level's features, and level costs are measured FLOPs."""
+    from .synthetic import random_feature_hierarchy
+
+    key = jax.random.key(seed)
+    levels, reference = random_feature_hierarchy(
+        key,
+        dim=dim,
+        gamma=gamma,
+        num_levels=num_levels,
+        base_features=base_features,
+        growth=growth,
+        scale=3.0,
+    )
+    y0 = jax.random.normal(jax.random.fold_in(key, 1), (batch, dim))
+    flops = [count_flops(f, 0.0, y0, None) for f in levels.fns]
+    return Problem(
+        name=f"synthetic_gamma{gamma:g}",
+        levels=Levels(levels.fns, flops),
+        reference=reference,
+        sigma=lambda t: sigma,
+        y0=y0,
+        t0=0.0,
+        t1=1.0,
+        gamma=gamma,
+    )
+
+
+def _rms(y, ref) -> float:
+    d = (y - ref).reshape(y.shape[0], -1)
+    return float(jnp.sqrt(jnp.mean(jnp.sum(d**2, axis=1))))
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Result of `fn()` and its wall-clock, timed on a second call (the first
+    compiles)."""
+    jax.block_until_ready(fn())
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - start
+
+
+def pareto_frontier(points: Sequence[dict]) -> list[dict]:
+    """The runs not beaten by a cheaper run with a smaller error, by increasing cost."""
+    frontier = []
+    best = math.inf
+    for p in sorted(points, key=lambda p: (p["cost"], p["error"])):
+        if p["error"] < best:
+            frontier.append(p)
+            best = p["error"]
+    return frontier
+
+
+def fit_exponent(points: Sequence[dict]) -> tuple[float, float]:
+    """`(exponent, stderr)` of `cost ∝ error^{−exponent}` by least squares in log–log
+    (`nan` with too few points)."""
+    if len(points) < 2:
+        return math.nan, math.nan
+    x = np.log([p["error"] for p in points])
+    y = np.log([p["cost"] for p in points])
+    slope, intercept = np.polyfit(x, y, 1)
+    if len(points) < 3:
+        return float(-slope), math.nan
+    resid = y - (slope * x + intercept)
+    stderr = math.sqrt(resid @ resid / (len(x) - 2) / np.sum((x - x.mean()) ** 2))
+    return float(-slope), float(stderr)
+
+
+def cost_to_reach(points: Sequence[dict], error: float) -> float:
+    """The smallest cost among runs whose error is at most `error` (`inf` if none)."""
+    costs = [p["cost"] for p in points if p["error"] <= error * (1 + 1e-9)]
+    return min(costs) if costs else math.inf
+
+
+def _count_evaluations_per_step(solver, problem: Problem) -> float:
+    """Drift evaluations per step of a diffrax solver, counted with a host callback."""
+    count = [0]
+
+    def drift(t, y, args):
+        jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1))
+        return -y
+
+    path = diffrax.VirtualBrownianTree(
+        0.0,
+        1.0,
+        tol=1e-2,
+        shape=(2,),
+        key=jax.random.key(0),
+        levy_area=diffrax.SpaceTimeLevyArea,
+    )
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(drift),
+        diffrax.ControlTerm(
+            lambda t, y, a: lineax.DiagonalLinearOperator(jnp.ones_like(y)), path
+        ),
+    )
+    sol = diffrax.diffeqsolve(terms, solver, 0.0, 1.0, 0.25, jnp.ones(2))
+    jax.block_until_ready(sol.ys)
+    return count[0] / 4
+
+
+def run_cost_error(
+    problem: Problem,
+    *,
+    fine_steps: int = 1024,
+    em_steps: Sequence[int] = (8, 16, 32, 64, 128, 256),
+    mlem_steps: Sequence[int] = (32, 128, 512),
+    targets: Sequence[float] = (1.0, 0.5, 0.25),
+    level_keys: int = 4,
+    pilot_steps: int = 128,
+    srk_solvers: Sequence[str] = ("SRA1", "ShARK"),
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the cost–error benchmark on `problem`; returns a JSON-ready dict.
+
+    **Arguments:**
+
+    - `fine_steps`: steps of the reference solve (every other step count divides it).
+    - `em_steps`: Euler–Maruyama step counts, run with every level.
+    - `mlem_steps`, `targets`: ML-EM step counts, and added-error targets as fractions
+        of each truncated ladder's bias, for `Calibration.schedule(target_error=...)`.
+    - `level_keys`: ML-EM runs per configuration (level draws are shared by the batch,
+        so errors and costs are averaged over this many level keys).
+    - `pilot_steps`: steps of the calibration pilots.
+    - `srk_solvers`: diffrax stochastic Runge–Kutta solvers for additive noise, run
+        with the top level (names of `diffrax` classes).
+    - `seed`: seeds the Brownian path and the level keys.
+    """
+    for n in (*em_steps, *mlem_steps, pilot_steps):
+        if fine_steps % n:
+            raise ValueError(
+                f"run_cost_error: every step count must divide `fine_steps` "
+                f"({fine_steps}); {n} does not."
+            )
+    levels, y0, t0, t1 = problem.levels, problem.y0, problem.t0, problem.t1
+    diffusion = problem.diffusion if problem.sigma is not None else None
+    key = jax.random.key(seed)
+    path_key, level_key = jax.random.split(key)
+    path = diffrax.VirtualBrownianTree(
+        min(t0, t1),
+        max(t0, t1),
+        tol=abs(t1 - t0) / fine_steps / 8,
+        shape=y0.shape,
+        key=path_key,
+        levy_area=diffrax.SpaceTimeLevyArea,
+    )
+    grid = jnp.linspace(t0, t1, fine_steps + 1)
+    w = jax.vmap(lambda t: path.evaluate(min(t0, t1), t))(grid)
+    fine_dw = jnp.diff(w, axis=0)
+    dw = lambda n: coarsen_increments(fine_dw, fine_steps // n)
+
+    log(f"[{problem.name}] reference solve ({fine_steps} steps)")
+    y_ref, _ = em_solve(
+        problem.reference,
+        diffusion,
+        y0,
+        t0=t0,
+        t1=t1,
+        num_steps=fine_steps,
+        key=key,
+        brownian=dw(fine_steps),
+    )
+    runs: list[dict] = []
+
+    em_out = {}
+    for l, fn in enumerate(levels.fns):
+        for n in em_steps:
+            solve = jax.jit(
+                lambda y, b, fn=fn, n=n: em_solve(
+                    fn,
+                    diffusion,
+                    y,
+                    t0=t0,
+                    t1=t1,
+                    num_steps=n,
+                    key=key,
+                    brownian=b,
+                    cost=levels.costs[l],
+                )[0]
+            )
+            y, secs = _timed(lambda solve=solve, n=n: solve(y0, dw(n)))
+            em_out[(l, n)] = y
+            runs.append(
+                dict(
+                    method="em",
+                    level=l + 1,
+                    steps=n,
+                    error=_rms(y, y_ref),
+                    cost=n * levels.costs[l],
+                    seconds=secs,
+                    evaluations=[n if i == l else 0 for i in range(levels.num_levels)],
+                )
+            )
+        log(
+            f"  EM level {l + 1}: errors "
+            + " ".join(f"{r['error']:.3g}" for r in runs[-len(em_steps) :])
+        )
+
+    if problem.sigma is not None:
+        for name in srk_solvers:
+            solver = getattr(diffrax, name)()
+            per_step = _count_evaluations_per_step(solver, problem)
+            terms = diffrax.MultiTerm(
+                diffrax.ODETerm(levels.top),
+                diffrax.ControlTerm(
+                    lambda t, y, a: lineax.DiagonalLinearOperator(
+                        jnp.broadcast_to(
+                            jnp.asarray(problem.sigma(t), y.dtype), y.shape
+                        )
+                    ),
+                    path,
+                ),
+            )
+            for n in em_steps:
+                solve = jax.jit(
+                    lambda y, n=n, solver=solver: diffrax.diffeqsolve(
+                        terms,
+                        solver,
+                        t0,
+                        t1,
+                        (t1 - t0) / n,
+                        y,
+                        max_steps=n + 1,
+                        saveat=diffrax.SaveAt(t1=True),
+                    ).ys[0]
+                )
+                y, secs = _timed(lambda solve=solve: solve(y0))
+                runs.append(
+                    dict(
+                        method=name,
+                        level=levels.num_levels,
+                        steps=n,
+                        error=_rms(y, y_ref),
+                        cost=per_step * n * levels.costs[-1],
+                        seconds=secs,
+                        evaluations_per_step=per_step,
+                    )
+                )
+            log(
+                f"  {name}: errors "
+                + " ".join(f"{r['error']:.3g}" for r in runs[-len(em_steps) :])
+            )
+
+    calibrations = []
+    for j in range(2, levels.num_levels + 1):
+        ladder = Levels(levels.fns[:j], levels.costs[:j])
+        bias = min(r["error"] for r in runs if r["method"] == "em" and r["level"] == j)
+        cal = calibrate(
+            ladder,
+            diffusion,
+            y0,
+            t0=t0,
+            t1=t1,
+            num_steps=pilot_steps,
+            key=jax.random.fold_in(key, j),
+            num_bins=4,
+            reference=problem.reference,
+            pilot_keys=4,
+            measure_costs=False,
+        )
+        calibrations.append(
+            dict(
+                levels=j,
+                gamma=cal.gamma,
+                gamma_stderr=cal.gamma_stderr,
+                amplification=cal.amplification,
+                warnings=list(cal.warnings),
+            )
+        )
+        for n in mlem_steps:
+            em_j = em_out.get((j - 1, n))
+            if em_j is None:
+                em_j, _ = em_solve(
+                    ladder.top,
+                    diffusion,
+                    y0,
+                    t0=t0,
+                    t1=t1,
+                    num_steps=n,
+                    key=key,
+                    brownian=dw(n),
+                )
+            solve = jax.jit(
+                lambda y, k, b, sched, n=n, ladder=ladder: mlem_solve(
+                    ladder,
+                    sched,
+                    diffusion,
+                    y,
+                    t0=t0,
+                    t1=t1,
+                    num_steps=n,
+                    key=k,
+                    brownian=b,
+                )
+            )
+            for frac in targets:
+                target = frac * bias
+                try:
+                    schedule = cal.schedule(target_error=target, num_steps=n)
+                except ValueError:
+                    continue
+                pred = cal.predict(schedule, n)
+                keys = jax.random.split(
+                    jax.random.fold_in(level_key, j * 1000 + n), level_keys
+                )
+                (y, info), secs = _timed(lambda: solve(y0, keys[0], dw(n), schedule))
+                outs = [(y, info)] + [solve(y0, k, dw(n), schedule) for k in keys[1:]]
+                mse = np.mean([_rms(o[0], y_ref) ** 2 for o in outs])
+                added = np.mean([_rms(o[0], em_j) ** 2 for o in outs])
+                evals = np.mean([np.asarray(o[1].evaluations) for o in outs], axis=0)
+                cost = float(np.mean([float(o[1].cost) for o in outs]))
+                runs.append(
+                    dict(
+                        method="mlem",
+                        levels=j,
+                        steps=n,
+                        target_fraction=frac,
+                        target_added_error=target,
+                        error=float(np.sqrt(mse)),
+                        cost=cost,
+                        seconds=secs,
+                        evaluations=evals.tolist(),
+                        predicted_cost=pred["cost"],
+                        predicted_added_error=pred["error"],
+                        measured_added_error=float(np.sqrt(added)),
+                    )
+                )
+        log(
+            f"  ML-EM levels 1..{j}: errors "
+            + " ".join(
+                f"{r['error']:.3g}"
+                for r in runs
+                if r["method"] == "mlem" and r["levels"] == j
+            )
+        )
+
+    return summarise(
+        problem,
+        runs,
+        calibrations,
+        dict(
+            fine_steps=fine_steps,
+            em_steps=list(em_steps),
+            mlem_steps=list(mlem_steps),
+            targets=list(targets),
+            level_keys=level_keys,
+            pilot_steps=pilot_steps,
+            seed=seed,
+            batch=int(y0.shape[0]),
+            state_shape=list(y0.shape[1:]),
+            level_flops=list(levels.costs),
+        ),
+    )
+
+
+def summarise(
+    problem: Problem, runs: list[dict], calibrations: list[dict], config: dict
+) -> dict:
+    """Frontiers, fitted exponents and speedups at matched error."""
+    methods = sorted({r["method"] for r in runs})
+    frontiers = {
+        m: pareto_frontier([r for r in runs if r["method"] == m]) for m in methods
+    }
+    exponents = {}
+    for m, front in frontiers.items():
+        e, s = fit_exponent(front)
+        exponents[m] = dict(exponent=e, stderr=s, points=len(front))
+    em_front, ml_front = frontiers.get("em", []), frontiers.get("mlem", [])
+    speedups = []
+    if em_front and ml_front:
+        tightest = max(
+            min(p["error"] for p in em_front), min(p["error"] for p in ml_front)
+        )
+        candidates = sorted(
+            {p["error"] for p in em_front + ml_front if p["error"] >= tightest}
+        )
+        for err in candidates:
+            c_em, c_ml = cost_to_reach(em_front, err), cost_to_reach(ml_front, err)
+            if math.isfinite(c_em) and math.isfinite(c_ml):
+                speedups.append(
+                    dict(error=err, em_cost=c_em, mlem_cost=c_ml, speedup=c_em / c_ml)
+                )
+    calibrated = [
+        dict(
+            levels=r["levels"],
+            steps=r["steps"],
+            target=r["target_added_error"],
+            measured_added_error=r["measured_added_error"],
+            predicted_added_error=r["predicted_added_error"],
+            predicted_cost=r["predicted_cost"],
+            measured_cost=r["cost"],
+            cost_ratio=r["cost"] / r["predicted_cost"],
+            error_ratio=r["measured_added_error"] / r["target_added_error"],
+        )
+        for r in runs
+        if r["method"] == "mlem"
+    ]
+    return dict(
+        problem=problem.name,
+        gamma_design=problem.gamma,
+        config=config,
+        runs=runs,
+        frontiers=frontiers,
+        exponents=exponents,
+        speedup_at_matched_error=speedups,
+        speedup_at_tightest_matched_error=speedups[0] if speedups else None,
+        calibrations=calibrations,
+        calibrated_schedules=calibrated,
+    )
+
+
+def plot_cost_error(result: dict, path: str) -> None:
+    """A log–log cost–error plot of `result` (from `run_cost_error`) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    runs = result["runs"]
+    styles = {
+        "em": ("tab:blue", "o", "Euler–Maruyama (best over levels)"),
+        "mlem": ("tab:red", "s", "ML-EM (calibrated rates)"),
+        "SRA1": ("tab:green", "^", "diffrax SRA1, top level"),
+        "ShARK": ("tab:purple", "v", "diffrax ShARK, top level"),
+    }
+    for method, (color, marker, label) in styles.items():
+        points = [r for r in runs if r["method"] == method]
+        if not points:
+            continue
+        ax.scatter(
+            [p["error"] for p in points],
+            [p["cost"] for p in points],
+            color=color,
+            marker=marker,
+            alpha=0.25,
+            s=14,
+        )
+        front = result["frontiers"][method]
+        fit = result["exponents"][method]["exponent"]
+        ax.plot(
+            [p["error"] for p in front],
+            [p["cost"] for p in front],
+            color=color,
+            marker=marker,
+            label=f"{label}: cost ∝ error^-{fit:.2f}",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("strong error (RMS distance to the reference solve)")
+    ax.set_ylabel("cost (FLOPs)")
+    title = result["problem"]
+    if result.get("gamma_design"):
+        title += f" (γ = {result['gamma_design']:g} by construction)"
+    best = result.get("speedup_at_tightest_matched_error")
+    if best:
+        title += f"\nML-EM speedup at error {best['error']:.3g}: {best['speedup']:.2f}×"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
