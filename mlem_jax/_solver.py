@@ -90,6 +90,14 @@ class MLEMSolver(diffrax.AbstractItoSolver):
     Step sizes must be fixed (`diffrax.ConstantStepSize`, `diffrax.StepTo`): there is
     no error estimate, and an adaptive controller raises an error saying so.
 
+    Gradients are pathwise (the level draws are fixed by `key`): reverse mode with
+    `diffrax.RecursiveCheckpointAdjoint` (the default) or `diffrax.DirectAdjoint`,
+    forward mode with `diffrax.ForwardMode`. `diffrax.BacksolveAdjoint` is not
+    supported (its backward solve would need the forward solve's draws). For
+    reverse mode drive the noise with `mlem_jax.StepBrownianPath` or
+    `diffrax.VirtualBrownianTree`; `diffrax.UnsafeBrownianPath` allows forward mode
+    only.
+
     The level draws of step `n` (counted from the start of the solve) are
     `B_l = U_l < p_l` with `U = step_uniforms(level_key, n, k)` and
     `_, level_key = jax.random.split(key)`, as in `mlem_jax.mlem_solve`. Driven by
