@@ -124,7 +124,7 @@ class MLEMSolver(diffrax.AbstractItoSolver):
         t0=0.0, t1=1.0, dt0=0.01, y0=y0,
         saveat=diffrax.SaveAt(t1=True, solver_state=True))
     evaluations = sol.solver_state.evaluations          # shape (k,)
-    cost = jnp.asarray(levels.costs) @ evaluations
+    cost = jnp.asarray(levels.costs) @ evaluations.astype(jnp.float32)
     ```
 
     **Reference:** A. Jacot, "Polynomial Speedup in Diffusion Models with the
