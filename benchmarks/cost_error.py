@@ -47,6 +47,7 @@ def main(argv=None):
                 level_keys=2,
                 pilot_steps=16,
                 srk_solvers=("SRA1",),
+                srk_steps=(8, 16),
             )
         else:
             problem = synthetic_problem(gamma, seed=opts.seed)
