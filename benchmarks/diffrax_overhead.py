@@ -17,7 +17,8 @@ recorded too, and the 10th percentile. Results (ratios, machine, versions, seed)
 
     python benchmarks/diffrax_overhead.py            # or: taskset -c 0 python ...
     python benchmarks/diffrax_overhead.py --dim 4 --batch 8 --base-width 2 \
-        --num-steps 400 --out benchmarks/results/diffrax_overhead_small.json
+        --num-steps 400 --calls-per-run 20 \
+        --out benchmarks/results/diffrax_overhead_small.json
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ def main():
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--num-steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument(
+        "--calls-per-run",
+        type=int,
+        default=1,
+        help="solves per timed run (more for tiny problems, whose single runs are "
+        "too short to time on a busy machine)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     opts = parser.parse_args()
 
@@ -171,8 +179,8 @@ def main():
         for name in names:
             fn = variants[name]
             start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
+            jax.block_until_ready([fn() for _ in range(opts.calls_per_run)])
+            times[name].append((time.perf_counter() - start) / opts.calls_per_run)
     median = {name: statistics.median(ts) for name, ts in times.items()}
     fastest = {name: min(ts) for name, ts in times.items()}
     tenth = {name: float(np.quantile(ts, 0.1)) for name, ts in times.items()}
@@ -216,6 +224,7 @@ def main():
             "rates": [float(r) for r in rates],
             "brownian": "StepBrownianPath",
             "repeats": opts.repeats,
+            "calls_per_run": opts.calls_per_run,
         },
         "seed": opts.seed,
         "machine": {
