@@ -44,6 +44,10 @@ class MLEMState(eqx.Module):
         `step_uniforms(level_key, n, k)`, as the functional `mlem_solve`.
     - `evaluations`: shape `(k,)`, how many times each level has been evaluated so
         far (the same count as `mlem_solve`'s `SolveInfo.evaluations`).
+
+    Passing a saved state back (`diffeqsolve(..., solver_state=sol.solver_state)`)
+    continues a solve: the step counter and the counts carry on, so a solve split in
+    two gives the same result as one solve.
     """
 
     level_key: UInt32[Array, "..."]
