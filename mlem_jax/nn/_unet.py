@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 
 def _num_groups(channels: int, max_groups: int) -> int:
-    # GroupNorm needs the group count to divide the channel count; widths like 12 or
-    # 24 are common in a ladder, so take the largest divisor not above `max_groups`.
-    return math.gcd(channels, max_groups)
+    # GroupNorm needs the group count to divide the channel count (widths like 12 or
+    # 24 are common in a ladder), and groups of one channel would be instance norm,
+    # which erases per-channel information; take the largest divisor not above
+    # `max_groups` that leaves at least 4 channels per group.
+    best = 1
+    for g in range(1, max_groups + 1):
+        if channels % g == 0 and channels // g >= 4:
+            best = g
+    return best
 
 
 def _zero(layer: eqx.Module) -> eqx.Module:
@@ -24,6 +32,59 @@ def _zero(layer: eqx.Module) -> eqx.Module:
     if getattr(layer, "bias", None) is not None:
         layer = eqx.tree_at(lambda m: m.bias, layer, jnp.zeros_like(layer.bias))
     return layer
+
+
+def _materialise(tree: Any, key: PRNGKeyArray) -> Any:
+    """Concrete weights for a tree of abstract (`eqx.filter_eval_shape`) layers.
+
+    Linear and convolution weights and biases are `U(−1/√fan_in, 1/√fan_in)` (the
+    Equinox / PyTorch default), GroupNorm scales 1 and offsets 0, and the last
+    convolution of every residual branch (`conv2`) and the output convolution
+    (`conv_out`) are zero. All draws are slices of one `jr.uniform` array.
+    """
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)
+    )
+    sizes = [
+        math.prod(leaf.shape) if isinstance(leaf, jax.ShapeDtypeStruct) else 0
+        for _, leaf in with_path
+    ]
+    noise = np.asarray(jr.uniform(key, (max(sum(sizes), 1),), minval=-1.0, maxval=1.0))
+    out, offset = [], 0
+    for (path, leaf), size in zip(with_path, sizes):
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            out.append(leaf)
+            continue
+        draw = noise[offset : offset + size].reshape(leaf.shape)
+        offset += size
+        parent = tree
+        for entry in path[:-1]:
+            parent = _child(parent, entry)
+        names = [getattr(e, "name", getattr(e, "key", None)) for e in path]
+        if isinstance(parent, eqx.nn.GroupNorm):
+            value = (
+                np.ones(leaf.shape) if names[-1] == "weight" else np.zeros(leaf.shape)
+            )
+        elif "conv_out" in names or (len(names) > 1 and names[-2] == "conv2"):
+            value = np.zeros(leaf.shape)
+        elif isinstance(parent, (eqx.nn.Linear, eqx.nn.Conv)):
+            weight = parent.weight
+            fan_in = math.prod(weight.shape[1:])
+            value = draw / math.sqrt(fan_in)
+        else:
+            raise TypeError(f"no initialiser for leaf at {jax.tree_util.keystr(path)}")
+        out.append(jnp.asarray(value, leaf.dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def _child(obj: Any, entry: Any) -> Any:
+    if isinstance(entry, jax.tree_util.GetAttrKey):
+        return getattr(obj, entry.name)
+    if isinstance(entry, jax.tree_util.SequenceKey):
+        return obj[entry.idx]
+    if isinstance(entry, jax.tree_util.DictKey):
+        return obj[entry.key]
+    raise TypeError(f"unexpected pytree path entry {entry!r}")
 
 
 def sinusoidal_embedding(t: Float[ArrayLike, ""], dim: int) -> Float[Array, " dim"]:
@@ -46,7 +107,8 @@ def sinusoidal_embedding(t: Float[ArrayLike, ""], dim: int) -> Float[Array, " di
 
 
 class ResBlock(eqx.Module):
-    """GroupNorm → SiLU → conv, plus a projected time embedding, twice, with a skip."""
+    """Residual block: GroupNorm → SiLU → conv → GroupNorm modulated by the time
+    embedding (scale and shift, as in improved DDPM) → SiLU → conv, plus a skip."""
 
     norm1: eqx.nn.GroupNorm
     conv1: eqx.nn.Conv2d
@@ -61,7 +123,7 @@ class ResBlock(eqx.Module):
         k1, k2, k3, k4 = jr.split(key, 4)
         self.norm1 = eqx.nn.GroupNorm(_num_groups(in_ch, groups), in_ch)
         self.conv1 = eqx.nn.Conv2d(in_ch, out_ch, 3, padding=1, key=k1)
-        self.time_proj = eqx.nn.Linear(emb_dim, out_ch, key=k2)
+        self.time_proj = eqx.nn.Linear(emb_dim, 2 * out_ch, key=k2)
         self.norm2 = eqx.nn.GroupNorm(_num_groups(out_ch, groups), out_ch)
         self.conv2 = _zero(eqx.nn.Conv2d(out_ch, out_ch, 3, padding=1, key=k3))
         self.skip = None if in_ch == out_ch else eqx.nn.Conv2d(in_ch, out_ch, 1, key=k4)
@@ -70,8 +132,11 @@ class ResBlock(eqx.Module):
         self, x: Float[Array, " c h w"], emb: Float[Array, " e"]
     ) -> Float[Array, " c2 h w"]:
         h = self.conv1(jax.nn.silu(self.norm1(x)))
-        h = h + self.time_proj(jax.nn.silu(emb))[:, None, None]
-        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        # Scale-shift after the norm: a shift added before it would be removed by the
+        # normalisation whenever a group holds a single channel.
+        scale, shift = jnp.split(self.time_proj(jax.nn.silu(emb)), 2)
+        h = self.norm2(h) * (1 + scale[:, None, None]) + shift[:, None, None]
+        h = self.conv2(jax.nn.silu(h))
         if self.skip is not None:
             x = self.skip(x)
         return x + h
@@ -118,7 +183,8 @@ class UNet(eqx.Module):
       the way up, as in DDPM).
     - `attn_resolutions`: spatial sizes (e.g. `(8,)`) at which to add self-attention;
       attention is also used in the middle block when this is non-empty.
-    - `num_groups`: maximum number of GroupNorm groups.
+    - `num_groups`: maximum number of GroupNorm groups (fewer when needed to keep at
+      least 4 channels per group).
     - `num_heads`: attention heads.
     - `key`: a JAX PRNG key for the initialisation.
 
@@ -187,67 +253,85 @@ class UNet(eqx.Module):
         self.channel_mults = tuple(int(m) for m in channel_mults)
         self.num_res_blocks = int(num_res_blocks)
         self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
-        self.embed_dim = emb = 4 * base_width
-        keys = iter(jr.split(key, 64 + 4 * len(channel_mults) * (num_res_blocks + 2)))
-        g = num_groups
+        emb = self.embed_dim = 4 * self.base_width
+        attn_res = self.attn_resolutions
 
-        def attn(ch, res):
-            if res in self.attn_resolutions:
-                return AttentionBlock(ch, g, num_heads, key=next(keys))
-            return None
+        def build(key):
+            fields = {}
+            keys = iter(
+                jr.split(key, 64 + 4 * len(channel_mults) * (num_res_blocks + 2))
+            )
+            g = num_groups
 
-        self.time_mlp = (
-            eqx.nn.Linear(base_width, emb, key=next(keys)),
-            eqx.nn.Linear(emb, emb, key=next(keys)),
-        )
-        self.conv_in = eqx.nn.Conv2d(c, base_width, 3, padding=1, key=next(keys))
+            def attn(ch, res):
+                if res in attn_res:
+                    return AttentionBlock(ch, g, num_heads, key=next(keys))
+                return None
 
-        down_res, down_attn, downsample = [], [], []
-        skip_chs = [base_width]
-        ch, res = base_width, height
-        for i, mult in enumerate(self.channel_mults):
-            out = base_width * mult
-            for _ in range(num_res_blocks):
-                down_res.append(ResBlock(ch, out, emb, g, key=next(keys)))
-                down_attn.append(attn(out, res))
-                ch = out
-                skip_chs.append(ch)
-            if i < len(self.channel_mults) - 1:
-                downsample.append(
-                    eqx.nn.Conv2d(ch, ch, 3, stride=2, padding=1, key=next(keys))
-                )
-                skip_chs.append(ch)
-                res //= 2
-        self.down_res, self.down_attn = tuple(down_res), tuple(down_attn)
-        self.downsample = tuple(downsample)
+            fields["time_mlp"] = (
+                eqx.nn.Linear(base_width, emb, key=next(keys)),
+                eqx.nn.Linear(emb, emb, key=next(keys)),
+            )
+            fields["conv_in"] = eqx.nn.Conv2d(
+                c, base_width, 3, padding=1, key=next(keys)
+            )
 
-        self.mid_res = (
-            ResBlock(ch, ch, emb, g, key=next(keys)),
-            ResBlock(ch, ch, emb, g, key=next(keys)),
-        )
-        self.mid_attn = (
-            AttentionBlock(ch, g, num_heads, key=next(keys))
-            if self.attn_resolutions
-            else None
-        )
+            down_res, down_attn, downsample = [], [], []
+            skip_chs = [base_width]
+            ch, res = base_width, height
+            for i, mult in enumerate(self.channel_mults):
+                out = base_width * mult
+                for _ in range(num_res_blocks):
+                    down_res.append(ResBlock(ch, out, emb, g, key=next(keys)))
+                    down_attn.append(attn(out, res))
+                    ch = out
+                    skip_chs.append(ch)
+                if i < len(self.channel_mults) - 1:
+                    downsample.append(
+                        eqx.nn.Conv2d(ch, ch, 3, stride=2, padding=1, key=next(keys))
+                    )
+                    skip_chs.append(ch)
+                    res //= 2
+            fields["down_res"] = tuple(down_res)
+            fields["down_attn"] = tuple(down_attn)
+            fields["downsample"] = tuple(downsample)
 
-        up_res, up_attn, upsample = [], [], []
-        for i, mult in reversed(list(enumerate(self.channel_mults))):
-            out = base_width * mult
-            for _ in range(num_res_blocks + 1):
-                up_res.append(
-                    ResBlock(ch + skip_chs.pop(), out, emb, g, key=next(keys))
-                )
-                up_attn.append(attn(out, res))
-                ch = out
-            if i > 0:
-                upsample.append(eqx.nn.Conv2d(ch, ch, 3, padding=1, key=next(keys)))
-                res *= 2
-        self.up_res, self.up_attn = tuple(up_res), tuple(up_attn)
-        self.upsample = tuple(upsample)
+            fields["mid_res"] = (
+                ResBlock(ch, ch, emb, g, key=next(keys)),
+                ResBlock(ch, ch, emb, g, key=next(keys)),
+            )
+            fields["mid_attn"] = (
+                AttentionBlock(ch, g, num_heads, key=next(keys)) if attn_res else None
+            )
 
-        self.norm_out = eqx.nn.GroupNorm(_num_groups(ch, g), ch)
-        self.conv_out = _zero(eqx.nn.Conv2d(ch, c, 3, padding=1, key=next(keys)))
+            up_res, up_attn, upsample = [], [], []
+            for i, mult in reversed(list(enumerate(self.channel_mults))):
+                out = base_width * mult
+                for _ in range(num_res_blocks + 1):
+                    up_res.append(
+                        ResBlock(ch + skip_chs.pop(), out, emb, g, key=next(keys))
+                    )
+                    up_attn.append(attn(out, res))
+                    ch = out
+                if i > 0:
+                    upsample.append(eqx.nn.Conv2d(ch, ch, 3, padding=1, key=next(keys)))
+                    res *= 2
+            fields["up_res"] = tuple(up_res)
+            fields["up_attn"] = tuple(up_attn)
+            fields["upsample"] = tuple(upsample)
+
+            fields["norm_out"] = eqx.nn.GroupNorm(_num_groups(ch, g), ch)
+            fields["conv_out"] = _zero(
+                eqx.nn.Conv2d(ch, c, 3, padding=1, key=next(keys))
+            )
+            return fields
+
+        # Build with abstract shapes only, then draw every weight from one random
+        # array: initialising layer by layer compiles one small XLA program per
+        # distinct weight shape, seconds per UNet on a CPU.
+        fields = _materialise(eqx.filter_eval_shape(build, key), key)
+        for name, value in fields.items():
+            setattr(self, name, value)
 
     def __call__(
         self, t: Float[ArrayLike, ""], x: Float[Array, " c h w"]
