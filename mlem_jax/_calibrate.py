@@ -7,8 +7,13 @@
 * each level's cost (the `Levels` costs, XLA's FLOP count, measured wall-clock),
 * each level's drift error, and the exponent `γ` of `cost ∝ error^{−γ}`,
 
-then builds time-dependent `Rates` with `λ_l(t) ∝ sqrt(V_l(t)/C_l)`, `C_l = c_l +
-c_{l−1}` (Giles's multilevel allocation), scaled to a target added error or a budget.
+* the sensitivity `a(t)` of the final state to a perturbation at time `t`
+  (`E‖∂Y_T/∂Y_t · δ‖² / E‖δ‖²`, by one reverse-mode pass along the pilot trajectory):
+  noise injected where the dynamics contract matters less than where they expand,
+
+then builds time-dependent `Rates` with `λ_l(t) ∝ sqrt(a(t) V_l(t)/C_l)`, `C_l = c_l +
+c_{l−1}` (Giles's multilevel allocation, weighted by the sensitivity), scaled to a
+target added error or a budget.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class Calibration:
 
     - `times`: bin edges, shape `(m + 1,)`, increasing.
     - `variances`: `V_l` per bin, shape `(m, k)`; column 0 is `E‖f^1‖²`.
+    - `sensitivity`: `a(t)` per bin, shape `(m,)`: the mean-square growth, from
+        time `t` to the end of the solve, of a small isotropic perturbation.
     - `costs`: per-evaluation cost of each level used for the rate rule (the
         `Levels` costs).
     - `flops`, `seconds`: measured FLOPs and wall-clock of one batched evaluation per
@@ -45,14 +52,15 @@ class Calibration:
         drift if given, else the top level, whose own error is then 0).
     - `gamma`, `gamma_stderr`: fitted `γ` in `log c_l = −γ log e_l + b` (FLOPs if
         measured, else `costs`) and its standard error (`nan` with < 3 points).
-    - `amplification`: measured / predicted added mean-square error of a pilot ML-EM
-        run (how the dynamics amplify or damp the injected variance).
+    - `amplification`: measured / predicted added mean-square error of pilot ML-EM
+        runs: a global correction of the sensitivity model (1 if no pilots).
     - `t0`, `t1`, `num_steps`: the grid of the pilot solves.
     - `warnings`: diagnostics in words.
     """
 
     times: np.ndarray
     variances: np.ndarray
+    sensitivity: np.ndarray
     costs: tuple[float, ...]
     flops: tuple[float, ...] | None
     seconds: tuple[float, ...] | None
@@ -70,10 +78,11 @@ class Calibration:
         return self.variances.shape[1]
 
     def rate_shape(self) -> np.ndarray:
-        """Unscaled rates `sqrt(V_l(t)/C_l)`, shape `(m, k)`; level 1 is `inf`."""
+        """Unscaled rates `sqrt(a(t) V_l(t)/C_l)`, shape `(m, k)`; level 1 is `inf`."""
         c = np.asarray(self.costs, np.float64)
         increment_cost = c + np.concatenate([[0.0], c[:-1]])
-        shape = np.sqrt(np.maximum(self.variances, 0.0) / increment_cost)
+        weighted = np.maximum(self.variances, 0.0) * self.sensitivity[:, None]
+        shape = np.sqrt(weighted / increment_cost)
         shape[:, 0] = np.inf
         return shape
 
@@ -144,8 +153,9 @@ class Calibration:
 
         **Returns:** a dict with `evaluations` (expected per level), `cost` (expected,
         units of `costs`) and `error`: the predicted RMS pathwise distance to
-        Euler–Maruyama with the top level, `sqrt(A · Σ_n h² Σ_l (1/p_l − 1) V_l(t_n))`
-        with `A` the measured amplification (`inf` if a level with `V_l > 0` has
+        Euler–Maruyama with the top level,
+        `sqrt(A · Σ_n a(t_n) h² Σ_l (1/p_l − 1) V_l(t_n))` with `a` the sensitivity
+        and `A` the pilots' correction (`inf` if a level with `V_l > 0` has
         `p_l = 0`, which drops its correction).
         """
         num_steps = self.num_steps if num_steps is None else num_steps
@@ -155,7 +165,8 @@ class Calibration:
         nxt = np.concatenate([probs[:, 1:], np.zeros((num_steps, 1))], axis=1)
         evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=0)
         cost = float(np.dot(evaluations, self.costs))
-        variances = self.variances[_bin_index(self.times, ts + h / 2)]
+        bins = _bin_index(self.times, ts + h / 2)
+        variances = self.variances[bins] * self.sensitivity[bins, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             per_step = np.where(variances > 0, variances * (1 / probs - 1), 0.0)
         mse = self.amplification * h**2 * per_step.sum()
@@ -183,6 +194,10 @@ class Calibration:
                 f"{self.drift_errors[l]:10.4g} {self.variances[:, l].mean():10.4g} "
                 f"{shape[:, l].mean():11.4g}"
             )
+        lines.append(
+            "sensitivity a(t) per bin: "
+            + " ".join(f"{a:.3g}" for a in self.sensitivity)
+        )
         lines.append("V_l per time bin (rows: levels; columns: bins, in time order):")
         for l in range(k):
             row = " ".join(f"{v:9.3g}" for v in self.variances[:, l])
@@ -307,9 +322,15 @@ def calibrate(
     gamma_costs = flops if flops is not None else levels.costs
     gamma, gamma_stderr = _fit_gamma(gamma_costs, drift_errors, reference is None)
 
+    per_step_a = _sensitivity(
+        levels.top, diffusion, y0, t0, t1, num_steps, pilot_key, args
+    )
+    sensitivity = np.stack([per_step_a[bins == b].mean() for b in range(num_bins)])
+
     calibration = Calibration(
         times=edges,
         variances=variances,
+        sensitivity=sensitivity,
         costs=levels.costs,
         flops=flops,
         seconds=seconds,
@@ -331,6 +352,53 @@ def calibrate(
     return dataclasses.replace(
         calibration, amplification=amplification, warnings=warnings
     )
+
+
+def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int = 4):
+    """Per step `n`, `E‖J_n v‖²/d`: how much a perturbation added to the state at the
+    end of step `n` grows (in mean square, per component) by the end of the solve,
+    along the pilot trajectory (`J_n` the Jacobian of the final state with respect to
+    it, `d` the state size per sample). One reverse pass gives `J_nᵀ v` for every
+    step at once; Hutchinson's estimator with `probes` random `v` gives the norm."""
+    from ._brownian import brownian_increments
+
+    dtype = y0.dtype
+    h = jnp.asarray((t1 - t0) / num_steps, dtype)
+    dw = (
+        brownian_increments(
+            key, y0.shape, t0=t0, t1=t1, num_steps=num_steps, dtype=dtype
+        )
+        if diffusion is not None
+        else jnp.zeros((num_steps, *y0.shape), dtype)
+    )
+
+    def final(zs):
+        def step(y, x):
+            n, z, dwn = x
+            t = jnp.asarray(t0, dtype) + n.astype(dtype) * h
+            y_next = y + h * jnp.asarray(top(t, y, args)).astype(dtype) + z
+            if diffusion is not None:
+                y_next = y_next + jnp.asarray(diffusion(t, y, args)).astype(dtype) * dwn
+            return y_next, None
+
+        steps = jnp.arange(num_steps)
+        return jax.lax.scan(jax.checkpoint(step), y0, (steps, zs, dw))[0]
+
+    @jax.jit
+    def norms(v_keys):
+        _, vjp = jax.vjp(final, jnp.zeros((num_steps, *y0.shape), dtype))
+
+        def one(vk):
+            # Rademacher probes: exact for Jacobians that are multiples of I.
+            v = jax.random.rademacher(vk, y0.shape, dtype)
+            (g,) = vjp(v)
+            return jnp.mean(jnp.sum(g.reshape(num_steps, y0.shape[0], -1) ** 2, -1), -1)
+
+        return jnp.mean(jax.lax.map(one, v_keys), axis=0)
+
+    d = int(np.prod(y0.shape[1:])) if y0.ndim > 1 else 1
+    keys = jax.random.split(jax.random.fold_in(key, 7), probes)
+    return np.asarray(norms(keys), np.float64) / d
 
 
 def _measure_amplification(cal, levels, diffusion, y0, pilot_key, level_key, args, n):

@@ -187,7 +187,7 @@ def run_cost_error(
     *,
     fine_steps: int = 1024,
     em_steps: Sequence[int] = (8, 16, 32, 64, 128, 256),
-    mlem_steps: Sequence[int] = (32, 128, 512),
+    mlem_steps: Sequence[int] = (32, 128, 256, 512),
     targets: Sequence[float] = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35),
     level_keys: int = 4,
     pilot_steps: int = 128,

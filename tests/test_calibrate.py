@@ -64,6 +64,17 @@ def test_variances_match_closed_form(calibration):
     np.testing.assert_allclose(calibration.variances[:, 1:], expected[:, 1:], rtol=1e-4)
 
 
+def test_sensitivity_matches_closed_form(calibration):
+    # y' = y + h(−y + c) + noise + z: a perturbation z after step n is multiplied by
+    # (1 − h) in each of the 64 − n − 1 later steps, whatever the trajectory.
+    h = 1 / 64
+    n = np.arange(64)
+    per_step = (1 - h) ** (2 * (64 - n - 1))
+    bins = np.minimum((h * n + h / 2) // 0.25, 3).astype(int)
+    expected = [per_step[bins == b].mean() for b in range(4)]
+    np.testing.assert_allclose(calibration.sensitivity, expected, rtol=1e-4)
+
+
 def test_drift_errors_and_gamma(calibration):
     _, e = _amplitudes()
     # The mean over steps of (1 + t)² multiplies every squared error.
@@ -83,9 +94,8 @@ def test_rate_rule_is_the_closed_form(calibration):
     increment_cost = c + np.concatenate([[0.0], c[:-1]])
     shape = calibration.rate_shape()
     assert np.all(np.isinf(shape[:, 0]))
-    np.testing.assert_allclose(
-        shape[:, 1:], np.sqrt(calibration.variances[:, 1:] / increment_cost[1:])
-    )
+    weighted = calibration.variances[:, 1:] * calibration.sensitivity[:, None]
+    np.testing.assert_allclose(shape[:, 1:], np.sqrt(weighted / increment_cost[1:]))
     # Scaled to a budget: the predicted cost is the budget and λ ∝ sqrt(V/C) holds.
     em_cost = 64 * COSTS[-1]
     sched = calibration.schedule(budget=0.3 * em_cost)
