@@ -340,7 +340,7 @@ def run_cost_error(
             key=jax.random.fold_in(key, j),
             num_bins=4,
             reference=problem.reference,
-            pilot_keys=4,
+            pilot_keys=8,
             measure_costs=False,
         )
         calibrations.append(
