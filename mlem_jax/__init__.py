@@ -14,6 +14,14 @@ from ._brownian import (
 )
 from ._calibrate import Calibration as Calibration, calibrate as calibrate
 from ._cost import count_flops as count_flops, time_call as time_call
+from ._learn import (
+    LearnedSchedule as LearnedSchedule,
+    LogitProbabilities as LogitProbabilities,
+    draw_log_prob as draw_log_prob,
+    expected_cost as expected_cost,
+    learn_schedule as learn_schedule,
+    schedule_gradient as schedule_gradient,
+)
 from ._levels import Levels as Levels
 from ._path import StepBrownianPath as StepBrownianPath
 from ._schedules import (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +61,7 @@ def mlem_solve(
     args: Any = None,
     brownian: Array | diffrax.AbstractBrownianPath | None = None,
     saveat: diffrax.SaveAt | None = None,
-    checkpoint: bool = True,
+    checkpoint: bool | str = True,
 ) -> tuple[Array, SolveInfo]:
     """Solve `dY = f(t, Y) dt + g(t, Y) dW` with the Multilevel Euler–Maruyama method.
 
@@ -96,8 +98,14 @@ def mlem_solve(
         drives the level draws.
     - `saveat`: optional `diffrax.SaveAt` with any of `t0`, `t1`, `ts` (times on the
         step grid `t0 + n·h`) and `steps`. Without it the final state is returned.
-    - `checkpoint`: rematerialise each step in reverse-mode autodiff instead of
-        storing its intermediate values (memory `O(num_steps · y0.size)`).
+    - `checkpoint`: how reverse-mode autodiff stores the trajectory. `True`
+        (default): rematerialise each step instead of storing its intermediate
+        values, keeping one state per step (memory `O(num_steps · y0.size)`).
+        `"sqrt"`: two-level checkpointing, an outer scan over about `√num_steps`
+        blocks of about `√num_steps` steps each, keeping only the block-boundary
+        states and recomputing one block at a time (memory `O(√num_steps ·
+        y0.size)`, about one extra forward solve of compute). `False`: store
+        everything (fastest, most memory).
 
     **Returns:** `(y1, info)`: the final state (or, with `saveat`, the saved states
     stacked along a new leading axis, at the times `info.ts`) and a `SolveInfo` with
@@ -156,7 +164,7 @@ def em_solve(
     brownian: Array | diffrax.AbstractBrownianPath | None = None,
     saveat: diffrax.SaveAt | None = None,
     cost: float = 1.0,
-    checkpoint: bool = True,
+    checkpoint: bool | str = True,
 ) -> tuple[Array, SolveInfo]:
     """Solve `dY = f(t, Y) dt + g(t, Y) dW` with Euler–Maruyama: the baseline.
 
@@ -242,6 +250,10 @@ def _solve(
     num_steps = int(num_steps)
     if num_steps <= 0:
         raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
+    if not (isinstance(checkpoint, bool) or checkpoint == "sqrt"):
+        raise ValueError(
+            f'{name}: `checkpoint` must be True, False or "sqrt"; got {checkpoint!r}.'
+        )
     try:
         y0 = jnp.asarray(y0)
     except TypeError as e:
@@ -467,7 +479,10 @@ def _integrate(
             y0[None],
             jnp.zeros((m, *y0.shape), dtype),
         )
-    (y1, buf), (needed, step_ys) = jax.lax.scan(step, (y0, buf), xs)
+    if checkpoint == "sqrt":
+        (y1, buf), (needed, step_ys) = _two_level_scan(step, (y0, buf), xs, num_steps)
+    else:
+        (y1, buf), (needed, step_ys) = jax.lax.scan(step, (y0, buf), xs)
     evaluations = needed.sum(axis=0, dtype=jnp.int32)
     if spec is None:
         return y1, evaluations, None
@@ -486,3 +501,26 @@ def _integrate(
         ys.append(y1[None])
         ts.append(t1[None])
     return jnp.concatenate(ys), evaluations, jnp.concatenate(ts)
+
+
+def _two_level_scan(step, carry, xs, num_steps):
+    """`lax.scan(step, carry, xs)` as a scan over blocks of about `√num_steps` steps,
+    each block rematerialised in reverse mode: only the block-boundary carries and one
+    block's per-step carries are stored at a time, `O(√num_steps)` states in all."""
+    block = math.isqrt(num_steps - 1) + 1  # ceil(sqrt(num_steps))
+    num_blocks, rest = divmod(num_steps, block)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def run_block(c, xb):
+        return jax.lax.scan(step, c, xb)
+
+    main = jax.tree.map(
+        lambda a: a[: num_blocks * block].reshape(num_blocks, block, *a.shape[1:]), xs
+    )
+    carry, out = jax.lax.scan(run_block, carry, main)
+    out = jax.tree.map(lambda a: a.reshape(num_blocks * block, *a.shape[2:]), out)
+    if rest:
+        tail = jax.tree.map(lambda a: a[num_blocks * block :], xs)
+        carry, out_tail = run_block(carry, tail)
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, out_tail)
+    return carry, out

@@ -1,0 +1,621 @@
+"""Learning the level probabilities `p_l(t)`: a learnable schedule, the log-probability
+of a solve's level draws, unbiased schedule gradients and `learn_schedule`.
+
+The loss of an ML-EM solve depends on the schedule's parameters `θ` twice: through
+the weights `B_l/p_l` of the drawn corrections (the pathwise term, draws held fixed)
+and through the distribution of the draws `B_l ~ Bernoulli(p_l)` (the score-function
+term). With `log P(B) = Σ_{n,l} B log p + (1 − B) log(1 − p)`,
+
+    ∇_θ E[L] = E[ ∇_θ L |_B + (L − b) ∇_θ log P(B) ],
+
+unbiased for any baseline `b` independent of the draws. `schedule_gradient` uses the
+leave-one-out mean of the other samples' losses as `b`, in reverse mode or as a
+forward gradient (random tangent directions, no stored trajectory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._brownian import brownian_increments, split_key, step_uniforms
+from ._levels import Levels
+from ._misc import concrete_or_none
+from ._schedules import AbstractSchedule, _as_float_array
+from ._solve import _check_key, em_solve, mlem_solve
+
+
+class LogitProbabilities(AbstractSchedule):
+    """Learnable time-dependent probabilities `p_l(t) = sigmoid(logits[i, l])` on time
+    bins `i`: the parameterisation `learn_schedule` optimises.
+
+    **Arguments:**
+
+    - `logits`: shape `(k,)` (constant in time) or `(m, k)` with `times`. `+inf`
+        means "every step" (`p = 1`, never learned), `-inf` "never".
+    - `times`: optional bin edges, shape `(m + 1,)`, strictly increasing; bin `i`
+        holds on `[times[i], times[i+1])`, times outside use the first or last bin,
+        and a step reads its bin at its midpoint `t + h/2` (as `Rates`).
+
+    Unlike `Rates`, the probabilities do not depend on the step size: a learned
+    schedule is tuned for the number of steps it was learned at.
+    """
+
+    logits: Float[Array, "m k"]
+    times: Float[Array, " m+1"] | None
+
+    def __init__(self, logits: ArrayLike, times: ArrayLike | None = None):
+        logits = _as_float_array(logits, "logits", "LogitProbabilities")
+        if times is None:
+            if logits.ndim != 1 or logits.shape[0] == 0:
+                raise ValueError(
+                    "LogitProbabilities: without `times`, `logits` must be a non-empty "
+                    f"1-D sequence with one logit per level; got shape {logits.shape}."
+                )
+            logits = logits[None, :]
+        else:
+            times = _as_float_array(times, "times", "LogitProbabilities")
+            if times.ndim != 1 or times.shape[0] < 2:
+                raise ValueError(
+                    "LogitProbabilities: `times` must be 1-D bin edges with at least 2 "
+                    f"entries; got shape {times.shape}."
+                )
+            if logits.ndim != 2 or logits.shape[0] != times.shape[0] - 1:
+                raise ValueError(
+                    "LogitProbabilities: with `times` of length m + 1 = "
+                    f"{times.shape[0]}, `logits` must have shape (m, k) = "
+                    f"({times.shape[0] - 1}, k); got {logits.shape}."
+                )
+            tvalue = concrete_or_none(times)
+            if tvalue is not None and not (
+                np.all(np.isfinite(tvalue)) and np.all(np.diff(tvalue) > 0)
+            ):
+                raise ValueError(
+                    "LogitProbabilities: `times` must be finite and strictly "
+                    f"increasing; got {tvalue.tolist()}."
+                )
+        if logits.shape[-1] == 0:
+            raise ValueError("LogitProbabilities: `logits` has no levels.")
+        value = concrete_or_none(logits)
+        if value is not None and np.any(np.isnan(value)):
+            raise ValueError("LogitProbabilities: `logits` contains NaN.")
+        self.logits = logits
+        self.times = times
+
+    @property
+    def num_levels(self) -> int:
+        return self.logits.shape[-1]
+
+    def logit(self, t: ArrayLike) -> Float[Array, " k"]:
+        """The logits at time `t`."""
+        if self.times is None:
+            return self.logits[0]
+        t = jnp.asarray(t, dtype=self.times.dtype)
+        i = jnp.searchsorted(self.times, t, side="right") - 1
+        return self.logits[jnp.clip(i, 0, self.logits.shape[0] - 1)]
+
+    def probabilities(self, t, h):
+        return jax.nn.sigmoid(self.logit(jnp.asarray(t) + jnp.asarray(h) / 2))
+
+    def always_fires(self, h):
+        del h
+        value = concrete_or_none(self.logits)
+        if value is None:
+            return super().always_fires(0.0)
+        return tuple(bool(np.all(value[:, l] == np.inf)) for l in range(value.shape[1]))
+
+    @classmethod
+    def from_schedule(
+        cls,
+        schedule: AbstractSchedule,
+        *,
+        t0: float,
+        t1: float,
+        num_steps: int,
+        times: ArrayLike | None = None,
+        num_bins: int = 8,
+        min_probability: float = 1e-4,
+    ) -> LogitProbabilities:
+        """The logits of `schedule`'s probabilities on the step grid, averaged per bin.
+
+        **Arguments:**
+
+        - `schedule`: any schedule, e.g. `Calibration.schedule(budget=...)`.
+        - `t0`, `t1`, `num_steps`: the grid it will be used on.
+        - `times`: bin edges (default: the schedule's own `times` if it has them,
+            else `num_bins` equal bins on the interval).
+        - `min_probability`: probabilities are clipped from below to this, so every
+            level can still be learned (a zero probability has zero gradient).
+
+        Levels firing at every step in a bin keep `p = 1` (logit `+inf`).
+        """
+        _check_grid("LogitProbabilities.from_schedule", t0, t1, num_steps)
+        if times is None:
+            times = getattr(schedule, "times", None)
+        if times is None:
+            times = np.linspace(min(t0, t1), max(t0, t1), num_bins + 1)
+        times = np.asarray(times, np.float64)
+        h = (t1 - t0) / num_steps
+        ts = t0 + h * np.arange(num_steps)
+        probs = np.asarray(
+            jax.vmap(lambda t: schedule.probabilities(t, h))(jnp.asarray(ts)),
+            np.float64,
+        )
+        bins = np.clip(
+            np.searchsorted(times, ts + h / 2, side="right") - 1, 0, len(times) - 2
+        )
+        logits = np.zeros((len(times) - 1, probs.shape[1]))
+        for b in range(len(times) - 1):
+            rows = probs[bins == b]
+            if rows.shape[0] == 0:  # a bin no step falls in: use the nearest step
+                rows = probs[
+                    [int(np.argmin(np.abs(ts + h / 2 - times[b : b + 2].mean())))]
+                ]
+            if not np.all(rows >= 0):
+                raise ValueError("LogitProbabilities.from_schedule: negative p.")
+            p = rows.mean(axis=0)
+            always = np.all(rows >= 1, axis=0)
+            p = np.clip(p, min_probability, 1 - 1e-7)
+            logits[b] = np.where(always, np.inf, np.log(p) - np.log1p(-p))
+        dtype = jnp.float32
+        return cls(jnp.asarray(logits, dtype), jnp.asarray(times, dtype))
+
+
+def _check_grid(name, t0, t1, num_steps):
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
+    if num_steps <= 0:
+        raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
+    t0c, t1c = concrete_or_none(jnp.asarray(t0)), concrete_or_none(jnp.asarray(t1))
+    if t0c is not None and t1c is not None and float(t0c) == float(t1c):
+        raise ValueError(f"{name}: `t0` and `t1` must differ; both are {float(t0c)}.")
+
+
+def _grid_probabilities(schedule, key, t0, t1, num_steps, dtype):
+    """`(probs, fires)`, each `(num_steps, k)`, exactly as `mlem_solve` draws them."""
+    t0 = jnp.asarray(t0, dtype)
+    t1 = jnp.asarray(t1, dtype)
+    h = (t1 - t0) / num_steps
+    _, level_key = split_key(key)
+    k = schedule.num_levels
+
+    def one(n):
+        t = t0 + n.astype(dtype) * h
+        probs = schedule.probabilities(t, h).astype(dtype)
+        uniforms = step_uniforms(level_key, n, k, dtype)
+        return probs, uniforms < probs
+
+    return jax.vmap(one)(jnp.arange(num_steps))
+
+
+def draw_log_prob(
+    schedule: AbstractSchedule,
+    key: PRNGKeyArray,
+    *,
+    t0: float | ArrayLike,
+    t1: float | ArrayLike,
+    num_steps: int,
+    dtype=jnp.float32,
+) -> Float[Array, ""]:
+    """`log P(B)` of the level draws that `mlem_solve(..., key=key)` makes.
+
+    `Σ_{n,l} B_{n,l} log p_{n,l} + (1 − B_{n,l}) log(1 − p_{n,l})`, with the draws
+    `B = U < p` rebuilt from `key` by the documented key layout (no level is
+    evaluated). Differentiable in the schedule's parameters: its gradient is the
+    score `Σ (B − p)/(p(1 − p)) ∂p`, the term the pathwise gradient misses.
+
+    **Arguments:** `schedule`, `key`, `t0`, `t1`, `num_steps` as in the solve;
+    `dtype`: that of the solve's `y0` (the draws are compared in it).
+
+    **Returns:** a scalar.
+    """
+    _check_key("draw_log_prob", key)
+    _check_grid("draw_log_prob", t0, t1, num_steps)
+    probs, fires = _grid_probabilities(schedule, key, t0, t1, num_steps, dtype)
+    # Safe logs: a draw that fired has p > 0, one that did not has p < 1.
+    log_fire = jnp.log(jnp.where(fires, probs, 1))
+    log_skip = jnp.log1p(-jnp.where(fires, 0, probs))
+    return jnp.sum(jnp.where(fires, log_fire, log_skip))
+
+
+def expected_cost(
+    levels: Levels,
+    schedule: AbstractSchedule,
+    *,
+    t0: float | ArrayLike,
+    t1: float | ArrayLike,
+    num_steps: int,
+    dtype=jnp.float32,
+) -> Float[Array, ""]:
+    """Expected cost of an ML-EM solve, `Σ_n Σ_l c_l (1 − (1 − p_l)(1 − p_{l+1}))`
+    (level `l` runs when `B_l` or `B_{l+1}` fires), differentiable in the schedule.
+
+    **Returns:** a scalar in the units of `levels.costs`; its mean over keys is
+    `SolveInfo.cost`'s.
+    """
+    t0 = jnp.asarray(t0, dtype)
+    t1 = jnp.asarray(t1, dtype)
+    h = (t1 - t0) / num_steps
+    ts = t0 + jnp.arange(num_steps, dtype=dtype) * h
+    probs = jax.vmap(lambda t: schedule.probabilities(t, h).astype(dtype))(ts)
+    nxt = jnp.concatenate([probs[:, 1:], jnp.zeros_like(probs[:, :1])], axis=1)
+    evaluations = jnp.sum(1 - (1 - probs) * (1 - nxt), axis=0)
+    return evaluations @ jnp.asarray(levels.costs, dtype)
+
+
+def _trainable(schedule):
+    """A tree like `schedule`: a float mask (1 = learned) on its inexact arrays, `None`
+    elsewhere. Infinite entries (`p` pinned to 0 or 1) and bin edges are not learned."""
+    mask = jax.tree.map(
+        lambda x: jnp.isfinite(x).astype(x.dtype) if eqx.is_inexact_array(x) else None,
+        schedule,
+    )
+    if getattr(schedule, "times", None) is not None:
+        mask = eqx.tree_at(lambda s: s.times, mask, replace_fn=jnp.zeros_like)
+    return mask
+
+
+def _masked(tree, mask):
+    return jax.tree.map(
+        lambda x, m: None if m is None else jnp.where(m > 0, x, 0),
+        tree,
+        mask,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def schedule_gradient(
+    loss: Callable[[AbstractSchedule, PRNGKeyArray], Any],
+    schedule: AbstractSchedule,
+    keys: PRNGKeyArray,
+    *,
+    t0: float | ArrayLike,
+    t1: float | ArrayLike,
+    num_steps: int,
+    dtype=jnp.float32,
+    mode: str = "reverse",
+    tangent_key: PRNGKeyArray | None = None,
+) -> tuple[Float[Array, ""], AbstractSchedule]:
+    """An unbiased estimate of `∇_θ E[loss]` for the parameters `θ` of `schedule`.
+
+    For each key `i`, `L_i = loss(schedule, key_i)` must run its ML-EM solve with
+    `key=key_i` and the same `t0`, `t1`, `num_steps` and dtype (its draws are then
+    the ones `draw_log_prob` rebuilds). The estimate is
+
+        (1/M) Σ_i [ ∇_θ L_i |_B + (L_i − b_i) ∇_θ log P(B_i) ],
+
+    the pathwise term (draws fixed, weights `B/p` differentiated) plus the score-
+    function term, with the leave-one-out baseline `b_i = mean_{j≠i} L_j`, which
+    does not depend on draw `i` and so keeps the estimate unbiased while removing
+    most of the score term's variance. Anything else random in `loss` (a Brownian
+    path) may be shared by all keys.
+
+    **Arguments:**
+
+    - `loss`: `loss(schedule, key) -> scalar`.
+    - `schedule`: the current schedule (e.g. `LogitProbabilities`); its finite float
+        arrays other than bin edges are differentiated.
+    - `keys`: `M ≥ 2` keys, shape `(M,)` (from `jax.random.split`). They are run
+        one after another (`jax.lax.map`), keeping each solve's level skipping.
+    - `t0`, `t1`, `num_steps`, `dtype`: the solves' grid and `y0` dtype.
+    - `mode`: `"reverse"` (reverse mode through each solve; use the solve's
+        checkpointing for memory) or `"forward"`: a forward gradient, one random
+        Gaussian tangent `v` per key (from `tangent_key`) and forward-mode
+        derivatives `(∇L·v) v`, unbiased since `E[v vᵀ] = I`; no trajectory is
+        stored, at the price of variance growing with the number of parameters.
+
+    **Returns:** `(mean loss, gradient)`, the gradient a tree like `schedule`
+    (zero on entries that are not learned), ready for `optax`.
+    """
+    if mode not in ("reverse", "forward"):
+        raise ValueError(
+            f'schedule_gradient: `mode` must be "reverse" or "forward"; got {mode!r}.'
+        )
+    if not isinstance(schedule, AbstractSchedule):
+        raise TypeError(
+            "schedule_gradient: `schedule` must be a mlem_jax schedule; got "
+            f"{type(schedule).__name__}."
+        )
+    if getattr(keys, "ndim", 0) != 1 or keys.shape[0] < 2:
+        raise ValueError(
+            "schedule_gradient: `keys` must be at least 2 keys, shape (M,) from "
+            "jax.random.split (the baseline of each is the others' mean loss); got "
+            f"shape {getattr(keys, 'shape', None)}."
+        )
+    if mode == "forward" and tangent_key is None:
+        raise ValueError(
+            'schedule_gradient: mode="forward" needs a `tangent_key` for the random '
+            "tangent directions."
+        )
+    _check_grid("schedule_gradient", t0, t1, num_steps)
+    mask = _trainable(schedule)
+    params, static = eqx.partition(schedule, eqx.is_inexact_array)
+    grid = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
+
+    def loss_p(p, key):
+        return jnp.asarray(loss(eqx.combine(p, static), key)).astype(dtype)
+
+    def log_prob_p(p, key):
+        return draw_log_prob(eqx.combine(p, static), key, **grid)
+
+    m = keys.shape[0]
+    if mode == "reverse":
+
+        def one(key):
+            value, g_path = jax.value_and_grad(loss_p)(params, key)
+            g_score = jax.grad(log_prob_p)(params, key)
+            return value, g_path, g_score
+
+        values, g_path, g_score = jax.lax.map(one, keys)
+        baseline = (jnp.sum(values) - values) / (m - 1)
+        weights = (values - baseline) / m
+        grad = jax.tree.map(
+            lambda a, b: (
+                jnp.sum(a, 0) / m + jnp.tensordot(weights.astype(b.dtype), b, 1)
+            ),
+            g_path,
+            g_score,
+        )
+    else:
+        tangent_keys = jax.random.split(tangent_key, m)
+
+        def tangent(tkey):
+            leaves, treedef = jax.tree.flatten(params)
+            subkeys = jax.random.split(tkey, len(leaves))
+            v = [
+                jax.random.normal(k, x.shape, x.dtype) for k, x in zip(subkeys, leaves)
+            ]
+            return _masked(jax.tree.unflatten(treedef, v), _params_of(mask, params))
+
+        def one(xs):
+            key, tkey = xs
+            v = tangent(tkey)
+            value, d_path = jax.jvp(lambda p: loss_p(p, key), (params,), (v,))
+            _, d_score = jax.jvp(lambda p: log_prob_p(p, key), (params,), (v,))
+            return value, d_path, d_score
+
+        values, d_path, d_score = jax.lax.map(one, (keys, tangent_keys))
+        baseline = (jnp.sum(values) - values) / (m - 1)
+        directional = (d_path + (values - baseline) * d_score) / m
+        tangents = jax.vmap(tangent)(tangent_keys)
+        grad = jax.tree.map(
+            lambda v: jnp.tensordot(directional.astype(v.dtype), v, 1), tangents
+        )
+    grad = _masked(grad, _params_of(mask, params))
+    return jnp.mean(values), eqx.combine(grad, static)
+
+
+def _params_of(mask, params):
+    """The mask restricted to the leaves of `params` (same structure)."""
+    return jax.tree.map(lambda p, m: m, params, mask, is_leaf=lambda x: x is None)
+
+
+def _shift_learned(schedule: LogitProbabilities, shift) -> LogitProbabilities:
+    learned = jnp.isfinite(schedule.logits)
+    logits = jnp.where(learned, schedule.logits + shift, schedule.logits)
+    return eqx.tree_at(lambda s: s.logits, schedule, logits)
+
+
+def _project_to_budget(levels, schedule, budget, grid, iterations=60):
+    """Shift every learned logit by one scalar so that the expected cost is `budget`
+    (expected cost increases with the shift): bisection, differentiable-free."""
+
+    def cost(s):
+        return expected_cost(levels, _shift_learned(schedule, s), **grid)
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = (lo + hi) / 2
+        over = cost(mid) > budget
+        return jnp.where(over, lo, mid), jnp.where(over, mid, hi)
+
+    dtype = schedule.logits.dtype
+    lo, hi = jax.lax.fori_loop(
+        0, iterations, body, (jnp.asarray(-40.0, dtype), jnp.asarray(40.0, dtype))
+    )
+    return _shift_learned(schedule, (lo + hi) / 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedSchedule:
+    """What `learn_schedule` returns.
+
+    **Fields:**
+
+    - `schedule`: the learned `LogitProbabilities`, usable by `mlem_solve` and
+        `MLEMSolver` (tuned for `num_steps` steps on `[t0, t1]`).
+    - `initial`: the starting schedule, as `LogitProbabilities` (after projection
+        onto the budget, if one was given).
+    - `history`: per iteration, the mean sampled squared error `loss` and the
+        schedule's `expected_cost`.
+    """
+
+    schedule: LogitProbabilities
+    initial: LogitProbabilities
+    history: dict[str, np.ndarray]
+
+
+def learn_schedule(
+    levels: Levels,
+    diffusion,
+    y0: ArrayLike,
+    *,
+    t0: float,
+    t1: float,
+    num_steps: int,
+    key: PRNGKeyArray,
+    init: AbstractSchedule,
+    budget: float | None = None,
+    cost_weight: float | None = None,
+    args: Any = None,
+    num_iterations: int = 200,
+    samples: int = 8,
+    optimizer: optax.GradientTransformation | None = None,
+    mode: str = "reverse",
+    times: ArrayLike | None = None,
+    checkpoint: bool | str = True,
+    callback: Callable[[int, float, float], None] | None = None,
+) -> LearnedSchedule:
+    """Learn time-dependent level probabilities `p_l(t)` by stochastic gradient descent.
+
+    The objective is the squared strong error that ML-EM adds, `E‖Y − Y_EM‖²`
+    (averaged over the batch in `y0`), where `Y_EM` is Euler–Maruyama with the top
+    level on the same Brownian path and grid, either
+
+    - at a fixed expected cost `budget`: after every update all learned logits are
+        shifted by one scalar so that `expected_cost == budget` (error at a fixed
+        budget), or
+    - penalised: `E‖Y − Y_EM‖² + cost_weight · expected_cost`.
+
+    Each iteration draws a fresh Brownian path, solves the target once, and runs
+    `samples` ML-EM solves with independent level keys on that path; the gradient is
+    `schedule_gradient`'s unbiased pathwise + score-function estimate with a
+    leave-one-out baseline (the cost term is differentiated exactly).
+
+    **Arguments:**
+
+    - `levels`, `diffusion`, `y0`, `t0`, `t1`, `num_steps`, `args`: the problem, as in
+        `mlem_solve`; `y0` a representative batch (leading axis).
+    - `key`: drives the Brownian paths and level draws of the training solves.
+    - `init`: the starting schedule, typically `calibrate(...).schedule(budget=...)`;
+        converted with `LogitProbabilities.from_schedule` (on its own time bins, or
+        on `times`). Levels that fire at every step stay fixed.
+    - `budget` or `cost_weight`: exactly one (see above).
+    - `num_iterations`, `samples`: optimisation steps and ML-EM solves per step
+        (`samples ≥ 2`).
+    - `optimizer`: an optax transformation (default `optax.adam(0.05)`).
+    - `mode`: `"reverse"` or `"forward"` (forward gradients), see
+        `schedule_gradient`.
+    - `checkpoint`: passed to `mlem_solve` for reverse mode (`"sqrt"` for long
+        solves).
+    - `callback`: called as `callback(iteration, loss, expected_cost)`.
+
+    **Returns:** a `LearnedSchedule`; its `.schedule` goes straight into
+    `mlem_solve(levels, learned.schedule, ...)` or `MLEMSolver(learned.schedule, ...)`.
+    """
+    name = "learn_schedule"
+    if not isinstance(levels, Levels):
+        raise TypeError(f"{name}: `levels` must be a mlem_jax.Levels.")
+    if not isinstance(init, AbstractSchedule):
+        raise TypeError(
+            f"{name}: `init` must be a mlem_jax schedule (e.g. "
+            f"Calibration.schedule(budget=...)); got {type(init).__name__}."
+        )
+    if init.num_levels != levels.num_levels:
+        raise ValueError(
+            f"{name}: `init` has {init.num_levels} levels but `levels` has "
+            f"{levels.num_levels}."
+        )
+    if (budget is None) == (cost_weight is None):
+        raise ValueError(f"{name}: give exactly one of `budget` or `cost_weight`.")
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ValueError(f"{name}: `budget` must be positive and finite; got {budget}.")
+    if cost_weight is not None and not (
+        math.isfinite(cost_weight) and cost_weight >= 0
+    ):
+        raise ValueError(
+            f"{name}: `cost_weight` must be non-negative and finite; got {cost_weight}."
+        )
+    if not (isinstance(samples, int) and samples >= 2):
+        raise ValueError(f"{name}: `samples` must be an int >= 2; got {samples!r}.")
+    if not (isinstance(num_iterations, int) and num_iterations >= 0):
+        raise ValueError(
+            f"{name}: `num_iterations` must be a non-negative int; got {num_iterations!r}."
+        )
+    _check_grid(name, t0, t1, num_steps)
+    _check_key(name, key)
+    y0 = jnp.asarray(y0)
+    dtype = y0.dtype
+    grid = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
+    schedule = init
+    if not isinstance(schedule, LogitProbabilities):
+        schedule = LogitProbabilities.from_schedule(
+            init, t0=t0, t1=t1, num_steps=num_steps, times=times
+        )
+    if budget is not None:
+        floor = float(expected_cost(levels, _shift_learned(schedule, -jnp.inf), **grid))
+        if not budget > floor:
+            raise ValueError(
+                f"{name}: `budget` must exceed {floor:.6g}, the cost of the levels "
+                f"that fire at every step; got {budget}."
+            )
+        schedule = jax.jit(lambda s: _project_to_budget(levels, s, budget, grid))(
+            schedule
+        )
+    initial = schedule
+    optimizer = optax.adam(0.05) if optimizer is None else optimizer
+    params, static = eqx.partition(schedule, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    has_noise = diffusion is not None
+
+    @jax.jit
+    def update(schedule, opt_state, key):
+        path_key, level_key, tangent_key = jax.random.split(key, 3)
+        dw = None
+        if has_noise:
+            dw = brownian_increments(
+                path_key, y0.shape, t0=t0, t1=t1, num_steps=num_steps, dtype=dtype
+            )
+        kw = dict(t0=t0, t1=t1, num_steps=num_steps, args=args, brownian=dw)
+        target, _ = em_solve(levels.top, diffusion, y0, key=path_key, **kw)
+
+        def loss(s, k):
+            y, _ = mlem_solve(
+                levels, s, diffusion, y0, key=k, checkpoint=checkpoint, **kw
+            )
+            d = (
+                (y - target).reshape(y.shape[0], -1)
+                if y.ndim > 1
+                else (y - target)[None]
+            )
+            return jnp.mean(jnp.sum(d**2, axis=-1))
+
+        value, grad = schedule_gradient(
+            loss,
+            schedule,
+            jax.random.split(level_key, samples),
+            mode=mode,
+            tangent_key=tangent_key,
+            **grid,
+        )
+        cost_fn = lambda s: expected_cost(levels, s, **grid)
+        cost, g_cost = jax.value_and_grad(cost_fn)(schedule)
+        grad_p = eqx.filter(grad, eqx.is_inexact_array)
+        if cost_weight is not None:
+            g_cost = _masked(
+                eqx.filter(g_cost, eqx.is_inexact_array),
+                _params_of(_trainable(schedule), grad_p),
+            )
+            grad_p = jax.tree.map(lambda a, b: a + cost_weight * b, grad_p, g_cost)
+        p, stat = eqx.partition(schedule, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grad_p, opt_state, p)
+        updates = _masked(updates, _params_of(_trainable(schedule), updates))
+        schedule = eqx.combine(optax.apply_updates(p, updates), stat)
+        if budget is not None:
+            schedule = _project_to_budget(levels, schedule, budget, grid)
+        return schedule, opt_state, value, cost
+
+    losses, costs = [], []
+    for i in range(num_iterations):
+        schedule, opt_state, value, cost = update(
+            schedule, opt_state, jax.random.fold_in(key, i)
+        )
+        losses.append(float(value))
+        costs.append(float(cost))
+        if callback is not None:
+            callback(i, losses[-1], costs[-1])
+    del static
+    return LearnedSchedule(
+        schedule=schedule,
+        initial=initial,
+        history={"loss": np.asarray(losses), "expected_cost": np.asarray(costs)},
+    )
