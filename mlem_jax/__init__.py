@@ -8,6 +8,7 @@ Reference: A. Jacot, "Polynomial Speedup in Diffusion Models with the Multilevel
 Euler-Maruyama Method", arXiv:2603.24594 (2026).
 """
 
+from . import data as data, diffusion as diffusion, nn as nn, training as training
 from ._brownian import (
     brownian_increments as brownian_increments,
     coarsen_increments as coarsen_increments,
@@ -36,7 +37,5 @@ from ._solve import (
 )
 from ._solver import MLEMSolver as MLEMSolver
 from ._term import MultilevelTerm as MultilevelTerm
-
-from . import data as data, diffusion as diffusion, nn as nn, training as training
 
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -18,3 +19,28 @@ def concrete_or_none(x) -> np.ndarray | None:
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+
+
+def check_key(name: str, key) -> None:
+    """Raise a clear error unless `key` is one PRNG key (typed or legacy uint32)."""
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key
+    ):
+        if key.shape != ():
+            raise ValueError(
+                f"{name}: `key` must be a single PRNG key; got a key array of shape "
+                f"{key.shape}. For a batch, put it in `y0` and pass one key."
+            )
+        return
+    if (
+        isinstance(key, (jax.Array, np.ndarray))
+        and key.shape == (2,)
+        and key.dtype == jnp.uint32
+    ):
+        return
+    raise TypeError(
+        f"{name}: `key` must be a PRNG key from jax.random.key(seed) or "
+        f"jax.random.PRNGKey(seed); got {type(key).__name__}"
+        + (f" of shape {key.shape}" if hasattr(key, "shape") else "")
+        + "."
+    )

@@ -16,9 +16,11 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._brownian import split_key, step_increment, step_uniforms
 from ._levels import Levels
-from ._misc import concrete_or_none
+from ._misc import check_key, concrete_or_none
 from ._schedules import AbstractSchedule
 from ._step import level_draws, mlem_drift
+
+_check_key = check_key  # older internal name, still imported by _learn.py
 
 DiffusionFn = Callable[[Any, Any, Any], Any]
 
@@ -205,30 +207,6 @@ def em_solve(
     )
 
 
-def _check_key(name: str, key) -> None:
-    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(
-        key.dtype, jax.dtypes.prng_key
-    ):
-        if key.shape != ():
-            raise ValueError(
-                f"{name}: `key` must be a single PRNG key; got a key array of shape "
-                f"{key.shape}. For a batch, put it in `y0` and pass one key."
-            )
-        return
-    if (
-        isinstance(key, (jax.Array, np.ndarray))
-        and key.shape == (2,)
-        and key.dtype == jnp.uint32
-    ):
-        return
-    raise TypeError(
-        f"{name}: `key` must be a PRNG key from jax.random.key(seed) or "
-        f"jax.random.PRNGKey(seed); got {type(key).__name__}"
-        + (f" of shape {key.shape}" if hasattr(key, "shape") else "")
-        + "."
-    )
-
-
 def _solve(
     name,
     fns,
@@ -268,7 +246,7 @@ def _solve(
             f"{name}: `diffusion` must be a callable g(t, y, args) or None (ODE); got "
             f"{type(diffusion).__name__}."
         )
-    _check_key(name, key)
+    check_key(name, key)
     dtype = y0.dtype
     t0 = jnp.asarray(t0, dtype)
     t1 = jnp.asarray(t1, dtype)

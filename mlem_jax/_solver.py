@@ -18,8 +18,8 @@ from diffrax._term import WrapTerm
 from jaxtyping import Array, Int, PRNGKeyArray, UInt32
 
 from ._brownian import split_key, step_uniforms
+from ._misc import check_key
 from ._schedules import AbstractSchedule
-from ._solve import _check_key
 from ._step import level_draws, mlem_drift
 from ._term import MultilevelTerm
 
@@ -149,7 +149,7 @@ class MLEMSolver(diffrax.AbstractItoSolver):
                 "MLEMSolver: `schedule` must be a mlem_jax schedule "
                 f"(FixedProbabilities, Rates, ...); got {type(schedule).__name__}."
             )
-        _check_key("MLEMSolver", key)
+        check_key("MLEMSolver", key)
         self.schedule = schedule
         self.key = key
 
