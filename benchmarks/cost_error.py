@@ -7,13 +7,20 @@ fitted exponents, speedups at matched error, predicted vs measured cost and erro
 the calibrated schedules, machine, versions and seed) and a log–log PNG beside it.
 
 Run:  python benchmarks/cost_error.py [--gamma 2.5 3 4] [--quick]
+
+A full run also rewrites the "Results" table in README.md (between its
+`<!-- cost_error:start -->` and `<!-- cost_error:end -->` markers) from every
+`cost_error_*.json` under `benchmarks/results/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import environment, write_json  # noqa: E402
@@ -59,6 +66,65 @@ def main(argv=None):
         plot_cost_error(result, stem + ".png")
         print(report(result))
         print(f"wrote {stem}.json and {stem}.png")
+    if not opts.quick and os.path.abspath(opts.out) == os.path.abspath(RESULTS):
+        update_readme(RESULTS, README)
+        print(f"updated the results table in {README}")
+
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+START, END = "<!-- cost_error:start -->", "<!-- cost_error:end -->"
+
+
+def results_table(folder: str) -> str:
+    """A Markdown table of every cost_error_*.json in `folder`."""
+    rows = [
+        "| problem | γ (design / fitted) | EM exponent | ML-EM exponent | speedup at "
+        "tightest error ≥ √2·floor | at tightest matched error | calibrated: "
+        "cost meas/pred | added error meas/target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(glob.glob(os.path.join(folder, "cost_error_*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        ex = r["exponents"]
+        fitted = [c["gamma"] for c in r["calibrations"]]
+        above = r.get("speedup_at_tightest_error_above_floor")
+        tight = r.get("speedup_at_tightest_matched_error")
+        cal = r["calibrated_schedules"]
+        cost = [c["cost_ratio"] for c in cal]
+        err = [c["error_ratio"] for c in cal]
+        rows.append(
+            f"| {r['problem']} | {r.get('gamma_design')} / {fitted[-1]:.2f} | "
+            f"{ex['em']['exponent']:.2f} ± {ex['em']['stderr']:.2f} | "
+            f"{ex['mlem']['exponent']:.2f} ± {ex['mlem']['stderr']:.2f} | "
+            + (
+                f"{above['speedup']:.1f}× at {above['error']:.3g} | "
+                if above
+                else "– | "
+            )
+            + (
+                f"{tight['speedup']:.1f}× at {tight['error']:.3g} | "
+                if tight
+                else "– | "
+            )
+            + f"{min(cost):.2f}–{max(cost):.2f} | {min(err):.2f}–{max(err):.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def update_readme(folder: str, readme: str) -> None:
+    """Replace the table between the README's markers, atomically."""
+    with open(readme) as f:
+        text = f.read()
+    if START not in text or END not in text:
+        return
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    text = head + START + "\n" + results_table(folder) + "\n" + END + tail
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(readme)))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, readme)
 
 
 def report(result: dict) -> str:
