@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -165,7 +166,7 @@ def drift_errors(
         )
     reference = fns[-1] if reference is None else reference
 
-    @jax.jit
+    @eqx.filter_jit
     def per_time(fns, reference, t, y):
         ref = reference(t, y, args)
         return jnp.stack(
