@@ -107,9 +107,9 @@ def test_sqrt_checkpointing_gives_the_same_solve():
 
 def test_diffeqsolve_gradients_match_mlem_solve(x64):
     # Gradients in the level parameters, y0, args and the schedule's logits (pathwise,
-    # draws fixed) through diffeqsolve + MLEMSolver agree with mlem_solve's, with
-    # diffrax's checkpointed reverse mode and with its forward mode. (DirectAdjoint
-    # is covered in test_diffrax.py.)
+    # draws fixed) through diffeqsolve + MLEMSolver, with diffrax's checkpointed
+    # reverse mode, agree with mlem_solve's two-level checkpointed ones. (ForwardMode
+    # and DirectAdjoint against finite differences: test_diffrax.py.)
     levels, y0, args = _problem(jnp.float64)
     sched = mj.LogitProbabilities(jnp.array([jnp.inf, -0.4]))
     t0, t1 = 1.0, 0.0
@@ -159,20 +159,12 @@ def test_diffeqsolve_gradients_match_mlem_solve(x64):
             lambda x: via_diffrax(unravel(x), diffrax.RecursiveCheckpointAdjoint())
         )
     )(flat)
-    forward = jax.jit(
-        jax.vmap(
-            lambda v: jax.jvp(
-                lambda x: via_diffrax(unravel(x), diffrax.ForwardMode()), (flat,), (v,)
-            )[1]
-        )
-    )(jnp.eye(flat.size))
     finite = np.isfinite(np.asarray(flat))  # the +inf logit has no gradient
     assert np.all(expected[~finite] == 0)
     assert np.abs(expected[-1]) > 1e-3  # the learned logit gets a pathwise gradient
-    for got in (reverse, forward):
-        np.testing.assert_allclose(
-            np.asarray(got)[finite], expected[finite], rtol=1e-10, atol=1e-12
-        )
+    np.testing.assert_allclose(
+        np.asarray(reverse)[finite], expected[finite], rtol=1e-10, atol=1e-12
+    )
 
 
 def test_bad_checkpoint_value():
