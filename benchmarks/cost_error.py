@@ -22,6 +22,8 @@ import os
 import sys
 import tempfile
 
+import jax
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import environment, write_json  # noqa: E402
 
@@ -38,6 +40,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gamma", type=float, nargs="+", default=[2.5, 3.0, 4.0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="the GPU configuration: 5 levels (top 262144 features), batch 256; "
+        "results are saved with a _<backend> suffix beside the CPU ones",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=RESULTS)
     opts = parser.parse_args(argv)
@@ -56,17 +64,28 @@ def main(argv=None):
                 srk_solvers=("SRA1",),
                 srk_steps=(8, 16),
             )
+        elif opts.large:
+            problem = synthetic_problem(gamma, num_levels=5, batch=256, seed=opts.seed)
+            kw = dict(
+                fine_steps=2048,
+                em_steps=(8, 16, 32, 64, 128, 256, 512),
+                mlem_steps=(64, 256, 1024),
+                level_keys=8,
+            )
         else:
             problem = synthetic_problem(gamma, seed=opts.seed)
             kw = {}
         result = run_cost_error(problem, seed=opts.seed, **kw)
         result.update(environment(opts.seed))
-        stem = os.path.join(opts.out, f"cost_error_{problem.name}")
+        suffix = f"_{jax.default_backend()}" if opts.large else ""
+        stem = os.path.join(opts.out, f"cost_error_{problem.name}{suffix}")
         write_json(stem + ".json", result)
         plot_cost_error(result, stem + ".png")
         print(report(result))
         print(f"wrote {stem}.json and {stem}.png")
-    if not opts.quick and os.path.abspath(opts.out) == os.path.abspath(RESULTS):
+    if not (opts.quick or opts.large) and os.path.abspath(opts.out) == os.path.abspath(
+        RESULTS
+    ):
         update_readme(RESULTS, README)
         print(f"updated the results table in {README}")
 
@@ -83,7 +102,11 @@ def results_table(folder: str) -> str:
         "cost meas/pred | added error meas/target |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for path in sorted(glob.glob(os.path.join(folder, "cost_error_*.json"))):
+    for path in sorted(
+        glob.glob(os.path.join(folder, "cost_error_synthetic_gamma*.json"))
+    ):
+        if path.endswith(("_gpu.json", "_cuda.json", "_tpu.json")):
+            continue
         with open(path) as f:
             r = json.load(f)
         ex = r["exponents"]

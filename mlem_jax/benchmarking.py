@@ -182,6 +182,21 @@ def _count_evaluations_per_step(solver, problem: Problem) -> float:
     return count[0] / 4
 
 
+def _count_ode_evaluations_per_step(solver) -> float:
+    """Vector-field evaluations per step of a diffrax ODE solver (host callback)."""
+    count = [0]
+
+    def drift(t, y, args):
+        jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1))
+        return -y
+
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(drift), solver, 0.0, 1.0, 0.25, jnp.ones(2)
+    )
+    jax.block_until_ready(sol.ys)
+    return count[0] / 4
+
+
 def run_cost_error(
     problem: Problem,
     *,
@@ -193,6 +208,7 @@ def run_cost_error(
     pilot_steps: int = 128,
     srk_solvers: Sequence[str] = ("SRA1", "ShARK"),
     srk_steps: Sequence[int] = (8, 16, 32, 64),
+    ode_solvers: Sequence[str] = ("Heun",),
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -209,6 +225,8 @@ def run_cost_error(
     - `pilot_steps`: steps of the calibration pilots.
     - `srk_solvers`, `srk_steps`: diffrax stochastic Runge–Kutta solvers for additive
         noise (names of `diffrax` classes), run with the top level at these steps.
+    - `ode_solvers`: for an ODE problem (`sigma=None`, e.g. the probability-flow
+        ODE), diffrax solvers run with the top level at `em_steps`.
     - `seed`: seeds the Brownian path and the level keys.
     """
     for n in (*em_steps, *mlem_steps, *srk_steps, pilot_steps):
@@ -232,7 +250,10 @@ def run_cost_error(
     grid = jnp.linspace(t0, t1, fine_steps + 1)
     w = jax.vmap(lambda t: path.evaluate(min(t0, t1), t))(grid)
     fine_dw = jnp.diff(w, axis=0)
-    dw = lambda n: coarsen_increments(fine_dw, fine_steps // n)
+    def dw(n):  # the shared path seen with n steps (an ODE takes none)
+        if diffusion is None:
+            return None
+        return coarsen_increments(fine_dw, fine_steps // n)
 
     log(f"[{problem.name}] reference solve ({fine_steps} steps)")
     y_ref, _ = em_solve(
@@ -324,6 +345,42 @@ def run_cost_error(
             log(
                 f"  {name}: errors "
                 + " ".join(f"{r['error']:.3g}" for r in runs[-len(srk_steps) :])
+            )
+
+    if problem.sigma is None:
+        # The ODE baselines: diffrax's Heun (second order, 2 evaluations per step).
+        for name in ode_solvers:
+            solver = getattr(diffrax, name)()
+            per_step = _count_ode_evaluations_per_step(solver)
+            term = diffrax.ODETerm(levels.top)
+            for n in em_steps:
+                solve = jax.jit(
+                    lambda y, n=n, solver=solver: diffrax.diffeqsolve(
+                        term,
+                        solver,
+                        t0,
+                        t1,
+                        (t1 - t0) / n,
+                        y,
+                        max_steps=n + 1,
+                        saveat=diffrax.SaveAt(t1=True),
+                    ).ys[0]
+                )
+                y, secs = _timed(lambda solve=solve: solve(y0))
+                runs.append(
+                    dict(
+                        method=name,
+                        level=levels.num_levels,
+                        steps=n,
+                        error=_rms(y, y_ref),
+                        cost=per_step * n * levels.costs[-1],
+                        seconds=secs,
+                        evaluations_per_step=per_step,
+                    )
+                )
+            log(
+                f"  {name}: errors "
+                + " ".join(f"{r['error']:.3g}" for r in runs[-len(em_steps) :])
             )
 
     calibrations = []
@@ -517,6 +574,7 @@ def plot_cost_error(result: dict, path: str) -> None:
         "mlem": ("tab:red", "s", "ML-EM (calibrated rates)"),
         "SRA1": ("tab:green", "^", "diffrax SRA1, top level"),
         "ShARK": ("tab:purple", "v", "diffrax ShARK, top level"),
+        "Heun": ("tab:green", "^", "diffrax Heun, top level"),
     }
     for method, (color, marker, label) in styles.items():
         points = [r for r in runs if r["method"] == method]
