@@ -29,9 +29,9 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._brownian import brownian_increments, split_key, step_uniforms
 from ._levels import Levels
-from ._misc import concrete_or_none
+from ._misc import check_key, concrete_or_none
 from ._schedules import AbstractSchedule, _as_float_array
-from ._solve import _check_key, em_solve, mlem_solve
+from ._solve import em_solve, mlem_solve
 
 
 class LogitProbabilities(AbstractSchedule):
@@ -218,7 +218,7 @@ def draw_log_prob(
 
     **Returns:** a scalar.
     """
-    _check_key("draw_log_prob", key)
+    check_key("draw_log_prob", key)
     _check_grid("draw_log_prob", t0, t1, num_steps)
     probs, fires = _grid_probabilities(schedule, key, t0, t1, num_steps, dtype)
     # Safe logs: a draw that fired has p > 0, one that did not has p < 1.
@@ -532,7 +532,7 @@ def learn_schedule(
             f"{name}: `num_iterations` must be a non-negative int; got {num_iterations!r}."
         )
     _check_grid(name, t0, t1, num_steps)
-    _check_key(name, key)
+    check_key(name, key)
     y0 = jnp.asarray(y0)
     dtype = y0.dtype
     grid = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)

@@ -20,8 +20,6 @@ from ._misc import check_key, concrete_or_none
 from ._schedules import AbstractSchedule
 from ._step import level_draws, mlem_drift
 
-_check_key = check_key  # older internal name, still imported by _learn.py
-
 DiffusionFn = Callable[[Any, Any, Any], Any]
 
 
