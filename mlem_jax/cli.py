@@ -3,6 +3,7 @@
 Commands:
 
 - `train`: train a UNet ladder on a dataset and write a ladder directory.
+- `sample`, `bench`, `demo`: see `mlem_jax._commands`.
 """
 
 from __future__ import annotations
@@ -157,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     _add_train(sub)
+    from ._commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -1,0 +1,857 @@
+"""The `sample`, `bench` and `demo` commands of the `mlem-jax` CLI.
+
+`mlem_jax.cli` builds the parser; this module adds these three subcommands to it and
+holds what they run. Every solve here keeps the level draws unbatched (DESIGN §2):
+the batch of images lives in `y0`, with one level key per solve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+T0, T1 = 1.0, 1e-3  # reverse-time sampling interval of the VP-SDE
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _list(convert: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        items = [v for v in text.replace(" ", "").split(",") if v]
+        if not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list, got {text!r}"
+            )
+        return tuple(convert(v) for v in items)
+
+    return parse
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"probabilities must lie in (0, 1], got {value}"
+        )
+    return value
+
+
+# ------------------------------------------------------------------------ ladders
+
+
+class _Ladder(eqx.Module):
+    """A loaded ladder as an SDE problem: drifts with FLOP costs, the VP-SDE, shape."""
+
+    levels: Any
+    sde: Any
+    shape: tuple[int, ...] = eqx.field(static=True)
+    dataset: dict = eqx.field(static=True)
+    flops_per_image: tuple[float, ...] = eqx.field(static=True)
+
+
+def load_ladder_levels(path: str | None, batch: int) -> _Ladder:
+    """Load a ladder directory (default: the shipped `digits` ladder) as `Levels`.
+
+    Level costs are the networks' FLOPs for one batched evaluation on `batch` images
+    (from the manifest, measured by XLA's cost analysis at training time).
+    """
+    from ._levels import Levels
+    from .diffusion import ladder_drifts
+    from .pretrained import load_ladder
+    from .training import sde_from_manifest
+
+    models, manifest = load_ladder(path)
+    sde = sde_from_manifest(manifest)
+    flops = tuple(float(lv["flops_per_image"]) for lv in manifest["levels"])
+    levels = Levels(ladder_drifts(sde, models), tuple(f * batch for f in flops))
+    return _Ladder(
+        levels,
+        sde,
+        tuple(manifest["spec"]["image_shape"]),
+        manifest["spec"].get("dataset", {}),
+        flops,
+    )
+
+
+def _check_ladder(parser: argparse.ArgumentParser, path: str | None) -> None:
+    if path is None:
+        return
+    if not os.path.isdir(path):
+        parser.error(f"--ladder: {path!r} is not a directory")
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        parser.error(
+            f"--ladder: {path!r} has no manifest.json (not a ladder directory; "
+            "write one with `mlem-jax train --out DIR`)"
+        )
+
+
+# ------------------------------------------------------------------------- solves
+
+
+@jax.jit
+def _sw_distance(x, y, key):
+    from .diffusion import sliced_wasserstein
+
+    return sliced_wasserstein(x, y, key)
+
+
+def _em_fn(params, static, y0, dw, key, num_steps):
+    from ._solve import em_solve
+
+    drift = eqx.combine(params, static)
+    return em_solve(
+        drift.fns[-1],
+        lambda t, y, args: jnp.sqrt(drift.sde_beta(t)),
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=num_steps,
+        key=key,
+        brownian=dw,
+        cost=drift.costs[-1],
+    )
+
+
+class _Problem(eqx.Module):
+    """What a compiled solve closes over: the drifts, costs and the VP-SDE's β."""
+
+    fns: tuple
+    costs: tuple[float, ...] = eqx.field(static=True)
+    beta_min: float = eqx.field(static=True)
+    beta_max: float = eqx.field(static=True)
+
+    def sde_beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+
+def _mlem_fn(params, static, schedule, y0, dw, key, num_steps):
+    from ._levels import Levels
+    from ._solve import mlem_solve
+
+    problem = eqx.combine(params, static)
+    return mlem_solve(
+        Levels(problem.fns, problem.costs),
+        schedule,
+        lambda t, y, args: jnp.sqrt(problem.sde_beta(t)),
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=num_steps,
+        key=key,
+        brownian=dw,
+    )
+
+
+_em_jit = jax.jit(_em_fn, static_argnums=(1, 5))
+_mlem_jit = jax.jit(_mlem_fn, static_argnums=(1, 6))
+
+
+def _split(ladder: _Ladder, top_only: bool = False):
+    fns = ladder.levels.fns
+    problem = _Problem(
+        fns, tuple(ladder.levels.costs), ladder.sde.beta_min, ladder.sde.beta_max
+    )
+    return eqx.partition(problem, eqx.is_array)
+
+
+def _timed_compiled(jitted, *args) -> tuple[Any, float]:
+    """Compile ahead of time, then run once: (output, run wall-clock in seconds)."""
+    compiled = jitted.lower(*args).compile()
+    dynamic = [a for i, a in enumerate(args) if i not in _static_positions(jitted)]
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(*dynamic))
+    return out, time.perf_counter() - start
+
+
+def _static_positions(jitted) -> tuple[int, ...]:
+    return (1, 5) if jitted is _em_jit else (1, 6)
+
+
+def run_em(ladder: _Ladder, y0, dw, key, num_steps: int):
+    """Euler–Maruyama with the top level; returns `(y1, info, seconds)`."""
+    params, static = _split(ladder)
+    (y1, info), secs = _timed_compiled(_em_jit, params, static, y0, dw, key, num_steps)
+    return y1, info, secs
+
+
+def run_mlem(ladder: _Ladder, schedule, y0, dw, key, num_steps: int):
+    """ML-EM over the whole ladder; returns `(y1, info, seconds)`."""
+    params, static = _split(ladder)
+    (y1, info), secs = _timed_compiled(
+        _mlem_jit, params, static, schedule, y0, dw, key, num_steps
+    )
+    return y1, info, secs
+
+
+def calibrated_schedule(
+    ladder: _Ladder,
+    y0,
+    key,
+    *,
+    pilot_steps: int,
+    num_steps: int,
+    budget: float,
+):
+    """`calibrate` on the ladder, then the rates whose expected cost is `budget`
+    (FLOPs) at `num_steps` steps (raised to twice the base level's cost if below)."""
+    from ._calibrate import calibrate
+
+    cal = calibrate(
+        ladder.levels,
+        ladder.sde.diffusion,
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=pilot_steps,
+        key=key,
+        num_bins=min(8, pilot_steps),
+        pilot_keys=0,
+        measure_costs=False,
+    )
+    floor = num_steps * ladder.levels.costs[0]
+    return cal, cal.schedule(budget=max(budget, 2.0 * floor), num_steps=num_steps)
+
+
+# -------------------------------------------------------------------------- images
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """(n, c, h, w) in [−1, 1] → (n, h, w, c) uint8."""
+    x = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5, 0, 255)
+    return np.round(x).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def image_grid(
+    images: np.ndarray, ncol: int | None = None, scale: int = 4
+) -> np.ndarray:
+    """Tile `(n, c, h, w)` images in `[−1, 1]` into one uint8 `(H, W)` or `(H, W, 3)`
+    picture, `scale`× enlarged (nearest neighbour), with a 1-pixel grey border."""
+    x = _to_uint8(images)
+    n, h, w, c = x.shape
+    ncol = ncol or int(math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(n / ncol))
+    x = np.repeat(np.repeat(x, scale, axis=1), scale, axis=2)
+    h, w = h * scale, w * scale
+    grid = np.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), 128, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        grid[
+            1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w
+        ] = x[i]
+    return grid[..., 0] if c == 1 else grid
+
+
+def _atomic(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    from .training import atomic_write
+
+    atomic_write(path, write, mode)
+
+
+def save_png(array: np.ndarray, path: str) -> None:
+    """Write a uint8 picture as a PNG, atomically."""
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    _atomic(path, lambda f: image.save(f, format="PNG"))
+
+
+def _save_figure(fig, path: str) -> None:
+    _atomic(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
+
+
+# ------------------------------------------------------------------------- sample
+
+
+def _add_sample(sub: Any) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="sample a trained ladder with ML-EM or Euler–Maruyama",
+        description=(
+            "Draw samples from a UNet ladder by solving the reverse VP-SDE from t=1 "
+            "to t=1e-3, with ML-EM over every level or Euler–Maruyama with the top "
+            "level. Writes a PNG grid and an .npz of the arrays; prints evaluations "
+            "per level, FLOPs and wall-clock."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--ladder", help="ladder directory (default: the shipped digits ladder)"
+    )
+    p.add_argument("--method", choices=("mlem", "em"), default="mlem")
+    p.add_argument("--steps", type=_positive_int, default=128, help="solver steps")
+    p.add_argument("--num", type=_positive_int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", default="samples.png", help="PNG grid; the .npz goes next to it"
+    )
+    p.add_argument(
+        "--probs",
+        type=_list(_probability),
+        help="mlem: fixed per-level probabilities in (0, 1], e.g. 1,0.5,0.3,0.2,0.1 "
+        "(default: rates from `calibrate`)",
+    )
+    p.add_argument(
+        "--budget",
+        type=_positive_float,
+        help="mlem with calibrated rates: expected cost in top-level evaluations "
+        "(default: steps / 4)",
+    )
+    p.add_argument(
+        "--pilot-steps", type=_positive_int, default=32, help="calibration pilot steps"
+    )
+    p.set_defaults(func=_run_sample, parser=p)
+
+
+def _run_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ._brownian import brownian_increments
+    from ._schedules import FixedProbabilities
+
+    _check_ladder(parser, args.ladder)
+    if not args.out.lower().endswith(".png"):
+        parser.error(f"--out must name a .png file, got {args.out!r}")
+    if args.pilot_steps < 8:
+        parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    ladder = load_ladder_levels(args.ladder, args.num)
+    k = ladder.levels.num_levels
+    if args.probs is not None:
+        if args.method != "mlem":
+            parser.error("--probs only applies to --method mlem")
+        if len(args.probs) != k:
+            parser.error(
+                f"--probs needs {k} values (one per level), got {len(args.probs)}"
+            )
+    key = jax.random.key(args.seed)
+    k_y0, k_path, k_cal, k_level = jax.random.split(key, 4)
+    shape = (args.num, *ladder.shape)
+    y0 = ladder.sde.prior_sample(k_y0, shape)
+    dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
+    top = ladder.levels.costs[-1]
+    if args.method == "em":
+        x, info, secs = run_em(ladder, y0, dw, k_level, args.steps)
+        evaluations = np.zeros(k, np.int64)
+        evaluations[-1] = int(info.evaluations[0])
+    else:
+        if args.probs is not None:
+            schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
+        else:
+            budget = (args.budget or args.steps / 4) * top
+            _, schedule = calibrated_schedule(
+                ladder,
+                y0[: min(args.num, 32)],
+                k_cal,
+                pilot_steps=args.pilot_steps,
+                num_steps=args.steps,
+                budget=budget * min(args.num, 32) / args.num,
+            )
+        x, info, secs = run_mlem(ladder, schedule, y0, dw, k_level, args.steps)
+        evaluations = np.asarray(info.evaluations)
+    flops = float(np.dot(evaluations, ladder.levels.costs))
+    x = np.asarray(x)
+    save_png(image_grid(x), args.out)
+    npz = os.path.splitext(args.out)[0] + ".npz"
+    _atomic(
+        npz,
+        lambda f: np.savez(
+            f,
+            samples=x,
+            y0=np.asarray(y0),
+            evaluations=evaluations,
+            flops=flops,
+            seconds=secs,
+            method=args.method,
+            steps=args.steps,
+            seed=args.seed,
+        ),
+    )
+    print(f"{args.method}: {args.steps} steps, {args.num} samples, seed {args.seed}")
+    print("evaluations per level: " + " ".join(str(int(e)) for e in evaluations))
+    print(f"top-level-equivalent evaluations: {flops / top:.1f}")
+    print(f"FLOPs: {flops:.3g}")
+    print(f"wall-clock: {secs:.2f} s (after compilation)")
+    print(f"wrote {args.out} and {npz}")
+    return 0
+
+
+# -------------------------------------------------------------------------- bench
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="cost–error benchmark: ML-EM against Euler–Maruyama",
+        description=(
+            "Run the cost–error benchmark of mlem_jax.benchmarking on a synthetic "
+            "drift hierarchy with cost–accuracy exponent --gamma, or on a trained "
+            "ladder (--ladder). Writes a JSON result and a log–log PNG plot."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--gamma", type=_positive_float, default=3.0)
+    p.add_argument(
+        "--ladder",
+        help="run on this ladder directory instead ('shipped' for the digits ladder)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    p.add_argument(
+        "--batch", type=_positive_int, default=16, help="--ladder: images per solve"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="mlem-jax-bench", help="output folder")
+    p.set_defaults(func=_run_bench, parser=p)
+
+
+def ladder_problem(path: str | None, batch: int, seed: int = 0):
+    """A `benchmarking.Problem` from a ladder: reverse-SDE drifts with FLOP costs, the
+    top level as reference, `σ(t) = sqrt(β(t))`, prior samples as `y0`, t: 1 → 1e-3."""
+    from .benchmarking import Problem
+
+    ladder = load_ladder_levels(path, batch)
+    y0 = ladder.sde.prior_sample(jax.random.key(seed), (batch, *ladder.shape))
+    sde = ladder.sde
+    name = ladder.dataset.get("name", "ladder")
+    return Problem(
+        name=f"ladder_{name}",
+        levels=ladder.levels,
+        reference=ladder.levels.fns[-1],
+        sigma=lambda t: jnp.sqrt(sde.beta(t)),
+        y0=y0,
+        t0=T0,
+        t1=T1,
+    )
+
+
+def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .benchmarking import plot_cost_error, run_cost_error, synthetic_problem
+
+    path = args.ladder
+    if path is not None and path != "shipped":
+        _check_ladder(parser, path)
+    quick = dict(
+        fine_steps=64,
+        em_steps=(8, 16, 32),
+        mlem_steps=(16, 64),
+        targets=(1.0,),
+        level_keys=2,
+        pilot_steps=16,
+        srk_solvers=("SRA1",),
+        srk_steps=(8, 16),
+    )
+    if path is None:
+        if args.quick:
+            problem = synthetic_problem(
+                args.gamma, num_levels=3, growth=4, batch=8, seed=args.seed
+            )
+            kw = quick
+        else:
+            problem = synthetic_problem(args.gamma, seed=args.seed)
+            kw = {}
+    else:
+        problem = ladder_problem(
+            None if path == "shipped" else path,
+            4 if args.quick else args.batch,
+            args.seed,
+        )
+        kw = (
+            dict(quick, srk_solvers=(), srk_steps=())
+            if args.quick
+            else dict(
+                fine_steps=256,
+                em_steps=(8, 16, 32, 64),
+                mlem_steps=(32, 64, 128),
+                targets=(1.0, 0.5),
+                level_keys=2,
+                pilot_steps=32,
+                srk_solvers=(),
+                srk_steps=(),
+            )
+        )
+    result = run_cost_error(problem, seed=args.seed, **kw)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"cost_error_{problem.name}")
+    text = json.dumps(result, indent=2, default=float) + "\n"
+    _atomic(stem + ".json", lambda f: f.write(text), mode="w")
+    plot_cost_error(result, stem + ".png")
+    best = result.get("speedup_at_tightest_matched_error")
+    if best:
+        print(
+            f"ML-EM speedup over the best Euler–Maruyama at error {best['error']:.3g}: "
+            f"{best['speedup']:.2f}x"
+        )
+    print(f"wrote {stem}.json and {stem}.png")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="ML-EM vs Euler–Maruyama on the shipped digits diffusion model",
+        description=(
+            "Load a UNet ladder (default: the shipped digits ladder), draw a "
+            "fine-step reference solve, then run Euler–Maruyama with the top level "
+            "at several step counts and ML-EM with calibrated rates at several "
+            "scales, all on the same Brownian paths. Prints a table and writes a "
+            "sample grid and a log–log cost–error plot."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--ladder", help="ladder directory (default: the shipped digits ladder)"
+    )
+    p.add_argument("--out", default="mlem-jax-demo", help="output folder")
+    p.add_argument("--batch", type=_positive_int, default=32, help="images per solve")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ref-steps", type=_positive_int, default=256, help="reference solve steps"
+    )
+    p.add_argument("--em-steps", type=_list(_positive_int), default=(8, 16, 32, 64))
+    p.add_argument("--mlem-steps", type=_positive_int, default=64)
+    p.add_argument(
+        "--scales",
+        type=_list(_positive_float),
+        default=(0.25, 1.0, 4.0),
+        help="ML-EM rate scales, relative to the calibrated rates at --budget",
+    )
+    p.add_argument(
+        "--budget",
+        type=_positive_float,
+        default=16.0,
+        help="cost of the scale-1 ML-EM schedule, in top-level evaluations",
+    )
+    p.add_argument(
+        "--pilot-steps", type=_positive_int, default=32, help="calibration pilot steps"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_demo, parser=p)
+
+
+def _distance_data(ladder: _Ladder, limit: int = 512):
+    from .data import load_dataset
+
+    spec = ladder.dataset
+    try:
+        data = load_dataset(spec["name"], split="test", **spec.get("kwargs", {}))
+    except Exception:  # a folder dataset that moved, say: no distance column
+        return None
+    return jnp.asarray(data[:limit])
+
+
+def run_demo(
+    ladder: _Ladder,
+    *,
+    batch: int,
+    seed: int,
+    ref_steps: int,
+    em_steps: Sequence[int],
+    mlem_steps: int,
+    scales: Sequence[float],
+    budget: float,
+    pilot_steps: int,
+    progress: bool = True,
+) -> dict:
+    """The demo's measurements: one dict per run (method, steps, evaluations, cost,
+    FLOPs, seconds, strong error, sliced-Wasserstein distance) plus the samples.
+
+    All runs share one Brownian path per image (coarsened from the reference's
+    increments) and the same prior draws `y0`.
+    """
+    from tqdm.auto import tqdm
+
+    from ._brownian import brownian_increments, coarsen_increments
+    from .diffusion import strong_error
+
+    key = jax.random.key(seed)
+    k_y0, k_path, k_cal, k_level, k_sw = jax.random.split(key, 5)
+    shape = (batch, *ladder.shape)
+    y0 = ladder.sde.prior_sample(k_y0, shape)
+    fine = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=ref_steps)
+    held_out = _distance_data(ladder)
+    top = ladder.levels.costs[-1]
+    total = 2 + len(em_steps) + len(scales)
+    bar = tqdm(total=total, desc="mlem-jax demo", disable=not progress, unit="solve")
+    runs: list[dict] = []
+    samples: dict[str, np.ndarray] = {}
+
+    def record(method, steps, x, evaluations, secs, label, **extra):
+        evaluations = np.asarray(evaluations, np.int64)
+        flops = float(np.dot(evaluations, ladder.levels.costs))
+        err = float(strong_error(x, y_ref)) if method != "reference" else 0.0
+        sw = (
+            float(_sw_distance(x, held_out, k_sw)) if held_out is not None else math.nan
+        )
+        runs.append(
+            dict(
+                method=method,
+                label=label,
+                steps=steps,
+                evaluations=evaluations.tolist(),
+                top_equivalent=flops / top,
+                flops=flops,
+                seconds=secs,
+                strong_error=err,
+                distance=sw,
+                **extra,
+            )
+        )
+        samples[label] = np.asarray(x)
+
+    bar.set_postfix_str("reference")
+    y_ref, info, secs = run_em(ladder, y0, fine, k_level, ref_steps)
+    k = ladder.levels.num_levels
+    evals = [0] * (k - 1) + [int(info.evaluations[0])]
+    record("reference", ref_steps, y_ref, evals, secs, "reference")
+    bar.update()
+    for n in em_steps:
+        bar.set_postfix_str(f"EM {n} steps")
+        x, info, secs = run_em(
+            ladder, y0, coarsen_increments(fine, ref_steps // n), k_level, n
+        )
+        record("em", n, x, [0] * (k - 1) + [int(info.evaluations[0])], secs, f"EM {n}")
+        bar.update()
+    bar.set_postfix_str("calibrate")
+    cal, base = calibrated_schedule(
+        ladder,
+        y0,
+        k_cal,
+        pilot_steps=pilot_steps,
+        num_steps=mlem_steps,
+        budget=budget * top,
+    )
+    bar.update()
+    dw = coarsen_increments(fine, ref_steps // mlem_steps)
+    for s in scales:
+        bar.set_postfix_str(f"ML-EM scale {s:g}")
+        schedule = base.scale(s)
+        x, info, secs = run_mlem(ladder, schedule, y0, dw, k_level, mlem_steps)
+        pred = cal.predict(schedule, mlem_steps)
+        record(
+            "mlem",
+            mlem_steps,
+            x,
+            info.evaluations,
+            secs,
+            f"ML-EM x{s:g}",
+            scale=s,
+            predicted_top_equivalent=pred["cost"] / top,
+        )
+        bar.update()
+    bar.close()
+    return dict(
+        runs=runs,
+        samples=samples,
+        calibration=dict(
+            gamma=float(cal.gamma),
+            drift_errors=[float(e) for e in cal.drift_errors],
+            warnings=list(cal.warnings),
+        ),
+        config=dict(
+            batch=batch,
+            seed=seed,
+            ref_steps=ref_steps,
+            em_steps=list(em_steps),
+            mlem_steps=mlem_steps,
+            scales=list(scales),
+            budget=budget,
+            pilot_steps=pilot_steps,
+            level_flops_per_image=list(ladder.flops_per_image),
+            t0=T0,
+            t1=T1,
+        ),
+    )
+
+
+def format_table(runs: Sequence[dict]) -> str:
+    """The demo's results as a fixed-width text table."""
+    head = (
+        f"{'method':<12} {'steps':>5} {'evaluations per level':>24} {'top-eq':>7} "
+        f"{'GFLOPs':>8} {'wall s':>7} {'strong err':>10} {'SW dist':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        evals = "/".join(str(e) for e in r["evaluations"])
+        lines.append(
+            f"{r['label']:<12} {r['steps']:>5} {evals:>24} {r['top_equivalent']:>7.1f} "
+            f"{r['flops'] / 1e9:>8.2f} {r['seconds']:>7.2f} {r['strong_error']:>10.4f} "
+            f"{r['distance']:>8.4f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_demo(result: dict, out: str) -> tuple[str, str]:
+    """Write `cost_error.png` (log–log) and `samples.png` (EM and ML-EM side by side)
+    into `out`; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    em = [r for r in runs if r["method"] == "em"]
+    ml = [r for r in runs if r["method"] == "mlem"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.8), dpi=120)
+    ax.plot(
+        [r["top_equivalent"] for r in em],
+        [r["strong_error"] for r in em],
+        "o-",
+        color="tab:blue",
+        label="Euler–Maruyama, top level",
+    )
+    for r in em:
+        ax.annotate(
+            f"{r['steps']} steps",
+            (r["top_equivalent"], r["strong_error"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+            color="tab:blue",
+        )
+    ax.plot(
+        [r["top_equivalent"] for r in ml],
+        [r["strong_error"] for r in ml],
+        "s--",
+        color="tab:red",
+        label=f"ML-EM, {ml[0]['steps'] if ml else ''} steps, calibrated rates",
+    )
+    for r in ml:
+        ax.annotate(
+            f"×{r['scale']:g}",
+            (r["top_equivalent"], r["strong_error"]),
+            textcoords="offset points",
+            xytext=(5, -10),
+            fontsize=8,
+            color="tab:red",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("cost (top-level-equivalent network evaluations)")
+    ax.set_ylabel("strong error to the reference (RMS, pixel space)")
+    ax.set_title("Digits diffusion model: cost vs pathwise error")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    cost_path = os.path.join(out, "cost_error.png")
+    _save_figure(fig, cost_path)
+    plt.close(fig)
+
+    # Samples: the reference, the cheapest EM at least as costly as ML-EM ×1, ML-EM ×1.
+    by_label = {r["label"]: r for r in runs}
+    mid = ml[len(ml) // 2] if ml else None
+    panels = ["reference"]
+    if em:
+        pick = (
+            min(
+                em,
+                key=lambda r: abs(
+                    math.log(r["top_equivalent"] / mid["top_equivalent"])
+                ),
+            )
+            if mid
+            else em[0]
+        )
+        panels.append(pick["label"])
+    if mid:
+        panels.append(mid["label"])
+    n = min(16, result["config"]["batch"])
+    ncol = int(math.ceil(math.sqrt(n)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), dpi=120)
+    for ax, label in zip(np.atleast_1d(axes), panels):
+        ax.imshow(
+            image_grid(result["samples"][label][:n], ncol=ncol),
+            cmap="gray",
+            vmin=0,
+            vmax=255,
+        )
+        r = by_label[label]
+        sub = f"cost {r['top_equivalent']:.1f} top evals"
+        if r["method"] != "reference":
+            sub += f", error {r['strong_error']:.3f}"
+        ax.set_title(f"{label}\n{sub}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("Same prior draws and Brownian paths", fontsize=10)
+    samples_path = os.path.join(out, "samples.png")
+    _save_figure(fig, samples_path)
+    plt.close(fig)
+    return cost_path, samples_path
+
+
+def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_ladder(parser, args.ladder)
+    for n in (*args.em_steps, args.mlem_steps):
+        if args.ref_steps % n:
+            parser.error(
+                f"--ref-steps ({args.ref_steps}) must be a multiple of every step count "
+                f"in --em-steps and --mlem-steps; {n} does not divide it"
+            )
+    if args.pilot_steps < 8:
+        parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    start = time.perf_counter()
+    ladder = load_ladder_levels(args.ladder, args.batch)
+    result = run_demo(
+        ladder,
+        batch=args.batch,
+        seed=args.seed,
+        ref_steps=args.ref_steps,
+        em_steps=args.em_steps,
+        mlem_steps=args.mlem_steps,
+        scales=args.scales,
+        budget=args.budget,
+        pilot_steps=args.pilot_steps,
+        progress=not args.no_progress,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    cost_path, samples_path = plot_demo(result, args.out)
+    record = {k: v for k, v in result.items() if k != "samples"}
+    record["total_seconds"] = time.perf_counter() - start
+    text = json.dumps(record, indent=2) + "\n"
+    json_path = os.path.join(args.out, "results.json")
+    _atomic(json_path, lambda f: f.write(text), mode="w")
+    print(format_table(result["runs"]))
+    print(
+        "top-eq: cost in evaluations of the top level; strong err: RMS distance to "
+        f"the {args.ref_steps}-step reference on the same Brownian paths; SW dist: "
+        "sliced Wasserstein distance to held-out data; wall s excludes compilation."
+    )
+    print(f"wrote {cost_path}, {samples_path} and {json_path}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add `sample`, `bench` and `demo` to the `mlem-jax` subparsers `sub`."""
+    _add_sample(sub)
+    _add_bench(sub)
+    _add_demo(sub)
