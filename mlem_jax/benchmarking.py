@@ -155,44 +155,30 @@ def cost_to_reach(points: Sequence[dict], error: float) -> float:
     return min(costs) if costs else math.inf
 
 
-def _count_evaluations_per_step(solver, problem: Problem) -> float:
-    """Drift evaluations per step of a diffrax solver, counted with a host callback."""
+def _evaluations_per_step(solver, sde: bool) -> float:
+    """Drift evaluations per step of a diffrax solver, counted with a host callback
+    on a 4-step solve (with additive noise and a Lévy-area path if `sde`)."""
     count = [0]
 
     def drift(t, y, args):
         jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1))
         return -y
 
-    path = diffrax.VirtualBrownianTree(
-        0.0,
-        1.0,
-        tol=1e-2,
-        shape=(2,),
-        key=jax.random.key(0),
-        levy_area=diffrax.SpaceTimeLevyArea,
-    )
-    terms = diffrax.MultiTerm(
-        diffrax.ODETerm(drift),
-        diffrax.ControlTerm(
+    terms = diffrax.ODETerm(drift)
+    if sde:
+        path = diffrax.VirtualBrownianTree(
+            0.0,
+            1.0,
+            tol=1e-2,
+            shape=(2,),
+            key=jax.random.key(0),
+            levy_area=diffrax.SpaceTimeLevyArea,
+        )
+        noise = diffrax.ControlTerm(
             lambda t, y, a: lineax.DiagonalLinearOperator(jnp.ones_like(y)), path
-        ),
-    )
+        )
+        terms = diffrax.MultiTerm(terms, noise)
     sol = diffrax.diffeqsolve(terms, solver, 0.0, 1.0, 0.25, jnp.ones(2))
-    jax.block_until_ready(sol.ys)
-    return count[0] / 4
-
-
-def _count_ode_evaluations_per_step(solver) -> float:
-    """Vector-field evaluations per step of a diffrax ODE solver (host callback)."""
-    count = [0]
-
-    def drift(t, y, args):
-        jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1))
-        return -y
-
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(drift), solver, 0.0, 1.0, 0.25, jnp.ones(2)
-    )
     jax.block_until_ready(sol.ys)
     return count[0] / 4
 
@@ -250,6 +236,7 @@ def run_cost_error(
     grid = jnp.linspace(t0, t1, fine_steps + 1)
     w = jax.vmap(lambda t: path.evaluate(min(t0, t1), t))(grid)
     fine_dw = jnp.diff(w, axis=0)
+
     def dw(n):  # the shared path seen with n steps (an ODE takes none)
         if diffusion is None:
             return None
@@ -302,86 +289,54 @@ def run_cost_error(
             + " ".join(f"{r['error']:.3g}" for r in runs[-len(em_steps) :])
         )
 
-    if problem.sigma is not None:
-        for name in srk_solvers:
-            solver = getattr(diffrax, name)()
-            per_step = _count_evaluations_per_step(solver, problem)
-            terms = diffrax.MultiTerm(
-                diffrax.ODETerm(levels.top),
-                diffrax.ControlTerm(
-                    lambda t, y, a: lineax.DiagonalLinearOperator(
-                        jnp.broadcast_to(
-                            jnp.asarray(problem.sigma(t), y.dtype), y.shape
-                        )
-                    ),
-                    path,
-                ),
+    def diffrax_runs(name, terms, steps, sde):
+        solver = getattr(diffrax, name)()
+        per_step = _evaluations_per_step(solver, sde)
+        for n in steps:
+            solve = jax.jit(
+                lambda y, n=n: diffrax.diffeqsolve(
+                    terms,
+                    solver,
+                    t0,
+                    t1,
+                    (t1 - t0) / n,
+                    y,
+                    max_steps=n + 1,
+                    saveat=diffrax.SaveAt(t1=True),
+                ).ys[0]
             )
-            for n in srk_steps:
-                solve = jax.jit(
-                    lambda y, n=n, solver=solver: diffrax.diffeqsolve(
-                        terms,
-                        solver,
-                        t0,
-                        t1,
-                        (t1 - t0) / n,
-                        y,
-                        max_steps=n + 1,
-                        saveat=diffrax.SaveAt(t1=True),
-                    ).ys[0]
+            y, secs = _timed(lambda solve=solve: solve(y0))
+            runs.append(
+                dict(
+                    method=name,
+                    level=levels.num_levels,
+                    steps=n,
+                    error=_rms(y, y_ref),
+                    cost=per_step * n * levels.costs[-1],
+                    seconds=secs,
+                    evaluations_per_step=per_step,
                 )
-                y, secs = _timed(lambda solve=solve: solve(y0))
-                runs.append(
-                    dict(
-                        method=name,
-                        level=levels.num_levels,
-                        steps=n,
-                        error=_rms(y, y_ref),
-                        cost=per_step * n * levels.costs[-1],
-                        seconds=secs,
-                        evaluations_per_step=per_step,
-                    )
-                )
-            log(
-                f"  {name}: errors "
-                + " ".join(f"{r['error']:.3g}" for r in runs[-len(srk_steps) :])
             )
+        log(
+            f"  {name}: errors "
+            + " ".join(f"{r['error']:.3g}" for r in runs[-len(steps) :])
+        )
 
-    if problem.sigma is None:
-        # The ODE baselines: diffrax's Heun (second order, 2 evaluations per step).
+    if problem.sigma is not None:
+        # Stochastic Runge–Kutta for additive noise, on the same (Lévy-area) path.
+        noise = diffrax.ControlTerm(
+            lambda t, y, a: lineax.DiagonalLinearOperator(
+                jnp.broadcast_to(jnp.asarray(problem.sigma(t), y.dtype), y.shape)
+            ),
+            path,
+        )
+        terms = diffrax.MultiTerm(diffrax.ODETerm(levels.top), noise)
+        for name in srk_solvers:
+            diffrax_runs(name, terms, srk_steps, sde=True)
+    else:
+        # The ODE baselines, e.g. diffrax's Heun (second order).
         for name in ode_solvers:
-            solver = getattr(diffrax, name)()
-            per_step = _count_ode_evaluations_per_step(solver)
-            term = diffrax.ODETerm(levels.top)
-            for n in em_steps:
-                solve = jax.jit(
-                    lambda y, n=n, solver=solver: diffrax.diffeqsolve(
-                        term,
-                        solver,
-                        t0,
-                        t1,
-                        (t1 - t0) / n,
-                        y,
-                        max_steps=n + 1,
-                        saveat=diffrax.SaveAt(t1=True),
-                    ).ys[0]
-                )
-                y, secs = _timed(lambda solve=solve: solve(y0))
-                runs.append(
-                    dict(
-                        method=name,
-                        level=levels.num_levels,
-                        steps=n,
-                        error=_rms(y, y_ref),
-                        cost=per_step * n * levels.costs[-1],
-                        seconds=secs,
-                        evaluations_per_step=per_step,
-                    )
-                )
-            log(
-                f"  {name}: errors "
-                + " ".join(f"{r['error']:.3g}" for r in runs[-len(em_steps) :])
-            )
+            diffrax_runs(name, diffrax.ODETerm(levels.top), em_steps, sde=False)
 
     calibrations = []
     for j in range(2, levels.num_levels + 1):
