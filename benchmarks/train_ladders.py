@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -124,9 +125,11 @@ def cmd_evaluate(args):
         # Trajectories of the top level (Euler–Maruyama, fixed steps, t: 1 -> t1).
         import diffrax
 
-        ys, _ = jax.jit(
-            lambda y0: mj.em_solve(
-                fns[-1],
+        # Weights enter as arguments (filter_jit), not as closed-over constants, which
+        # XLA would constant-fold very slowly.
+        ys, _ = eqx.filter_jit(
+            lambda f, y0: mj.em_solve(
+                f,
                 sde.diffusion,
                 y0,
                 t0=1.0,
@@ -135,7 +138,7 @@ def cmd_evaluate(args):
                 key=k_solve,
                 saveat=diffrax.SaveAt(steps=True),
             )
-        )(y0)
+        )(fns[-1], y0)
         ts = jnp.linspace(1.0, t1, steps + 1)
         states = jnp.concatenate([y0[None], ys[:-1]])  # state at the start of each step
         errors = np.asarray(drift_errors(fns, ts[:-1], states))
@@ -145,12 +148,13 @@ def cmd_evaluate(args):
             jnp.asarray(_load(LADDERS[name], "test")) if name in LADDERS else None
         )
         sw = []
+        sample = eqx.filter_jit(
+            lambda f, y0: mj.em_solve(
+                f, sde.diffusion, y0, t0=1.0, t1=t1, num_steps=steps, key=k_solve
+            )[0]
+        )
         for f in fns:
-            x, _ = jax.jit(
-                lambda y0, f=f: mj.em_solve(
-                    f, sde.diffusion, y0, t0=1.0, t1=t1, num_steps=steps, key=k_solve
-                )
-            )(y0)
+            x = sample(f, y0)
             sw.append(
                 float(sliced_wasserstein(x, held_out, k_sw))
                 if held_out is not None

@@ -165,9 +165,15 @@ def drift_errors(
             f"{ts.shape} and {ys.shape}."
         )
     reference = fns[-1] if reference is None else reference
+    # The drifts (and their weights) are arguments of the compiled function, never
+    # closed-over constants: XLA constant-folds captured weights very slowly.
+    return _drift_errors(tuple(fns), reference, ts, ys, args)
 
-    @eqx.filter_jit
-    def per_time(fns, reference, t, y):
+
+@eqx.filter_jit
+def _drift_errors(fns, reference, ts, ys, args):
+    def per_time(ty):
+        t, y = ty
         ref = reference(t, y, args)
         return jnp.stack(
             [
@@ -176,5 +182,5 @@ def drift_errors(
             ]
         )
 
-    sq = jax.lax.map(lambda ty: per_time(tuple(fns), reference, *ty), (ts, ys))
+    sq = jax.lax.map(per_time, (ts, ys))
     return jnp.sqrt(jnp.mean(sq, axis=(0, 2)))
