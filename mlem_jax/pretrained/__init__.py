@@ -98,3 +98,84 @@ def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str,
         for entry in manifest["levels"]
     )
     return models, manifest
+
+
+CALIBRATION = "calibration.json"
+
+
+def save_calibration(cal, path: str | os.PathLike, per_image_costs) -> None:
+    """Write a `mlem_jax.Calibration` as JSON (atomically), with costs per image so it
+    applies to any batch size (rates depend only on cost ratios).
+
+    **Arguments:**
+
+    - `cal`: the `Calibration` to store.
+    - `path`: the JSON file to write.
+    - `per_image_costs`: the ladder's cost of one evaluation on one image, per level.
+    """
+    import dataclasses
+
+    from ..training import atomic_write
+
+    fields = {}
+    for field in dataclasses.fields(cal):
+        value = getattr(cal, field.name)
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, tuple):
+            value = list(value)
+        fields[field.name] = value
+    fields["costs"] = [float(c) for c in per_image_costs]
+    fields["flops"] = fields["seconds"] = None
+    text = json.dumps(fields, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def load_calibration(path: str | os.PathLike):
+    """Read a `mlem_jax.Calibration` written by `save_calibration` (costs per image).
+
+    **Returns:** the `Calibration`, or `None` if `path` does not exist.
+    """
+    from .._calibrate import Calibration
+
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        fields = json.load(f)
+    for name in ("times", "variances", "sensitivity", "drift_errors"):
+        fields[name] = np.asarray(fields[name], np.float64)
+    for name in ("costs", "warnings"):
+        fields[name] = tuple(fields[name])
+    return Calibration(**fields)
+
+
+def calibrate_shipped(
+    name: str = "digits", batch: int = 32, pilot_steps: int = 32, seed: int = 0
+):
+    """Run `mlem_jax.calibrate` on the shipped ladder `name` and store the result as
+    `calibration.json` next to it (what `mlem-jax demo` and `sample` use for it).
+
+        python -c "from mlem_jax.pretrained import calibrate_shipped; calibrate_shipped()"
+    """
+    from .._calibrate import calibrate
+    from .._commands import T0, T1, load_ladder_levels
+
+    path = pretrained_path(name)
+    ladder = load_ladder_levels(path, batch)
+    k_y0, k_cal = jr.split(jr.key(seed))
+    y0 = ladder.sde.prior_sample(k_y0, (batch, *ladder.shape))
+    cal = calibrate(
+        ladder.levels,
+        ladder.sde.diffusion,
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=pilot_steps,
+        key=k_cal,
+        num_bins=8,
+        pilot_keys=2,
+        measure_costs=False,
+    )
+    print(cal)
+    save_calibration(cal, os.path.join(path, CALIBRATION), ladder.flops_per_image)
+    return cal
