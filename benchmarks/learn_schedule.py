@@ -122,8 +122,8 @@ def main():
         help="budget as a fraction of Euler-Maruyama with the top level",
     )
     parser.add_argument("--iterations", type=int, default=150)
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--mode", default="reverse")
     parser.add_argument("--eval-paths", type=int, default=8)
     parser.add_argument("--eval-keys", type=int, default=16)

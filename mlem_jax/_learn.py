@@ -492,7 +492,8 @@ def learn_schedule(
     - `budget` or `cost_weight`: exactly one (see above).
     - `num_iterations`, `samples`: optimisation steps and ML-EM solves per step
         (`samples ≥ 2`).
-    - `optimizer`: an optax transformation (default `optax.adam(0.05)`).
+    - `optimizer`: an optax transformation (default `optax.adam(0.01)`: the
+        gradient estimates are noisy, and larger Adam steps make the logits wander).
     - `mode`: `"reverse"` or `"forward"` (forward gradients), see
         `schedule_gradient`.
     - `checkpoint`: passed to `mlem_solve` for reverse mode (`"sqrt"` for long
@@ -552,7 +553,7 @@ def learn_schedule(
             schedule
         )
     initial = schedule
-    optimizer = optax.adam(0.05) if optimizer is None else optimizer
+    optimizer = optax.adam(0.01) if optimizer is None else optimizer
     params, static = eqx.partition(schedule, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
     has_noise = diffusion is not None
