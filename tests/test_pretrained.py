@@ -1,0 +1,83 @@
+"""The shipped pretrained ladder (mlem_jax.pretrained)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlem_jax.diffusion import ladder_drifts
+from mlem_jax.pretrained import (
+    CALIBRATION,
+    load_calibration,
+    load_ladder,
+    pretrained_path,
+)
+from mlem_jax.training import sde_from_manifest
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_ladder(None)
+
+
+def test_shipped_ladder_is_small_and_loads_as_float32(shipped):
+    models, manifest = shipped
+    path = pretrained_path("digits")
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    assert size < 4e6  # "a few MB at most"
+    assert len(models) >= 4 and len(models) == len(manifest["levels"])
+    assert manifest["weights_dtype"] == "float16"
+    widths = [lv["width"] for lv in manifest["levels"]]
+    assert widths == sorted(widths)
+    for m in models:
+        leaves = [x for x in jax.tree_util.tree_leaves(m) if hasattr(x, "dtype")]
+        floats = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+        assert floats and all(x.dtype == jnp.float32 for x in floats)
+    with pytest.raises(ValueError, match="name"):
+        pretrained_path("cifar")
+
+
+def test_drift_error_to_the_top_level_falls_along_the_ladder(shipped):
+    models, manifest = shipped
+    sde = sde_from_manifest(manifest)
+    fns = ladder_drifts(sde, models)
+    shape = tuple(manifest["spec"]["image_shape"])
+    steps, batch = 8, 16
+    key_y0, key_w = jax.random.split(jax.random.key(0))
+    # Reverse-SDE Euler–Maruyama with the top level (a Python loop of one compiled
+    # step: far quicker to compile than a scan over UNets), every level's drift
+    # compared with the top one on the visited states.
+    drifts = jax.jit(lambda t, y: jnp.stack([f(t, y, None) for f in fns]))
+    ts = np.linspace(1.0, 1e-3, steps + 1)
+    y = sde.prior_sample(key_y0, (batch, *shape))
+    sq = np.zeros(len(fns))
+    for n in range(steps):
+        t, h = ts[n], ts[n + 1] - ts[n]
+        f = drifts(jnp.float32(t), y)
+        sq += np.asarray(jnp.mean(jnp.sum((f - f[-1]) ** 2, axis=(2, 3, 4)), axis=1))
+        dw = np.sqrt(abs(h)) * jax.random.normal(jax.random.fold_in(key_w, n), y.shape)
+        y = y + h * f[-1] + sde.diffusion(t, y) * dw
+    errors = np.sqrt(sq / steps)
+    assert errors[-1] == 0.0 and np.all(np.isfinite(errors))
+    # Every wider network is closer to the top one: e_1 > e_2 > ... > e_{k-1} > 0.
+    assert np.all(np.diff(errors[:-1]) < 0), errors
+    assert errors[-2] > 0
+    # ...and the ladder spans a real range of costs.
+    flops = [lv["flops_per_image"] for lv in manifest["levels"]]
+    assert np.all(np.diff(flops) > 0) and flops[-1] / flops[0] > 8
+
+
+def test_shipped_calibration_gives_schedules_at_a_budget(shipped):
+    _, manifest = shipped
+    cal = load_calibration(os.path.join(pretrained_path(), CALIBRATION))
+    assert cal is not None and cal.num_levels == len(manifest["levels"])
+    top = cal.costs[-1]
+    cheap = cal.predict(cal.schedule(budget=10 * top, num_steps=64), 64)
+    rich = cal.predict(cal.schedule(budget=40 * top, num_steps=64), 64)
+    np.testing.assert_allclose(cheap["cost"], 10 * top, rtol=1e-3)
+    np.testing.assert_allclose(rich["cost"], 40 * top, rtol=1e-3)
+    # More budget buys less added variance.
+    assert rich["error"] < cheap["error"]
+    assert load_calibration(os.path.join(pretrained_path(), "missing.json")) is None
