@@ -133,18 +133,30 @@ def _write_json(path, obj) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
 
 
-@functools.lru_cache(maxsize=32)
 def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    return _cached_optimizer(
+        config.learning_rate,
+        config.warmup_steps,
+        config.steps,
+        config.weight_decay,
+        config.grad_clip,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_optimizer(lr, warmup_steps, steps, weight_decay, grad_clip):
+    # Cached so that equal hyperparameters give the *same* object, a static argument
+    # of `_train_step` that then hits the compilation cache.
     schedule = optax.warmup_cosine_decay_schedule(
         0.0,
-        config.learning_rate,
-        max(1, min(config.warmup_steps, config.steps - 1)),
-        max(config.steps, 2),
-        end_value=0.1 * config.learning_rate,
+        lr,
+        max(1, min(warmup_steps, steps - 1)),
+        max(steps, 2),
+        end_value=0.1 * lr,
     )
     return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(schedule, weight_decay=config.weight_decay),
+        optax.clip_by_global_norm(grad_clip),
+        optax.adamw(schedule, weight_decay=weight_decay),
     )
 
 
@@ -195,23 +207,25 @@ def _train_step(
     key: PRNGKeyArray,
     optimizer: optax.GradientTransformation,
     sde: VPSDE,
-    config: TrainConfig,
+    batch_size: int,
+    ema_decay: float,
+    t_min: float,
 ) -> _State:
     # A module-level filter_jit (hashable static arguments: the model's non-array
-    # part, the cached optimizer, the SDE and the frozen config) so that training the
+    # part, the cached optimizer, the SDE and three numbers) so that training the
     # same architecture twice (a resume, a second run) compiles once: the UNet's
     # backward pass is by far the slowest thing to compile.
     k_batch, k_loss = jr.split(jr.fold_in(key, state.step))
-    x0 = data[jr.randint(k_batch, (config.batch_size,), 0, data.shape[0])]
+    x0 = data[jr.randint(k_batch, (batch_size,), 0, data.shape[0])]
 
     def loss_fn(params):
-        return dsm_loss(sde, eqx.combine(params, static), x0, k_loss, config.t_min)
+        return dsm_loss(sde, eqx.combine(params, static), x0, k_loss, t_min)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     n = state.step.astype(jnp.float32)
-    d = jnp.minimum(config.ema_decay, (1.0 + n) / (10.0 + n))
+    d = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
     ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema, params)
     losses = state.losses.at[state.step].set(loss.astype(state.losses.dtype))
     return _State(params, ema, opt_state, state.step + 1, losses)
@@ -271,7 +285,17 @@ def train(
     every = max(1, config.steps // 200)
     try:
         for n in range(start, config.steps):
-            state = _train_step(state, static, data, key, optimizer, sde, config)
+            state = _train_step(
+                state,
+                static,
+                data,
+                key,
+                optimizer,
+                sde,
+                config.batch_size,
+                config.ema_decay,
+                config.t_min,
+            )
             if callback is not None or (n + 1) % every == 0:
                 loss = float(state.losses[n])
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)

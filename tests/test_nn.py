@@ -9,7 +9,6 @@ import pytest
 
 import mlem_jax.nn as mnn
 
-
 # One compiled caller for every test (t as an array, so new times do not recompile).
 _call = eqx.filter_jit(lambda net, t, x: net(t, x))
 
