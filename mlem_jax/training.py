@@ -513,6 +513,8 @@ def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, An
     `(models, manifest)`: the finished levels' EMA networks, narrowest first, and the
     manifest dict (`manifest["spec"]` holds architecture, SDE and dataset).
     Build the SDE with `VPSDE(**{k: v for k, v in spec["sde"].items() if k != "name"})`.
+    Weights stored in a lower precision (the shipped ladders use float16) are cast
+    back to the networks' dtype.
     """
     path = os.fspath(path)
     manifest_path = os.path.join(path, MANIFEST)
@@ -540,10 +542,18 @@ def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, An
                 spec["unet"],
                 jr.fold_in(base, 2 * entry["level"]),
             ),
+            filter_spec=_cast_to_skeleton,
         )
         for entry in manifest["levels"]
     )
     return models, manifest
+
+
+def _cast_to_skeleton(f, x):
+    """Deserialise an array leaf with the dtype of the skeleton's leaf."""
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+        return jnp.asarray(np.load(f), dtype=x.dtype)
+    return eqx.default_deserialise_filter_spec(f, x)
 
 
 def sde_from_manifest(manifest: dict[str, Any]) -> VPSDE:

@@ -20,9 +20,6 @@ import json
 import os
 from typing import Any
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
@@ -39,19 +36,11 @@ def pretrained_path(name: str = "digits") -> str:
     return os.path.join(PRETRAINED_DIR, name)
 
 
-def _cast_filter(f, x):
-    """Deserialise an array leaf and cast it to the dtype of the skeleton's leaf, so
-    float16 files load as the float32 networks they were trained as."""
-    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-        return jnp.asarray(np.load(f), dtype=x.dtype)
-    return eqx.default_deserialise_filter_spec(f, x)
-
-
 def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str, Any]]:
     """Read a ladder directory: a shipped one or one written by `mlem-jax train`.
 
-    Like `mlem_jax.training.load_ladder`, but weights stored in a lower precision
-    (the shipped ladders use float16) are cast back to the networks' float32.
+    `mlem_jax.training.load_ladder` (which casts the shipped float16 weights back to
+    float32) with a default path and `--ladder` error messages for the CLI.
 
     **Arguments:**
 
@@ -62,42 +51,17 @@ def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str,
 
     `(models, manifest)`: the networks, narrowest first, and the manifest dict.
     """
-    from ..training import FORMAT_VERSION, MANIFEST, _build_unet
+    from .. import training
 
     path = pretrained_path() if path is None else os.fspath(path)
-    manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"`--ladder`: {path!r} is not a directory.")
-    if not os.path.isfile(manifest_path):
+    if not os.path.isfile(os.path.join(path, training.MANIFEST)):
         raise FileNotFoundError(
-            f"`--ladder`: {path!r} is not a ladder directory (no {MANIFEST}); "
-            "write one with `mlem-jax train --out DIR`."
+            f"`--ladder`: {path!r} is not a ladder directory (no "
+            f"{training.MANIFEST}); write one with `mlem-jax train --out DIR`."
         )
-    with open(manifest_path) as f:
-        manifest = json.load(f)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{manifest_path!r} has format_version {manifest.get('format_version')}, "
-            f"this mlem_jax reads {FORMAT_VERSION}."
-        )
-    if not manifest.get("levels"):
-        raise ValueError(f"`--ladder`: {path!r} has no finished level yet.")
-    spec = manifest["spec"]
-    base = jr.key(spec["seed"])
-    models = tuple(
-        eqx.tree_deserialise_leaves(
-            os.path.join(path, entry["file"]),
-            _build_unet(
-                spec["image_shape"],
-                entry["width"],
-                spec["unet"],
-                jr.fold_in(base, 2 * entry["level"]),
-            ),
-            filter_spec=_cast_filter,
-        )
-        for entry in manifest["levels"]
-    )
-    return models, manifest
+    return training.load_ladder(path)
 
 
 CALIBRATION = "calibration.json"
