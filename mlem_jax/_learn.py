@@ -30,7 +30,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from ._brownian import brownian_increments, split_key, step_uniforms
 from ._levels import Levels
 from ._misc import check_key, concrete_or_none
-from ._schedules import AbstractSchedule, _as_float_array
+from ._schedules import AbstractSchedule, bin_lookup, binned_table
 from ._solve import em_solve, mlem_solve
 
 
@@ -54,37 +54,9 @@ class LogitProbabilities(AbstractSchedule):
     times: Float[Array, " m+1"] | None
 
     def __init__(self, logits: ArrayLike, times: ArrayLike | None = None):
-        logits = _as_float_array(logits, "logits", "LogitProbabilities")
-        if times is None:
-            if logits.ndim != 1 or logits.shape[0] == 0:
-                raise ValueError(
-                    "LogitProbabilities: without `times`, `logits` must be a non-empty "
-                    f"1-D sequence with one logit per level; got shape {logits.shape}."
-                )
-            logits = logits[None, :]
-        else:
-            times = _as_float_array(times, "times", "LogitProbabilities")
-            if times.ndim != 1 or times.shape[0] < 2:
-                raise ValueError(
-                    "LogitProbabilities: `times` must be 1-D bin edges with at least 2 "
-                    f"entries; got shape {times.shape}."
-                )
-            if logits.ndim != 2 or logits.shape[0] != times.shape[0] - 1:
-                raise ValueError(
-                    "LogitProbabilities: with `times` of length m + 1 = "
-                    f"{times.shape[0]}, `logits` must have shape (m, k) = "
-                    f"({times.shape[0] - 1}, k); got {logits.shape}."
-                )
-            tvalue = concrete_or_none(times)
-            if tvalue is not None and not (
-                np.all(np.isfinite(tvalue)) and np.all(np.diff(tvalue) > 0)
-            ):
-                raise ValueError(
-                    "LogitProbabilities: `times` must be finite and strictly "
-                    f"increasing; got {tvalue.tolist()}."
-                )
-        if logits.shape[-1] == 0:
-            raise ValueError("LogitProbabilities: `logits` has no levels.")
+        logits, times = binned_table(
+            logits, times, "logits", "logit", "LogitProbabilities"
+        )
         value = concrete_or_none(logits)
         if value is not None and np.any(np.isnan(value)):
             raise ValueError("LogitProbabilities: `logits` contains NaN.")
@@ -97,11 +69,7 @@ class LogitProbabilities(AbstractSchedule):
 
     def logit(self, t: ArrayLike) -> Float[Array, " k"]:
         """The logits at time `t`."""
-        if self.times is None:
-            return self.logits[0]
-        t = jnp.asarray(t, dtype=self.times.dtype)
-        i = jnp.searchsorted(self.times, t, side="right") - 1
-        return self.logits[jnp.clip(i, 0, self.logits.shape[0] - 1)]
+        return bin_lookup(self.logits, self.times, t)
 
     def probabilities(self, t, h):
         return jax.nn.sigmoid(self.logit(jnp.asarray(t) + jnp.asarray(h) / 2))

@@ -50,6 +50,54 @@ def _as_float_array(x, name: str, owner: str) -> Array:
     return arr
 
 
+def binned_table(values, times, name: str, noun: str, owner: str):
+    """Validate a per-level table that is constant (`values` of shape `(k,)`, no
+    `times`) or piecewise constant on the bins of `times` (`(m, k)` with `m + 1`
+    strictly increasing edges). Returns `(table of shape (m, k), times)`."""
+    values = _as_float_array(values, name, owner)
+    if times is None:
+        if values.ndim != 1 or values.shape[0] == 0:
+            raise ValueError(
+                f"{owner}: without `times`, `{name}` must be a non-empty 1-D sequence "
+                f"with one {noun} per level; got shape {values.shape}."
+            )
+        values = values[None, :]
+    else:
+        times = _as_float_array(times, "times", owner)
+        if times.ndim != 1 or times.shape[0] < 2:
+            raise ValueError(
+                f"{owner}: `times` must be 1-D bin edges with at least 2 entries; got "
+                f"shape {times.shape}."
+            )
+        if values.ndim != 2 or values.shape[0] != times.shape[0] - 1:
+            raise ValueError(
+                f"{owner}: with `times` of length m + 1 = {times.shape[0]}, `{name}` "
+                f"must have shape (m, k) = ({times.shape[0] - 1}, k); got "
+                f"{values.shape}."
+            )
+        tvalue = concrete_or_none(times)
+        if tvalue is not None and not (
+            np.all(np.isfinite(tvalue)) and np.all(np.diff(tvalue) > 0)
+        ):
+            raise ValueError(
+                f"{owner}: `times` must be finite and strictly increasing; got "
+                f"{tvalue.tolist()}."
+            )
+    if values.shape[-1] == 0:
+        raise ValueError(f"{owner}: `{name}` has no levels.")
+    return values, times
+
+
+def bin_lookup(table, times, t) -> Array:
+    """Row of `table` for time `t`: the bin of `times` holding `t` (the first or
+    last bin outside the grid), or the only row without `times`."""
+    if times is None:
+        return table[0]
+    t = jnp.asarray(t, dtype=times.dtype)
+    i = jnp.searchsorted(times, t, side="right") - 1
+    return table[jnp.clip(i, 0, table.shape[0] - 1)]
+
+
 class FixedProbabilities(AbstractSchedule):
     """The same probabilities `p_l` at every step.
 
@@ -125,37 +173,7 @@ class Rates(AbstractSchedule):
     times: Float[Array, " m+1"] | None
 
     def __init__(self, rates: ArrayLike, times: ArrayLike | None = None):
-        rates = _as_float_array(rates, "rates", "Rates")
-        if times is None:
-            if rates.ndim != 1 or rates.shape[0] == 0:
-                raise ValueError(
-                    "Rates: without `times`, `rates` must be a non-empty 1-D sequence "
-                    f"with one rate per level; got shape {rates.shape}."
-                )
-            rates = rates[None, :]
-        else:
-            times = _as_float_array(times, "times", "Rates")
-            if times.ndim != 1 or times.shape[0] < 2:
-                raise ValueError(
-                    "Rates: `times` must be 1-D bin edges with at least 2 entries; got "
-                    f"shape {times.shape}."
-                )
-            if rates.ndim != 2 or rates.shape[0] != times.shape[0] - 1:
-                raise ValueError(
-                    "Rates: with `times` of length m + 1 = "
-                    f"{times.shape[0]}, `rates` must have shape (m, k) = "
-                    f"({times.shape[0] - 1}, k); got {rates.shape}."
-                )
-            tvalue = concrete_or_none(times)
-            if tvalue is not None and not (
-                np.all(np.isfinite(tvalue)) and np.all(np.diff(tvalue) > 0)
-            ):
-                raise ValueError(
-                    "Rates: `times` must be finite and strictly increasing; got "
-                    f"{tvalue.tolist()}."
-                )
-        if rates.shape[-1] == 0:
-            raise ValueError("Rates: `rates` has no levels.")
+        rates, times = binned_table(rates, times, "rates", "rate", "Rates")
         value = concrete_or_none(rates)
         if value is not None:
             if np.any(np.isnan(value)):
@@ -174,12 +192,7 @@ class Rates(AbstractSchedule):
 
     def rate(self, t: ArrayLike) -> Float[Array, " k"]:
         """The rates `λ_l(t)` at time `t`."""
-        if self.times is None:
-            return self.rates[0]
-        t = jnp.asarray(t, dtype=self.times.dtype)
-        i = jnp.searchsorted(self.times, t, side="right") - 1
-        i = jnp.clip(i, 0, self.rates.shape[0] - 1)
-        return self.rates[i]
+        return bin_lookup(self.rates, self.times, t)
 
     def probabilities(self, t, h):
         h = jnp.asarray(h)
