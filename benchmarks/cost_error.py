@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import environment, write_json  # noqa: E402
 
 from mlem_jax.benchmarking import (  # noqa: E402
+    QUICK_SETTINGS,
     plot_cost_error,
     run_cost_error,
     synthetic_problem,
@@ -54,16 +55,7 @@ def main(argv=None):
             problem = synthetic_problem(
                 gamma, num_levels=3, growth=4, batch=8, seed=opts.seed
             )
-            kw = dict(
-                fine_steps=64,
-                em_steps=(8, 16, 32),
-                mlem_steps=(16, 64),
-                targets=(1.0,),
-                level_keys=2,
-                pilot_steps=16,
-                srk_solvers=("SRA1",),
-                srk_steps=(8, 16),
-            )
+            kw = QUICK_SETTINGS
         elif opts.large:
             problem = synthetic_problem(gamma, num_levels=5, batch=256, seed=opts.seed)
             kw = dict(

@@ -481,27 +481,22 @@ def ladder_problem(path: str | None, batch: int, seed: int = 0):
 
 
 def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .benchmarking import plot_cost_error, run_cost_error, synthetic_problem
+    from .benchmarking import (
+        QUICK_SETTINGS,
+        plot_cost_error,
+        run_cost_error,
+        synthetic_problem,
+    )
 
     path = args.ladder
     if path is not None and path != "shipped":
         _check_ladder(parser, path)
-    quick = dict(
-        fine_steps=64,
-        em_steps=(8, 16, 32),
-        mlem_steps=(16, 64),
-        targets=(1.0,),
-        level_keys=2,
-        pilot_steps=16,
-        srk_solvers=("SRA1",),
-        srk_steps=(8, 16),
-    )
     if path is None:
         if args.quick:
             problem = synthetic_problem(
                 args.gamma, num_levels=3, growth=4, batch=8, seed=args.seed
             )
-            kw = quick
+            kw = QUICK_SETTINGS
         else:
             problem = synthetic_problem(args.gamma, seed=args.seed)
             kw = {}
@@ -512,7 +507,7 @@ def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             args.seed,
         )
         kw = (
-            dict(quick, srk_solvers=(), srk_steps=())
+            dict(QUICK_SETTINGS, srk_solvers=(), srk_steps=())
             if args.quick
             else dict(
                 fine_steps=256,

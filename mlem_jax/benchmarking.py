@@ -183,6 +183,19 @@ def _evaluations_per_step(solver, sde: bool) -> float:
     return count[0] / 4
 
 
+QUICK_SETTINGS = dict(
+    fine_steps=64,
+    em_steps=(8, 16, 32),
+    mlem_steps=(16, 64),
+    targets=(1.0,),
+    level_keys=2,
+    pilot_steps=16,
+    srk_solvers=("SRA1",),
+    srk_steps=(8, 16),
+)
+"""`run_cost_error` settings for a smoke test (seconds, not a measurement)."""
+
+
 def run_cost_error(
     problem: Problem,
     *,
