@@ -134,3 +134,89 @@ def test_sinusoidal_embedding():
     e = mnn.sinusoidal_embedding(0.0, 8)
     np.testing.assert_allclose(e, np.r_[np.zeros(4), np.ones(4)])
     assert mnn.sinusoidal_embedding(0.5, 8).shape == (8,)
+
+
+def _channels_first_reference(net, t, x):
+    """The UNet forward pass written directly with the Equinox layers' own
+    (channels-first) `__call__`s: an independent check of the channels-last code."""
+
+    def res(block, h, emb):
+        out = block.conv1(jax.nn.silu(block.norm1(h)))
+        scale, shift = jnp.split(block.time_proj(jax.nn.silu(emb)), 2)
+        out = block.norm2(out) * (1 + scale[:, None, None]) + shift[:, None, None]
+        out = block.conv2(jax.nn.silu(out))
+        return (h if block.skip is None else block.skip(h)) + out
+
+    def attn(block, h):
+        if block is None:
+            return h
+        c, hh, ww = h.shape
+        z = block.norm(h).reshape(c, hh * ww).T
+        return h + block.attn(z, z, z).T.reshape(c, hh, ww)
+
+    emb = mnn.sinusoidal_embedding(t, net.base_width)
+    emb = net.time_mlp[1](jax.nn.silu(net.time_mlp[0](emb)))
+    h = net.conv_in(x)
+    hs, nb, levels = [h], net.num_res_blocks, len(net.channel_mults)
+    for i in range(levels):
+        for j in range(nb):
+            h = attn(net.down_attn[i * nb + j], res(net.down_res[i * nb + j], h, emb))
+            hs.append(h)
+        if i < levels - 1:
+            h = net.downsample[i](h)
+            hs.append(h)
+    h = res(net.mid_res[1], attn(net.mid_attn, res(net.mid_res[0], h, emb)), emb)
+    k = 0
+    for i in reversed(range(levels)):
+        for _ in range(nb + 1):
+            h = res(net.up_res[k], jnp.concatenate([h, hs.pop()]), emb)
+            h = attn(net.up_attn[k], h)
+            k += 1
+        if i > 0:
+            h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+            h = net.upsample[levels - 1 - i](h)
+    return net.conv_out(jax.nn.silu(net.norm_out(h)))
+
+
+@pytest.mark.parametrize(
+    "shape, mults, attn",
+    [((1, 8, 8), (1, 2), ()), ((3, 8, 12), (1, 2), (4,))],
+)
+def test_unet_channels_last_equals_equinox_layers(shape, mults, attn):
+    net = _randomise(mnn.UNet(shape, 8, mults, 1, attn, key=jr.key(0)))
+    x = jr.normal(jr.key(1), shape)
+    t = jnp.asarray(0.4)
+    np.testing.assert_allclose(
+        _call(net, t, x),
+        eqx.filter_jit(_channels_first_reference)(net, t, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    "cin, cout, size, stride, padding",
+    [(3, 5, 3, 1, 1), (4, 4, 3, 2, 1), (6, 2, 1, 1, 0)],
+)
+def test_conv_and_group_norm_channels_last(cin, cout, size, stride, padding):
+    conv = eqx.nn.Conv2d(cin, cout, size, stride=stride, padding=padding, key=jr.key(2))
+    x = jr.normal(jr.key(3), (cin, 8, 6))
+    got = mnn.conv_hwc(conv, jnp.transpose(x, (1, 2, 0)))
+    np.testing.assert_allclose(
+        jnp.transpose(got, (2, 0, 1)), conv(x), rtol=1e-5, atol=1e-5
+    )
+    norm = eqx.nn.GroupNorm(2, 8)
+    norm = eqx.tree_at(
+        lambda n: (n.weight, n.bias), norm, (jnp.arange(8.0), -jnp.ones(8))
+    )
+    y = 3.0 + jr.normal(jr.key(4), (8, 5, 4))
+    got = mnn.group_norm_hwc(norm, jnp.transpose(y, (1, 2, 0)))
+    np.testing.assert_allclose(
+        jnp.transpose(got, (2, 0, 1)), norm(y), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_conv_hwc_refuses_unsupported_layers():
+    conv = eqx.nn.Conv2d(4, 4, 3, groups=2, key=jr.key(0))
+    with pytest.raises(NotImplementedError, match="groups=1"):
+        mnn.conv_hwc(conv, jnp.zeros((6, 6, 4)))

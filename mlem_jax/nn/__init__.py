@@ -9,5 +9,7 @@ from ._unet import (
     AttentionBlock as AttentionBlock,
     ResBlock as ResBlock,
     UNet as UNet,
+    conv_hwc as conv_hwc,
+    group_norm_hwc as group_norm_hwc,
     sinusoidal_embedding as sinusoidal_embedding,
 )
