@@ -7,6 +7,11 @@ fitted exponents, speedups at matched error, predicted vs measured cost and erro
 the calibrated schedules, machine, versions and seed) and a log–log PNG beside it.
 
 Run:  python benchmarks/cost_error.py [--gamma 2.5 3 4] [--quick]
+      python benchmarks/cost_error.py --ladder shipped [--ode]   # trained UNet ladder
+
+With `--ladder` (a ladder directory, or `shipped` for the digits ladder inside the
+package) the problem is that ladder's reverse SDE (or probability-flow ODE with
+`--ode`: Euler, Heun and ML-EM), the top network as the reference drift.
 
 A full run also rewrites the "Results" table in README.md (between its
 `<!-- cost_error:start -->` and `<!-- cost_error:end -->` markers) from every
@@ -28,7 +33,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import environment, write_json  # noqa: E402
 
 from mlem_jax.benchmarking import (  # noqa: E402
+    LADDER_SETTINGS,
     QUICK_SETTINGS,
+    ladder_problem,
     plot_cost_error,
     run_cost_error,
     synthetic_problem,
@@ -47,9 +54,24 @@ def main(argv=None):
         help="the GPU configuration: 5 levels (top 262144 features), batch 256; "
         "results are saved with a _<backend> suffix beside the CPU ones",
     )
+    parser.add_argument(
+        "--ladder", help="a ladder directory, or 'shipped', instead of --gamma"
+    )
+    parser.add_argument(
+        "--ode", action="store_true", help="--ladder: the probability-flow ODE"
+    )
+    parser.add_argument("--batch", type=int, default=32, help="--ladder: images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=RESULTS)
     opts = parser.parse_args(argv)
+    if opts.ladder is not None:
+        path = None if opts.ladder == "shipped" else opts.ladder
+        problem = ladder_problem(path, opts.batch, opts.seed, ode=opts.ode)
+        kw = dict(QUICK_SETTINGS, srk_solvers=()) if opts.quick else LADDER_SETTINGS
+        save(run_cost_error(problem, seed=opts.seed, **kw), opts, problem.name)
+        if not opts.quick and os.path.abspath(opts.out) == os.path.abspath(RESULTS):
+            update_readme(RESULTS, README)
+        return
     for gamma in opts.gamma:
         if opts.quick:
             problem = synthetic_problem(
@@ -67,19 +89,22 @@ def main(argv=None):
         else:
             problem = synthetic_problem(gamma, seed=opts.seed)
             kw = {}
-        result = run_cost_error(problem, seed=opts.seed, **kw)
-        result.update(environment(opts.seed))
         suffix = f"_{jax.default_backend()}" if opts.large else ""
-        stem = os.path.join(opts.out, f"cost_error_{problem.name}{suffix}")
-        write_json(stem + ".json", result)
-        plot_cost_error(result, stem + ".png")
-        print(report(result))
-        print(f"wrote {stem}.json and {stem}.png")
+        save(run_cost_error(problem, seed=opts.seed, **kw), opts, problem.name + suffix)
     if not (opts.quick or opts.large) and os.path.abspath(opts.out) == os.path.abspath(
         RESULTS
     ):
         update_readme(RESULTS, README)
         print(f"updated the results table in {README}")
+
+
+def save(result: dict, opts, name: str) -> None:
+    result.update(environment(opts.seed))
+    stem = os.path.join(opts.out, f"cost_error_{name}")
+    write_json(stem + ".json", result)
+    plot_cost_error(result, stem + ".png")
+    print(report(result))
+    print(f"wrote {stem}.json and {stem}.png")
 
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
@@ -94,9 +119,7 @@ def results_table(folder: str) -> str:
         "cost meas/pred | added error meas/target |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for path in sorted(
-        glob.glob(os.path.join(folder, "cost_error_synthetic_gamma*.json"))
-    ):
+    for path in sorted(glob.glob(os.path.join(folder, "cost_error_*.json"))):
         if path.endswith(("_gpu.json", "_cuda.json", "_tpu.json")):
             continue
         with open(path) as f:
@@ -109,7 +132,8 @@ def results_table(folder: str) -> str:
         cost = [c["cost_ratio"] for c in cal]
         err = [c["error_ratio"] for c in cal]
         rows.append(
-            f"| {r['problem']} | {r.get('gamma_design')} / {fitted[-1]:.2f} | "
+            f"| {r['problem']} | {r.get('gamma_design') or 'trained'} / "
+            f"{fitted[-1]:.2f} | "
             f"{ex['em']['exponent']:.2f} ± {ex['em']['stderr']:.2f} | "
             f"{ex['mlem']['exponent']:.2f} ± {ex['mlem']['stderr']:.2f} | "
             + (

@@ -13,6 +13,11 @@ against a fine reference solve (reference drift, 4× finer steps, same Brownian 
 the added error against Euler–Maruyama with the top level, and the realised cost.
 
     python benchmarks/learn_schedule.py [--steps 64 --iterations 150]
+    python benchmarks/learn_schedule.py --ladder shipped   # the digits UNet ladder
+
+With `--ladder` (a ladder directory, or `shipped`) the problem is that ladder's
+reverse SDE (`mlem_jax.benchmarking.ladder_problem`), the top network as the
+reference drift; results go to `learn_schedule_<problem>.json`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,12 @@ from _common import environment, write_json  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
 from mlem_jax._learn import _project_to_budget  # noqa: E402
-from mlem_jax.benchmarking import synthetic_problem  # noqa: E402
+from mlem_jax.benchmarking import ladder_problem, synthetic_problem  # noqa: E402
+
+
+def _mse(y, ref):
+    """Mean over the batch of the squared distance per sample (all other axes)."""
+    return jnp.mean(jnp.sum((y - ref) ** 2, axis=tuple(range(1, y.ndim))))
 
 
 def evaluate(problem, schedules, *, num_steps, fine, paths, keys, seed):
@@ -65,7 +75,7 @@ def evaluate(problem, schedules, *, num_steps, fine, paths, keys, seed):
             key=pkey,
             brownian=dw,
         )
-        em_err.append(float(jnp.mean(jnp.sum((y_em - y_ref) ** 2, -1))))
+        em_err.append(float(_mse(y_em, y_ref)))
         for name, sched in schedules.items():
 
             @jax.jit
@@ -81,11 +91,7 @@ def evaluate(problem, schedules, *, num_steps, fine, paths, keys, seed):
                     key=k,
                     brownian=dw,
                 )
-                return (
-                    jnp.mean(jnp.sum((y - y_ref) ** 2, -1)),
-                    jnp.mean(jnp.sum((y - y_em) ** 2, -1)),
-                    info.cost,
-                )
+                return _mse(y, y_ref), _mse(y, y_em), info.cost
 
             lkeys = jax.random.split(jax.random.fold_in(pkey, 7), keys)
             e_ref, e_em, cost = jax.lax.map(run, lkeys)
@@ -129,15 +135,21 @@ def main():
     parser.add_argument("--eval-keys", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--out",
-        default=os.path.join(
-            os.path.dirname(__file__), "results", "learn_schedule.json"
-        ),
+        "--ladder", help="a ladder directory, or 'shipped', instead of --gamma"
     )
+    parser.add_argument("--batch", type=int, default=8, help="--ladder: images")
+    parser.add_argument("--out", help="result JSON (default under results/)")
     opts = parser.parse_args()
     import optax
 
-    problem = synthetic_problem(opts.gamma)
+    if opts.ladder is None:
+        problem = synthetic_problem(opts.gamma)
+        name = "learn_schedule.json"
+    else:
+        path = None if opts.ladder == "shipped" else opts.ladder
+        problem = ladder_problem(path, opts.batch, opts.seed)
+        name = f"learn_schedule_{problem.name}.json"
+    out = opts.out or os.path.join(os.path.dirname(__file__), "results", name)
     levels, y0, t0, t1 = problem.levels, problem.y0, problem.t0, problem.t1
     n = opts.steps
     grid = dict(t0=t0, t1=t1, num_steps=n)
@@ -217,10 +229,10 @@ def main():
         benchmark="learn_schedule",
         problem=dict(
             name=problem.name,
-            gamma=opts.gamma,
+            gamma=problem.gamma,
             costs=list(levels.costs),
             batch=int(y0.shape[0]),
-            dim=int(y0.shape[1]),
+            state_shape=list(y0.shape[1:]),
             t0=t0,
             t1=t1,
         ),
@@ -251,7 +263,7 @@ def main():
         training_history={k: v.tolist() for k, v in learned.history.items()},
         environment=environment(opts.seed),
     )
-    write_json(opts.out, payload)
+    write_json(out, payload)
 
 
 if __name__ == "__main__":

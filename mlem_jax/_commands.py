@@ -455,34 +455,22 @@ def _add_bench(sub: Any) -> None:
     p.add_argument(
         "--batch", type=_positive_int, default=16, help="--ladder: images per solve"
     )
+    p.add_argument(
+        "--ode",
+        action="store_true",
+        help="--ladder: the probability-flow ODE (Euler, Heun, ML-EM) instead of "
+        "the reverse SDE",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="mlem-jax-bench", help="output folder")
     p.set_defaults(func=_run_bench, parser=p)
 
 
-def ladder_problem(path: str | None, batch: int, seed: int = 0):
-    """A `benchmarking.Problem` from a ladder: reverse-SDE drifts with FLOP costs, the
-    top level as reference, `σ(t) = sqrt(β(t))`, prior samples as `y0`, t: 1 → 1e-3."""
-    from .benchmarking import Problem
-
-    ladder = load_ladder_levels(path, batch)
-    y0 = ladder.sde.prior_sample(jax.random.key(seed), (batch, *ladder.shape))
-    sde = ladder.sde
-    name = ladder.dataset.get("name", "ladder")
-    return Problem(
-        name=f"ladder_{name}",
-        levels=ladder.levels,
-        reference=ladder.levels.fns[-1],
-        sigma=lambda t: jnp.sqrt(sde.beta(t)),
-        y0=y0,
-        t0=T0,
-        t1=T1,
-    )
-
-
 def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .benchmarking import (
+        LADDER_SETTINGS,
         QUICK_SETTINGS,
+        ladder_problem,
         plot_cost_error,
         run_cost_error,
         synthetic_problem,
@@ -505,20 +493,12 @@ def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             None if path == "shipped" else path,
             4 if args.quick else args.batch,
             args.seed,
+            ode=args.ode,
         )
         kw = (
             dict(QUICK_SETTINGS, srk_solvers=(), srk_steps=())
             if args.quick
-            else dict(
-                fine_steps=256,
-                em_steps=(8, 16, 32, 64),
-                mlem_steps=(32, 64, 128),
-                targets=(1.0, 0.5),
-                level_keys=2,
-                pilot_steps=32,
-                srk_solvers=(),
-                srk_steps=(),
-            )
+            else LADDER_SETTINGS
         )
     result = run_cost_error(problem, seed=args.seed, **kw)
     os.makedirs(args.out, exist_ok=True)

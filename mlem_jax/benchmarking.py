@@ -196,6 +196,54 @@ QUICK_SETTINGS = dict(
 """`run_cost_error` settings for a smoke test (seconds, not a measurement)."""
 
 
+LADDER_SETTINGS = dict(
+    fine_steps=256,
+    em_steps=(8, 16, 32, 64, 128),
+    mlem_steps=(32, 64, 128),
+    targets=(1.0, 0.5),
+    match_em_steps=(16, 32, 64),
+    level_keys=4,
+    pilot_steps=32,
+    srk_solvers=(),
+    srk_steps=(),
+)
+"""`run_cost_error` settings for a trained UNet ladder (`ladder_problem`) on a CPU.
+No SRK baseline: diffrax's SRA1/ShARK need the drift's Lévy-area terms evaluated at
+extra stages, and on the stiff reverse SDE they need as many steps as EM."""
+
+
+def ladder_problem(
+    path: str | None = None, batch: int = 16, seed: int = 0, *, ode: bool = False
+) -> Problem:
+    """A `Problem` from a ladder directory (`None`: the shipped digits ladder).
+
+    The reverse SDE (or, with `ode=True`, the probability-flow ODE) of the ladder's
+    VP-SDE from `t = 1` to `1e-3`, the top level as the reference drift, level costs
+    the networks' FLOPs for one batch, prior samples (`seed`) as `y0`.
+    """
+    from ._commands import T0, T1, load_ladder_levels
+    from .diffusion import ProbabilityFlowDrift, ladder_drifts
+    from .pretrained import load_ladder
+
+    ladder = load_ladder_levels(path, batch)
+    sde = ladder.sde
+    levels = ladder.levels
+    if ode:
+        models, _ = load_ladder(path)
+        levels = Levels(ladder_drifts(sde, models, ProbabilityFlowDrift), levels.costs)
+    y0 = sde.prior_sample(jax.random.key(seed), (batch, *ladder.shape))
+    name = ladder.dataset.get("name", "ladder")
+    return Problem(
+        name=f"ladder_{name}" + ("_ode" if ode else ""),
+        levels=levels,
+        reference=levels.fns[-1],
+        sigma=None if ode else (lambda t: jnp.sqrt(sde.beta(t))),
+        y0=y0,
+        t0=T0,
+        t1=T1,
+    )
+
+
 def run_cost_error(
     problem: Problem,
     *,
@@ -208,6 +256,7 @@ def run_cost_error(
     srk_solvers: Sequence[str] = ("SRA1", "ShARK"),
     srk_steps: Sequence[int] = (8, 16, 32, 64),
     ode_solvers: Sequence[str] = ("Heun",),
+    match_em_steps: Sequence[int] = (),
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -219,6 +268,10 @@ def run_cost_error(
     - `em_steps`: Euler–Maruyama step counts, run with every level.
     - `mlem_steps`, `targets`: ML-EM step counts, and added-error targets as fractions
         of each truncated ladder's bias, for `Calibration.schedule(target_error=...)`.
+    - `match_em_steps`: for the whole ladder, also aim the ML-EM added error at the
+        error of Euler–Maruyama with the top level at each of these step counts (for
+        a trained ladder whose reference is its own top level, where fractions of
+        the whole ladder's bias, only a discretisation error, mean little).
     - `level_keys`: ML-EM runs per configuration (level draws are shared by the batch,
         so errors and costs are averaged over this many level keys).
     - `pilot_steps`: steps of the calibration pilots.
@@ -228,6 +281,12 @@ def run_cost_error(
         ODE), diffrax solvers run with the top level at `em_steps`.
     - `seed`: seeds the Brownian path and the level keys.
     """
+    missing = [m for m in match_em_steps if m not in em_steps]
+    if missing:
+        raise ValueError(
+            f"run_cost_error: `match_em_steps` must be among `em_steps` "
+            f"{tuple(em_steps)}; {missing} are not."
+        )
     for n in (*em_steps, *mlem_steps, *srk_steps, pilot_steps):
         if fine_steps % n:
             raise ValueError(
@@ -351,6 +410,11 @@ def run_cost_error(
         for name in ode_solvers:
             diffrax_runs(name, diffrax.ODETerm(levels.top), em_steps, sde=False)
 
+    em_top_error = {
+        r["steps"]: r["error"]
+        for r in runs
+        if r["method"] == "em" and r["level"] == levels.num_levels
+    }
     calibrations = []
     for j in range(2, levels.num_levels + 1):
         ladder = Levels(levels.fns[:j], levels.costs[:j])
@@ -403,8 +467,10 @@ def run_cost_error(
                     brownian=b,
                 )
             )
-            for frac in targets:
-                target = frac * bias
+            goals = [(frac * bias, frac, None) for frac in targets]
+            if j == levels.num_levels:
+                goals += [(em_top_error[m], None, m) for m in match_em_steps]
+            for target, frac, matched in goals:
                 try:
                     schedule = cal.schedule(target_error=target, num_steps=n)
                 except ValueError:
@@ -425,6 +491,7 @@ def run_cost_error(
                         levels=j,
                         steps=n,
                         target_fraction=frac,
+                        matched_em_steps=matched,
                         target_added_error=target,
                         error=float(np.sqrt(mse)),
                         cost=cost,
@@ -444,15 +511,36 @@ def run_cost_error(
             )
         )
 
+    # A run whose error is not finite, or ten times the size of the solution itself,
+    # has diverged (too few steps for a stiff drift, or a randomised level term
+    # blown up by the dynamics): it is kept in the record, flagged, and left out of
+    # the frontiers, fits and ratios.
+    scale = float(
+        jnp.sqrt(jnp.mean(jnp.sum(y_ref.reshape(y_ref.shape[0], -1) ** 2, 1)))
+    )
+    for r in runs:
+        r["diverged"] = not (math.isfinite(r["error"]) and r["error"] <= 10 * scale)
+    diverged = [r for r in runs if r["diverged"]]
+    if diverged:
+        log(
+            f"  {len(diverged)} diverged run(s), left out of the fits: "
+            + ", ".join(
+                f"{r['method']} {r.get('levels', r.get('level'))} levels/level, "
+                f"{r['steps']} steps"
+                for r in diverged
+            )
+        )
     return summarise(
         problem,
         runs,
         calibrations,
         dict(
+            reference_rms=scale,
             fine_steps=fine_steps,
             em_steps=list(em_steps),
             mlem_steps=list(mlem_steps),
             targets=list(targets),
+            match_em_steps=list(match_em_steps),
             level_keys=level_keys,
             pilot_steps=pilot_steps,
             seed=seed,
@@ -466,7 +554,9 @@ def run_cost_error(
 def summarise(
     problem: Problem, runs: list[dict], calibrations: list[dict], config: dict
 ) -> dict:
-    """Frontiers, fitted exponents and speedups at matched error."""
+    """Frontiers, fitted exponents and speedups at matched error (runs flagged
+    `diverged` are kept in `runs` and left out of everything else)."""
+    all_runs, runs = runs, [r for r in runs if not r.get("diverged", False)]
     methods = sorted({r["method"] for r in runs})
     frontiers = {
         m: pareto_frontier([r for r in runs if r["method"] == m]) for m in methods
@@ -516,7 +606,8 @@ def summarise(
         problem=problem.name,
         gamma_design=problem.gamma,
         config=config,
-        runs=runs,
+        runs=all_runs,
+        diverged_runs=len(all_runs) - len(runs),
         frontiers=frontiers,
         exponents=exponents,
         speedup_at_matched_error=speedups,

@@ -43,3 +43,54 @@ def test_cost_to_reach_is_the_cheapest_run_below_the_error():
     assert cost_to_reach(runs, 0.5) == 2.0
     assert cost_to_reach(runs, 1.0) == 1.0
     assert cost_to_reach(runs, 0.1) == math.inf
+
+
+def test_summarise_leaves_diverged_runs_out_of_frontiers_and_speedups():
+    from mlem_jax.benchmarking import summarise
+
+    cal = dict(
+        target_added_error=1.0,
+        measured_added_error=1.0,
+        predicted_added_error=1.0,
+        predicted_cost=5.0,
+    )
+    runs = [
+        dict(method="em", level=2, steps=8, cost=8.0, error=1.0, diverged=False),
+        dict(method="em", level=2, steps=16, cost=16.0, error=0.5, diverged=False),
+        dict(
+            method="mlem",
+            levels=2,
+            steps=16,
+            cost=4.0,
+            error=math.nan,
+            diverged=True,
+            **cal,
+        ),
+        dict(
+            method="mlem",
+            levels=2,
+            steps=16,
+            cost=6.0,
+            error=0.9,
+            diverged=False,
+            **cal,
+        ),
+    ]
+    problem = type("P", (), dict(name="toy", gamma=None))()
+    out = summarise(problem, runs, [], {})
+    assert out["diverged_runs"] == 1
+    assert len(out["runs"]) == 4  # kept in the record
+    assert [p["cost"] for p in out["frontiers"]["mlem"]] == [6.0]
+    assert out["ladder_floor_error"] == 0.5
+    # The surviving ML-EM run reaches 0.9 at cost 6; EM needs cost 16 to get there.
+    tight = out["speedup_at_tightest_matched_error"]
+    assert tight["error"] == 0.9 and tight["speedup"] == pytest.approx(16 / 6)
+    assert [c["measured_cost"] for c in out["calibrated_schedules"]] == [6.0]
+
+
+def test_run_cost_error_match_em_steps_must_be_em_steps():
+    from mlem_jax.benchmarking import run_cost_error, synthetic_problem
+
+    problem = synthetic_problem(3.0, num_levels=2, growth=4, batch=2)
+    with pytest.raises(ValueError, match="`match_em_steps` must be among `em_steps`"):
+        run_cost_error(problem, em_steps=(8, 16), match_em_steps=(32,))
