@@ -138,6 +138,12 @@ def main():
         "--ladder", help="a ladder directory, or 'shipped', instead of --gamma"
     )
     parser.add_argument("--batch", type=int, default=8, help="--ladder: images")
+    parser.add_argument(
+        "--min-probability",
+        type=float,
+        default=0.0,
+        help="floor on the calibrated schedule's probabilities (0.02 for a ladder)",
+    )
     parser.add_argument("--out", help="result JSON (default under results/)")
     opts = parser.parse_args()
     import optax
@@ -167,7 +173,9 @@ def main():
     )
     print(cal)
     budget = opts.budget_fraction * n * levels.costs[-1]
-    calibrated = cal.schedule(budget=budget, num_steps=n)
+    calibrated = cal.schedule(
+        budget=budget, num_steps=n, min_probability=opts.min_probability
+    )
     cal_logits = mj.LogitProbabilities.from_schedule(calibrated, **grid)
     # Time-constant: average p over time (per level), then back to the same budget.
     p_mean = jax.nn.sigmoid(cal_logits.logits).mean(0)
@@ -240,6 +248,7 @@ def main():
             num_steps=n,
             budget=budget,
             budget_fraction=opts.budget_fraction,
+            min_probability=opts.min_probability,
             iterations=opts.iterations,
             samples=opts.samples,
             lr=opts.lr,

@@ -3,6 +3,7 @@
 Commands:
 
 - `train`: train a UNet ladder on a dataset and write a ladder directory.
+- `distill`: distil a ladder's top level into its cheaper levels (a new ladder).
 - `sample`, `bench`, `demo`: see `mlem_jax._commands`.
 """
 
@@ -142,6 +143,78 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def _add_distill(sub: Any) -> None:
+    p = sub.add_parser(
+        "distill",
+        help="distil a ladder's top level into its cheaper levels",
+        description=(
+            "Fine-tune every level below the top of a ladder to reproduce the top "
+            "level (the teacher) on noised training images, starting from the "
+            "trained weights, and write a new ladder directory. Neighbouring levels "
+            "then differ far less, which is what ML-EM's cost depends on. Rerunning "
+            "the same command resumes an interrupted run."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--ladder", default="shipped", help="source ladder directory, or 'shipped'"
+    )
+    p.add_argument("--out", required=True, help="ladder directory to write")
+    p.add_argument("--steps", type=_positive_int, default=1500)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_run_distill, parser=p)
+
+
+def _run_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import os
+
+    from . import data as mdata
+    from .pretrained import pretrained_path
+    from .training import TrainConfig, distill_ladder, load_ladder
+
+    source = pretrained_path() if args.ladder == "shipped" else args.ladder
+    if not os.path.isdir(source):
+        parser.error(f"--ladder: {source!r} is not a directory")
+    try:
+        _, manifest = load_ladder(source)
+        dataset = manifest["spec"].get("dataset") or {}
+        if "name" not in dataset:
+            parser.error(f"--ladder: {source!r} does not record its dataset")
+        kwargs = dataset.get("kwargs", {})
+        config = TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            warmup_steps=args.warmup_steps,
+            ema_decay=args.ema_decay,
+            checkpoint_every=args.checkpoint_every,
+        )
+        _, out = distill_ladder(
+            source,
+            args.out,
+            mdata.load_dataset(dataset["name"], split="train", **kwargs),
+            config=config,
+            seed=args.seed,
+            eval_data=mdata.load_dataset(dataset["name"], split="test", **kwargs),
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        parser.error(str(e))
+    for lv in out["levels"][:-1]:
+        print(
+            f"level {lv['level']}: width {lv['width']}, held-out distillation loss "
+            f"{lv['distill_eval_loss_before']:.4g} -> {lv['distill_eval_loss']:.4g}"
+        )
+    print(f"distilled ladder written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `mlem-jax` argument parser, one subparser per command."""
     parser = argparse.ArgumentParser(
@@ -150,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     _add_train(sub)
+    _add_distill(sub)
     from ._commands import add_commands
 
     add_commands(sub)

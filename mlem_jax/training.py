@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .diffusion import VPSDE, drift_flops, dsm_loss, reverse_drift
+from .diffusion import VPSDE, distillation_loss, drift_flops, dsm_loss, reverse_drift
 from .nn import UNet, count_params
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "TrainResult",
     "train",
     "train_ladder",
+    "distill_ladder",
     "load_ladder",
     "sde_from_manifest",
     "save_checkpoint",
@@ -210,6 +211,7 @@ def _train_step(
     batch_size: int,
     ema_decay: float,
     t_min: float,
+    teacher: Any = None,
 ) -> _State:
     # A module-level filter_jit (hashable static arguments: the model's non-array
     # part, the cached optimizer, the SDE and three numbers) so that training the
@@ -219,7 +221,10 @@ def _train_step(
     x0 = data[jr.randint(k_batch, (batch_size,), 0, data.shape[0])]
 
     def loss_fn(params):
-        return dsm_loss(sde, eqx.combine(params, static), x0, k_loss, t_min)
+        model = eqx.combine(params, static)
+        if teacher is None:
+            return dsm_loss(sde, model, x0, k_loss, t_min)
+        return distillation_loss(sde, model, teacher, x0, k_loss, t_min)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -241,8 +246,10 @@ def train(
     checkpoint_path: str | os.PathLike | None = None,
     progress: bool | str = True,
     callback: Callable[[int, float], None] | None = None,
+    teacher: eqx.Module | None = None,
 ) -> TrainResult:
-    """Train a noise-prediction network with denoising score matching.
+    """Train a noise-prediction network with denoising score matching (or, with a
+    `teacher`, distil the teacher into it).
 
     AdamW with warm-up and cosine decay, global-norm gradient clipping, and an EMA of
     the weights. Step `n` draws its batch and noise from `jr.fold_in(key, n)`, so a run
@@ -262,6 +269,9 @@ def train(
     - `progress`: show a tqdm progress bar with the loss (a string sets its label).
     - `callback`: called as `callback(step, loss)` after every step (e.g. logging; an
       exception raised there stops training, keeping the last checkpoint).
+    - `teacher`: if given, a network `ε_T(t, x)` the model learns to reproduce
+      ([`mlem_jax.diffusion.distillation_loss`][], same noised inputs as the DSM loss)
+      instead of the noise itself.
 
     **Returns:**
 
@@ -295,6 +305,7 @@ def train(
                 config.batch_size,
                 config.ema_decay,
                 config.t_min,
+                teacher,
             )
             if callback is not None or (n + 1) % every == 0:
                 loss = float(state.losses[n])
@@ -499,6 +510,138 @@ def train_ladder(
     if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
         os.rmdir(ckpt_dir)
     return tuple(models), manifest
+
+
+def distill_ladder(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    data: Float[np.ndarray, " n c h w"],
+    *,
+    config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    eval_data: Float[np.ndarray, " m c h w"] | None = None,
+    progress: bool = True,
+) -> tuple[tuple[UNet, ...], dict[str, Any]]:
+    """Distil a ladder's top level into its cheaper levels, and write a new ladder.
+
+    Each level below the top starts from its trained weights in `source` and is
+    trained on [`mlem_jax.diffusion.distillation_loss`][] towards the top level (the
+    teacher, copied unchanged). Independently trained levels each carry their own
+    training error, so neighbouring levels differ by about as much as the cheapest
+    does from the top; after distillation they differ by their (smaller, capacity-
+    bound) distillation errors, which is what ML-EM's cost `(Σ_l sqrt(V_l C_l))²`
+    depends on.
+
+    Level `l` trains with `jr.fold_in(jr.key(seed), l)`. The manifest (the source's,
+    plus a `distillation` record and, per level, `distill_loss` and
+    `distill_eval_loss`) is rewritten after each level, atomically; rerunning the
+    same call skips finished levels and resumes the current one from its
+    checkpoint.
+
+    **Arguments:**
+
+    - `source`: a ladder directory ([`train_ladder`][] or a shipped one).
+    - `out_dir`: the new ladder directory.
+    - `data`: training images `(N, C, H, W)` (the source's dataset).
+    - `config`: a [`TrainConfig`][] (a smaller learning rate than for training from
+      scratch, e.g. `1e-3`, suits the warm start).
+    - `eval_data`: held-out images for `distill_eval_loss` (before and after).
+    - `progress`: show progress bars.
+
+    **Returns:** the new ladder's models, narrowest first, and its manifest.
+    """
+    source, out_dir = os.fspath(source), os.fspath(out_dir)
+    models, manifest = load_ladder(source)
+    if len(models) < 2:
+        raise ValueError(f"`source` {source!r} has a single level: nothing to distil.")
+    data = np.asarray(data, np.float32)
+    if data.ndim != 4 or tuple(data.shape[1:]) != tuple(
+        manifest["spec"]["image_shape"]
+    ):
+        raise ValueError(
+            f"`data` must have shape (N, *{tuple(manifest['spec']['image_shape'])}), "
+            f"got {data.shape}."
+        )
+    sde = sde_from_manifest(manifest)
+    record = {
+        "source_levels": [lv.get("final_loss") for lv in manifest["levels"]],
+        "teacher_level": len(models) - 1,
+        "config": dataclasses.asdict(config),
+        "seed": seed,
+        "warm_start": True,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            out = json.load(f)
+        if out.get("distillation") != json.loads(json.dumps(record)) or out.get(
+            "spec"
+        ) != manifest.get("spec"):
+            raise ValueError(
+                f"`out_dir` {out_dir!r} already holds a ladder distilled from a "
+                "different source or with different arguments; use a new directory."
+            )
+    else:
+        out = dict(manifest, distillation=record, versions=_versions())
+        out["levels"] = [dict(lv) for lv in manifest["levels"]]
+        _write_json(manifest_path, out)
+    teacher = models[-1]
+    top = out["levels"][-1]
+    save_checkpoint(os.path.join(out_dir, top["file"]), teacher)
+    held_out = None if eval_data is None else jnp.asarray(eval_data, jnp.float32)
+    data_j = jnp.asarray(data)
+    result = []
+    for lvl, (model, entry) in enumerate(zip(models[:-1], out["levels"][:-1])):
+        weights = os.path.join(out_dir, entry["file"])
+        if entry.get("distilled"):
+            result.append(eqx.tree_deserialise_leaves(weights, model))
+            continue
+        before = (
+            _distill_eval_loss(sde, model, teacher, held_out)
+            if held_out is not None
+            else None
+        )
+        ckpt = os.path.join(out_dir, "checkpoints", f"level_{lvl}.ckpt")
+        trained = train(
+            model,
+            data_j,
+            key=jr.fold_in(jr.key(seed), lvl),
+            config=config,
+            sde=sde,
+            checkpoint_path=ckpt,
+            progress=f"distil level {lvl}" if progress else False,
+            teacher=teacher,
+        )
+        save_checkpoint(weights, trained.model)
+        losses = np.asarray(trained.losses)
+        entry.update(
+            distilled=True,
+            distill_loss=float(np.mean(losses[-max(1, config.steps // 10) :])),
+        )
+        if held_out is not None:
+            entry["distill_eval_loss_before"] = before
+            entry["distill_eval_loss"] = _distill_eval_loss(
+                sde, trained.model, teacher, held_out
+            )
+        _write_json(manifest_path, out)
+        os.remove(ckpt)
+        result.append(trained.model)
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
+        os.rmdir(ckpt_dir)
+    return (*result, teacher), out
+
+
+def _distill_eval_loss(sde, model, teacher, data, batches=4, batch_size=256) -> float:
+    """Distillation loss on fixed held-out batches (the same draws for every level)."""
+    loss = eqx.filter_jit(distillation_loss)
+    total = 0.0
+    for i in range(batches):
+        kb, kl = jr.split(jr.fold_in(jr.key(4321), i))
+        x0 = data[jr.randint(kb, (batch_size,), 0, data.shape[0])]
+        total += float(loss(sde, model, teacher, x0, kl))
+    return total / batches
 
 
 def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, Any]]:

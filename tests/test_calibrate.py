@@ -227,3 +227,26 @@ def test_schedule_bad_input(calibration):
         calibration.schedule(budget=10.0)
     with pytest.raises(ValueError, match="cannot be met by scaling the rates"):
         calibration.schedule(budget=1e9)
+
+
+def test_min_probability_floors_every_level_and_keeps_the_budget(calibration):
+    n = 64
+    budget, p_min = 600.0, 0.05
+    plain = calibration.schedule(budget=budget, num_steps=n)
+    floored = calibration.schedule(budget=budget, num_steps=n, min_probability=p_min)
+    rates = np.asarray(floored.rates)
+    # Rates are per unit time on [0, 1]: p = λ h ≥ p_min means λ ≥ p_min n.
+    assert np.all(rates[:, 1:] >= p_min * n * (1 - 1e-6))
+    assert np.any(np.asarray(plain.rates)[:, 1:] < p_min * n)  # the floor binds
+    for s in (plain, floored):
+        assert calibration.predict(s, n)["cost"] == pytest.approx(budget, rel=1e-3)
+    # Rates above the floor keep the rule's proportions sqrt(aV/C).
+    shape = calibration.rate_shape()[:, 1:]
+    free = rates[:, 1:] > p_min * n * (1 + 1e-6)
+    assert free.sum() >= 2
+    ratio = rates[:, 1:][free] / shape[free]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="`min_probability` must lie in"):
+        calibration.schedule(budget=budget, min_probability=1.5)
+    with pytest.raises(ValueError, match="every other level with probability 0.1"):
+        calibration.schedule(budget=budget, num_steps=n, min_probability=0.1)

@@ -15,7 +15,7 @@ from mlem_jax.__main__ import main
 GRID_SIDE = 67
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "bench", "demo"])
+@pytest.mark.parametrize("command", ["train", "distill", "sample", "bench", "demo"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -41,6 +41,9 @@ def test_help(command, capsys):
         (["demo", "--ref-steps", "100", "--em-steps", "8,16"], "--ref-steps"),
         (["demo", "--scales", "1,-2"], "--scales"),
         (["demo", "--em-steps", ""], "--em-steps"),
+        (["demo", "--min-probability", "1.5"], "--min-probability"),
+        (["distill", "--ladder", "/nonexistent/ladder", "--out", "x"], "--ladder"),
+        (["distill", "--out", "x", "--steps", "0"], "--steps"),
         (["bench", "--gamma", "0"], "--gamma"),
         (["bench", "--ladder", "/nonexistent/ladder"], "--ladder"),
         (["train", "--dataset", "cifar", "--out", "x"], "--dataset"),

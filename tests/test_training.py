@@ -187,3 +187,41 @@ def test_train_config_bad_values():
         mt.TrainConfig(steps=0)
     with pytest.raises(ValueError, match="`ema_decay` in \\[0, 1\\)"):
         mt.TrainConfig(ema_decay=1.0)
+
+
+def test_distill_ladder_brings_levels_towards_the_top(tmp_path, data):
+    source, out = tmp_path / "source", tmp_path / "distilled"
+    test = mdata.digits(split="test")
+    mt.train_ladder(
+        source,
+        np.asarray(data),
+        widths=(4, 8),
+        unet_kwargs={"channel_mults": [1, 2], "num_res_blocks": 1},
+        config=CONFIG,
+        seed=5,
+        progress=False,
+    )
+    config = mt.TrainConfig(
+        steps=40, batch_size=32, learning_rate=3e-3, warmup_steps=5, checkpoint_every=0
+    )
+    kwargs = dict(config=config, seed=0, eval_data=test, progress=False)
+    models, manifest = mt.distill_ladder(source, out, np.asarray(data), **kwargs)
+    src_models, src_manifest = mt.load_ladder(source)
+    loaded, on_disk = mt.load_ladder(out)
+    assert _identical(loaded, models)
+    assert _identical(models[-1], src_models[-1])  # the teacher is copied unchanged
+    assert not _identical(models[0], src_models[0])
+    (level,) = on_disk["levels"][:-1]
+    assert level["distilled"] and level["flops"] == src_manifest["levels"][0]["flops"]
+    # Held-out distillation loss, same draws before and after: it must fall.
+    assert level["distill_eval_loss"] < 0.8 * level["distill_eval_loss_before"]
+    assert on_disk["distillation"]["teacher_level"] == 1
+    # Rerunning finds the level finished; other arguments in the same folder refuse.
+    again, _ = mt.distill_ladder(source, out, np.asarray(data), **kwargs)
+    assert _identical(again, models)
+    with pytest.raises(ValueError, match="already holds a ladder distilled"):
+        mt.distill_ladder(source, out, np.asarray(data), **dict(kwargs, seed=1))
+    with pytest.raises(
+        ValueError, match=r"`data` must have shape \(N, \*\(1, 8, 8\)\)"
+    ):
+        mt.distill_ladder(source, tmp_path / "x", np.zeros((4, 1, 6, 6)), **kwargs)

@@ -27,6 +27,7 @@ from ._score import (
     GaussianScore as GaussianScore,
     ProbabilityFlowDrift as ProbabilityFlowDrift,
     ReverseDrift as ReverseDrift,
+    distillation_loss as distillation_loss,
     dsm_loss as dsm_loss,
     probability_flow_drift as probability_flow_drift,
     reverse_drift as reverse_drift,

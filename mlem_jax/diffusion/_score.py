@@ -136,6 +136,13 @@ def dsm_loss(
 
     The scalar mean loss over the batch and pixels.
     """
+    t, xt, eps = _noised(sde, x0, key, t_min)
+    pred = jax.vmap(model)(t, xt)
+    return jnp.mean((pred - eps) ** 2)
+
+
+def _noised(sde, x0, key, t_min):
+    """Stratified times on `[t_min, 1]`, noise `ε`, and `x_t = α(t) x_0 + σ(t) ε`."""
     batch = x0.shape[0]
     k_t, k_eps = jr.split(key)
     u = jr.uniform(k_t, (batch,), dtype=x0.dtype)
@@ -143,6 +150,29 @@ def dsm_loss(
     eps = jr.normal(k_eps, x0.shape, x0.dtype)
     alpha = _expand(sde.alpha(t).astype(x0.dtype), x0)
     sigma = _expand(sde.sigma(t).astype(x0.dtype), x0)
-    xt = alpha * x0 + sigma * eps
-    pred = jax.vmap(model)(t, xt)
-    return jnp.mean((pred - eps) ** 2)
+    return t, alpha * x0 + sigma * eps, eps
+
+
+def distillation_loss(
+    sde: VPSDE,
+    model: Callable,
+    teacher: Callable,
+    x0: Float[Array, " batch *shape"],
+    key: PRNGKeyArray,
+    t_min: float = 1e-5,
+) -> Float[Array, ""]:
+    """Distillation loss: `E_t E_ε ‖ε_θ(t, x_t) − ε_T(t, x_t)‖² / dim` on the same
+    noised inputs `x_t` as [`dsm_loss`][] (same `t` and `ε` draws for a key), with the
+    teacher `ε_T` held fixed.
+
+    A ladder whose cheaper levels are distilled from its top level has much smaller
+    level differences `V_l = E‖f^l − f^{l−1}‖²` than one whose levels were trained
+    independently (each level's own training error then enters every difference),
+    and the cost of ML-EM scales with `(Σ_l sqrt(V_l C_l))²`.
+
+    **Arguments:** as [`dsm_loss`][], plus `teacher`: a noise-prediction network on one
+    image (its output is wrapped in `jax.lax.stop_gradient`).
+    """
+    t, xt, _ = _noised(sde, x0, key, t_min)
+    target = jax.lax.stop_gradient(jax.vmap(teacher)(t, xt))
+    return jnp.mean((jax.vmap(model)(t, xt) - target) ** 2)
