@@ -1,29 +1,47 @@
 """Learn time-dependent level probabilities p_l(t) and compare them, at equal cost,
 with the calibrated rule and with time-constant probabilities.
 
-Runs on a small version of the synthetic γ = 3 hierarchy (the digits ladder of
-`mlem_jax.diffusion` works the same way: pass its `Levels`, diffusion and a batch of
-noise as `y0`). The full comparison is `benchmarks/learn_schedule.py`.
+Runs on a small version of the synthetic γ = 3 hierarchy, or with `--digits` on
+the shipped digits UNet ladder (its reverse SDE, 64 steps, a batch of 8 prior draws;
+a few minutes on a CPU). The full comparison is `benchmarks/learn_schedule.py`.
 
-    python examples/learn_schedule.py
+    python examples/learn_schedule.py [--digits]
 """
+
+import sys
 
 import jax
 import jax.numpy as jnp
 
 import mlem_jax as mj
-from mlem_jax.benchmarking import synthetic_problem
+from mlem_jax.benchmarking import ladder_problem, synthetic_problem
 
-problem = synthetic_problem(3.0, num_levels=3, growth=8, batch=16)
+digits = "--digits" in sys.argv[1:]
+if digits:
+    problem = ladder_problem(None, batch=8)  # the shipped ladder, t from 1 to 1e-3
+    num_steps, budget_fraction, floor = 64, 0.25, 0.02
+else:
+    problem = synthetic_problem(3.0, num_levels=3, growth=8, batch=16)
+    num_steps, budget_fraction, floor = 32, 0.2, 0.0
 levels, y0, diffusion = problem.levels, problem.y0, problem.diffusion
-grid = dict(t0=problem.t0, t1=problem.t1, num_steps=32)
+grid = dict(t0=problem.t0, t1=problem.t1, num_steps=num_steps)
 key = jax.random.key(0)
 
 calibration = mj.calibrate(
-    levels, diffusion, y0, key=key, measure_costs=False, pilot_keys=2, **grid
+    levels,
+    diffusion,
+    y0,
+    key=key,
+    measure_costs=False,
+    pilot_keys=2,
+    min_probability=floor,
+    **grid,
 )
-budget = 0.2 * grid["num_steps"] * levels.costs[-1]  # 1/5 of Euler–Maruyama's cost
-calibrated = calibration.schedule(budget=budget)
+# A fraction of Euler–Maruyama's cost with the top level. On the reverse SDE of a
+# diffusion model, a 2% floor on the probabilities keeps rare corrections near t = 0
+# from blowing up (see `Calibration.schedule`).
+budget = budget_fraction * num_steps * levels.costs[-1]
+calibrated = calibration.schedule(budget=budget, min_probability=floor)
 
 # Error at a fixed budget: after every Adam step the logits are shifted back onto
 # the budget. `cost_weight=μ` instead minimises error² + μ·expected cost.
@@ -34,8 +52,8 @@ learned = mj.learn_schedule(
     key=jax.random.fold_in(key, 1),
     init=calibrated,
     budget=budget,
-    num_iterations=60,
-    samples=8,
+    num_iterations=30 if digits else 60,
+    samples=4 if digits else 8,
     **grid,
 )
 # Time-constant probabilities at the same expected cost, for comparison.
@@ -68,7 +86,8 @@ def measure(schedule, num_paths=4, num_keys=16):
             y, info = mj.mlem_solve(
                 levels, schedule, diffusion, y0, key=k, brownian=dw, **grid
             )
-            return jnp.mean(jnp.sum((y - y_em) ** 2, -1)), info.cost
+            d = (y - y_em).reshape(y.shape[0], -1)
+            return jnp.mean(jnp.sum(d**2, -1)), info.cost
 
         e, c = jax.lax.map(jax.jit(run), jax.random.split(path_key, num_keys))
         errors.append(e)

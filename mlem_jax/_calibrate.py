@@ -254,6 +254,7 @@ def calibrate(
     reference=None,
     pilot_keys: int = 8,
     measure_costs: bool = True,
+    min_probability: float = 0.0,
 ) -> Calibration:
     """Measure a ladder along its trajectories and fit ML-EM's optimal rates.
 
@@ -273,6 +274,9 @@ def calibrate(
     - `pilot_keys`: number of ML-EM pilot runs for the amplification (0 skips it,
         taking amplification 1).
     - `measure_costs`: measure FLOPs and wall-clock of each level on `y0`.
+    - `min_probability`: the probability floor of the pilot ML-EM schedule (see
+        `Calibration.schedule`); give the floor you will sample with on stiff
+        problems, or a blown-up pilot makes `amplification` meaningless.
 
     **Returns:** a `Calibration`; `print` it for the diagnostic table, call
     `.schedule(target_error=...)` or `.schedule(budget=...)` for rates, and
@@ -372,7 +376,15 @@ def calibrate(
     amplification = 1.0
     if pilot_keys > 0 and k > 1:
         amplification = _measure_amplification(
-            calibration, levels, diffusion, y0, pilot_key, level_key, args, pilot_keys
+            calibration,
+            levels,
+            diffusion,
+            y0,
+            pilot_key,
+            level_key,
+            args,
+            pilot_keys,
+            min_probability,
         )
     warnings = _warnings(levels, variances, gamma, gamma_stderr)
     return dataclasses.replace(
@@ -427,11 +439,16 @@ def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int =
     return np.asarray(norms(keys), np.float64) / d
 
 
-def _measure_amplification(cal, levels, diffusion, y0, pilot_key, level_key, args, n):
+def _measure_amplification(
+    cal, levels, diffusion, y0, pilot_key, level_key, args, n, min_probability=0.0
+):
     # A pilot schedule costing about 1/4 of Euler–Maruyama with the top level.
     em_cost = cal.num_steps * cal.costs[-1]
-    floor = cal.predict(cal._scaled(0.0))["cost"]
-    schedule = cal.schedule(budget=max(0.25 * em_cost, 1.5 * floor))
+    floor_rate = min_probability * cal.num_steps / abs(cal.t1 - cal.t0)
+    floor = cal.predict(cal._scaled(0.0, floor_rate))["cost"]
+    schedule = cal.schedule(
+        budget=max(0.25 * em_cost, 1.5 * floor), min_probability=min_probability
+    )
     predicted = cal.predict(schedule)["error"] ** 2
     kw = dict(t0=cal.t0, t1=cal.t1, num_steps=cal.num_steps, args=args)
     dw = None

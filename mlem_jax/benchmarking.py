@@ -217,7 +217,8 @@ the calibrated rates near t = 0 are so small that rare corrections blow up."""
 def ladder_problem(
     path: str | None = None, batch: int = 16, seed: int = 0, *, ode: bool = False
 ) -> Problem:
-    """A `Problem` from a ladder directory (`None`: the shipped digits ladder).
+    """A `Problem` from a ladder directory (`None`: the shipped digits ladder),
+    named `ladder_<dataset>[_distilled][_ode]`.
 
     The reverse SDE (or, with `ode=True`, the probability-flow ODE) of the ladder's
     VP-SDE from `t = 1` to `1e-3`, the top level as the reference drift, level costs
@@ -230,13 +231,15 @@ def ladder_problem(
     ladder = load_ladder_levels(path, batch)
     sde = ladder.sde
     levels = ladder.levels
+    models, manifest = load_ladder(path)
     if ode:
-        models, _ = load_ladder(path)
         levels = Levels(ladder_drifts(sde, models, ProbabilityFlowDrift), levels.costs)
     y0 = sde.prior_sample(jax.random.key(seed), (batch, *ladder.shape))
     name = ladder.dataset.get("name", "ladder")
     return Problem(
-        name=f"ladder_{name}" + ("_ode" if ode else ""),
+        name=f"ladder_{name}"
+        + ("_distilled" if "distillation" in manifest else "")
+        + ("_ode" if ode else ""),
         levels=levels,
         reference=levels.fns[-1],
         sigma=None if ode else (lambda t: jnp.sqrt(sde.beta(t))),
@@ -437,6 +440,7 @@ def run_cost_error(
             reference=problem.reference,
             pilot_keys=8,
             measure_costs=False,
+            min_probability=min_probability,
         )
         calibrations.append(
             dict(
