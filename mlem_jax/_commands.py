@@ -569,7 +569,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument(
         "--ref-steps", type=_positive_int, default=128, help="reference solve steps"
     )
-    p.add_argument("--em-steps", type=_list(_positive_int), default=(8, 16, 32))
+    p.add_argument("--em-steps", type=_list(_positive_int), default=(8, 16, 32, 64))
     p.add_argument("--mlem-steps", type=_positive_int, default=64)
     p.add_argument(
         "--scales",
@@ -582,6 +582,13 @@ def _add_demo(sub: Any) -> None:
         type=_positive_float,
         default=16.0,
         help="cost of the scale-1 ML-EM schedule, in top-level evaluations",
+    )
+    p.add_argument(
+        "--level-keys",
+        type=_positive_int,
+        default=4,
+        help="ML-EM solves per budget (level draws are shared by the batch, so one "
+        "solve's error varies a lot): errors are RMS over them, costs means",
     )
     p.add_argument(
         "--min-probability",
@@ -619,6 +626,7 @@ def run_demo(
     scales: Sequence[float],
     budget: float,
     min_probability: float = MIN_PROBABILITY,
+    level_keys: int = 4,
     pilot_steps: int,
     path: str | None = None,
     progress: bool = True,
@@ -646,10 +654,19 @@ def run_demo(
     runs: list[dict] = []
     samples: dict[str, np.ndarray] = {}
 
-    def record(method, steps, x, evaluations, secs, label, **extra):
-        evaluations = np.asarray(evaluations, np.int64)
+    def record(method, steps, x, evaluations, secs, label, repeats=None, **extra):
+        # `repeats`: more solves of the same configuration (other level keys); the
+        # error is then the RMS over all of them, evaluations and cost their means.
+        xs = [x] + [r[0] for r in repeats or []]
+        evaluations = np.mean(
+            [evaluations] + [r[1] for r in repeats or []], axis=0, dtype=np.float64
+        )
         flops = float(np.dot(evaluations, ladder.levels.costs))
-        err = float(strong_error(x, y_ref)) if method != "reference" else 0.0
+        err = (
+            math.sqrt(np.mean([float(strong_error(z, y_ref)) ** 2 for z in xs]))
+            if method != "reference"
+            else 0.0
+        )
         sw = (
             float(_sw_distance(x, held_out, k_sw)) if held_out is not None else math.nan
         )
@@ -658,7 +675,11 @@ def run_demo(
                 method=method,
                 label=label,
                 steps=steps,
-                evaluations=evaluations.tolist(),
+                evaluations=[
+                    int(e) if float(e).is_integer() else round(float(e), 2)
+                    for e in evaluations
+                ],
+                level_keys=len(xs),
                 top_equivalent=flops / top,
                 flops=flops,
                 seconds=secs,
@@ -699,14 +720,21 @@ def run_demo(
         bar.set_postfix_str(f"ML-EM budget x{s:g}")
         schedule = budget_schedule(cal, mlem_steps, s * budget, min_probability)
         x, info, secs = run_mlem(ladder, schedule, y0, dw, k_level, mlem_steps)
+        repeats = []
+        for extra_key in jax.random.split(
+            jax.random.fold_in(k_level, 1), level_keys - 1
+        ):
+            xr, ir, _ = run_mlem(ladder, schedule, y0, dw, extra_key, mlem_steps)
+            repeats.append((xr, np.asarray(ir.evaluations)))
         pred = cal.predict(schedule, mlem_steps)
         record(
             "mlem",
             mlem_steps,
             x,
-            info.evaluations,
+            np.asarray(info.evaluations),
             secs,
             f"ML-EM x{s:g}",
+            repeats=repeats,
             scale=s,
             predicted_top_equivalent=pred["cost"] / cal.costs[-1],
         )
@@ -729,6 +757,7 @@ def run_demo(
             scales=list(scales),
             budget=budget,
             min_probability=min_probability,
+            level_keys=level_keys,
             pilot_steps=pilot_steps,
             level_flops_per_image=list(ladder.flops_per_image),
             t0=T0,
@@ -904,6 +933,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         scales=args.scales,
         budget=args.budget,
         min_probability=args.min_probability,
+        level_keys=args.level_keys,
         pilot_steps=args.pilot_steps,
         path=args.ladder,
         progress=not args.no_progress,

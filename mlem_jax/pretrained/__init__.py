@@ -8,10 +8,20 @@ The `digits` ladder (5 levels, UNet widths 8, 12, 16, 24, 32, on the 8×8 digits
         --warmup-steps 100 --ema-decay 0.995 --checkpoint-every 250 --seed 0 \
         --out /tmp/mlem_ladders/digits
 
-(the `digits` entry of `benchmarks/train_ladders.py`), then packed with
-`python -m mlem_jax.pretrained.pack /tmp/mlem_ladders/digits mlem_jax/pretrained/digits`,
+(the `digits` entry of `benchmarks/train_ladders.py`) and packed (below); then its
+four cheaper levels were distilled from the top one, starting from their trained
+weights, with the packed ladder as the source,
+
+    mlem-jax distill --ladder shipped --out /tmp/digits_distilled --steps 1500 \
+        --lr 1e-3 --seed 0
+
+and the result packed with
+`python -m mlem_jax.pretrained.pack /tmp/digits_distilled mlem_jax/pretrained/digits`,
 which stores every weight in float16 (half the size; `load_ladder` casts back to
-float32).
+float32). Independently trained levels each carry their own training error, so
+neighbouring levels differed almost as much as the cheapest did from the top, and
+ML-EM only matched Euler–Maruyama; distillation shrinks those differences (the
+manifest records each level's held-out distillation loss before and after).
 """
 
 from __future__ import annotations
@@ -122,7 +132,7 @@ def calibrate_shipped(
         python -c "from mlem_jax.pretrained import calibrate_shipped; calibrate_shipped()"
     """
     from .._calibrate import calibrate
-    from .._commands import T0, T1, load_ladder_levels
+    from .._commands import MIN_PROBABILITY, T0, T1, load_ladder_levels
 
     path = pretrained_path(name)
     ladder = load_ladder_levels(path, batch)
@@ -139,6 +149,7 @@ def calibrate_shipped(
         num_bins=8,
         pilot_keys=2,
         measure_costs=False,
+        min_probability=MIN_PROBABILITY,
     )
     print(cal)
     save_calibration(cal, os.path.join(path, CALIBRATION), ladder.flops_per_image)
