@@ -67,7 +67,11 @@ def main(argv=None):
     if opts.ladder is not None:
         path = None if opts.ladder == "shipped" else opts.ladder
         problem = ladder_problem(path, opts.batch, opts.seed, ode=opts.ode)
-        kw = dict(QUICK_SETTINGS, srk_solvers=()) if opts.quick else LADDER_SETTINGS
+        kw = (
+            dict(QUICK_SETTINGS, srk_solvers=(), min_probability=0.02)
+            if opts.quick
+            else LADDER_SETTINGS
+        )
         save(run_cost_error(problem, seed=opts.seed, **kw), opts, problem.name)
         if not opts.quick and os.path.abspath(opts.out) == os.path.abspath(RESULTS):
             update_readme(RESULTS, README)

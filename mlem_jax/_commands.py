@@ -524,7 +524,7 @@ def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             ode=args.ode,
         )
         kw = (
-            dict(QUICK_SETTINGS, srk_solvers=(), srk_steps=())
+            dict(QUICK_SETTINGS, srk_solvers=(), srk_steps=(), min_probability=0.02)
             if args.quick
             else LADDER_SETTINGS
         )
