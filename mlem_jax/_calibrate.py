@@ -127,7 +127,7 @@ class Calibration:
                 "Calibration.schedule: `min_probability` must lie in [0, 1]; got "
                 f"{min_probability}."
             )
-        floor_rate = min_probability * num_steps / abs(self.t1 - self.t0)
+        floor_rate = self._floor_rate(num_steps, min_probability)
 
         def scaled(scale):
             return self._scaled(scale, floor_rate)
@@ -146,7 +146,7 @@ class Calibration:
 
             sign = -1.0
         else:
-            floor = self.predict(scaled(0.0), num_steps)["cost"]
+            floor = self.min_cost(num_steps, min_probability)
             if not budget > floor:
                 raise ValueError(
                     f"Calibration.schedule: `budget` must exceed {floor:.6g}, the cost "
@@ -166,6 +166,17 @@ class Calibration:
             sign = 1.0
         log_s = _bisect(miss, sign)
         return scaled(math.exp(log_s))
+
+    def min_cost(self, num_steps: int | None = None, min_probability: float = 0.0):
+        """Expected cost of the cheapest schedule `schedule` can return: level 1 at
+        every step, every other level with probability `min_probability`."""
+        num_steps = self.num_steps if num_steps is None else num_steps
+        floor_rate = self._floor_rate(num_steps, min_probability)
+        return self.predict(self._scaled(0.0, floor_rate), num_steps)["cost"]
+
+    def _floor_rate(self, num_steps: int, min_probability: float) -> float:
+        # p = λ |h| with |h| = |t1 − t0| / num_steps.
+        return min_probability * num_steps / abs(self.t1 - self.t0)
 
     def _scaled(self, scale: float, floor_rate: float = 0.0) -> Rates:
         rates = self.rate_shape()
@@ -444,8 +455,7 @@ def _measure_amplification(
 ):
     # A pilot schedule costing about 1/4 of Euler–Maruyama with the top level.
     em_cost = cal.num_steps * cal.costs[-1]
-    floor_rate = min_probability * cal.num_steps / abs(cal.t1 - cal.t0)
-    floor = cal.predict(cal._scaled(0.0, floor_rate))["cost"]
+    floor = cal.min_cost(min_probability=min_probability)
     schedule = cal.schedule(
         budget=max(0.25 * em_cost, 1.5 * floor), min_probability=min_probability
     )

@@ -294,9 +294,7 @@ def budget_schedule(cal, num_steps: int, budget: float, min_probability=None):
     cheapest schedule the floor allows, if below), every level firing with
     probability at least `min_probability` (default `MIN_PROBABILITY`)."""
     p_min = MIN_PROBABILITY if min_probability is None else min_probability
-    floor_rate = p_min * num_steps / abs(cal.t1 - cal.t0)
-    floor = cal.predict(cal._scaled(0.0, floor_rate), num_steps)["cost"]
-    target = max(budget * cal.costs[-1], 1.25 * floor)
+    target = max(budget * cal.costs[-1], 1.25 * cal.min_cost(num_steps, p_min))
     return cal.schedule(budget=target, num_steps=num_steps, min_probability=p_min)
 
 

@@ -248,5 +248,8 @@ def test_min_probability_floors_every_level_and_keeps_the_budget(calibration):
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
     with pytest.raises(ValueError, match="`min_probability` must lie in"):
         calibration.schedule(budget=budget, min_probability=1.5)
+    # The cheapest schedule: level 1 at every step (cost 1 each), then the floor.
+    assert calibration.min_cost(n) == pytest.approx(n * COSTS[0])
+    assert n * COSTS[0] < calibration.min_cost(n, p_min) < budget
     with pytest.raises(ValueError, match="every other level with probability 0.1"):
         calibration.schedule(budget=budget, num_steps=n, min_probability=0.1)
