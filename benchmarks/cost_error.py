@@ -34,6 +34,7 @@ from _common import environment, write_json  # noqa: E402
 
 from mlem_jax.benchmarking import (  # noqa: E402
     LADDER_SETTINGS,
+    QUICK_LADDER_SETTINGS,
     QUICK_SETTINGS,
     ladder_problem,
     plot_cost_error,
@@ -67,11 +68,7 @@ def main(argv=None):
     if opts.ladder is not None:
         path = None if opts.ladder == "shipped" else opts.ladder
         problem = ladder_problem(path, opts.batch, opts.seed, ode=opts.ode)
-        kw = (
-            dict(QUICK_SETTINGS, srk_solvers=(), min_probability=0.02)
-            if opts.quick
-            else LADDER_SETTINGS
-        )
+        kw = QUICK_LADDER_SETTINGS if opts.quick else LADDER_SETTINGS
         save(run_cost_error(problem, seed=opts.seed, **kw), opts, problem.name)
         if not opts.quick and os.path.abspath(opts.out) == os.path.abspath(RESULTS):
             update_readme(RESULTS, README)

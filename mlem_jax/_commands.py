@@ -91,29 +91,32 @@ class _Ladder(eqx.Module):
     shape: tuple[int, ...] = eqx.field(static=True)
     dataset: dict = eqx.field(static=True)
     flops_per_image: tuple[float, ...] = eqx.field(static=True)
+    distilled: bool = eqx.field(static=True, default=False)
 
 
-def load_ladder_levels(path: str | None, batch: int) -> _Ladder:
+def load_ladder_levels(path: str | None, batch: int, drift: Any = None) -> _Ladder:
     """Load a ladder directory (default: the shipped `digits` ladder) as `Levels`.
 
     Level costs are the networks' FLOPs for one batched evaluation on `batch` images
-    (from the manifest, measured by XLA's cost analysis at training time).
+    (from the manifest, measured by XLA's cost analysis at training time). `drift`:
+    `mlem_jax.diffusion.ReverseDrift` (default) or `ProbabilityFlowDrift`.
     """
     from ._levels import Levels
-    from .diffusion import ladder_drifts
+    from .diffusion import ReverseDrift, ladder_drifts
     from .pretrained import load_ladder
     from .training import sde_from_manifest
 
     models, manifest = load_ladder(path)
     sde = sde_from_manifest(manifest)
     flops = tuple(float(lv["flops_per_image"]) for lv in manifest["levels"])
-    levels = Levels(ladder_drifts(sde, models), tuple(f * batch for f in flops))
+    fns = ladder_drifts(sde, models, ReverseDrift if drift is None else drift)
     return _Ladder(
-        levels,
+        Levels(fns, tuple(f * batch for f in flops)),
         sde,
         tuple(manifest["spec"]["image_shape"]),
         manifest["spec"].get("dataset", {}),
         flops,
+        "distillation" in manifest,
     )
 
 
@@ -495,6 +498,7 @@ def _add_bench(sub: Any) -> None:
 def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .benchmarking import (
         LADDER_SETTINGS,
+        QUICK_LADDER_SETTINGS,
         QUICK_SETTINGS,
         ladder_problem,
         plot_cost_error,
@@ -521,11 +525,7 @@ def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             args.seed,
             ode=args.ode,
         )
-        kw = (
-            dict(QUICK_SETTINGS, srk_solvers=(), srk_steps=(), min_probability=0.02)
-            if args.quick
-            else LADDER_SETTINGS
-        )
+        kw = QUICK_LADDER_SETTINGS if args.quick else LADDER_SETTINGS
     result = run_cost_error(problem, seed=args.seed, **kw)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"cost_error_{problem.name}")

@@ -27,6 +27,7 @@ import numpy as np
 
 from ._brownian import coarsen_increments
 from ._calibrate import calibrate
+from ._commands import MIN_PROBABILITY
 from ._cost import count_flops
 from ._levels import Levels
 from ._solve import em_solve, mlem_solve
@@ -202,7 +203,7 @@ LADDER_SETTINGS = dict(
     mlem_steps=(32, 64, 128),
     targets=(1.0, 0.5),
     match_em_steps=(16, 32, 64),
-    min_probability=0.02,
+    min_probability=MIN_PROBABILITY,
     level_keys=4,
     pilot_steps=32,
     srk_solvers=(),
@@ -212,6 +213,11 @@ LADDER_SETTINGS = dict(
 No SRK baseline (SRA1/ShARK spend two or more network evaluations a step; a later
 run can add them), and a 2% floor on every level's firing probability: without it
 the calibrated rates near t = 0 are so small that rare corrections blow up."""
+
+QUICK_LADDER_SETTINGS = dict(
+    QUICK_SETTINGS, srk_solvers=(), srk_steps=(), min_probability=MIN_PROBABILITY
+)
+"""`QUICK_SETTINGS` for a trained ladder: no SRK baseline, the probability floor."""
 
 
 def ladder_problem(
@@ -225,20 +231,17 @@ def ladder_problem(
     the networks' FLOPs for one batch, prior samples (`seed`) as `y0`.
     """
     from ._commands import T0, T1, load_ladder_levels
-    from .diffusion import ProbabilityFlowDrift, ladder_drifts
-    from .pretrained import load_ladder
+    from .diffusion import ProbabilityFlowDrift, ReverseDrift
 
-    ladder = load_ladder_levels(path, batch)
-    sde = ladder.sde
-    levels = ladder.levels
-    models, manifest = load_ladder(path)
-    if ode:
-        levels = Levels(ladder_drifts(sde, models, ProbabilityFlowDrift), levels.costs)
+    ladder = load_ladder_levels(
+        path, batch, ProbabilityFlowDrift if ode else ReverseDrift
+    )
+    sde, levels = ladder.sde, ladder.levels
     y0 = sde.prior_sample(jax.random.key(seed), (batch, *ladder.shape))
     name = ladder.dataset.get("name", "ladder")
     return Problem(
         name=f"ladder_{name}"
-        + ("_distilled" if "distillation" in manifest else "")
+        + ("_distilled" if ladder.distilled else "")
         + ("_ode" if ode else ""),
         levels=levels,
         reference=levels.fns[-1],
@@ -529,9 +532,7 @@ def run_cost_error(
     # has diverged (too few steps for a stiff drift, or a randomised level term
     # blown up by the dynamics): it is kept in the record, flagged, and left out of
     # the frontiers, fits and ratios.
-    scale = float(
-        jnp.sqrt(jnp.mean(jnp.sum(y_ref.reshape(y_ref.shape[0], -1) ** 2, 1)))
-    )
+    scale = _rms(y_ref, jnp.zeros_like(y_ref))
     for r in runs:
         r["diverged"] = not (math.isfinite(r["error"]) and r["error"] <= 10 * scale)
     diverged = [r for r in runs if r["diverged"]]
