@@ -328,9 +328,15 @@ def train(
     )
 
 
-def _eval_loss(sde, model, data, key, batch_size=256, batches=4) -> float:
-    """DSM loss of `model` on fixed held-out batches (same draws for every level)."""
-    loss = eqx.filter_jit(dsm_loss)
+def _eval_loss(sde, model, data, key, batch_size=256, batches=4, teacher=None) -> float:
+    """DSM loss of `model` (distillation loss towards `teacher`, if given) on fixed
+    held-out batches (the same draws for every level)."""
+    if teacher is None:
+        loss = eqx.filter_jit(dsm_loss)
+    else:
+        loss = eqx.filter_jit(
+            lambda sde, m, x0, k: distillation_loss(sde, m, teacher, x0, k)
+        )
     total = 0.0
     for i in range(batches):
         kb, kl = jr.split(jr.fold_in(key, i))
@@ -598,7 +604,7 @@ def distill_ladder(
             result.append(eqx.tree_deserialise_leaves(weights, model))
             continue
         before = (
-            _distill_eval_loss(sde, model, teacher, held_out)
+            _eval_loss(sde, model, held_out, jr.key(4321), teacher=teacher)
             if held_out is not None
             else None
         )
@@ -621,8 +627,8 @@ def distill_ladder(
         )
         if held_out is not None:
             entry["distill_eval_loss_before"] = before
-            entry["distill_eval_loss"] = _distill_eval_loss(
-                sde, trained.model, teacher, held_out
+            entry["distill_eval_loss"] = _eval_loss(
+                sde, trained.model, held_out, jr.key(4321), teacher=teacher
             )
         _write_json(manifest_path, out)
         os.remove(ckpt)
@@ -631,17 +637,6 @@ def distill_ladder(
     if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
         os.rmdir(ckpt_dir)
     return (*result, teacher), out
-
-
-def _distill_eval_loss(sde, model, teacher, data, batches=4, batch_size=256) -> float:
-    """Distillation loss on fixed held-out batches (the same draws for every level)."""
-    loss = eqx.filter_jit(distillation_loss)
-    total = 0.0
-    for i in range(batches):
-        kb, kl = jr.split(jr.fold_in(jr.key(4321), i))
-        x0 = data[jr.randint(kb, (batch_size,), 0, data.shape[0])]
-        total += float(loss(sde, model, teacher, x0, kl))
-    return total / batches
 
 
 def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, Any]]:
