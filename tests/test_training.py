@@ -225,3 +225,16 @@ def test_distill_ladder_brings_levels_towards_the_top(tmp_path, data):
         ValueError, match=r"`data` must have shape \(N, \*\(1, 8, 8\)\)"
     ):
         mt.distill_ladder(source, tmp_path / "x", np.zeros((4, 1, 6, 6)), **kwargs)
+
+
+def test_distill_ladder_needs_two_levels(tmp_path, data):
+    mt.train_ladder(
+        tmp_path / "one",
+        np.asarray(data),
+        widths=(4,),
+        unet_kwargs={"channel_mults": [1, 2], "num_res_blocks": 1},
+        config=CONFIG,
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="has a single level: nothing to distil"):
+        mt.distill_ladder(tmp_path / "one", tmp_path / "out", np.asarray(data))
