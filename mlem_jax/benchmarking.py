@@ -75,8 +75,10 @@ def synthetic_problem(
     seed: int = 0,
 ) -> Problem:
     """The random-feature hierarchy of `mlem_jax.synthetic` with cost `∝ ε^{−γ}`, as a
-    `Problem` on `[0, 1]` with additive noise `σ`; the reference drift has 4× the top
-    level's features, and level costs are measured FLOPs.
+    `Problem` on `[0, 1]` with additive noise `σ`; the reference drift stands for the
+    infinite series (4× the top level's features, half of them carrying the series'
+    tail), so every level's drift error is the design one; level costs are measured
+    FLOPs.
 
     The damping `κ = 4` (shared by every level) makes the SDE stiff enough that
     Euler–Maruyama needs tens to hundreds of steps at the errors the ladder reaches:
@@ -191,6 +193,7 @@ QUICK_SETTINGS = dict(
     targets=(1.0,),
     level_keys=2,
     pilot_steps=16,
+    pilot_keys=2,
     srk_solvers=("SRA1",),
     srk_steps=(8, 16),
 )
@@ -206,6 +209,7 @@ LADDER_SETTINGS = dict(
     min_probability=MIN_PROBABILITY,
     level_keys=4,
     pilot_steps=32,
+    pilot_keys=8,
     srk_solvers=(),
     srk_steps=(),
 )
@@ -259,8 +263,9 @@ def run_cost_error(
     em_steps: Sequence[int] = (8, 16, 32, 64, 128, 256),
     mlem_steps: Sequence[int] = (32, 128, 256, 512),
     targets: Sequence[float] = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35),
-    level_keys: int = 4,
+    level_keys: int = 16,
     pilot_steps: int = 128,
+    pilot_keys: int = 32,
     srk_solvers: Sequence[str] = ("SRA1", "ShARK"),
     srk_steps: Sequence[int] = (8, 16, 32, 64),
     ode_solvers: Sequence[str] = ("Heun",),
@@ -285,8 +290,12 @@ def run_cost_error(
         calibrated schedules (`Calibration.schedule`); use a few percent on stiff
         problems such as a diffusion model's reverse SDE.
     - `level_keys`: ML-EM runs per configuration (level draws are shared by the batch,
-        so errors and costs are averaged over this many level keys).
-    - `pilot_steps`: steps of the calibration pilots.
+        so errors and costs are averaged over this many level keys). The squared
+        added error of one run is dominated by a few rare corrections; measured on
+        the γ = 3 problem, the RMS over 4 keys scatters by ±40% around its mean, over
+        16 by about ±15%.
+    - `pilot_steps`, `pilot_keys`: steps and ML-EM runs of the calibration pilots
+        (`calibrate`'s `num_steps` and `pilot_keys`).
     - `srk_solvers`, `srk_steps`: diffrax stochastic Runge–Kutta solvers for additive
         noise (names of `diffrax` classes), run with the top level at these steps.
     - `ode_solvers`: for an ODE problem (`sigma=None`, e.g. the probability-flow
@@ -441,7 +450,7 @@ def run_cost_error(
             key=jax.random.fold_in(key, j),
             num_bins=4,
             reference=problem.reference,
-            pilot_keys=8,
+            pilot_keys=pilot_keys,
             measure_costs=False,
             min_probability=min_probability,
         )
@@ -559,6 +568,7 @@ def run_cost_error(
             min_probability=min_probability,
             level_keys=level_keys,
             pilot_steps=pilot_steps,
+            pilot_keys=pilot_keys,
             seed=seed,
             batch=int(y0.shape[0]),
             state_shape=list(y0.shape[1:]),
@@ -577,10 +587,25 @@ def summarise(
     frontiers = {
         m: pareto_frontier([r for r in runs if r["method"] == m]) for m in methods
     }
+    # The ladder's floor: the top level's own error (its best run, any method). Near
+    # it every method's cost diverges whatever it does, so matched-error speedups are
+    # also read at the tightest error at least sqrt(2) times the floor, where the
+    # error is still the method's and not the ladder's, and the exponents are also
+    # fitted on the frontier points at or above that error: the theory's exponents
+    # (γ + 1, γ) are those of a ladder that grows with the accuracy asked for.
+    top = max(r.get("level", 0) for r in runs)
+    floor = min(r["error"] for r in runs if r.get("level") == top)
     exponents = {}
     for m, front in frontiers.items():
         e, s = fit_exponent(front)
-        exponents[m] = dict(exponent=e, stderr=s, points=len(front))
+        above = [p for p in front if p["error"] >= math.sqrt(2) * floor]
+        e_above, s_above = fit_exponent(above)
+        exponents[m] = dict(
+            exponent=e,
+            stderr=s,
+            points=len(front),
+            above_floor=dict(exponent=e_above, stderr=s_above, points=len(above)),
+        )
     em_front, ml_front = frontiers.get("em", []), frontiers.get("mlem", [])
     speedups = []
     if em_front and ml_front:
@@ -596,12 +621,6 @@ def summarise(
                 speedups.append(
                     dict(error=err, em_cost=c_em, mlem_cost=c_ml, speedup=c_em / c_ml)
                 )
-    # The ladder's floor: the top level's own error (its best run, any method). Near
-    # it every method's cost diverges whatever it does, so matched-error speedups are
-    # also read at the tightest error at least sqrt(2) times the floor, where the
-    # error is still the method's and not the ladder's.
-    top = max(r.get("level", 0) for r in runs)
-    floor = min(r["error"] for r in runs if r.get("level") == top)
     above_floor = [s for s in speedups if s["error"] >= math.sqrt(2) * floor]
     calibrated = [
         dict(

@@ -94,3 +94,21 @@ def test_run_cost_error_match_em_steps_must_be_em_steps():
     problem = synthetic_problem(3.0, num_levels=2, growth=4, batch=2)
     with pytest.raises(ValueError, match="`match_em_steps` must be among `em_steps`"):
         run_cost_error(problem, em_steps=(8, 16), match_em_steps=(32,))
+
+
+def test_exponents_are_also_fitted_above_the_ladder_floor():
+    from mlem_jax.benchmarking import summarise
+
+    # EM on a power law cost = error^-4 down to 0.25, then the top level's run that
+    # reaches its floor 0.1 at a disproportionate cost (the ladder's, not EM's).
+    runs = [
+        dict(method="em", level=1, steps=8, cost=1.0, error=1.0),
+        dict(method="em", level=1, steps=16, cost=16.0, error=0.5),
+        dict(method="em", level=2, steps=8, cost=256.0, error=0.25),
+        dict(method="em", level=2, steps=64, cost=1e7, error=0.1),
+    ]
+    problem = type("P", (), dict(name="toy", gamma=None))()
+    fit = summarise(problem, runs, [], {})["exponents"]["em"]
+    assert fit["points"] == 4 and fit["above_floor"]["points"] == 3
+    assert fit["above_floor"]["exponent"] == pytest.approx(4.0, rel=1e-10)
+    assert fit["exponent"] > 4.5  # the floor point steepens the all-points fit
