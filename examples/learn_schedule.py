@@ -34,7 +34,6 @@ calibration = mj.calibrate(
     key=key,
     measure_costs=False,
     pilot_keys=2,
-    min_probability=floor,
     **grid,
 )
 # A fraction of Euler–Maruyama's cost with the top level. On the reverse SDE of a

@@ -10,10 +10,15 @@
 * the sensitivity `a(t)` of the final state to a perturbation at time `t`
   (`E‖∂Y_T/∂Y_t · δ‖² / E‖δ‖²`, by one reverse-mode pass along the pilot trajectory):
   noise injected where the dynamics contract matters less than where they expand,
+* per level, the amplification `A_l`: measured over predicted added mean-square
+  error of pilot ML-EM solves in which only level `l` is randomised (probability
+  1/2 at every step). `a(t)` is the growth of an *isotropic* perturbation; a level's
+  corrections point in particular directions, which the dynamics may amplify more
+  or less (on the shipped digits ladder's reverse SDE, 5–8× more),
 
-then builds time-dependent `Rates` with `λ_l(t) ∝ sqrt(a(t) V_l(t)/C_l)`, `C_l = c_l +
-c_{l−1}` (Giles's multilevel allocation, weighted by the sensitivity), scaled to a
-target added error or a budget.
+then builds time-dependent `Rates` with `λ_l(t) ∝ sqrt(A_l a(t) V_l(t)/C_l)`,
+`C_l = c_l + c_{l−1}` (Giles's multilevel allocation, weighted by the sensitivity),
+scaled to a target added error or a budget.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from jaxtyping import PRNGKeyArray
 
 from ._cost import count_flops, time_call
 from ._levels import Levels
-from ._schedules import AbstractSchedule, Rates
+from ._schedules import AbstractSchedule, FixedProbabilities, Rates
 from ._solve import em_solve, mlem_solve
 
 
@@ -52,8 +57,11 @@ class Calibration:
         drift if given, else the top level, whose own error is then 0).
     - `gamma`, `gamma_stderr`: fitted `γ` in `log c_l = −γ log e_l + b` (FLOPs if
         measured, else `costs`) and its standard error (`nan` with < 3 points).
-    - `amplification`: measured / predicted added mean-square error of pilot ML-EM
-        runs: a global correction of the sensitivity model (1 if no pilots).
+    - `amplification`: `A_l` per level, shape `(k,)`: measured / predicted added
+        mean-square error of pilot ML-EM runs randomising level `l` alone, with
+        probability 1/2 at every step (entry 0, and every entry without pilots, is
+        1): the correction of the isotropic sensitivity model for the directions
+        of that level's corrections. A scalar is broadcast to every level.
     - `t0`, `t1`, `num_steps`: the grid of the pilot solves.
     - `warnings`: diagnostics in words.
     """
@@ -67,21 +75,38 @@ class Calibration:
     drift_errors: np.ndarray
     gamma: float
     gamma_stderr: float
-    amplification: float
+    amplification: np.ndarray
     t0: float
     t1: float
     num_steps: int
     warnings: tuple[str, ...]
 
+    def __post_init__(self):
+        amplification = np.broadcast_to(
+            np.asarray(self.amplification, np.float64), (self.num_levels,)
+        ).copy()
+        object.__setattr__(self, "amplification", amplification)
+
     @property
     def num_levels(self) -> int:
         return self.variances.shape[1]
 
+    def _weighted_variances(self) -> np.ndarray:
+        """`A_l a(t) V_l(t)` per bin, shape `(m, k)`: the added mean-square error per
+        unit `(1/p − 1) h²` that a correction of level `l` in that bin leaves in
+        the final state."""
+        return (
+            np.maximum(self.variances, 0.0)
+            * self.sensitivity[:, None]
+            * self.amplification[None, :]
+        )
+
     def rate_shape(self) -> np.ndarray:
-        """Unscaled rates `sqrt(a(t) V_l(t)/C_l)`, shape `(m, k)`; level 1 is `inf`."""
+        """Unscaled rates `sqrt(A_l a(t) V_l(t)/C_l)`, shape `(m, k)`; level 1 is
+        `inf`."""
         c = np.asarray(self.costs, np.float64)
         increment_cost = c + np.concatenate([[0.0], c[:-1]])
-        weighted = np.maximum(self.variances, 0.0) * self.sensitivity[:, None]
+        weighted = self._weighted_variances()
         shape = np.sqrt(weighted / increment_cost)
         shape[:, 0] = np.inf
         return shape
@@ -191,8 +216,8 @@ class Calibration:
         **Returns:** a dict with `evaluations` (expected per level), `cost` (expected,
         units of `costs`) and `error`: the predicted RMS pathwise distance to
         Euler–Maruyama with the top level,
-        `sqrt(A · Σ_n a(t_n) h² Σ_l (1/p_l − 1) V_l(t_n))` with `a` the sensitivity
-        and `A` the pilots' correction (`inf` if a level with `V_l > 0` has
+        `sqrt(Σ_n h² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the sensitivity
+        and `A_l` the pilots' correction (`inf` if a level with `V_l > 0` has
         `p_l = 0`, which drops its correction).
         """
         num_steps = self.num_steps if num_steps is None else num_steps
@@ -203,10 +228,10 @@ class Calibration:
         evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=0)
         cost = float(np.dot(evaluations, self.costs))
         bins = _bin_index(self.times, ts + h / 2)
-        variances = self.variances[bins] * self.sensitivity[bins, None]
+        variances = self._weighted_variances()[bins]
         with np.errstate(divide="ignore", invalid="ignore"):
             per_step = np.where(variances > 0, variances * (1 / probs - 1), 0.0)
-        mse = self.amplification * h**2 * per_step.sum()
+        mse = h**2 * per_step.sum()
         return {
             "evaluations": evaluations,
             "cost": cost,
@@ -241,8 +266,8 @@ class Calibration:
             lines.append(f"{l + 1:>5} {row}")
         err = "" if math.isnan(self.gamma_stderr) else f" ± {self.gamma_stderr:.2f}"
         lines.append(
-            f"fitted gamma = {self.gamma:.2f}{err}; amplification = "
-            f"{self.amplification:.3g}"
+            f"fitted gamma = {self.gamma:.2f}{err}; amplification per level = "
+            + " ".join(f"{a:.3g}" for a in self.amplification)
         )
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -265,14 +290,18 @@ def calibrate(
     reference=None,
     pilot_keys: int = 8,
     measure_costs: bool = True,
-    min_probability: float = 0.0,
 ) -> Calibration:
     """Measure a ladder along its trajectories and fit ML-EM's optimal rates.
 
     Pilot solves: one Euler–Maruyama solve with the top level, saving every state,
-    on which every level (and `reference`) is evaluated; then `pilot_keys` ML-EM
-    solves on the same Brownian path, to measure how the dynamics amplify the
-    variance that ML-EM injects.
+    on which every level (and `reference`) is evaluated; then, for each level
+    `l ≥ 2`, `pilot_keys` ML-EM solves on the same Brownian path randomising level
+    `l` alone (probability 1/2 at every step, every other level firing), to measure
+    how the dynamics amplify that level's corrections. These cost about
+    `(k − 1) · pilot_keys` Euler–Maruyama solves with every level; probability 1/2
+    keeps the estimate's variance low (a pilot at small probabilities is dominated
+    by a few rare corrections, and 8–32 of them scattered by 10× on the digits
+    ladder).
 
     **Arguments:**
 
@@ -282,12 +311,9 @@ def calibrate(
     - `num_bins`: number of equal time bins for `V_l(t)`.
     - `reference`: an optional more accurate drift `f(t, y, args)` for the drift
         errors and `γ` (default: errors against the top level).
-    - `pilot_keys`: number of ML-EM pilot runs for the amplification (0 skips it,
-        taking amplification 1).
+    - `pilot_keys`: number of ML-EM pilot runs per level for the amplification (0
+        skips them, taking amplification 1).
     - `measure_costs`: measure FLOPs and wall-clock of each level on `y0`.
-    - `min_probability`: the probability floor of the pilot ML-EM schedule (see
-        `Calibration.schedule`); give the floor you will sample with on stiff
-        problems, or a blown-up pilot makes `amplification` meaningless.
 
     **Returns:** a `Calibration`; `print` it for the diagnostic table, call
     `.schedule(target_error=...)` or `.schedule(budget=...)` for rates, and
@@ -378,24 +404,16 @@ def calibrate(
         drift_errors=drift_errors,
         gamma=gamma,
         gamma_stderr=gamma_stderr,
-        amplification=1.0,
+        amplification=np.ones(k),
         t0=t0,
         t1=t1,
         num_steps=num_steps,
         warnings=(),
     )
-    amplification = 1.0
+    amplification = np.ones(k)
     if pilot_keys > 0 and k > 1:
         amplification = _measure_amplification(
-            calibration,
-            levels,
-            diffusion,
-            y0,
-            pilot_key,
-            level_key,
-            args,
-            pilot_keys,
-            min_probability,
+            calibration, levels, diffusion, y0, pilot_key, level_key, args, pilot_keys
         )
     warnings = _warnings(levels, variances, gamma, gamma_stderr)
     return dataclasses.replace(
@@ -450,16 +468,12 @@ def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int =
     return np.asarray(norms(keys), np.float64) / d
 
 
-def _measure_amplification(
-    cal, levels, diffusion, y0, pilot_key, level_key, args, n, min_probability=0.0
-):
-    # A pilot schedule costing about 1/4 of Euler–Maruyama with the top level.
-    em_cost = cal.num_steps * cal.costs[-1]
-    floor = cal.min_cost(min_probability=min_probability)
-    schedule = cal.schedule(
-        budget=max(0.25 * em_cost, 1.5 * floor), min_probability=min_probability
-    )
-    predicted = cal.predict(schedule)["error"] ** 2
+def _measure_amplification(cal, levels, diffusion, y0, pilot_key, level_key, args, n):
+    """`A_l` per level: for each `l ≥ 2`, the mean over `n` level keys of the added
+    mean-square error of ML-EM randomising level `l` alone with probability 1/2,
+    over its prediction from the isotropic sensitivity (entry 0 is 1; a level whose
+    prediction is 0 or whose measurement is not positive keeps 1)."""
+    k = levels.num_levels
     kw = dict(t0=cal.t0, t1=cal.t1, num_steps=cal.num_steps, args=args)
     dw = None
     if diffusion is not None:
@@ -475,15 +489,36 @@ def _measure_amplification(
         )
     y_em, _ = em_solve(levels.top, diffusion, y0, key=pilot_key, brownian=dw, **kw)
 
-    def added(key):
-        y, _ = mlem_solve(levels, schedule, diffusion, y0, key=key, brownian=dw, **kw)
-        d = (y - y_em).reshape(y.shape[0], -1)
-        return jnp.mean(jnp.sum(d**2, axis=1))
+    @jax.jit
+    def mean_added(probs, keys):  # compiled once: the probabilities are traced
+        def added(key):
+            y, _ = mlem_solve(
+                levels,
+                FixedProbabilities(probs),
+                diffusion,
+                y0,
+                key=key,
+                brownian=dw,
+                **kw,
+            )
+            d = (y - y_em).reshape(y.shape[0], -1)
+            return jnp.mean(jnp.sum(d**2, axis=1))
 
-    measured = float(jnp.mean(jax.lax.map(added, jax.random.split(level_key, n))))
-    if not (predicted > 0 and np.isfinite(predicted)) or not measured > 0:
-        return 1.0
-    return measured / predicted
+        return jnp.mean(jax.lax.map(added, keys))
+
+    amplification = np.ones(k)
+    keys = jax.random.split(level_key, n)
+    for l in range(1, k):
+        probs = np.ones(k, np.float32)
+        probs[l] = 0.5
+        one_level = dataclasses.replace(
+            cal, amplification=np.eye(k)[l], warnings=()
+        )  # A_l = 1 for level l, 0 for the others: the prediction for level l alone
+        predicted = one_level.predict(FixedProbabilities(probs))["error"] ** 2
+        measured = float(mean_added(jnp.asarray(probs), keys))
+        if predicted > 0 and np.isfinite(predicted) and measured > 0:
+            amplification[l] = measured / predicted
+    return amplification
 
 
 def _fit_gamma(costs, errors, top_is_reference):

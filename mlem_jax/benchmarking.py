@@ -207,9 +207,9 @@ LADDER_SETTINGS = dict(
     targets=(1.0, 0.5),
     match_em_steps=(16, 32, 64),
     min_probability=MIN_PROBABILITY,
-    level_keys=4,
+    level_keys=16,
     pilot_steps=32,
-    pilot_keys=8,
+    pilot_keys=32,
     srk_solvers=(),
     srk_steps=(),
 )
@@ -452,14 +452,13 @@ def run_cost_error(
             reference=problem.reference,
             pilot_keys=pilot_keys,
             measure_costs=False,
-            min_probability=min_probability,
         )
         calibrations.append(
             dict(
                 levels=j,
                 gamma=cal.gamma,
                 gamma_stderr=cal.gamma_stderr,
-                amplification=cal.amplification,
+                amplification=cal.amplification.tolist(),
                 warnings=list(cal.warnings),
             )
         )

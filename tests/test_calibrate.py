@@ -94,7 +94,11 @@ def test_rate_rule_is_the_closed_form(calibration):
     increment_cost = c + np.concatenate([[0.0], c[:-1]])
     shape = calibration.rate_shape()
     assert np.all(np.isinf(shape[:, 0]))
-    weighted = calibration.variances[:, 1:] * calibration.sensitivity[:, None]
+    weighted = (
+        calibration.variances[:, 1:]
+        * calibration.sensitivity[:, None]
+        * calibration.amplification[None, 1:]
+    )
     np.testing.assert_allclose(shape[:, 1:], np.sqrt(weighted / increment_cost[1:]))
     # Scaled to a budget: the predicted cost is the budget and λ ∝ sqrt(V/C) holds.
     em_cost = 64 * COSTS[-1]
@@ -123,10 +127,59 @@ def test_predicted_evaluations_are_the_closed_form(calibration):
 
 def test_amplification_is_one_without_feedback(calibration):
     # Increments that do not depend on y are not amplified by the dynamics: the
-    # measured added mean-square error equals the predicted one. Each pilot's
-    # squared error has relative sd about sqrt(2); 64 pilots give sd ≈ 0.18, and
-    # the band is 4 sd.
-    assert abs(calibration.amplification - 1.0) < 4 * math.sqrt(2 / 64)
+    # measured added mean-square error equals the predicted one, level by level.
+    # A pilot's error is the same for the whole batch, a sum of many independent
+    # ±1-weighted increments (probability 1/2): about Gaussian, so its square has
+    # relative sd sqrt(2); 64 pilots give sd ≈ 0.18, and the band is 4 sd.
+    amplification = calibration.amplification
+    assert amplification.shape == (len(COSTS),) and amplification[0] == 1.0
+    np.testing.assert_allclose(amplification[1:], 1.0, atol=4 * math.sqrt(2 / 64))
+
+
+def test_amplification_sees_the_direction_of_each_levels_corrections():
+    # y' = diag(0.5, −3) y: level 2's increment points along the expanding axis,
+    # level 3's along the contracting one. The isotropic sensitivity a(t) averages
+    # the two axes; A_l is the ratio of the growth along level l's axis to it,
+    # weighted by V_l (constant here): sum_n g_l(n) / sum_n a_bin(n).
+    rates = np.array([0.5, -3.0])
+    c = 0.2
+    base = lambda t, y, a: y * jnp.asarray(rates, y.dtype)
+    levels = mj.Levels(
+        (
+            base,
+            lambda t, y, a: base(t, y, a) + jnp.array([c, 0.0]),
+            lambda t, y, a: base(t, y, a) + jnp.array([c, c]),
+        ),
+        (1.0, 2.0, 4.0),
+    )
+    n, h = 64, 1 / 64
+    cal = mj.calibrate(
+        levels,
+        lambda t, y, a: 0.3,
+        jnp.zeros((8, 2)),
+        t0=0.0,
+        t1=1.0,
+        num_steps=n,
+        key=jax.random.key(2),
+        num_bins=4,
+        pilot_keys=64,
+        measure_costs=False,
+    )
+    growth = (1 + h * rates[None, :]) ** (2 * (n - 1 - np.arange(n)))[:, None]
+    a_bin = np.repeat(growth.mean(axis=1).reshape(4, -1).mean(axis=1), n // 4)
+    expected = growth.sum(axis=0) / a_bin.sum()  # axis 0 for level 2, 1 for level 3
+    assert expected[0] > 1.5 and expected[1] < 0.25  # far from isotropic
+    # Each pilot's squared error: relative sd sqrt(2) (as above); 4 sd of 64.
+    np.testing.assert_allclose(
+        cal.amplification[1:], expected, rtol=4 * math.sqrt(2 / 64)
+    )
+    # And the rates follow: the expanding level fires more, relative to V_l/C_l.
+    shape = cal.rate_shape()
+    np.testing.assert_allclose(
+        (shape[:, 1] / shape[:, 2]) ** 2,
+        cal.amplification[1] / cal.amplification[2] * (4.0 + 2.0) / (2.0 + 1.0),
+        rtol=1e-6,
+    )
 
 
 def test_table_and_warnings():

@@ -132,7 +132,7 @@ def calibrate_shipped(
         python -c "from mlem_jax.pretrained import calibrate_shipped; calibrate_shipped()"
     """
     from .._calibrate import calibrate
-    from .._commands import MIN_PROBABILITY, T0, T1, load_ladder_levels
+    from .._commands import T0, T1, load_ladder_levels
 
     path = pretrained_path(name)
     ladder = load_ladder_levels(path, batch)
@@ -147,9 +147,8 @@ def calibrate_shipped(
         num_steps=pilot_steps,
         key=k_cal,
         num_bins=8,
-        pilot_keys=2,
+        pilot_keys=8,
         measure_costs=False,
-        min_probability=MIN_PROBABILITY,
     )
     print(cal)
     save_calibration(cal, os.path.join(path, CALIBRATION), ladder.flops_per_image)
