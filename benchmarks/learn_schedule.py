@@ -144,6 +144,13 @@ def main():
         default=0.0,
         help="floor on the calibrated schedule's probabilities (0.02 for a ladder)",
     )
+    parser.add_argument(
+        "--pilot-keys",
+        type=int,
+        default=4,
+        help="calibrate's pilot runs per level for the amplification (16 for a "
+        "ladder: its reverse SDE makes 4 of them scatter by 10x)",
+    )
     parser.add_argument("--out", help="result JSON (default under results/)")
     opts = parser.parse_args()
     import optax
@@ -167,7 +174,7 @@ def main():
         key=jax.random.fold_in(key, 0),
         reference=problem.reference,
         num_bins=8,
-        pilot_keys=4,
+        pilot_keys=opts.pilot_keys,
         measure_costs=False,
         **grid,
     )
@@ -249,6 +256,7 @@ def main():
             budget=budget,
             budget_fraction=opts.budget_fraction,
             min_probability=opts.min_probability,
+            pilot_keys=opts.pilot_keys,
             iterations=opts.iterations,
             samples=opts.samples,
             lr=opts.lr,
