@@ -14,7 +14,7 @@
   error of pilot ML-EM solves in which only level `l` is randomised (probability
   1/2 at every step). `a(t)` is the growth of an *isotropic* perturbation; a level's
   corrections point in particular directions, which the dynamics may amplify more
-  or less (on the shipped digits ladder's reverse SDE, 5–8× more),
+  or less (on the shipped digits ladder's reverse SDE, 3–5× more),
 
 then builds time-dependent `Rates` with `λ_l(t) ∝ sqrt(A_l a(t) V_l(t)/C_l)`,
 `C_l = c_l + c_{l−1}` (Giles's multilevel allocation, weighted by the sensitivity),
