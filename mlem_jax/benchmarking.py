@@ -292,8 +292,8 @@ def run_cost_error(
     - `level_keys`: ML-EM runs per configuration (level draws are shared by the batch,
         so errors and costs are averaged over this many level keys). The squared
         added error of one run is dominated by a few rare corrections; measured on
-        the γ = 3 problem, the RMS over 4 keys scatters by ±40% around its mean, over
-        16 by about ±15%.
+        the γ = 3 problem, the RMS over 4 keys scatters by ±40% around its mean (so
+        over 16, by about ±20%).
     - `pilot_steps`, `pilot_keys`: steps and ML-EM runs of the calibration pilots
         (`calibrate`'s `num_steps` and `pilot_keys`).
     - `srk_solvers`, `srk_steps`: diffrax stochastic Runge–Kutta solvers for additive
