@@ -413,7 +413,15 @@ def calibrate(
     amplification = np.ones(k)
     if pilot_keys > 0 and k > 1:
         amplification = _measure_amplification(
-            calibration, levels, diffusion, y0, pilot_key, level_key, args, pilot_keys
+            calibration,
+            levels,
+            diffusion,
+            y0,
+            states[-1],
+            pilot_key,
+            level_key,
+            args,
+            pilot_keys,
         )
     warnings = _warnings(levels, variances, gamma, gamma_stderr)
     return dataclasses.replace(
@@ -468,11 +476,15 @@ def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int =
     return np.asarray(norms(keys), np.float64) / d
 
 
-def _measure_amplification(cal, levels, diffusion, y0, pilot_key, level_key, args, n):
+def _measure_amplification(
+    cal, levels, diffusion, y0, y_em, pilot_key, level_key, args, n
+):
     """`A_l` per level: for each `l ≥ 2`, the mean over `n` level keys of the added
     mean-square error of ML-EM randomising level `l` alone with probability 1/2,
     over its prediction from the isotropic sensitivity (entry 0 is 1; a level whose
-    prediction is 0 or whose measurement is not positive keeps 1)."""
+    prediction is 0 or whose measurement is not positive keeps 1). `y_em` is the
+    pilot Euler–Maruyama solve's final state (top level, `pilot_key`'s path), which
+    the ML-EM pilots rerun on that same path."""
     k = levels.num_levels
     kw = dict(t0=cal.t0, t1=cal.t1, num_steps=cal.num_steps, args=args)
     dw = None
@@ -487,7 +499,6 @@ def _measure_amplification(cal, levels, diffusion, y0, pilot_key, level_key, arg
             num_steps=cal.num_steps,
             dtype=y0.dtype,
         )
-    y_em, _ = em_solve(levels.top, diffusion, y0, key=pilot_key, brownian=dw, **kw)
 
     @jax.jit
     def mean_added(probs, keys):  # compiled once: the probabilities are traced
