@@ -33,7 +33,18 @@ def _weights(n, gamma, total, exact):
     return a2[n:]
 
 
-def _distances(levels, reference):
+def _distances(gamma, exact_tail):
+    """RMS distance of each level to the reference, over SAMPLES Gaussian states."""
+    levels, reference = random_feature_hierarchy(
+        jax.random.key(0),
+        dim=DIM,
+        gamma=gamma,
+        num_levels=3,
+        base_features=4,
+        growth=8,
+        scale=3.0,
+        exact_tail=exact_tail,
+    )
     y = jax.random.normal(jax.random.key(1), (SAMPLES, DIM))
     r = reference(0.0, y, None)
     return np.array(
@@ -46,16 +57,7 @@ def _distances(levels, reference):
 
 @pytest.mark.parametrize("gamma", [2.5, 4.0])
 def test_reference_carries_the_infinite_tail(gamma):
-    levels, reference = random_feature_hierarchy(
-        jax.random.key(0),
-        dim=DIM,
-        gamma=gamma,
-        num_levels=3,
-        base_features=4,
-        growth=8,
-        scale=3.0,
-    )
-    measured = _distances(levels, reference)
+    measured = _distances(gamma, exact_tail=True)
     predicted = np.array([feature_error(n, None, gamma, 3.0) for n in FEATURES])
     total = 4 * FEATURES[-1]
     for m, p, n in zip(measured, predicted, FEATURES):
@@ -70,17 +72,7 @@ def test_reference_carries_the_infinite_tail(gamma):
 
 def test_truncated_reference_underestimates_the_top_levels_error():
     gamma, total = 3.0, 4 * FEATURES[-1]
-    levels, reference = random_feature_hierarchy(
-        jax.random.key(0),
-        dim=DIM,
-        gamma=gamma,
-        num_levels=3,
-        base_features=4,
-        growth=8,
-        scale=3.0,
-        exact_tail=False,
-    )
-    measured = _distances(levels, reference)
+    measured = _distances(gamma, exact_tail=False)
     truncated = np.array([feature_error(n, total, gamma, 3.0) for n in FEATURES])
     for m, p, n in zip(measured, truncated, FEATURES):
         assert abs(m / p - 1) < _tolerance(_weights(n, gamma, total, False)), (n, m, p)
