@@ -246,8 +246,11 @@ def _solve(
         )
     check_key(name, key)
     dtype = y0.dtype
-    t0 = jnp.asarray(t0, dtype)
-    t1 = jnp.asarray(t1, dtype)
+    # Times, step sizes and costs stay in at least float32: a float16 time grid
+    # t0 + n·h loses distinct times after a few thousand steps.
+    tdtype = dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    t0 = jnp.asarray(t0, tdtype)
+    t1 = jnp.asarray(t1, tdtype)
     t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
     if t0.shape != () or t1.shape != ():
         raise ValueError(f"{name}: `t0` and `t1` must be scalars.")
@@ -302,7 +305,7 @@ def _solve(
         save_ts,
         checkpoint,
     )
-    cost = jnp.asarray(costs, dtype) @ evaluations.astype(dtype)
+    cost = jnp.asarray(costs, tdtype) @ evaluations.astype(tdtype)
     return ys, SolveInfo(evaluations=evaluations, cost=cost, ts=ts, num_steps=num_steps)
 
 
@@ -386,6 +389,7 @@ def _integrate(
     checkpoint,
 ):
     dtype = y0.dtype
+    tdtype = t0.dtype  # at least float32 (see `_solve`)
     h = (t1 - t0) / num_steps
     brownian_key, level_key = split_key(key)
     k = len(fns)
@@ -396,13 +400,13 @@ def _integrate(
     def step(carry, x):
         y, buf = carry
         n, given_dw = x
-        t = t0 + n.astype(dtype) * h
+        t = t0 + n.astype(tdtype) * h
         if schedule is None:
             drift = jnp.asarray(fns[0](t, y, args)).astype(dtype)
             needed = jnp.ones((1,), bool)
         else:
-            probs = schedule.probabilities(t, h).astype(dtype)
-            uniforms = step_uniforms(level_key, n, k, dtype)
+            probs = schedule.probabilities(t, h).astype(tdtype)
+            uniforms = step_uniforms(level_key, n, k, tdtype)
             _, needed, weights = level_draws(uniforms, probs)
             drift = mlem_drift(fns, needed, weights, t, y, args, always)
         if drift.shape != y.shape:
@@ -410,13 +414,13 @@ def _integrate(
                 f"the drift returned shape {drift.shape}, expected the shape of y "
                 f"{y.shape}."
             )
-        y_next = y + h * drift
+        y_next = y + h.astype(dtype) * drift
         if diffusion is not None:
             if brownian is None:
                 dw = step_increment(brownian_key, n, y.shape, h, dtype)
             elif is_path:
                 t_next = jnp.where(
-                    n + 1 == num_steps, t1, t0 + (n + 1).astype(dtype) * h
+                    n + 1 == num_steps, t1, t0 + (n + 1).astype(tdtype) * h
                 )
                 lo, hi = jnp.minimum(t, t_next), jnp.maximum(t, t_next)
                 # Same sign convention as diffrax in reverse time: the control of the
@@ -471,7 +475,7 @@ def _integrate(
         ts.append(save_ts)
     if spec.steps:
         ys.append(step_ys)
-        grid = t0 + (steps + 1).astype(dtype) * h
+        grid = t0 + (steps + 1).astype(tdtype) * h
         ts.append(grid.at[-1].set(t1))
     if spec.t1:
         ys.append(y1[None])

@@ -430,6 +430,38 @@ def test_float32_and_float64_agree(x64):
     np.testing.assert_allclose(out32, out64, rtol=1e-5, atol=1e-6)
 
 
+def test_float16_state_keeps_times_and_costs_in_float32():
+    # A float16 grid t0 + n·h has too few distinct values for 5000 steps over
+    # [0, 10] (spacing 2^-7 near 10, h = 2e-3), and FLOP-sized costs overflow
+    # float16 (max 65504). Times and costs must stay in float32.
+    num_steps = 5000
+    levels = mj.Levels(fns=(lambda t, y, a: -y, lambda t, y, a: -y), costs=(1e6, 1e7))
+    y0 = jnp.ones((2,), jnp.float16)
+    ys, info = mj.mlem_solve(
+        levels,
+        mj.FixedProbabilities((1.0, 0.5)),
+        None,
+        y0,
+        t0=0.0,
+        t1=10.0,
+        num_steps=num_steps,
+        key=jax.random.key(0),
+        saveat=diffrax.SaveAt(steps=True),
+    )
+    assert ys.dtype == jnp.float16
+    assert info.ts.dtype == jnp.float32
+    ts = np.asarray(info.ts)
+    assert len(np.unique(ts)) == num_steps
+    assert np.all(np.diff(ts) > 0) and ts[-1] == 10.0
+    evaluations = np.asarray(info.evaluations, np.float64)
+    expected = 1e6 * evaluations[0] + 1e7 * evaluations[1]
+    assert np.isfinite(float(info.cost))
+    np.testing.assert_allclose(float(info.cost), expected, rtol=1e-6)
+    # The ODE dy = -y dt with the float16 state: y(10) = e^-10 within float16's
+    # resolution near 0 and Euler's O(h) error.
+    np.testing.assert_allclose(np.asarray(ys[-1], np.float32), np.exp(-10.0), atol=2e-4)
+
+
 def test_brownian_increments_match_the_default_stream():
     key = jax.random.key(8)
     y0 = jnp.zeros((2, 3))
