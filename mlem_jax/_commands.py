@@ -682,7 +682,7 @@ def _add_bench(sub: Any) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes: about a minute on the synthetic problem; with --ladder "
+        help="small sizes: about 30 s on the synthetic problem; with --ladder "
         "several minutes on a CPU (mostly compiling the UNet solves at each step "
         "count), against about an hour without --quick",
     )
