@@ -35,8 +35,10 @@ from jaxtyping import PRNGKeyArray
 
 from ._cost import count_flops, time_call
 from ._levels import Levels
+from ._misc import concrete_or_none
 from ._schedules import AbstractSchedule, FixedProbabilities, Rates
 from ._solve import em_solve, mlem_solve
+from ._step import check_drift_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +339,27 @@ def calibrate(
             f"calibrate: `pilot_keys` must be a non-negative int; got {pilot_keys!r}."
         )
     y0 = jnp.asarray(y0)
+    y0c = concrete_or_none(y0)
+    if (
+        y0c is not None
+        and np.issubdtype(y0c.dtype, np.inexact)
+        and not np.all(np.isfinite(y0c))
+    ):
+        raise ValueError(
+            f"calibrate: `y0` contains {np.sum(~np.isfinite(y0c))} NaN or infinite "
+            "values; expected a finite batch of initial states."
+        )
+    if reference is not None:
+        if not callable(reference):
+            raise TypeError(
+                "calibrate: `reference` must be a drift f(t, y, args) or None; got "
+                f"{type(reference).__name__}."
+            )
+        out = eqx.filter_eval_shape(reference, jnp.asarray(t0, y0.dtype), y0, args)
+        try:
+            check_drift_output(out, y0, "`reference`")
+        except (TypeError, ValueError) as e:
+            raise type(e)(str(e).replace("mlem_jax:", "calibrate:", 1)) from None
     t0, t1 = float(t0), float(t1)
     k = levels.num_levels
     pilot_key, level_key = jax.random.split(key)
@@ -374,6 +397,20 @@ def calibrate(
     )[1]
     per_step_v = np.asarray(per_step_v, np.float64)
     per_step_e = np.asarray(per_step_e, np.float64)
+    if not np.all(np.isfinite(np.asarray(states))):
+        raise ValueError(
+            "calibrate: the pilot Euler-Maruyama solve with the top level produced NaN "
+            "or infinite states from a finite `y0`: the top level's drift or the "
+            "diffusion returns NaN/inf on the pilot trajectory (or the solve blows up "
+            "at `num_steps` steps)."
+        )
+    bad = ~np.all(np.isfinite(per_step_v), axis=0)
+    if np.any(bad):
+        first = int(np.flatnonzero(bad)[0]) + 1
+        raise ValueError(
+            f"calibrate: the drift of level {first} returns NaN or inf on the pilot "
+            "trajectory (from a finite `y0`)."
+        )
     lo, hi = min(t0, t1), max(t0, t1)
     edges = np.linspace(lo, hi, num_bins + 1)
     bins = _bin_index(edges, ts + h / 2)
@@ -424,6 +461,9 @@ def calibrate(
             pilot_keys,
         )
     warnings = _warnings(levels, variances, gamma, gamma_stderr)
+    for w in warnings:
+        if "do not differ" in w:
+            _warn(f"calibrate: {w}")
     return dataclasses.replace(
         calibration, amplification=amplification, warnings=warnings
     )
@@ -563,6 +603,21 @@ def _warnings(levels, variances, gamma, gamma_stderr):
             out.append(
                 f"gamma = {gamma:.2f} ± {gamma_stderr:.2f} is not clearly above 2."
             )
+    if math.isnan(gamma) and len(levels.costs) >= 3:
+        out.append(
+            "gamma could not be fitted: fewer than two levels differ from the "
+            "reference in drift."
+        )
+    mean_v = variances.mean(axis=0)
+    same = [l for l in range(1, len(mean_v)) if not mean_v[l] > 0]
+    if same:
+        pairs = ", ".join(f"{l} and {l + 1}" for l in same)
+        out.append(
+            f"levels {pairs} do not differ on the pilot trajectory (V = 0): their "
+            "corrections are zero, so no rate can be fitted for them and "
+            "`schedule(...)` cannot meet a target by scaling their rates; drop the "
+            "duplicate levels."
+        )
     costs = np.asarray(levels.costs)
     if np.any(np.diff(costs) <= 0):
         out.append("costs do not increase along the ladder.")
@@ -574,6 +629,12 @@ def _warnings(levels, variances, gamma, gamma_stderr):
                 "its corrections cost more than they save."
             )
     return tuple(out)
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 @eqx.filter_jit

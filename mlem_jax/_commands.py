@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,6 +44,38 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer between -2**63 and 2**63 - 1, got {value}"
+        )
     return value
 
 
@@ -121,15 +154,101 @@ def load_ladder_levels(path: str | None, batch: int, drift: Any = None) -> _Ladd
 
 
 def _check_ladder(parser: argparse.ArgumentParser, path: str | None) -> None:
+    """Refuse a `--ladder` that is not a readable ladder (manifest and weight files
+    present and well formed), before any work."""
+    from .training import read_manifest
+
     if path is None:
         return
-    if not os.path.isdir(path):
-        parser.error(f"--ladder: {path!r} is not a directory")
-    if not os.path.isfile(os.path.join(path, "manifest.json")):
+    try:
+        read_manifest(path)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(f"--ladder: {str(e).replace('`path`: ', '')}")
+
+
+def _load_ladder(parser: argparse.ArgumentParser, path: str | None, batch: int):
+    """`load_ladder_levels`, a damaged ladder (truncated weights, say) being a usage
+    error that names the bad file."""
+    try:
+        return load_ladder_levels(path, batch)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(f"--ladder: {str(e).replace('`path`: ', '')}")
+
+
+def _unwritable(path: str) -> str | None:
+    """Why a file or folder cannot be created at `path` (its nearest existing
+    ancestor must be a writable folder), or None if it can."""
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe!r} is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".mlem-jax-write-test.")
+    except OSError as e:
+        return f"{probe!r} is not writable ({e.strerror})"
+    os.close(fd)
+    os.remove(tmp)
+    return None
+
+
+def check_output_file(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
+    """Refuse, before any compute, an output file that could not be written."""
+    if os.path.isdir(path):
+        parser.error(f"{flag}: {path!r} is a directory; give a file name")
+    reason = _unwritable(path)
+    if reason:
+        parser.error(f"{flag}: cannot write {path!r}: {reason}")
+
+
+def check_output_dir(
+    parser: argparse.ArgumentParser, flag: str, path: str, files: Sequence[str] = ()
+) -> None:
+    """Refuse, before any compute, an output folder that could not be created or
+    written, or in which one of `files` is a directory."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"{flag}: {path!r} exists and is not a folder")
+    reason = _unwritable(os.path.join(path, "x"))
+    if reason:
+        parser.error(f"{flag}: cannot write into {path!r}: {reason}")
+    for name in files:
+        if os.path.isdir(os.path.join(path, name)):
+            parser.error(f"{flag}: {os.path.join(path, name)!r} is a directory")
+
+
+def available_memory() -> float:
+    """Bytes of memory available to a new allocation (Linux `MemAvailable`, else the
+    physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def check_memory(
+    parser: argparse.ArgumentParser, what: str, nbytes: float, advice: str
+) -> None:
+    """Refuse a run whose estimated memory `nbytes` exceeds half of what is
+    available (the rest is the networks, XLA's buffers and the OS)."""
+    available = available_memory()
+    if nbytes > available / 2:
         parser.error(
-            f"--ladder: {path!r} has no manifest.json (not a ladder directory; "
-            "write one with `mlem-jax train --out DIR`)"
+            f"{what} needs about {nbytes / 2**30:.3g} GiB of memory, more than half of "
+            f"the {available / 2**30:.3g} GiB available; {advice}"
         )
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"mlem-jax: warning: {message}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------- solves
@@ -260,6 +379,13 @@ def calibrated_schedule(
 
     **Returns:** `(calibration, schedule)`.
     """
+    cal = ladder_calibration(ladder, y0, key, pilot_steps=pilot_steps, path=path)
+    return cal, budget_schedule(cal, num_steps, budget, min_probability)
+
+
+def ladder_calibration(ladder: _Ladder, y0, key, *, pilot_steps: int, path=None):
+    """The calibration `calibrated_schedule` scales: the stored one of the shipped
+    ladder (`path=None`), else `calibrate`'s pilots on `y0`."""
     from ._calibrate import calibrate
     from .pretrained import CALIBRATION, load_calibration, pretrained_path
 
@@ -281,7 +407,7 @@ def calibrated_schedule(
             pilot_keys=0,
             measure_costs=False,
         )
-    return cal, budget_schedule(cal, num_steps, budget, min_probability)
+    return cal
 
 
 MIN_PROBABILITY = 0.02
@@ -292,13 +418,54 @@ blows up (shipped digits ladder, 64 steps, 16 top-level evaluations: RMS added e
 99 with blow-ups to 561, against 2.9 with this floor at the same cost)."""
 
 
+def budget_range(cal, num_steps: int, min_probability=None) -> tuple[float, float]:
+    """The budgets, in top-level evaluations, that `budget_schedule` can meet at
+    `num_steps` steps: from 1.25 times the cheapest schedule the floor allows (level
+    1 at every step, the others at the floor) to just below every level at every
+    step."""
+    from ._schedules import FixedProbabilities
+
+    p_min = MIN_PROBABILITY if min_probability is None else min_probability
+    top = cal.costs[-1]
+    low = 1.25 * cal.min_cost(num_steps, p_min) / top
+    every = FixedProbabilities(np.ones(cal.num_levels, np.float32))
+    high = 0.999 * cal.predict(every, num_steps)["cost"] / top
+    return low, high
+
+
+def feasible_budget(
+    cal, num_steps: int, budget: float, min_probability=None
+) -> tuple[float, str | None]:
+    """`(budget to use, note)`: `budget` itself (note None) if `budget_schedule` can
+    meet it, the lowest feasible budget with a note saying so if it is below; a
+    `ValueError` naming the feasible range if it is above."""
+    low, high = budget_range(cal, num_steps, min_probability)
+    if budget > high:
+        raise ValueError(
+            f"`budget` {budget:g} top-level evaluations is more than ML-EM can spend "
+            f"in {num_steps} steps: feasible budgets lie between {low:.3g} and "
+            f"{high:.3g} (every level at every step); use Euler-Maruyama for more."
+        )
+    if budget < low:
+        return low, (
+            f"`budget` {budget:g} top-level evaluations is below the cheapest "
+            f"schedule at {num_steps} steps (level 1 at every step, the others at "
+            f"the probability floor): raised to {low:.3g}; feasible budgets lie "
+            f"between {low:.3g} and {high:.3g}."
+        )
+    return budget, None
+
+
 def budget_schedule(cal, num_steps: int, budget: float, min_probability=None):
     """`cal.schedule` at `budget` top-level evaluations (raised to 1.25 times the
-    cheapest schedule the floor allows, if below), every level firing with
-    probability at least `min_probability` (default `MIN_PROBABILITY`)."""
+    cheapest schedule the floor allows, if below: see `feasible_budget`), every level
+    firing with probability at least `min_probability` (default `MIN_PROBABILITY`).
+    A budget above every level at every step raises a `ValueError`."""
     p_min = MIN_PROBABILITY if min_probability is None else min_probability
-    target = max(budget * cal.costs[-1], 1.25 * cal.min_cost(num_steps, p_min))
-    return cal.schedule(budget=target, num_steps=num_steps, min_probability=p_min)
+    budget, _ = feasible_budget(cal, num_steps, budget, p_min)
+    return cal.schedule(
+        budget=budget * cal.costs[-1], num_steps=num_steps, min_probability=p_min
+    )
 
 
 # -------------------------------------------------------------------------- images
@@ -369,7 +536,7 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--method", choices=("mlem", "em"), default="mlem")
     p.add_argument("--steps", type=_positive_int, default=128, help="solver steps")
     p.add_argument("--num", type=_positive_int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--out", default="samples.png", help="PNG grid; the .npz goes next to it"
     )
@@ -398,46 +565,78 @@ def _run_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     _check_ladder(parser, args.ladder)
     if not args.out.lower().endswith(".png"):
         parser.error(f"--out must name a .png file, got {args.out!r}")
+    npz = os.path.splitext(args.out)[0] + ".npz"
+    check_output_file(parser, "--out", args.out)
+    check_output_file(parser, "--out (its .npz)", npz)
     if args.pilot_steps < 8:
         parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
-    ladder = load_ladder_levels(args.ladder, args.num)
+    if args.probs is not None and args.method != "mlem":
+        parser.error("--probs only applies to --method mlem")
+    if args.steps >= 2**31:
+        parser.error(f"--steps must be below 2**31, got {args.steps}")
+    ladder = _load_ladder(parser, args.ladder, args.num)
     k = ladder.levels.num_levels
-    if args.probs is not None:
-        if args.method != "mlem":
-            parser.error("--probs only applies to --method mlem")
-        if len(args.probs) != k:
-            parser.error(
-                f"--probs needs {k} values (one per level), got {len(args.probs)}"
-            )
+    if args.probs is not None and len(args.probs) != k:
+        parser.error(f"--probs needs {k} values (one per level), got {len(args.probs)}")
+    size = args.num * math.prod(ladder.shape)
+    # The Brownian increments of every step are drawn up front and kept (4 bytes
+    # each), plus XLA's copy of them as the scan's input.
+    check_memory(
+        parser,
+        f"--steps {args.steps} with --num {args.num}",
+        2.0 * 4 * size * args.steps,
+        "lower --steps or --num.",
+    )
     key = jax.random.key(args.seed)
     k_y0, k_path, k_cal, k_level = jax.random.split(key, 4)
     shape = (args.num, *ladder.shape)
     y0 = ladder.sde.prior_sample(k_y0, shape)
-    dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
-    top = ladder.levels.costs[-1]
-    if args.method == "em":
-        x, info, secs = run_em(ladder, y0, dw, k_level, args.steps)
-        evaluations = np.zeros(k, np.int64)
-        evaluations[-1] = int(info.evaluations[0])
-    else:
+    schedule = None
+    if args.method == "mlem":
         if args.probs is not None:
             schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
         else:
-            _, schedule = calibrated_schedule(
+            cal = ladder_calibration(
                 ladder,
                 y0[: min(args.num, 32)],
                 k_cal,
                 pilot_steps=args.pilot_steps,
-                num_steps=args.steps,
-                budget=args.budget or args.steps / 4,
                 path=args.ladder,
             )
+            budget = args.budget or args.steps / 4
+            try:
+                budget, note = feasible_budget(cal, args.steps, budget)
+            except ValueError as e:
+                parser.error(f"--budget: {str(e).replace('`budget` ', '', 1)}")
+            if note:
+                given = "--budget" if args.budget else "--budget (default steps/4)"
+                _warn(note.replace("`budget`", given, 1))
+            schedule = budget_schedule(cal, args.steps, budget)
+    dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
+    top = ladder.levels.costs[-1]
+    if schedule is None:
+        x, info, secs = run_em(ladder, y0, dw, k_level, args.steps)
+        evaluations = np.zeros(k, np.int64)
+        evaluations[-1] = int(info.evaluations[0])
+    else:
         x, info, secs = run_mlem(ladder, schedule, y0, dw, k_level, args.steps)
         evaluations = np.asarray(info.evaluations)
+        if evaluations[-1] == 0:
+            _warn(
+                "the top level was never evaluated in this solve (0 evaluations): "
+                "the samples carry the cheaper levels' error and ML-EM's noise; "
+                "raise --steps or --budget."
+            )
     flops = float(np.dot(evaluations, ladder.levels.costs))
     x = np.asarray(x)
+    peak = float(np.max(np.abs(x))) if np.all(np.isfinite(x)) else math.inf
+    if peak > 2.0:
+        _warn(
+            f"the samples leave the data range [-1, 1] by far (max |x| = {peak:.3g}): "
+            "too few --steps (or too small a --budget) for this ladder; they are "
+            "likely noise."
+        )
     save_png(image_grid(x), args.out)
-    npz = os.path.splitext(args.out)[0] + ".npz"
     _atomic(
         npz,
         lambda f: np.savez(
@@ -480,7 +679,13 @@ def _add_bench(sub: Any) -> None:
         "--ladder",
         help="run on this ladder directory instead ('shipped' for the digits ladder)",
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: about 30 s on the synthetic problem; with --ladder "
+        "several minutes on a CPU (mostly compiling the UNet solves at each step "
+        "count), against about an hour without --quick",
+    )
     p.add_argument(
         "--batch", type=_positive_int, default=16, help="--ladder: images per solve"
     )
@@ -490,7 +695,7 @@ def _add_bench(sub: Any) -> None:
         help="--ladder: the probability-flow ODE (Euler, Heun, ML-EM) instead of "
         "the reverse SDE",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="mlem-jax-bench", help="output folder")
     p.set_defaults(func=_run_bench, parser=p)
 
@@ -505,10 +710,26 @@ def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         run_cost_error,
         synthetic_problem,
     )
+    from .pretrained import pretrained_path
+    from .training import read_manifest
 
     path = args.ladder
-    if path is not None and path != "shipped":
-        _check_ladder(parser, path)
+    directory = pretrained_path() if path == "shipped" else path
+    _check_ladder(parser, directory)
+    check_output_dir(parser, "--out", args.out)
+    if path is not None:
+        spec = read_manifest(directory)["spec"]
+        settings = QUICK_LADDER_SETTINGS if args.quick else LADDER_SETTINGS
+        check_memory(
+            parser,
+            f"--batch {args.batch}",
+            3.0
+            * 4
+            * math.prod(spec["image_shape"])
+            * args.batch
+            * settings["fine_steps"],
+            "lower --batch.",
+        )
     if path is None:
         if args.quick:
             problem = synthetic_problem(
@@ -519,12 +740,15 @@ def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             problem = synthetic_problem(args.gamma, seed=args.seed)
             kw = {}
     else:
-        problem = ladder_problem(
-            None if path == "shipped" else path,
-            4 if args.quick else args.batch,
-            args.seed,
-            ode=args.ode,
-        )
+        try:
+            problem = ladder_problem(
+                None if path == "shipped" else path,
+                4 if args.quick else args.batch,
+                args.seed,
+                ode=args.ode,
+            )
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(f"--ladder: {str(e).replace('`path`: ', '')}")
         kw = QUICK_LADDER_SETTINGS if args.quick else LADDER_SETTINGS
     result = run_cost_error(problem, seed=args.seed, **kw)
     os.makedirs(args.out, exist_ok=True)
@@ -563,7 +787,7 @@ def _add_demo(sub: Any) -> None:
     )
     p.add_argument("--out", default="mlem-jax-demo", help="output folder")
     p.add_argument("--batch", type=_positive_int, default=16, help="images per solve")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--ref-steps", type=_positive_int, default=128, help="reference solve steps"
     )
@@ -628,12 +852,14 @@ def run_demo(
     pilot_steps: int,
     path: str | None = None,
     progress: bool = True,
+    calibration=None,
 ) -> dict:
     """The demo's measurements: one dict per run (method, steps, evaluations, cost,
     FLOPs, seconds, strong error, sliced-Wasserstein distance) plus the samples.
 
     All runs share one Brownian path per image (coarsened from the reference's
-    increments) and the same prior draws `y0`.
+    increments) and the same prior draws `y0`. `calibration`: the ladder's
+    calibration if already made (`demo_calibration`), else it is made here.
     """
     from tqdm.auto import tqdm
 
@@ -702,16 +928,9 @@ def run_demo(
         record("em", n, x, [0] * (k - 1) + [int(info.evaluations[0])], secs, f"EM {n}")
         bar.update()
     bar.set_postfix_str("calibrate")
-    cal, _ = calibrated_schedule(
-        ladder,
-        y0,
-        k_cal,
-        pilot_steps=pilot_steps,
-        num_steps=mlem_steps,
-        budget=budget,
-        path=path,
-        min_probability=min_probability,
-    )
+    cal = calibration
+    if cal is None:
+        cal = ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
     bar.update()
     dw = coarsen_increments(fine, ref_steps // mlem_steps)
     for s in scales:
@@ -762,6 +981,14 @@ def run_demo(
             t1=T1,
         ),
     )
+
+
+def demo_calibration(ladder: _Ladder, *, batch: int, seed: int, pilot_steps: int, path):
+    """The calibration `run_demo` makes for these arguments (same draws), so that a
+    caller can check budgets against it first."""
+    k_y0, _, k_cal, _, _ = jax.random.split(jax.random.key(seed), 5)
+    y0 = ladder.sde.prior_sample(k_y0, (batch, *ladder.shape))
+    return ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
 
 
 def format_table(runs: Sequence[dict]) -> str:
@@ -919,8 +1146,40 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
     if args.pilot_steps < 8:
         parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    check_output_dir(
+        parser, "--out", args.out, ("cost_error.png", "samples.png", "results.json")
+    )
     start = time.perf_counter()
-    ladder = load_ladder_levels(args.ladder, args.batch)
+    ladder = _load_ladder(parser, args.ladder, args.batch)
+    # The reference's increments, their coarsenings (together at most as large) and
+    # the saved samples of every run.
+    check_memory(
+        parser,
+        f"--ref-steps {args.ref_steps} with --batch {args.batch}",
+        3.0 * 4 * args.batch * math.prod(ladder.shape) * args.ref_steps,
+        "lower --ref-steps or --batch.",
+    )
+    cal = demo_calibration(
+        ladder,
+        batch=args.batch,
+        seed=args.seed,
+        pilot_steps=args.pilot_steps,
+        path=args.ladder,
+    )
+    for scale in args.scales:
+        budget = scale * args.budget
+        try:
+            _, note = feasible_budget(
+                cal, args.mlem_steps, budget, args.min_probability
+            )
+        except ValueError as e:
+            parser.error(
+                f"--budget x --scales: {e}".replace(
+                    "`budget`", f"{args.budget:g} x {scale:g} =", 1
+                )
+            )
+        if note:
+            _warn(f"ML-EM x{scale:g}: " + note.replace("`budget`", "budget", 1))
     result = run_demo(
         ladder,
         batch=args.batch,
@@ -935,6 +1194,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         pilot_steps=args.pilot_steps,
         path=args.ladder,
         progress=not args.no_progress,
+        calibration=cal,
     )
     os.makedirs(args.out, exist_ok=True)
     cost_path, samples_path = plot_demo(result, args.out)

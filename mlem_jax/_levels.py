@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
+import jax
+import numpy as np
 
 DriftFn = Callable[[Any, Any, Any], Any]
 
@@ -54,11 +57,29 @@ class Levels(eqx.Module):
                     "f(t, y, args)."
                 )
         try:
-            costs = tuple(float(c) for c in costs)
-        except (TypeError, ValueError) as e:
+            costs = tuple(costs)
+        except TypeError as e:
             raise TypeError(
-                "Levels: `costs` must be a sequence of Python numbers, one per level."
+                "Levels: `costs` must be a sequence of numbers, one per level; got "
+                f"{type(costs).__name__}."
             ) from e
+        for i, c in enumerate(costs):
+            # Strings would convert with float("8"): refuse them, and bools.
+            if isinstance(c, bool) or not isinstance(
+                c, (numbers.Real, np.ndarray, jax.Array)
+            ):
+                raise TypeError(
+                    f"Levels: `costs[{i}]` is {c!r} ({type(c).__name__}); expected a "
+                    "number (e.g. FLOPs of one evaluation)."
+                )
+            if isinstance(c, (np.ndarray, jax.Array)) and not (
+                c.shape == () and np.issubdtype(c.dtype, np.number)
+            ):
+                raise TypeError(
+                    f"Levels: `costs[{i}]` is an array of shape {c.shape} and dtype "
+                    f"{c.dtype}; expected a number."
+                )
+        costs = tuple(float(c) for c in costs)
         if len(costs) != len(fns):
             raise ValueError(
                 f"Levels: `costs` has {len(costs)} entries but `fns` has {len(fns)}; "

@@ -11,7 +11,12 @@ def concrete_or_none(x) -> np.ndarray | None:
     """`x` as a NumPy array if its value is known now (not a tracer), else `None`.
 
     Validation of array arguments runs only on concrete values, so that the public
-    constructors still work inside `jax.jit`, `jax.vmap` and `jax.grad`.
+    constructors still work inside `jax.jit`, `jax.vmap` and `jax.grad`. Where a
+    check guards against a silently wrong result it falls back to `eqx.error_if`
+    on traced values (probabilities in `(0, 1]`, rates non-negative and not NaN,
+    `StepBrownianPath` queries inside its grid); the others (`t0 != t1`, bin edges
+    increasing, `saveat` times on the grid) are skipped when traced: pass those
+    arguments as concrete values to have them checked.
     """
     if isinstance(x, jax.core.Tracer):
         return None

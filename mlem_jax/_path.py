@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import diffrax
 import equinox as eqx
 import jax
@@ -38,13 +40,22 @@ class StepBrownianPath(diffrax.AbstractBrownianPath):
     `diffrax.UnsafeBrownianPath` it is deterministic in `(key, grid)` and supports
     reverse-mode autodiff (`diffrax.RecursiveCheckpointAdjoint`, `DirectAdjoint`).
 
+    !!! warning "Query it on its grid only"
+
+        Between grid points the path is **linearly interpolated**, so it is a
+        Brownian motion only at the grid times: an increment over a fraction of a
+        step has too little variance (over a whole solve on a grid offset by half a
+        step, a quadratic variation of about 1/4 of the true one). Use it with steps
+        on its grid: `diffrax.ConstantStepSize` with `dt0` a multiple of `h`, or
+        `diffrax.StepTo` with grid times. Off-grid times known before tracing give a
+        `UserWarning`; traced ones (inside `diffeqsolve`) cannot be checked. Times
+        outside `[t0, t1]` (beyond 1% of a step) raise an error, also under `jit`
+        (`eqx.error_if`).
+
     Queries are resolved on the grid: the step index of a time is computed from the
     time itself (`(t − t0)/h`, snapped to the nearest grid point within 1% of a step).
     `evaluate(s, u)` over several grid steps is the exact sum of their increments (a
-    coarser step on the same path). Between grid points the path is **linearly
-    interpolated**, so it is a Brownian motion only at the grid times: use it with
-    steps on its grid (`diffrax.ConstantStepSize` with `dt0` a multiple of `h`, or
-    `diffrax.StepTo` with grid times). Times outside `[t0, t1]` are clipped to it.
+    coarser step on the same path).
 
     **Arguments:**
 
@@ -163,7 +174,23 @@ class StepBrownianPath(diffrax.AbstractBrownianPath):
         h = self.step_size.astype(dtype)
         x = (t.astype(dtype) - self.grid_t0.astype(dtype)) / h
         n = jnp.round(x)
-        x = jnp.where(jnp.abs(x - n) <= _SNAP, n, x)
+        off_grid = jnp.abs(x - n) > _SNAP
+        xc = concrete_or_none(x)
+        if xc is not None and np.any(np.abs(xc - np.round(xc)) > _SNAP):
+            warnings.warn(
+                f"StepBrownianPath: time {np.asarray(t).tolist()} is not on the path's "
+                f"grid (step {float(concrete_or_none(h))}); between grid points the "
+                "path is linearly interpolated and under-dispersed. Query it at grid "
+                "times only.",
+                stacklevel=4,
+            )
+        x = jnp.where(off_grid, x, n)
+        x = eqx.error_if(
+            x,
+            (x < -_SNAP) | (x > self.num_steps + _SNAP),
+            "StepBrownianPath: a time outside the path's [t0, t1] was queried; the "
+            "path is only defined on its grid.",
+        )
         return jnp.clip(x, 0, self.num_steps)
 
     def _increment(self, n) -> Array:

@@ -121,7 +121,14 @@ class FixedProbabilities(AbstractSchedule):
                 f"probability per level; got shape {probs.shape}."
             )
         value = concrete_or_none(probs)
-        if value is not None and not np.all((value > 0) & (value <= 1)):
+        if value is None:
+            # Traced (under jit, vmap or grad): checked when the program runs.
+            probs = eqx.error_if(
+                probs,
+                ~jnp.all((probs > 0) & (probs <= 1)),
+                "FixedProbabilities: every entry of `probs` must lie in (0, 1].",
+            )
+        elif not np.all((value > 0) & (value <= 1)):
             raise ValueError(
                 "FixedProbabilities: every entry of `probs` must lie in (0, 1]; got "
                 f"{value.tolist()}."
@@ -175,7 +182,14 @@ class Rates(AbstractSchedule):
     def __init__(self, rates: ArrayLike, times: ArrayLike | None = None):
         rates, times = binned_table(rates, times, "rates", "rate", "Rates")
         value = concrete_or_none(rates)
-        if value is not None:
+        if value is None:
+            # Traced (under jit, vmap or grad): checked when the program runs.
+            rates = eqx.error_if(
+                rates,
+                ~jnp.all(rates >= 0),  # also catches NaN
+                "Rates: `rates` must be non-negative and not NaN (inf for every step).",
+            )
+        else:
             if np.any(np.isnan(value)):
                 raise ValueError("Rates: `rates` contains NaN; expected rates >= 0.")
             if np.any(value < 0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from ._brownian import split_key, step_increment, step_uniforms
 from ._levels import Levels
 from ._misc import check_key, concrete_or_none
 from ._schedules import AbstractSchedule
-from ._step import level_draws, mlem_drift
+from ._step import check_drift_output, level_draws, mlem_drift
 
 DiffusionFn = Callable[[Any, Any, Any], Any]
 
@@ -183,7 +184,13 @@ def em_solve(
             "em_solve: `drift` must be a callable f(t, y, args); got "
             f"{type(drift).__name__}."
         )
-    if not (isinstance(cost, (int, float)) and np.isfinite(cost) and cost > 0):
+    if isinstance(cost, bool) or not (
+        isinstance(cost, (numbers.Real, np.ndarray, jax.Array))
+        and np.shape(cost) == ()
+        and np.issubdtype(np.asarray(cost).dtype, np.number)
+        and np.isfinite(cost)
+        and cost > 0
+    ):
         raise ValueError(
             f"em_solve: `cost` must be a positive finite number; got {cost!r}."
         )
@@ -285,6 +292,10 @@ def _solve(
                     f"{name}: `brownian` increments have shape {brownian.shape}; "
                     f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
                 )
+    for i, fn in enumerate(fns):
+        # Abstract evaluation only: no compute, a clear error naming the level.
+        out = eqx.filter_eval_shape(fn, t0, y0, args)
+        check_drift_output(out, y0, "`drift`" if schedule is None else f"level {i + 1}")
     spec, save_ts = _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps)
     always = None
     if schedule is not None and t0c is not None and t1c is not None:

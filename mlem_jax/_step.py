@@ -94,12 +94,37 @@ def mlem_drift(
     return carry[0]
 
 
-def _as_like(value, y: Array, level: int) -> Array:
-    value = jnp.asarray(value)
+def check_drift_output(value, y, what: str) -> None:
+    """Raise a clear error unless `value` (an array, or the `jax.ShapeDtypeStruct` of
+    one) is a floating array shaped like `y`. `what` names the function in the
+    message, e.g. "level 2" or "`drift`"."""
+    if value is None:
+        raise TypeError(
+            f"mlem_jax: {what} returned None; each level f(t, y, args) must return an "
+            "array like y (did the function forget a `return`?)."
+        )
+    if not hasattr(value, "dtype"):
+        try:
+            value = jnp.asarray(value)
+        except TypeError as e:
+            raise TypeError(
+                f"mlem_jax: {what} returned {type(value).__name__}; each level "
+                "f(t, y, args) must return an array like y."
+            ) from e
     if value.shape != y.shape:
         raise ValueError(
-            f"mlem_jax: level {level + 1} returned shape {value.shape}, expected the "
-            f"shape of `y` {y.shape}. Each level f(t, y, args) must return an array "
-            "like y."
+            f"mlem_jax: {what} returned shape {value.shape}, expected the shape of `y` "
+            f"{y.shape}. Each level f(t, y, args) must return an array like y."
         )
-    return value.astype(y.dtype)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        # int/bool would be cast silently (a truncated drift); complex would drop
+        # its imaginary part.
+        raise TypeError(
+            f"mlem_jax: {what} returned dtype {value.dtype}, expected a floating dtype "
+            f"like `y` ({y.dtype})."
+        )
+
+
+def _as_like(value, y: Array, level: int) -> Array:
+    check_drift_output(value, y, f"level {level + 1}")
+    return jnp.asarray(value).astype(y.dtype)

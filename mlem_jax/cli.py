@@ -10,11 +10,22 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._commands import _positive_int
+from ._commands import (
+    _nonnegative_float,
+    _nonnegative_int,
+    _positive_float,
+    _positive_int,
+    _seed,
+    _unit_interval,
+    check_output_dir,
+)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -50,7 +61,9 @@ def _add_train(sub: Any) -> None:
     )
     d.add_argument("--grey", action="store_true", help="greyscale (patches, folder)")
     d.add_argument("--num", type=_positive_int, default=10_000, help="patches count")
-    d.add_argument("--pad", type=int, default=0, help="digits: border padding")
+    d.add_argument(
+        "--pad", type=_nonnegative_int, default=0, help="digits: border padding"
+    )
     d.add_argument("--limit", type=_positive_int, help="folder: max images read")
 
     m = p.add_argument_group("model")
@@ -58,20 +71,25 @@ def _add_train(sub: Any) -> None:
     m.add_argument("--channel-mults", type=_int_list, default=(1, 2))
     m.add_argument("--num-res-blocks", type=_positive_int, default=1)
     m.add_argument("--attn-resolutions", type=_int_list, default=None)
-    m.add_argument("--beta-min", type=float, default=0.1)
-    m.add_argument("--beta-max", type=float, default=20.0)
+    m.add_argument("--beta-min", type=_positive_float, default=0.1)
+    m.add_argument("--beta-max", type=_positive_float, default=20.0)
 
     t = p.add_argument_group("training")
     t.add_argument("--out", required=True, help="ladder directory to write")
     t.add_argument("--steps", type=_positive_int, default=2000)
     t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--warmup-steps", type=int, default=100)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--grad-clip", type=float, default=1.0)
-    t.add_argument("--ema-decay", type=float, default=0.999)
-    t.add_argument("--checkpoint-every", type=int, default=250)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr", type=_positive_float, default=2e-3)
+    t.add_argument("--warmup-steps", type=_nonnegative_int, default=100)
+    t.add_argument("--weight-decay", type=_nonnegative_float, default=1e-4)
+    t.add_argument(
+        "--grad-clip",
+        type=_positive_float,
+        default=1.0,
+        help="global-norm gradient clipping threshold (> 0)",
+    )
+    t.add_argument("--ema-decay", type=_unit_interval, default=0.999)
+    t.add_argument("--checkpoint-every", type=_nonnegative_int, default=250)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_run_train, parser=p)
 
@@ -99,6 +117,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from .training import TrainConfig, train_ladder
 
     kwargs = _dataset_kwargs(args, parser)
+    check_output_dir(parser, "--out", args.out)
     try:
         config = TrainConfig(
             steps=args.steps,
@@ -131,8 +150,10 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             eval_data=test_data,
             progress=not args.no_progress,
         )
+    except KeyboardInterrupt:
+        return _interrupted(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        parser.error(str(e))
+        parser.error(str(e).replace("`out_dir`", "--out"))
     for lv in manifest["levels"]:
         print(
             f"level {lv['level']}: width {lv['width']}, {lv['params']} params, "
@@ -162,30 +183,37 @@ def _add_distill(sub: Any) -> None:
     p.add_argument("--out", required=True, help="ladder directory to write")
     p.add_argument("--steps", type=_positive_int, default=1500)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--ema-decay", type=float, default=0.995)
-    p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--warmup-steps", type=_nonnegative_int, default=50)
+    p.add_argument("--ema-decay", type=_unit_interval, default=0.995)
+    p.add_argument("--checkpoint-every", type=_nonnegative_int, default=250)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_run_distill, parser=p)
 
 
 def _run_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import os
-
     from . import data as mdata
+    from ._commands import _check_ladder
     from .pretrained import pretrained_path
     from .training import TrainConfig, distill_ladder, load_ladder
 
     source = pretrained_path() if args.ladder == "shipped" else args.ladder
-    if not os.path.isdir(source):
-        parser.error(f"--ladder: {source!r} is not a directory")
+    _check_ladder(parser, source)
+    check_output_dir(parser, "--out", args.out)
+    if os.path.abspath(args.out) == os.path.abspath(source):
+        parser.error("--out must differ from --ladder (the source is read throughout)")
     try:
-        _, manifest = load_ladder(source)
+        try:
+            _, manifest = load_ladder(source)
+        except ValueError as e:
+            parser.error(f"--ladder: {e}")
         dataset = manifest["spec"].get("dataset") or {}
-        if "name" not in dataset:
-            parser.error(f"--ladder: {source!r} does not record its dataset")
+        if not isinstance(dataset, dict) or "name" not in dataset:
+            parser.error(
+                f"--ladder: {source!r} does not record its dataset (spec.dataset in "
+                "manifest.json), so there is nothing to distil on"
+            )
         kwargs = dataset.get("kwargs", {})
         config = TrainConfig(
             steps=args.steps,
@@ -204,8 +232,10 @@ def _run_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             eval_data=mdata.load_dataset(dataset["name"], split="test", **kwargs),
             progress=not args.no_progress,
         )
+    except KeyboardInterrupt:
+        return _interrupted(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        parser.error(str(e))
+        parser.error(str(e).replace("`out_dir`", "--out"))
     for lv in out["levels"][:-1]:
         print(
             f"level {lv['level']}: width {lv['width']}, held-out distillation loss "
@@ -213,6 +243,38 @@ def _run_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         )
     print(f"distilled ladder written to {args.out}")
     return 0
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C during training: one line saying what is kept and how to resume."""
+    command = shlex.join(["mlem-jax", *args.argv])
+    ckpt = os.path.join(args.out, "checkpoints")
+    print(
+        f"\nmlem-jax: interrupted; finished levels are in {args.out} and the "
+        f"current level's last checkpoint in {ckpt}; resume with: {command}",
+        file=sys.stderr,
+    )
+    return 130
+
+
+# A value such as "-1,2" after an option looks like an option to argparse (only
+# plain negative numbers do not); such lists are joined to their option.
+_NEGATIVE_LIST = re.compile(r"^-[0-9.][0-9.,eE+\- ]*$")
+
+
+def _join_negative_lists(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for token in argv:
+        if (
+            out
+            and out[-1].startswith("--")
+            and "=" not in out[-1]
+            and _NEGATIVE_LIST.match(token)
+        ):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,5 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage errors exit with status 2 and a message naming the bad argument.
     """
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_join_negative_lists(argv))
+    args.argv = argv
     return args.func(args, args.parser)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ __all__ = [
     "train_ladder",
     "distill_ladder",
     "load_ladder",
+    "read_manifest",
     "sde_from_manifest",
     "save_checkpoint",
     "load_checkpoint",
@@ -87,11 +89,25 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if self.warmup_steps < 0 or self.checkpoint_every < 0:
             raise ValueError("`warmup_steps` and `checkpoint_every` must be >= 0.")
-        if not self.learning_rate > 0 or not 0 <= self.ema_decay < 1:
+        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
             raise ValueError(
-                "`learning_rate` must be > 0 and `ema_decay` in [0, 1), got "
-                f"{self.learning_rate}, {self.ema_decay}."
+                "`learning_rate` must be a positive finite number, got "
+                f"{self.learning_rate}."
             )
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"`ema_decay` must lie in [0, 1), got {self.ema_decay}.")
+        if not (self.grad_clip > 0 and np.isfinite(self.grad_clip)):
+            # <= 0 would flip the gradient (ascent) or freeze training.
+            raise ValueError(
+                "`grad_clip` must be a positive finite number (the global-norm "
+                f"clipping threshold), got {self.grad_clip}."
+            )
+        if not (self.weight_decay >= 0 and np.isfinite(self.weight_decay)):
+            raise ValueError(
+                f"`weight_decay` must be finite and >= 0, got {self.weight_decay}."
+            )
+        if not 0 < self.t_min < 1:
+            raise ValueError(f"`t_min` must lie in (0, 1), got {self.t_min}.")
 
 
 class TrainResult(eqx.Module):
@@ -190,14 +206,25 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
     Raises a `ValueError` naming the file if it does not match `like` (a checkpoint
     from a different architecture or config).
     """
+    path = os.fspath(path)
     try:
-        return eqx.tree_deserialise_leaves(os.fspath(path), like)
+        return eqx.tree_deserialise_leaves(path, like)
     except Exception as e:  # equinox/numpy raise assorted errors on mismatch
+        buffer = io.BytesIO()
+        eqx.tree_serialise_leaves(buffer, like)
+        expected, size = buffer.tell(), os.path.getsize(path)
+        what = (
+            f"it is corrupt, truncated to {size} of the {expected} bytes expected (or "
+            "written by a different architecture)"
+            if size < expected
+            else "it is corrupt or was written by a different architecture or "
+            "TrainConfig"
+        )
         raise ValueError(
-            f"checkpoint {os.fspath(path)!r} does not match the model and training "
-            f"config it is loaded into ({type(e).__name__}: {e}); it was written by a "
-            "different architecture or TrainConfig."
-        ) from e
+            f"checkpoint {path!r} does not match the model and training config it is "
+            f"loaded into: {what} ({type(e).__name__}: {e}). Delete it to restart "
+            "that level from scratch; finished levels are kept."
+        ) from None
 
 
 @eqx.filter_jit
@@ -436,17 +463,21 @@ def train_ladder(
     unet_kwargs = dict(unet_kwargs or {})
     image_shape = tuple(data.shape[1:])
     spec = _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset)
-    os.makedirs(out_dir, exist_ok=True)
+    # Everything that can be refused is refused before anything is written.
+    _check_out_dir("out_dir", out_dir)
+    # One width suffices: the others share the architecture's down/upsampling.
+    _check_unet(image_shape, widths[0], unet_kwargs)
     manifest_path = os.path.join(out_dir, MANIFEST)
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            manifest = json.load(f)
+    manifest = _read_resumable(out_dir)
+    if manifest is not None:
         if manifest.get("spec") != json.loads(json.dumps(spec)):
             raise ValueError(
                 f"`out_dir` {out_dir!r} already holds a ladder trained with different "
                 "arguments; use a new directory (or delete it) to train this one."
             )
     else:
+        created = not os.path.exists(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
         manifest = {
             "format_version": FORMAT_VERSION,
             "spec": spec,
@@ -455,7 +486,69 @@ def train_ladder(
             "levels": [],
         }
         _write_json(manifest_path, manifest)
+        try:
+            return _train_levels(
+                out_dir,
+                manifest,
+                data,
+                widths,
+                unet_kwargs,
+                config,
+                sde,
+                seed,
+                eval_data,
+                flops_batch,
+                progress,
+            )
+        except BaseException:
+            _remove_if_no_work(out_dir, manifest, created)
+            raise
+    return _train_levels(
+        out_dir,
+        manifest,
+        data,
+        widths,
+        unet_kwargs,
+        config,
+        sde,
+        seed,
+        eval_data,
+        flops_batch,
+        progress,
+    )
 
+
+def _remove_if_no_work(out_dir: str, manifest: dict, created: bool) -> None:
+    """After a failed first run: remove the manifest it wrote if no level finished
+    and no checkpoint was written (nothing to resume), and the directory if this run
+    created it and it is empty."""
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    if manifest["levels"] or (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
+        return
+    if os.path.isdir(ckpt_dir):
+        os.rmdir(ckpt_dir)
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)
+    if created and not os.listdir(out_dir):
+        os.rmdir(out_dir)
+
+
+def _train_levels(
+    out_dir,
+    manifest,
+    data,
+    widths,
+    unet_kwargs,
+    config,
+    sde,
+    seed,
+    eval_data,
+    flops_batch,
+    progress,
+):
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    image_shape = tuple(data.shape[1:])
     base = jr.key(seed)
     data_j = jnp.asarray(data)
     models = []
@@ -463,9 +556,7 @@ def train_ladder(
         weights = f"level_{lvl}.eqx"
         init = _build_unet(image_shape, width, unet_kwargs, jr.fold_in(base, 2 * lvl))
         if lvl < len(manifest["levels"]):
-            models.append(
-                eqx.tree_deserialise_leaves(os.path.join(out_dir, weights), init)
-            )
+            models.append(_read_weights(os.path.join(out_dir, weights), init, lvl))
             continue
         ckpt = os.path.join(out_dir, "checkpoints", f"level_{lvl}.ckpt")
         wall, cpu = time.perf_counter(), time.process_time()
@@ -516,6 +607,79 @@ def train_ladder(
     if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
         os.rmdir(ckpt_dir)
     return tuple(models), manifest
+
+
+def _check_out_dir(name: str, out_dir: str) -> None:
+    """Refuse an output directory that cannot be created or written, before work."""
+    probe = os.path.abspath(out_dir)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise NotADirectoryError(
+            f"`{name}`: {out_dir!r} exists and is not a directory."
+        )
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise NotADirectoryError(
+            f"`{name}`: {out_dir!r} cannot be created: {probe!r} is a file."
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".mlem-jax-write-test.")
+    except OSError as e:
+        raise ValueError(
+            f"`{name}`: {out_dir!r} cannot be written ({probe!r}: {e.strerror})."
+        ) from None
+    os.close(fd)
+    os.remove(tmp)
+
+
+def _check_unet(image_shape, width, unet_kwargs) -> None:
+    """Trace (without compute) one UNet of `width` on one image: refuses image sizes
+    and hyperparameters the architecture cannot take, before anything is written."""
+    try:
+        model = _build_unet(image_shape, width, unet_kwargs, jr.key(0))
+        out = eqx.filter_eval_shape(
+            lambda m, x: m(jnp.zeros(()), x),
+            model,
+            jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32),
+        )
+    except Exception as e:
+        raise ValueError(
+            f"a UNet of width {width} with {unet_kwargs or 'default settings'} cannot "
+            f"take images of shape {tuple(image_shape)} ({type(e).__name__}: {e}); "
+            "use a larger image size or fewer `channel_mults`."
+        ) from None
+    if out.shape != tuple(image_shape):
+        raise ValueError(
+            f"a UNet of width {width} maps images of shape {tuple(image_shape)} to "
+            f"{out.shape}; use an image side divisible by 2**(len(channel_mults) - 1)."
+        )
+
+
+def _read_resumable(out_dir: str) -> dict[str, Any] | None:
+    """The manifest of an earlier run in `out_dir` to resume, or None if there is
+    none. A manifest with no finished level and no checkpoint holds no work (a run
+    stopped before its first checkpoint): it is not kept against new arguments."""
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(manifest_path):
+        return None
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"`out_dir`: {manifest_path!r} is damaged ({e}); delete it (or the "
+            "directory) and train again."
+        ) from None
+    if not isinstance(manifest, dict):
+        raise ValueError(
+            f"`out_dir`: {manifest_path!r} is not a ladder manifest; use a new "
+            "directory or delete it."
+        )
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    has_ckpt = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+    if not manifest.get("levels") and not has_ckpt:
+        return None
+    return manifest
 
 
 def distill_ladder(
@@ -579,8 +743,16 @@ def distill_ladder(
     os.makedirs(out_dir, exist_ok=True)
     manifest_path = os.path.join(out_dir, MANIFEST)
     if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            out = json.load(f)
+        try:
+            with open(manifest_path) as f:
+                out = json.load(f)
+            if not isinstance(out, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(
+                f"`out_dir`: {manifest_path!r} is damaged ({e}); delete it (or the "
+                "directory) and distil again."
+            ) from None
         if out.get("distillation") != json.loads(json.dumps(record)) or out.get(
             "spec"
         ) != manifest.get("spec"):
@@ -639,6 +811,119 @@ def distill_ladder(
     return (*result, teacher), out
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _positive_ints(x, length=None) -> bool:
+    return (
+        isinstance(x, list)
+        and len(x) > 0
+        and (length is None or len(x) == length)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in x)
+    )
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a ladder directory's manifest, without loading any weights.
+
+    Raises `FileNotFoundError` if `path` is not a ladder directory, and a
+    `ValueError` naming the bad file, what is wrong with it and what to do for a
+    manifest that is not valid JSON, misses a field, has a field of the wrong type,
+    or lists a weights file that is missing or empty.
+    """
+    path = os.fspath(path)
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"`path`: {path!r} is not a directory.")
+    if not os.path.isfile(manifest_path):
+        raise FileNotFoundError(
+            f"`path`: {path!r} is not a ladder directory (no {MANIFEST}); write one "
+            "with `mlem-jax train --out DIR`."
+        )
+    redo = (
+        "the ladder directory is damaged: restore it from a copy, or retrain it "
+        "(`mlem-jax train` with the same arguments resumes what is left)"
+    )
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{manifest_path!r} {what}; {redo}.")
+
+    try:
+        with open(manifest_path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"is not valid JSON ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{manifest_path!r} cannot be read: {e}.") from None
+    if not isinstance(manifest, dict):
+        raise bad(f"holds a JSON {type(manifest).__name__}, not a ladder manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        if "format_version" not in manifest:
+            raise bad("has no `format_version`: it is not a ladder manifest")
+        raise ValueError(
+            f"{manifest_path!r} has format_version {version!r}; this mlem_jax reads "
+            f"{FORMAT_VERSION}. Use the mlem_jax version that wrote it, or retrain."
+        )
+    spec = manifest.get("spec")
+    if not isinstance(spec, dict):
+        raise bad("has no `spec` object")
+    checks = (
+        ("image_shape", lambda v: _positive_ints(v, 3), "3 positive ints"),
+        ("widths", _positive_ints, "a list of positive ints"),
+        ("unet", lambda v: isinstance(v, dict), "an object"),
+        ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
+        (
+            "sde",
+            lambda v: (
+                isinstance(v, dict)
+                and _number(v.get("beta_min"))
+                and _number(v.get("beta_max"))
+                and 0 < v["beta_min"] < v["beta_max"]
+            ),
+            "an object with 0 < beta_min < beta_max",
+        ),
+    )
+    for name, ok, expected in checks:
+        if not ok(spec.get(name)):
+            raise bad(f"has spec.{name} = {spec.get(name)!r}; expected {expected}")
+    levels = manifest.get("levels")
+    if not isinstance(levels, list):
+        raise bad("has no `levels` list")
+    if not levels:
+        raise ValueError(
+            f"ladder {path!r} has no finished level yet ({MANIFEST} lists none); "
+            "finish training it (rerun the same `mlem-jax train` command) or delete "
+            "the directory."
+        )
+    for i, entry in enumerate(levels):
+        where = f"levels[{i}]"
+        if not isinstance(entry, dict):
+            raise bad(f"has {where} = {entry!r}; expected an object")
+        if entry.get("level") != i or isinstance(entry.get("level"), bool):
+            raise bad(f"has {where}.level = {entry.get('level')!r}; expected {i}")
+        if not _positive_ints([entry.get("width")]):
+            raise bad(f"has {where}.width = {entry.get('width')!r}; expected an int")
+        if not (_number(entry.get("flops_per_image")) and entry["flops_per_image"] > 0):
+            raise bad(
+                f"has {where}.flops_per_image = {entry.get('flops_per_image')!r}; "
+                "expected a positive number"
+            )
+        file = entry.get("file")
+        if not (isinstance(file, str) and file and os.path.basename(file) == file):
+            raise bad(f"has {where}.file = {file!r}; expected a file name")
+        weights = os.path.join(path, file)
+        if not os.path.isfile(weights):
+            raise ValueError(
+                f"level {i}'s weights {weights!r} (listed in {MANIFEST}) are missing; "
+                f"{redo}."
+            )
+        if os.path.getsize(weights) == 0:
+            raise ValueError(f"level {i}'s weights {weights!r} are empty; {redo}.")
+    return manifest
+
+
 def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, Any]]:
     """Read a ladder directory written by [`mlem_jax.training.train_ladder`][].
 
@@ -653,38 +938,56 @@ def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, An
     Build the SDE with `VPSDE(**{k: v for k, v in spec["sde"].items() if k != "name"})`.
     Weights stored in a lower precision (the shipped ladders use float16) are cast
     back to the networks' dtype.
+
+    A damaged ladder (a manifest that is not valid JSON or misses a field, a weights
+    file that is missing, empty, truncated or of another architecture) raises a
+    `ValueError` naming the file and what to do (see [`read_manifest`][]).
     """
     path = os.fspath(path)
-    manifest_path = os.path.join(path, MANIFEST)
-    if not os.path.isfile(manifest_path):
-        raise FileNotFoundError(
-            f"`path`: {path!r} is not a ladder directory (no {MANIFEST})."
-        )
-    with open(manifest_path) as f:
-        manifest = json.load(f)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{manifest_path!r} has format_version {manifest.get('format_version')}, "
-            f"this mlem_jax reads {FORMAT_VERSION}."
-        )
+    manifest = read_manifest(path)
     spec = manifest["spec"]
-    if not manifest["levels"]:
-        raise ValueError(f"ladder {path!r} has no finished level yet.")
     base = jr.key(spec["seed"])
-    models = tuple(
-        eqx.tree_deserialise_leaves(
-            os.path.join(path, entry["file"]),
-            _build_unet(
+    models = []
+    for entry in manifest["levels"]:
+        weights = os.path.join(path, entry["file"])
+        try:
+            skeleton = _build_unet(
                 spec["image_shape"],
                 entry["width"],
                 spec["unet"],
                 jr.fold_in(base, 2 * entry["level"]),
-            ),
-            filter_spec=_cast_to_skeleton,
+            )
+        except Exception as e:  # bad UNet hyperparameters in spec.unet
+            raise ValueError(
+                f"{os.path.join(path, MANIFEST)!r}: spec.unet {spec['unet']!r} does "
+                f"not describe a UNet for level {entry['level']} ({type(e).__name__}: "
+                f"{e}); the manifest is damaged."
+            ) from None
+        models.append(_read_weights(weights, skeleton, entry["level"]))
+    return tuple(models), manifest
+
+
+def _read_weights(weights: str, skeleton, level: int):
+    """Deserialise one level's weights into `skeleton`, all of the file and no more."""
+    try:
+        with open(weights, "rb") as f:
+            model = eqx.tree_deserialise_leaves(
+                f, skeleton, filter_spec=_cast_to_skeleton
+            )
+            trailing = f.read(1)
+    except Exception as e:  # equinox/numpy raise assorted errors on bad files
+        raise ValueError(
+            f"level {level}'s weights {weights!r} are truncated or corrupt, or were "
+            f"written for another architecture ({type(e).__name__}: {e}); restore "
+            "the file from a copy or retrain the ladder."
+        ) from None
+    if trailing:
+        raise ValueError(
+            f"level {level}'s weights {weights!r} are longer than the architecture in "
+            "the manifest: the file or the manifest is damaged; restore it from a "
+            "copy or retrain the ladder."
         )
-        for entry in manifest["levels"]
-    )
-    return models, manifest
+    return model
 
 
 def _cast_to_skeleton(f, x):

@@ -187,17 +187,18 @@ def test_table_and_warnings():
         (lambda t, y, a: -y, lambda t, y, a: -y + 0.1, lambda t, y, a: -y + 0.1),
         (1.0, 1.0, 2.0),
     )
-    cal = mj.calibrate(
-        levels,
-        None,
-        jnp.ones((4, 2)),
-        t0=0.0,
-        t1=1.0,
-        num_steps=8,
-        key=jax.random.key(0),
-        num_bins=2,
-        pilot_keys=0,
-    )
+    with pytest.warns(UserWarning, match="levels 2 and 3 do not differ"):
+        cal = mj.calibrate(
+            levels,
+            None,
+            jnp.ones((4, 2)),
+            t0=0.0,
+            t1=1.0,
+            num_steps=8,
+            key=jax.random.key(0),
+            num_bins=2,
+            pilot_keys=0,
+        )
     text = str(cal)
     assert "ML-EM calibration: 3 levels" in text and "fitted gamma" in text
     assert any("costs do not increase" in w for w in cal.warnings)

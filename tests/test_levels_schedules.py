@@ -26,7 +26,10 @@ def test_levels_fields():
         ((f,), (float("inf"),), ValueError, r"`costs\[0\]` is inf"),
         ((f,), (float("nan"),), ValueError, r"`costs\[0\]` is nan"),
         ((f, 3), (1.0, 2.0), TypeError, r"`fns\[1\]` is int, expected a callable"),
-        ((f,), ("a",), TypeError, "`costs` must be a sequence of Python numbers"),
+        ((f,), ("a",), TypeError, r"`costs\[0\]` is 'a' \(str\); expected a number"),
+        ((f, f), ("1", "8"), TypeError, r"`costs\[0\]` is '1' \(str\)"),
+        ((f, f), (1.0, True), TypeError, r"`costs\[1\]` is True \(bool\)"),
+        ((f,), 3.0, TypeError, "`costs` must be a sequence of numbers"),
     ],
 )
 def test_levels_validation(fns, costs, error, match):

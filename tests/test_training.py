@@ -185,8 +185,17 @@ def test_ladder_bad_input(tmp_path):
 def test_train_config_bad_values():
     with pytest.raises(ValueError, match="`steps` must be >= 1"):
         mt.TrainConfig(steps=0)
-    with pytest.raises(ValueError, match="`ema_decay` in \\[0, 1\\)"):
+    with pytest.raises(ValueError, match="`ema_decay` must lie in \\[0, 1\\)"):
         mt.TrainConfig(ema_decay=1.0)
+    for name, value in (
+        ("grad_clip", -1.0),
+        ("grad_clip", 0.0),
+        ("learning_rate", float("inf")),
+        ("weight_decay", -1e-4),
+        ("t_min", 0.0),
+    ):
+        with pytest.raises(ValueError, match=f"`{name}` must"):
+            mt.TrainConfig(**{name: value})
 
 
 def test_distill_ladder_brings_levels_towards_the_top(tmp_path, data):

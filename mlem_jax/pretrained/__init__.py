@@ -50,7 +50,7 @@ def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str,
     """Read a ladder directory: a shipped one or one written by `mlem-jax train`.
 
     `mlem_jax.training.load_ladder` (which casts the shipped float16 weights back to
-    float32) with a default path and `--ladder` error messages for the CLI.
+    float32, and names the damaged file of a corrupt ladder) with a default path.
 
     **Arguments:**
 
@@ -64,13 +64,6 @@ def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str,
     from .. import training
 
     path = pretrained_path() if path is None else os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"`--ladder`: {path!r} is not a directory.")
-    if not os.path.isfile(os.path.join(path, training.MANIFEST)):
-        raise FileNotFoundError(
-            f"`--ladder`: {path!r} is not a ladder directory (no "
-            f"{training.MANIFEST}); write one with `mlem-jax train --out DIR`."
-        )
     return training.load_ladder(path)
 
 
@@ -114,13 +107,20 @@ def load_calibration(path: str | os.PathLike):
 
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        fields = json.load(f)
-    for name in ("times", "variances", "sensitivity", "drift_errors"):
-        fields[name] = np.asarray(fields[name], np.float64)
-    for name in ("costs", "warnings"):
-        fields[name] = tuple(fields[name])
-    return Calibration(**fields)
+    try:
+        with open(path) as f:
+            fields = json.load(f)
+        for name in ("times", "variances", "sensitivity", "drift_errors"):
+            fields[name] = np.asarray(fields[name], np.float64)
+        for name in ("costs", "warnings"):
+            fields[name] = tuple(fields[name])
+        return Calibration(**fields)
+    except Exception as e:  # bad JSON, a missing field, a field of the wrong type
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a valid calibration ({type(e).__name__}: "
+            f"{e}); delete it (the calibration pilots then run instead) or rewrite it "
+            "with `mlem_jax.pretrained.calibrate_shipped()`."
+        ) from None
 
 
 def calibrate_shipped(
