@@ -14,7 +14,11 @@ from ._brownian import (
     coarsen_increments as coarsen_increments,
 )
 from ._calibrate import Calibration as Calibration, calibrate as calibrate
-from ._cost import count_flops as count_flops, time_call as time_call
+from ._cost import (
+    count_flops as count_flops,
+    time_call as time_call,
+    time_in_scan as time_in_scan,
+)
 from ._learn import (
     LearnedSchedule as LearnedSchedule,
     LogitProbabilities as LogitProbabilities,

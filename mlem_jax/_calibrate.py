@@ -33,12 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ._cost import count_flops, time_call
+from ._cost import count_flops, time_in_scan
 from ._levels import Levels
 from ._misc import concrete_or_none
 from ._schedules import AbstractSchedule, FixedProbabilities, Rates
 from ._solve import em_solve, mlem_solve
 from ._step import check_drift_output
+
+COSTS = ("costs", "flops", "seconds")
+"""What `Calibration.schedule(cost=...)` can minimise."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +57,9 @@ class Calibration:
     - `costs`: per-evaluation cost of each level used for the rate rule (the
         `Levels` costs).
     - `flops`, `seconds`: measured FLOPs and wall-clock of one batched evaluation per
-        level (`None` if not measured).
+        level (`None` if not measured); `seconds` as a solver pays it, inside a
+        compiled loop (`mlem_jax.time_in_scan`). Re-measure them on the batch and
+        device you sample with (`with_seconds`).
     - `drift_errors`: RMS `‖f^l − f_ref‖` along trajectories (`f_ref` the reference
         drift if given, else the top level, whose own error is then 0).
     - `gamma`, `gamma_stderr`: fitted `γ` in `log c_l = −γ log e_l + b` (FLOPs if
@@ -103,10 +108,55 @@ class Calibration:
             * self.amplification[None, :]
         )
 
-    def rate_shape(self) -> np.ndarray:
-        """Unscaled rates `sqrt(A_l a(t) V_l(t)/C_l)`, shape `(m, k)`; level 1 is
-        `inf`."""
-        c = np.asarray(self.costs, np.float64)
+    def level_costs(self, cost: str = "costs") -> np.ndarray:
+        """Cost of one evaluation of each level, shape `(k,)`, in the units `cost`
+        names: `"costs"` (the `Levels` costs), `"flops"` (measured FLOPs) or
+        `"seconds"` (measured wall-clock inside a compiled loop)."""
+        if cost not in COSTS:
+            raise ValueError(
+                f"Calibration: `cost` must be one of {', '.join(map(repr, COSTS))}; "
+                f"got {cost!r}."
+            )
+        values = getattr(self, cost)
+        if values is None:
+            fix = (
+                "measure them on your sampling batch: `calibration.with_seconds("
+                "[mlem_jax.time_in_scan(f, t, y) for f in levels.fns])`"
+                if cost == "seconds"
+                else "calibrate with `measure_costs=True`"
+            )
+            raise ValueError(
+                f"Calibration: `cost={cost!r}` needs measured {cost}, and this "
+                "calibration has none (it was made with `measure_costs=False` or "
+                f"loaded from a file); {fix}."
+            )
+        return np.asarray(values, np.float64)
+
+    def with_seconds(self, seconds) -> Calibration:
+        """This calibration with each level's wall-clock replaced by `seconds` (one
+        positive number per level, e.g. `mlem_jax.time_in_scan` of each level on the
+        batch and device you will sample with). Seconds-optimal rates then follow
+        from `schedule(..., cost="seconds")`."""
+        try:
+            values = tuple(float(x) for x in seconds)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                "Calibration.with_seconds: `seconds` must be a sequence of numbers, "
+                "one per level."
+            ) from e
+        if len(values) != self.num_levels or not all(
+            math.isfinite(x) and x > 0 for x in values
+        ):
+            raise ValueError(
+                f"Calibration.with_seconds: `seconds` must hold {self.num_levels} "
+                f"positive finite numbers (one per level); got {list(values)}."
+            )
+        return dataclasses.replace(self, seconds=values)
+
+    def rate_shape(self, cost: str = "costs") -> np.ndarray:
+        """Unscaled rates `sqrt(A_l a(t) V_l(t)/C_l)`, shape `(m, k)`, with `C_l` in
+        the units `cost` names (see `level_costs`); level 1 is `inf`."""
+        c = self.level_costs(cost)
         increment_cost = c + np.concatenate([[0.0], c[:-1]])
         weighted = self._weighted_variances()
         shape = np.sqrt(weighted / increment_cost)
@@ -120,6 +170,7 @@ class Calibration:
         budget: float | None = None,
         num_steps: int | None = None,
         min_probability: float = 0.0,
+        cost: str = "costs",
     ) -> Rates:
         """Time-dependent `Rates` with `λ_l(t) ∝ sqrt(V_l(t)/C_l)`.
 
@@ -127,7 +178,8 @@ class Calibration:
 
         - `target_error`: the RMS pathwise distance to Euler–Maruyama with the top
             level on the same Brownian path (the error ML-EM adds);
-        - `budget`: the expected total cost of the solve, in the units of `costs`.
+        - `budget`: the expected total cost of the solve, in the units `cost`
+            names.
 
         and `num_steps`, the steps the schedule will be used with (default: the
         pilot's).
@@ -142,8 +194,15 @@ class Calibration:
             of a few percent prevents that at a small cost (measured on the shipped
             digits ladder: see the README).
 
+        - `cost`: what the rates minimise, per level: `"costs"` (default: the
+            `Levels` costs), `"flops"` (measured FLOPs) or `"seconds"` (measured
+            wall-clock, what a user pays; small networks are latency-bound, so on a
+            CPU or GPU their share of the seconds is several times their share of
+            the FLOPs). The rule is the same with `C_l` in those units.
+
         **Returns:** a `mlem_jax.Rates` on this calibration's time bins.
         """
+        self.level_costs(cost)  # an unknown `cost` or missing timings fail here
         if (target_error is None) == (budget is None):
             raise ValueError(
                 "Calibration.schedule: give exactly one of `target_error` or `budget`."
@@ -157,7 +216,7 @@ class Calibration:
         floor_rate = self._floor_rate(num_steps, min_probability)
 
         def scaled(scale):
-            return self._scaled(scale, floor_rate)
+            return self._scaled(scale, floor_rate, cost)
 
         if target_error is not None:
             if not target_error > 0:
@@ -173,7 +232,7 @@ class Calibration:
 
             sign = -1.0
         else:
-            floor = self.min_cost(num_steps, min_probability)
+            floor = self.min_cost(num_steps, min_probability, cost)
             if not budget > floor:
                 raise ValueError(
                     f"Calibration.schedule: `budget` must exceed {floor:.6g}, the cost "
@@ -187,36 +246,51 @@ class Calibration:
                 )
 
             def miss(log_s):
-                cost = self.predict(scaled(math.exp(log_s)), num_steps)["cost"]
-                return _log(cost) - math.log(budget)
+                spent = self.predict(scaled(math.exp(log_s)), num_steps, cost)["cost"]
+                return _log(spent) - math.log(budget)
 
             sign = 1.0
         log_s = _bisect(miss, sign)
         return scaled(math.exp(log_s))
 
-    def min_cost(self, num_steps: int | None = None, min_probability: float = 0.0):
-        """Expected cost of the cheapest schedule `schedule` can return: level 1 at
-        every step, every other level with probability `min_probability`."""
+    def min_cost(
+        self,
+        num_steps: int | None = None,
+        min_probability: float = 0.0,
+        cost: str = "costs",
+    ):
+        """Expected cost (in the units `cost` names) of the cheapest schedule
+        `schedule` can return: level 1 at every step, every other level with
+        probability `min_probability`."""
         num_steps = self.num_steps if num_steps is None else num_steps
         floor_rate = self._floor_rate(num_steps, min_probability)
-        return self.predict(self._scaled(0.0, floor_rate), num_steps)["cost"]
+        return self.predict(self._scaled(0.0, floor_rate, cost), num_steps, cost)[
+            "cost"
+        ]
 
     def _floor_rate(self, num_steps: int, min_probability: float) -> float:
         # p = λ |h| with |h| = |t1 − t0| / num_steps.
         return min_probability * num_steps / abs(self.t1 - self.t0)
 
-    def _scaled(self, scale: float, floor_rate: float = 0.0) -> Rates:
-        rates = self.rate_shape()
+    def _scaled(
+        self, scale: float, floor_rate: float = 0.0, cost: str = "costs"
+    ) -> Rates:
+        rates = self.rate_shape(cost)
         rates[:, 1:] = np.maximum(rates[:, 1:] * scale, floor_rate)
         return Rates(
             jnp.asarray(rates, jnp.float32), jnp.asarray(self.times, jnp.float32)
         )
 
-    def predict(self, schedule: AbstractSchedule, num_steps: int | None = None) -> dict:
+    def predict(
+        self,
+        schedule: AbstractSchedule,
+        num_steps: int | None = None,
+        cost: str = "costs",
+    ) -> dict:
         """Predicted cost and added error of `schedule` on this calibration's interval.
 
         **Returns:** a dict with `evaluations` (expected per level), `cost` (expected,
-        units of `costs`) and `error`: the predicted RMS pathwise distance to
+        in the units `cost` names: see `level_costs`) and `error`: the predicted RMS pathwise distance to
         Euler–Maruyama with the top level,
         `sqrt(Σ_n h² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the sensitivity
         and `A_l` the pilots' correction (`inf` if a level with `V_l > 0` has
@@ -228,7 +302,7 @@ class Calibration:
         probs = probs.astype(np.float64)
         nxt = np.concatenate([probs[:, 1:], np.zeros((num_steps, 1))], axis=1)
         evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=0)
-        cost = float(np.dot(evaluations, self.costs))
+        spent = float(np.dot(evaluations, self.level_costs(cost)))
         bins = _bin_index(self.times, ts + h / 2)
         variances = self._weighted_variances()[bins]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -236,7 +310,7 @@ class Calibration:
         mse = h**2 * per_step.sum()
         return {
             "evaluations": evaluations,
-            "cost": cost,
+            "cost": spent,
             "error": float(np.sqrt(mse)) if np.isfinite(mse) else math.inf,
         }
 
@@ -422,7 +496,7 @@ def calibrate(
         t_mid = jnp.asarray((t0 + t1) / 2, y0.dtype)
         call = lambda f, t, y, a: f(t, y, a)
         flops = tuple(count_flops(call, f, t_mid, y0, args) for f in levels.fns)
-        seconds = tuple(time_call(call, f, t_mid, y0, args) for f in levels.fns)
+        seconds = tuple(time_in_scan(f, t_mid, y0, args) for f in levels.fns)
     gamma_costs = flops if flops is not None else levels.costs
     gamma, gamma_stderr = _fit_gamma(gamma_costs, drift_errors, reference is None)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 
 def count_flops(fn: Callable[..., Any], *args: Any) -> float:
@@ -37,6 +38,65 @@ def count_flops(fn: Callable[..., Any], *args: Any) -> float:
     if not analysis or "flops" not in analysis:
         raise RuntimeError("XLA reported no FLOP count for this backend.")
     return float(analysis["flops"])
+
+
+def time_in_scan(
+    fn: Callable[..., Any],
+    t: Any,
+    y: Any,
+    args: Any = None,
+    *,
+    num_steps: int = 16,
+    repeats: int = 5,
+) -> float:
+    """Median wall-clock seconds of one evaluation `fn(t, y, args)` as a solver pays
+    it: inside a compiled `lax.scan` of `num_steps` dependent evaluations, divided by
+    `num_steps`.
+
+    This is the per-level cost that ML-EM's seconds-optimal rates need
+    (`Calibration.schedule(cost="seconds")`). A single jit-compiled call (as
+    `time_call` measures) also pays dispatch and, inside the call, work that a loop
+    hoists out of its body (a cast of float16 weights, a layout change): on the
+    shipped digits ladder at batch 64 the top level costs 56 ms alone but 38 ms a
+    step inside a scan. Measure on the batch size and device you will sample with:
+    small networks are latency-bound, so their share of the seconds is larger than
+    their share of the FLOPs and changes with the batch.
+
+    **Arguments:**
+
+    - `fn`: a drift `f(t, y, args)` returning an array like `y` (e.g. a level).
+    - `t`, `y`, `args`: example arguments (`y` with the batch you will sample).
+    - `num_steps`: evaluations per timed scan; `repeats`: timed scans (median).
+    """
+    if not (isinstance(num_steps, int) and num_steps > 0):
+        raise ValueError(
+            f"time_in_scan: `num_steps` must be a positive int; got {num_steps!r}."
+        )
+    if not (isinstance(repeats, int) and repeats > 0):
+        raise ValueError(
+            f"time_in_scan: `repeats` must be a positive int; got {repeats!r}."
+        )
+    # Weights are jit arguments, not closed-over constants (XLA would fold them).
+    dynamic, static = eqx.partition((fn, t, y, args), eqx.is_array)
+
+    @jax.jit
+    def loop(dynamic):
+        f, t, y, a = eqx.combine(dynamic, static)
+        # Each evaluation feeds the next, so XLA cannot hoist it out of the loop.
+        eps = jnp.asarray(1e-7, y.dtype)
+
+        def body(y, _):
+            return y + eps * jnp.asarray(f(t, y, a)).astype(y.dtype), None
+
+        return jax.lax.scan(body, y, None, length=num_steps)[0]
+
+    jax.block_until_ready(loop(dynamic))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(loop(dynamic))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / num_steps
 
 
 def time_call(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> float:

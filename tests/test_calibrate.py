@@ -307,3 +307,66 @@ def test_min_probability_floors_every_level_and_keeps_the_budget(calibration):
     assert n * COSTS[0] < calibration.min_cost(n, p_min) < budget
     with pytest.raises(ValueError, match="every other level with probability 0.1"):
         calibration.schedule(budget=budget, num_steps=n, min_probability=0.1)
+
+
+def test_seconds_cost_uses_the_rule_with_seconds_in_place_of_costs(calibration):
+    # Seconds whose ratios differ from the costs' (a latency-bound base level):
+    # the rates must follow sqrt(A a V / S_l) with S_l = s_l + s_{l-1}, and a
+    # budget in seconds must be met in seconds.
+    seconds = (0.5, 0.8, 2.0, 5.0)
+    timed = calibration.with_seconds(seconds)
+    s = np.array(seconds)
+    increment_seconds = s + np.concatenate([[0.0], s[:-1]])
+    weighted = (
+        timed.variances[:, 1:]
+        * timed.sensitivity[:, None]
+        * timed.amplification[None, 1:]
+    )
+    shape = timed.rate_shape(cost="seconds")
+    np.testing.assert_allclose(shape[:, 1:], np.sqrt(weighted / increment_seconds[1:]))
+    budget = 0.3 * 64 * seconds[-1]
+    sched = timed.schedule(budget=budget, cost="seconds")
+    pred = timed.predict(sched, cost="seconds")
+    np.testing.assert_allclose(pred["cost"], budget, rtol=1e-6)
+    np.testing.assert_allclose(pred["cost"], pred["evaluations"] @ s, rtol=1e-9)
+    ratio = np.asarray(sched.rates[:, 1:]) / shape[:, 1:]
+    np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-5)
+    # The seconds-optimal rates differ from the cost-optimal ones in the ratio
+    # sqrt(C_l / S_l) between levels, and the default is unchanged by timings.
+    by_costs = np.asarray(timed.schedule(budget=budget * 10).rates)
+    np.testing.assert_allclose(
+        by_costs, np.asarray(calibration.schedule(budget=budget * 10).rates)
+    )
+    np.testing.assert_allclose(
+        timed.min_cost(64, cost="seconds"), 64 * seconds[0], rtol=1e-9
+    )
+
+
+def test_seconds_cost_bad_input(calibration):
+    with pytest.raises(
+        ValueError,
+        match="`cost` must be one of 'costs', 'flops', 'seconds'; got 'time'",
+    ):
+        calibration.schedule(budget=10.0, cost="time")
+    with pytest.raises(
+        ValueError, match=r"`cost='seconds'` needs measured seconds.*with_seconds"
+    ):
+        calibration.schedule(budget=10.0, cost="seconds")
+    with pytest.raises(ValueError, match=r"`cost='flops'` needs measured flops"):
+        calibration.predict(mj.Rates((jnp.inf, 1.0, 1.0, 1.0)), cost="flops")
+    with pytest.raises(ValueError, match="4 positive finite numbers"):
+        calibration.with_seconds((1.0, 2.0))
+    with pytest.raises(ValueError, match="4 positive finite numbers"):
+        calibration.with_seconds((1.0, 2.0, 0.0, 1.0))
+    with pytest.raises(TypeError, match="sequence of numbers"):
+        calibration.with_seconds(None)
+
+
+def test_time_in_scan_bad_input_and_result():
+    f = lambda t, y, args: jnp.tanh(y)
+    seconds = mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), num_steps=4, repeats=2)
+    assert np.isfinite(seconds) and seconds > 0
+    with pytest.raises(ValueError, match="`num_steps` must be a positive int"):
+        mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), num_steps=0)
+    with pytest.raises(ValueError, match="`repeats` must be a positive int"):
+        mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), repeats=0)
