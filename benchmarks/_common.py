@@ -75,3 +75,22 @@ def write_json(path: str, payload: dict) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def replace_readme_block(readme: str, name: str, content: str) -> bool:
+    """Replace the text between the README's `<!-- name:start -->` and
+    `<!-- name:end -->` markers with `content`, atomically; `False` (and no write)
+    if the markers are missing."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    with open(readme) as f:
+        text = f.read()
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    text = head + start + "\n" + content + "\n" + end + tail
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(readme)))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, readme)
+    return True

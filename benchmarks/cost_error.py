@@ -25,13 +25,12 @@ import glob
 import json
 import os
 import sys
-import tempfile
 from types import SimpleNamespace
 
 import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import environment, write_json  # noqa: E402
+from _common import environment, replace_readme_block, write_json  # noqa: E402
 
 from mlem_jax.benchmarking import (  # noqa: E402
     LADDER_SETTINGS,
@@ -122,7 +121,6 @@ def save(result: dict, opts, name: str) -> None:
 
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
-START, END = "<!-- cost_error:start -->", "<!-- cost_error:end -->"
 
 
 def results_table(folder: str) -> str:
@@ -201,17 +199,7 @@ def resummarise(folder: str) -> None:
 
 def update_readme(folder: str, readme: str) -> None:
     """Replace the table between the README's markers, atomically."""
-    with open(readme) as f:
-        text = f.read()
-    if START not in text or END not in text:
-        return
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    text = head + START + "\n" + results_table(folder) + "\n" + END + tail
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(readme)))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, readme)
+    replace_readme_block(readme, "cost_error", results_table(folder))
 
 
 def report(result: dict) -> str:

@@ -418,28 +418,73 @@ blows up (shipped digits ladder, 64 steps, 16 top-level evaluations: RMS added e
 99 with blow-ups to 561, against 2.9 with this floor at the same cost)."""
 
 
-def budget_range(cal, num_steps: int, min_probability=None) -> tuple[float, float]:
-    """The budgets, in top-level evaluations, that `budget_schedule` can meet at
-    `num_steps` steps: from 1.25 times the cheapest schedule the floor allows (level
-    1 at every step, the others at the floor) to just below every level at every
-    step."""
+COSTS = ("seconds", "flops")
+"""What the CLI's calibrated rates minimise: measured wall-clock (default) or FLOPs."""
+
+
+def _unit(cost: str) -> str:
+    # The CLI's level costs are FLOPs, so "flops" is the calibration's `costs`.
+    return "seconds" if cost == "seconds" else "costs"
+
+
+def priced_calibration(cal, ladder: _Ladder, y, cost: str, seconds=None):
+    """`cal` ready to minimise `cost`: for `"seconds"`, with every level's seconds
+    per evaluation (`seconds` if given, else measured here, inside a compiled loop
+    on the batch `y` that will be sampled: `mlem_jax.time_in_scan`; small networks
+    are latency-bound, so their share of the seconds depends on the batch and the
+    device). Measured timings vary from run to run, and so do the rates they give:
+    pass the printed `seconds` back to reproduce a run exactly."""
+    if cost != "seconds":
+        return cal
+    if seconds is None:
+        from ._cost import time_in_scan
+
+        t = jnp.asarray((T0 + T1) / 2, y.dtype)
+        seconds = [
+            time_in_scan(f, t, y, num_steps=4, repeats=3) for f in ladder.levels.fns
+        ]
+    return cal.with_seconds(seconds)
+
+
+def describe_cost(cal, cost: str, batch: int) -> str:
+    """One line saying what the rates minimise, with the per-level costs."""
+    if cost == "seconds":
+        ms = ",".join(f"{1e3 * s:.4g}" for s in cal.level_costs("seconds"))
+        return (
+            f"rates minimise seconds (ms per evaluation at batch {batch} on "
+            f"{jax.default_backend()}, levels 1..k: --level-ms {ms})"
+        )
+    share = cal.level_costs("costs") / cal.level_costs("costs")[-1]
+    return "rates minimise FLOPs (per evaluation, relative to the top level: " + (
+        " ".join(f"{x:.3g}" for x in share) + ")"
+    )
+
+
+def budget_range(
+    cal, num_steps: int, min_probability=None, cost: str = "flops"
+) -> tuple[float, float]:
+    """The budgets, in top-level evaluations (of FLOPs or of seconds, as `cost`
+    says), that `budget_schedule` can meet at `num_steps` steps: from 1.25 times the
+    cheapest schedule the floor allows (level 1 at every step, the others at the
+    floor) to just below every level at every step."""
     from ._schedules import FixedProbabilities
 
     p_min = MIN_PROBABILITY if min_probability is None else min_probability
-    top = cal.costs[-1]
-    low = 1.25 * cal.min_cost(num_steps, p_min) / top
+    unit = _unit(cost)
+    top = cal.level_costs(unit)[-1]
+    low = 1.25 * cal.min_cost(num_steps, p_min, unit) / top
     every = FixedProbabilities(np.ones(cal.num_levels, np.float32))
-    high = 0.999 * cal.predict(every, num_steps)["cost"] / top
+    high = 0.999 * cal.predict(every, num_steps, unit)["cost"] / top
     return low, high
 
 
 def feasible_budget(
-    cal, num_steps: int, budget: float, min_probability=None
+    cal, num_steps: int, budget: float, min_probability=None, cost: str = "flops"
 ) -> tuple[float, str | None]:
     """`(budget to use, note)`: `budget` itself (note None) if `budget_schedule` can
     meet it, the lowest feasible budget with a note saying so if it is below; a
     `ValueError` naming the feasible range if it is above."""
-    low, high = budget_range(cal, num_steps, min_probability)
+    low, high = budget_range(cal, num_steps, min_probability, cost)
     if budget > high:
         raise ValueError(
             f"`budget` {budget:g} top-level evaluations is more than ML-EM can spend "
@@ -456,15 +501,23 @@ def feasible_budget(
     return budget, None
 
 
-def budget_schedule(cal, num_steps: int, budget: float, min_probability=None):
+def budget_schedule(
+    cal, num_steps: int, budget: float, min_probability=None, cost: str = "flops"
+):
     """`cal.schedule` at `budget` top-level evaluations (raised to 1.25 times the
     cheapest schedule the floor allows, if below: see `feasible_budget`), every level
     firing with probability at least `min_probability` (default `MIN_PROBABILITY`).
-    A budget above every level at every step raises a `ValueError`."""
+    A budget above every level at every step raises a `ValueError`. `cost`:
+    `"flops"` or `"seconds"` (then `cal` needs measured seconds:
+    `priced_calibration`), what the rates minimise and the budget counts."""
     p_min = MIN_PROBABILITY if min_probability is None else min_probability
-    budget, _ = feasible_budget(cal, num_steps, budget, p_min)
+    budget, _ = feasible_budget(cal, num_steps, budget, p_min, cost)
+    unit = _unit(cost)
     return cal.schedule(
-        budget=budget * cal.costs[-1], num_steps=num_steps, min_probability=p_min
+        budget=budget * cal.level_costs(unit)[-1],
+        num_steps=num_steps,
+        min_probability=p_min,
+        cost=unit,
     )
 
 
@@ -549,8 +602,23 @@ def _add_sample(sub: Any) -> None:
     p.add_argument(
         "--budget",
         type=_positive_float,
-        help="mlem with calibrated rates: expected cost in top-level evaluations "
-        "(default: steps / 4)",
+        help="mlem with calibrated rates: expected cost in top-level evaluations, "
+        "of seconds or FLOPs as --cost says (default: steps / 4)",
+    )
+    p.add_argument(
+        "--cost",
+        choices=COSTS,
+        default="seconds",
+        help="mlem with calibrated rates: what the rates minimise; seconds are "
+        "measured here, per level, on this batch (a few seconds before the solve; "
+        "the rates then vary with the timings: --level-ms fixes them)",
+    )
+    p.add_argument(
+        "--level-ms",
+        type=_list(_positive_float),
+        help="with --cost seconds: milliseconds per evaluation of each level, "
+        "instead of measuring them (the values a previous run printed reproduce it "
+        "exactly)",
     )
     p.add_argument(
         "--pilot-steps", type=_positive_int, default=32, help="calibration pilot steps"
@@ -592,6 +660,7 @@ def _run_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     shape = (args.num, *ladder.shape)
     y0 = ladder.sde.prior_sample(k_y0, shape)
     schedule = None
+    level_seconds = None
     if args.method == "mlem":
         if args.probs is not None:
             schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
@@ -603,15 +672,28 @@ def _run_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 pilot_steps=args.pilot_steps,
                 path=args.ladder,
             )
+            if args.level_ms is not None:
+                if args.cost != "seconds":
+                    parser.error("--level-ms only applies to --cost seconds")
+                if len(args.level_ms) != k:
+                    parser.error(
+                        f"--level-ms needs {k} values (one per level), got "
+                        f"{len(args.level_ms)}"
+                    )
+                level_seconds = [ms / 1e3 for ms in args.level_ms]
+            cal = priced_calibration(cal, ladder, y0, args.cost, level_seconds)
+            if args.cost == "seconds":
+                level_seconds = list(cal.level_costs("seconds"))
+            print(describe_cost(cal, args.cost, args.num))
             budget = args.budget or args.steps / 4
             try:
-                budget, note = feasible_budget(cal, args.steps, budget)
+                budget, note = feasible_budget(cal, args.steps, budget, cost=args.cost)
             except ValueError as e:
                 parser.error(f"--budget: {str(e).replace('`budget` ', '', 1)}")
             if note:
                 given = "--budget" if args.budget else "--budget (default steps/4)"
                 _warn(note.replace("`budget`", given, 1))
-            schedule = budget_schedule(cal, args.steps, budget)
+            schedule = budget_schedule(cal, args.steps, budget, cost=args.cost)
     dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
     top = ladder.levels.costs[-1]
     if schedule is None:
@@ -649,13 +731,15 @@ def _run_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             method=args.method,
             steps=args.steps,
             seed=args.seed,
+            cost=args.cost,
+            level_seconds=np.asarray(level_seconds or [], np.float64),
         ),
     )
     print(f"{args.method}: {args.steps} steps, {args.num} samples, seed {args.seed}")
     print("evaluations per level: " + " ".join(str(int(e)) for e in evaluations))
-    print(f"top-level-equivalent evaluations: {flops / top:.1f}")
+    print(f"top-level-equivalent evaluations (by FLOPs): {flops / top:.1f}")
     print(f"FLOPs: {flops:.3g}")
-    print(f"wall-clock: {secs:.2f} s (after compilation)")
+    print(f"wall-clock: {secs:.2f} s (one solve, after compilation)")
     print(f"wrote {args.out} and {npz}")
     return 0
 
@@ -792,7 +876,12 @@ def _add_demo(sub: Any) -> None:
         "--ref-steps", type=_positive_int, default=128, help="reference solve steps"
     )
     p.add_argument("--em-steps", type=_list(_positive_int), default=(8, 16, 32, 64))
-    p.add_argument("--mlem-steps", type=_positive_int, default=64)
+    p.add_argument(
+        "--mlem-steps",
+        type=_list(_positive_int),
+        default=(32, 64),
+        help="ML-EM step counts (each with every scale)",
+    )
     p.add_argument(
         "--scales",
         type=_list(_positive_float),
@@ -803,7 +892,15 @@ def _add_demo(sub: Any) -> None:
         "--budget",
         type=_positive_float,
         default=16.0,
-        help="cost of the scale-1 ML-EM schedule, in top-level evaluations",
+        help="cost of the scale-1 ML-EM schedule, in top-level evaluations (of "
+        "seconds or FLOPs, as --cost says)",
+    )
+    p.add_argument(
+        "--cost",
+        choices=COSTS,
+        default="seconds",
+        help="what ML-EM's calibrated rates minimise and its budgets count: seconds "
+        "measured here per level on this batch, or FLOPs",
     )
     p.add_argument(
         "--level-keys",
@@ -844,7 +941,7 @@ def run_demo(
     seed: int,
     ref_steps: int,
     em_steps: Sequence[int],
-    mlem_steps: int,
+    mlem_steps: Sequence[int],
     scales: Sequence[float],
     budget: float,
     min_probability: float = MIN_PROBABILITY,
@@ -853,13 +950,16 @@ def run_demo(
     path: str | None = None,
     progress: bool = True,
     calibration=None,
+    cost: str = "seconds",
 ) -> dict:
     """The demo's measurements: one dict per run (method, steps, evaluations, cost,
     FLOPs, seconds, strong error, sliced-Wasserstein distance) plus the samples.
 
     All runs share one Brownian path per image (coarsened from the reference's
     increments) and the same prior draws `y0`. `calibration`: the ladder's
-    calibration if already made (`demo_calibration`), else it is made here.
+    calibration if already made (`demo_calibration`, priced for `cost`), else it is
+    made here. `cost`: what ML-EM's rates minimise and its budgets count, `"seconds"`
+    or `"flops"`.
     """
     from tqdm.auto import tqdm
 
@@ -873,18 +973,20 @@ def run_demo(
     fine = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=ref_steps)
     held_out = _distance_data(ladder)
     top = ladder.levels.costs[-1]
-    total = 2 + len(em_steps) + len(scales)
+    total = 2 + len(em_steps) + len(scales) * len(mlem_steps)
     bar = tqdm(total=total, desc="mlem-jax demo", disable=not progress, unit="solve")
     runs: list[dict] = []
     samples: dict[str, np.ndarray] = {}
 
     def record(method, steps, x, evaluations, secs, label, repeats=None, **extra):
         # `repeats`: more solves of the same configuration (other level keys); the
-        # error is then the RMS over all of them, evaluations and cost their means.
+        # error is then the RMS over all of them, evaluations, cost and seconds
+        # their means.
         xs = [x] + [r[0] for r in repeats or []]
         evaluations = np.mean(
             [evaluations] + [r[1] for r in repeats or []], axis=0, dtype=np.float64
         )
+        secs = float(np.mean([secs] + [r[2] for r in repeats or []]))
         flops = float(np.dot(evaluations, ladder.levels.costs))
         err = (
             math.sqrt(np.mean([float(strong_error(z, y_ref)) ** 2 for z in xs]))
@@ -931,31 +1033,35 @@ def run_demo(
     cal = calibration
     if cal is None:
         cal = ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
+        cal = priced_calibration(cal, ladder, y0, cost)
     bar.update()
-    dw = coarsen_increments(fine, ref_steps // mlem_steps)
-    for s in scales:
-        bar.set_postfix_str(f"ML-EM budget x{s:g}")
-        schedule = budget_schedule(cal, mlem_steps, s * budget, min_probability)
-        x, info, secs = run_mlem(ladder, schedule, y0, dw, k_level, mlem_steps)
-        repeats = []
-        for extra_key in jax.random.split(
-            jax.random.fold_in(k_level, 1), level_keys - 1
-        ):
-            xr, ir, _ = run_mlem(ladder, schedule, y0, dw, extra_key, mlem_steps)
-            repeats.append((xr, np.asarray(ir.evaluations)))
-        pred = cal.predict(schedule, mlem_steps)
-        record(
-            "mlem",
-            mlem_steps,
-            x,
-            np.asarray(info.evaluations),
-            secs,
-            f"ML-EM x{s:g}",
-            repeats=repeats,
-            scale=s,
-            predicted_top_equivalent=pred["cost"] / cal.costs[-1],
-        )
-        bar.update()
+    unit = _unit(cost)
+    for n in mlem_steps:
+        dw = coarsen_increments(fine, ref_steps // n)
+        for s in scales:
+            bar.set_postfix_str(f"ML-EM {n} steps x{s:g}")
+            schedule = budget_schedule(cal, n, s * budget, min_probability, cost)
+            x, info, secs = run_mlem(ladder, schedule, y0, dw, k_level, n)
+            repeats = []
+            for extra_key in jax.random.split(
+                jax.random.fold_in(k_level, 1), level_keys - 1
+            ):
+                xr, ir, sr = run_mlem(ladder, schedule, y0, dw, extra_key, n)
+                repeats.append((xr, np.asarray(ir.evaluations), sr))
+            pred = cal.predict(schedule, n, unit)
+            record(
+                "mlem",
+                n,
+                x,
+                np.asarray(info.evaluations),
+                secs,
+                f"ML-EM {n} x{s:g}",
+                repeats=repeats,
+                scale=s,
+                cost=cost,
+                predicted_top_equivalent=pred["cost"] / cal.level_costs(unit)[-1],
+            )
+            bar.update()
     bar.close()
     return dict(
         runs=runs,
@@ -970,7 +1076,8 @@ def run_demo(
             seed=seed,
             ref_steps=ref_steps,
             em_steps=list(em_steps),
-            mlem_steps=mlem_steps,
+            mlem_steps=list(mlem_steps),
+            cost=cost,
             scales=list(scales),
             budget=budget,
             min_probability=min_probability,
@@ -983,12 +1090,22 @@ def run_demo(
     )
 
 
-def demo_calibration(ladder: _Ladder, *, batch: int, seed: int, pilot_steps: int, path):
-    """The calibration `run_demo` makes for these arguments (same draws), so that a
-    caller can check budgets against it first."""
+def demo_calibration(
+    ladder: _Ladder,
+    *,
+    batch: int,
+    seed: int,
+    pilot_steps: int,
+    path,
+    cost: str = "seconds",
+):
+    """The calibration `run_demo` uses for these arguments (same draws), priced for
+    `cost` (`priced_calibration`), so that a caller can check budgets against it
+    first."""
     k_y0, _, k_cal, _, _ = jax.random.split(jax.random.key(seed), 5)
     y0 = ladder.sde.prior_sample(k_y0, (batch, *ladder.shape))
-    return ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
+    cal = ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
+    return priced_calibration(cal, ladder, y0, cost)
 
 
 def format_table(runs: Sequence[dict]) -> str:
@@ -1010,28 +1127,42 @@ def format_table(runs: Sequence[dict]) -> str:
 
 def matched_cost_lines(runs: Sequence[dict]) -> list[str]:
     """For each ML-EM run inside the range of EM costs, the EM error at the same cost
-    (log–log interpolation between EM runs) and the ratio of the two errors."""
-    em = sorted((r for r in runs if r["method"] == "em"), key=lambda r: r["flops"])
+    (log–log interpolation between EM runs) and the ratio EM/ML-EM of the two
+    errors, once with cost = FLOPs and once with cost = wall-clock seconds measured
+    in this run."""
+    em = [r for r in runs if r["method"] == "em" and r["strong_error"] > 0]
     lines = []
     for r in runs:
-        if r["method"] != "mlem" or len(em) < 2:
+        if r["method"] != "mlem":
             continue
-        c = math.log(r["flops"])
-        for a, b in zip(em, em[1:]):
-            ca, cb = math.log(a["flops"]), math.log(b["flops"])
-            if ca <= c <= cb and a["strong_error"] > 0 and b["strong_error"] > 0:
-                w = (c - ca) / (cb - ca)
-                e = math.exp(
-                    (1 - w) * math.log(a["strong_error"])
-                    + w * math.log(b["strong_error"])
-                )
-                lines.append(
-                    f"at the cost of {r['label']} ({r['top_equivalent']:.1f} top "
-                    f"evaluations): EM error {e:.3g} (interpolated), ML-EM "
-                    f"{r['strong_error']:.3g}, ratio EM/ML-EM {e / r['strong_error']:.2f}"
-                )
-                break
+        parts = []
+        for unit, name in (("flops", "FLOPs"), ("seconds", "seconds")):
+            e = _interpolate_error(em, r[unit], unit)
+            parts.append(
+                f"at equal {name} EM error {e:.3g}, ratio EM/ML-EM "
+                f"{e / r['strong_error']:.2f}"
+                if e is not None
+                else f"at equal {name}: outside EM's range"
+            )
+        lines.append(
+            f"{r['label']} (error {r['strong_error']:.3g}): " + "; ".join(parts)
+        )
     return lines
+
+
+def _interpolate_error(em: Sequence[dict], cost: float, unit: str) -> float | None:
+    """EM's error at `cost` (in `unit`), interpolated log–log between the EM runs
+    bracketing it; `None` outside their range."""
+    em = sorted(em, key=lambda r: r[unit])
+    c = math.log(cost)
+    for a, b in zip(em, em[1:]):
+        ca, cb = math.log(a[unit]), math.log(b[unit])
+        if ca <= c <= cb and cb > ca:
+            w = (c - ca) / (cb - ca)
+            return math.exp(
+                (1 - w) * math.log(a["strong_error"]) + w * math.log(b["strong_error"])
+            )
+    return None
 
 
 def plot_demo(result: dict, out: str) -> tuple[str, str]:
@@ -1045,52 +1176,73 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
     runs = result["runs"]
     em = [r for r in runs if r["method"] == "em"]
     ml = [r for r in runs if r["method"] == "mlem"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.8), dpi=120)
-    ax.plot(
-        [r["top_equivalent"] for r in em],
-        [r["strong_error"] for r in em],
-        "o-",
-        color="tab:blue",
-        label="Euler–Maruyama, top level",
-    )
-    for r in em:
-        ax.annotate(
-            f"{r['steps']} steps",
-            (r["top_equivalent"], r["strong_error"]),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
-            color="tab:blue",
-        )
-    ax.plot(
-        [r["top_equivalent"] for r in ml],
-        [r["strong_error"] for r in ml],
-        "s--",
-        color="tab:red",
-        label=f"ML-EM, {ml[0]['steps'] if ml else ''} steps, calibrated rates",
-    )
-    for r in ml:
-        ax.annotate(
-            f"×{r['scale']:g}",
-            (r["top_equivalent"], r["strong_error"]),
-            textcoords="offset points",
-            xytext=(5, -10),
-            fontsize=8,
-            color="tab:red",
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    top_seconds = next((r["seconds"] / r["steps"] for r in em), None)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=120)
     from matplotlib.ticker import FormatStrFormatter, LogLocator
 
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(FormatStrFormatter("%g"))
-        axis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
-        axis.set_minor_formatter(FormatStrFormatter("%g"))
-    ax.set_xlabel("cost (top-level-equivalent network evaluations)")
-    ax.set_ylabel("strong error to the reference (RMS, pixel space)")
-    ax.set_title("Digits diffusion model: cost vs pathwise error")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    for ax, unit, xlabel in (
+        (axes[0], "flops", "cost in FLOPs (top-level-equivalent evaluations)"),
+        (
+            axes[1],
+            "seconds",
+            "cost in wall-clock seconds (this run, after compilation)",
+        ),
+    ):
+        x = (
+            (lambda r: r["top_equivalent"])
+            if unit == "flops"
+            else (lambda r: r["seconds"])
+        )
+        ax.plot(
+            [x(r) for r in em],
+            [r["strong_error"] for r in em],
+            "o-",
+            color="tab:blue",
+            label="Euler–Maruyama, top level",
+        )
+        for r in em:
+            ax.annotate(
+                f"{r['steps']} steps",
+                (x(r), r["strong_error"]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+                color="tab:blue",
+            )
+        for i, n in enumerate(sorted({r["steps"] for r in ml})):
+            mine = [r for r in ml if r["steps"] == n]
+            color = ("tab:red", "tab:orange", "tab:purple", "tab:brown")[i % 4]
+            ax.plot(
+                [x(r) for r in mine],
+                [r["strong_error"] for r in mine],
+                "s--",
+                color=color,
+                label=f"ML-EM, {n} steps, rates by {mine[0].get('cost', 'flops')}",
+            )
+            for r in mine:
+                ax.annotate(
+                    f"×{r['scale']:g}",
+                    (x(r), r["strong_error"]),
+                    textcoords="offset points",
+                    xytext=(5, -10),
+                    fontsize=8,
+                    color=color,
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+            axis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("strong error to the reference (RMS, pixel space)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("cost vs pathwise error: FLOPs")
+    axes[1].set_title(
+        "cost vs pathwise error: seconds"
+        + (f" (top level ≈ {1e3 * top_seconds:.3g} ms/step)" if top_seconds else "")
+    )
     cost_path = os.path.join(out, "cost_error.png")
     _save_figure(fig, cost_path)
     plt.close(fig)
@@ -1138,7 +1290,7 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
 
 def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_ladder(parser, args.ladder)
-    for n in (*args.em_steps, args.mlem_steps):
+    for n in (*args.em_steps, *args.mlem_steps):
         if args.ref_steps % n:
             parser.error(
                 f"--ref-steps ({args.ref_steps}) must be a multiple of every step count "
@@ -1165,21 +1317,27 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         seed=args.seed,
         pilot_steps=args.pilot_steps,
         path=args.ladder,
+        cost=args.cost,
     )
-    for scale in args.scales:
-        budget = scale * args.budget
-        try:
-            _, note = feasible_budget(
-                cal, args.mlem_steps, budget, args.min_probability
-            )
-        except ValueError as e:
-            parser.error(
-                f"--budget x --scales: {e}".replace(
-                    "`budget`", f"{args.budget:g} x {scale:g} =", 1
+    print(describe_cost(cal, args.cost, args.batch))
+    for n in args.mlem_steps:
+        for scale in args.scales:
+            budget = scale * args.budget
+            try:
+                _, note = feasible_budget(
+                    cal, n, budget, args.min_probability, args.cost
                 )
-            )
-        if note:
-            _warn(f"ML-EM x{scale:g}: " + note.replace("`budget`", "budget", 1))
+            except ValueError as e:
+                parser.error(
+                    f"--budget x --scales: {e}".replace(
+                        "`budget`", f"{args.budget:g} x {scale:g} =", 1
+                    )
+                )
+            if note:
+                _warn(
+                    f"ML-EM {n} steps x{scale:g}: "
+                    + note.replace("`budget`", "budget", 1)
+                )
     result = run_demo(
         ladder,
         batch=args.batch,
@@ -1195,6 +1353,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         path=args.ladder,
         progress=not args.no_progress,
         calibration=cal,
+        cost=args.cost,
     )
     os.makedirs(args.out, exist_ok=True)
     cost_path, samples_path = plot_demo(result, args.out)
@@ -1207,7 +1366,8 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(
         "top-eq: cost in evaluations of the top level; strong err: RMS distance to "
         f"the {args.ref_steps}-step reference on the same Brownian paths; SW dist: "
-        "sliced Wasserstein distance to held-out data; wall s excludes compilation."
+        "sliced Wasserstein distance to held-out data; wall s: one solve after "
+        "compilation (ML-EM: the mean over its level keys)."
     )
     for line in matched_cost_lines(result["runs"]):
         print(line)

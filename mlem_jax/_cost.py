@@ -82,13 +82,21 @@ def time_in_scan(
     @jax.jit
     def loop(dynamic):
         f, t, y, a = eqx.combine(dynamic, static)
-        # Each evaluation feeds the next, so XLA cannot hoist it out of the loop.
+        # Each evaluation feeds the next, and the time moves as in a solve, so XLA
+        # can hoist neither the evaluation nor its time embedding out of the loop
+        # (a constant `t` under-counts a UNet's step by ~20%).
         eps = jnp.asarray(1e-7, y.dtype)
+        t = jnp.asarray(t)
+        if jnp.finfo(t.dtype).bits < 32:
+            t = t.astype(jnp.float32)
+        dt = jnp.asarray(1e-6, t.dtype) * jnp.maximum(jnp.abs(t), 1)
 
-        def body(y, _):
-            return y + eps * jnp.asarray(f(t, y, a)).astype(y.dtype), None
+        def body(carry, _):
+            t, y = carry
+            value = jnp.asarray(f(t, y, a)).astype(y.dtype)
+            return (t - dt, y + eps * value), None
 
-        return jax.lax.scan(body, y, None, length=num_steps)[0]
+        return jax.lax.scan(body, (t, y), None, length=num_steps)[0][1]
 
     jax.block_until_ready(loop(dynamic))
     times = []
