@@ -792,6 +792,7 @@ def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         ladder_problem,
         plot_cost_error,
         run_cost_error,
+        speedup_lines,
         synthetic_problem,
     )
     from .pretrained import pretrained_path
@@ -840,12 +841,8 @@ def _run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     text = json.dumps(result, indent=2, default=float) + "\n"
     _atomic(stem + ".json", lambda f: f.write(text), mode="w")
     plot_cost_error(result, stem + ".png")
-    best = result.get("speedup_at_tightest_matched_error")
-    if best:
-        print(
-            f"ML-EM speedup over the best Euler–Maruyama at error {best['error']:.3g}: "
-            f"{best['speedup']:.2f}x"
-        )
+    for line in speedup_lines(result):
+        print(line)
     print(f"wrote {stem}.json and {stem}.png")
     return 0
 

@@ -46,7 +46,7 @@ def test_cost_to_reach_is_the_cheapest_run_below_the_error():
 
 
 def test_summarise_leaves_diverged_runs_out_of_frontiers_and_speedups():
-    from mlem_jax.benchmarking import summarise
+    from mlem_jax.benchmarking import speedup_lines, summarise
 
     cal = dict(
         target_added_error=1.0,
@@ -55,8 +55,24 @@ def test_summarise_leaves_diverged_runs_out_of_frontiers_and_speedups():
         predicted_cost=5.0,
     )
     runs = [
-        dict(method="em", level=2, steps=8, cost=8.0, error=1.0, diverged=False),
-        dict(method="em", level=2, steps=16, cost=16.0, error=0.5, diverged=False),
+        dict(
+            method="em",
+            level=2,
+            steps=8,
+            cost=8.0,
+            seconds=1.0,
+            error=1.0,
+            diverged=False,
+        ),
+        dict(
+            method="em",
+            level=2,
+            steps=16,
+            cost=16.0,
+            seconds=2.0,
+            error=0.5,
+            diverged=False,
+        ),
         dict(
             method="mlem",
             levels=2,
@@ -71,6 +87,7 @@ def test_summarise_leaves_diverged_runs_out_of_frontiers_and_speedups():
             levels=2,
             steps=16,
             cost=6.0,
+            seconds=1.5,
             error=0.9,
             diverged=False,
             **cal,
@@ -85,6 +102,17 @@ def test_summarise_leaves_diverged_runs_out_of_frontiers_and_speedups():
     # The surviving ML-EM run reaches 0.9 at cost 6; EM needs cost 16 to get there.
     tight = out["speedup_at_tightest_matched_error"]
     assert tight["error"] == 0.9 and tight["speedup"] == pytest.approx(16 / 6)
+    # In seconds the same EM run costs 2 s against ML-EM's 1.5 s: a smaller gain,
+    # reported under its own name, and the printed lines say which is which.
+    secs = out["seconds_speedup_at_tightest_matched_error"]
+    assert secs["error"] == 0.9 and secs["speedup"] == pytest.approx(2 / 1.5)
+    lines = speedup_lines(out)
+    assert any(
+        "in FLOPs at error 0.9 (tightest error both reach): 2.67×" in x for x in lines
+    )
+    assert any(
+        "in seconds at error 0.9 (tightest error both reach): 1.33×" in x for x in lines
+    )
     assert [c["measured_cost"] for c in out["calibrated_schedules"]] == [6.0]
 
 
