@@ -28,7 +28,7 @@ import numpy as np
 from ._brownian import coarsen_increments
 from ._calibrate import calibrate
 from ._commands import MIN_PROBABILITY
-from ._cost import count_flops
+from ._cost import count_flops, time_in_scan
 from ._levels import Levels
 from ._solve import em_solve, mlem_solve
 
@@ -271,6 +271,7 @@ def run_cost_error(
     ode_solvers: Sequence[str] = ("Heun",),
     match_em_steps: Sequence[int] = (),
     min_probability: float = 0.0,
+    cost: str = "costs",
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -289,6 +290,9 @@ def run_cost_error(
     - `min_probability`: floor on every level's firing probability in the
         calibrated schedules (`Calibration.schedule`); use a few percent on stiff
         problems such as a diffusion model's reverse SDE.
+    - `cost`: what the calibrated rates minimise (`Calibration.schedule`'s
+        `cost`): `"costs"` (the levels' FLOPs here) or `"seconds"` (each level's
+        wall-clock inside a compiled loop on `problem.y0`, measured once here).
     - `level_keys`: ML-EM runs per configuration (level draws are shared by the batch,
         so errors and costs are averaged over this many level keys). The squared
         added error of one run is dominated by a few rare corrections; measured on
@@ -437,6 +441,10 @@ def run_cost_error(
         if r["method"] == "em" and r["level"] == levels.num_levels
     }
     calibrations = []
+    level_seconds = None
+    if cost == "seconds":
+        t_mid = jnp.asarray((t0 + t1) / 2, y0.dtype)
+        level_seconds = [time_in_scan(f, t_mid, y0) for f in levels.fns]
     for j in range(2, levels.num_levels + 1):
         ladder = Levels(levels.fns[:j], levels.costs[:j])
         bias = min(r["error"] for r in runs if r["method"] == "em" and r["level"] == j)
@@ -453,6 +461,8 @@ def run_cost_error(
             pilot_keys=pilot_keys,
             measure_costs=False,
         )
+        if level_seconds is not None:
+            cal = cal.with_seconds(level_seconds[:j])
         calibrations.append(
             dict(
                 levels=j,
@@ -497,10 +507,12 @@ def run_cost_error(
                         target_error=target,
                         num_steps=n,
                         min_probability=min_probability,
+                        cost=cost,
                     )
                 except ValueError:
                     continue
-                pred = cal.predict(schedule, n)
+                pred = cal.predict(schedule, n)  # cost in FLOPs, as the runs'
+
                 keys = jax.random.split(
                     jax.random.fold_in(level_key, j * 1000 + n), level_keys
                 )
@@ -572,6 +584,8 @@ def run_cost_error(
             batch=int(y0.shape[0]),
             state_shape=list(y0.shape[1:]),
             level_flops=list(levels.costs),
+            cost=cost,
+            level_seconds=level_seconds,
         ),
     )
 
