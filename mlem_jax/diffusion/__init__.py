@@ -22,6 +22,14 @@ from ._metrics import (
     sliced_wasserstein as sliced_wasserstein,
     strong_error as strong_error,
 )
+from ._param import (
+    EDM as EDM,
+    VE as VE,
+    AbstractParametrisation as AbstractParametrisation,
+    VPCosine as VPCosine,
+    VPLinear as VPLinear,
+    convert_prediction as convert_prediction,
+)
 from ._score import (
     EpsilonScore as EpsilonScore,
     GaussianScore as GaussianScore,
