@@ -30,6 +30,18 @@ from ._param import (
     VPLinear as VPLinear,
     convert_prediction as convert_prediction,
 )
+from ._samplers import (
+    DDIM as DDIM,
+    AbstractSampler as AbstractSampler,
+    DPMSolverPP2M as DPMSolverPP2M,
+    Euler as Euler,
+    Heun as Heun,
+    SDEDPMSolverPP1 as SDEDPMSolverPP1,
+    SDEDPMSolverPP2M as SDEDPMSolverPP2M,
+    mlem_sample as mlem_sample,
+    sample as sample,
+    time_grid as time_grid,
+)
 from ._score import (
     EpsilonScore as EpsilonScore,
     GaussianScore as GaussianScore,
