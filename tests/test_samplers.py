@@ -56,6 +56,15 @@ class AsEps(eqx.Module):
         return self.x0.param.convert(self.x0(t, y), t, y, source="x0", target="eps")
 
 
+class Score(eqx.Module):
+    """The exact score `−ε/σ` of the Gaussian data (diagonal: no linear solve)."""
+
+    eps: AsEps
+
+    def __call__(self, t, y):
+        return -self.eps(t, y) / self.eps.x0.param.sigma(t)
+
+
 def marginal(param, t, mean=MEAN, var=VAR):
     a, s = param.alpha(t), param.sigma(t)
     return a * mean, a**2 * var + s**2
@@ -235,7 +244,9 @@ def test_moments_match_the_exact_marginals(name):
 def test_ddim_eta_one_is_sde_dpm_solver_pp_1():
     model = AsEps(GaussianX0(P, MEAN, VAR))
     y0 = jax.random.normal(jax.random.key(0), (8, 3))
-    kw = dict(t0=T0, t1=T1, num_steps=20, key=jax.random.key(3), grid="logsnr")
+    ts = md.time_grid(P, 20, t0=T0, t1=T1, kind="logsnr")
+    dw = grid_increments(jax.random.key(3), ts, y0.shape)
+    kw = dict(t0=T0, t1=T1, num_steps=20, brownian=dw, grid="logsnr")
     a, _ = md.sample(model, P, md.DDIM(eta=1.0), y0, **kw)
     b, _ = md.sample(model, P, md.SDEDPMSolverPP1(), y0, **kw)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -245,8 +256,8 @@ def test_euler_is_em_solve_of_the_probability_flow_drift():
     """On a uniform grid, Euler on the PF-ODE is `em_solve` of
     `ProbabilityFlowDrift` with the same network."""
     sde = md.VPSDE()
-    score = md.GaussianScore(sde, MEAN, jnp.diag(VAR))
-    eps = lambda t, y, args: -sde.sigma(t) * score(t, y)  # noqa: E731
+    eps = AsEps(GaussianX0(P, MEAN, VAR))
+    score = Score(eps)
     y0 = jax.random.normal(jax.random.key(0), (8, 3))
     y_em, _ = mj.em_solve(
         md.ProbabilityFlowDrift(sde, score),
@@ -266,9 +277,9 @@ def test_key_layout_is_em_solve_s():
     them as `brownian=` gives the same sample), and on one Brownian path the samples
     converge pathwise to the Euler–Maruyama solve of the reverse SDE."""
     sde = md.VPSDE()
-    score = md.GaussianScore(sde, MEAN, jnp.diag(VAR))
     model = AsEps(GaussianX0(P, MEAN, VAR))
-    y0 = jax.random.normal(jax.random.key(0), (64, 3))
+    score = Score(model)
+    y0 = jax.random.normal(jax.random.key(0), (32, 3))
     key = jax.random.key(5)
     kw = dict(t0=T0, t1=T1)
     dw = mj.brownian_increments(key, y0.shape, num_steps=512, **kw)
@@ -323,9 +334,15 @@ def test_all_ones_reproduces_the_single_network_sampler(name):
     sampler = AFFINE[name]
     levels = ladder()
     y0 = jax.random.normal(jax.random.key(0), (6, 3))
-    kw = dict(t0=T0, t1=T1, num_steps=30, key=jax.random.key(2), grid="logsnr")
+    ts = md.time_grid(P, 30, t0=T0, t1=T1, kind="logsnr")
+    dw = (
+        grid_increments(jax.random.key(3), ts, y0.shape) if sampler.stochastic else None
+    )
+    kw = dict(t0=T0, t1=T1, num_steps=30, brownian=dw, grid="logsnr")
     ones = mj.FixedProbabilities(jnp.ones(3))
-    y_ml, info_ml = md.mlem_sample(levels, ones, P, sampler, y0, **kw)
+    y_ml, info_ml = md.mlem_sample(
+        levels, ones, P, sampler, y0, key=jax.random.key(2), **kw
+    )
     y_1, info_1 = md.sample(levels.top, P, sampler, y0, cost=16.0, **kw)
     np.testing.assert_allclose(y_ml, y_1, rtol=1e-5, atol=1e-5)
     assert info_ml.evaluations.tolist() == [30, 30, 30]
@@ -336,10 +353,18 @@ def test_one_level_is_the_network_itself():
     levels = ladder()
     one = mj.Levels((levels.top,), (1.0,))
     y0 = jax.random.normal(jax.random.key(0), (6, 3))
-    kw = dict(t0=T0, t1=T1, num_steps=30, key=jax.random.key(2), grid="logsnr")
+    ts = md.time_grid(P, 30, t0=T0, t1=T1, kind="logsnr")
+    kw = dict(t0=T0, t1=T1, num_steps=30, grid="logsnr")
+    kw["brownian"] = grid_increments(jax.random.key(3), ts, y0.shape)
     sampler = md.SDEDPMSolverPP2M()
     y_one, _ = md.mlem_sample(
-        one, mj.FixedProbabilities(jnp.ones(1)), P, sampler, y0, **kw
+        one,
+        mj.FixedProbabilities(jnp.ones(1)),
+        P,
+        sampler,
+        y0,
+        key=jax.random.key(2),
+        **kw,
     )
     y_1, _ = md.sample(levels.top, P, sampler, y0, **kw)
     np.testing.assert_allclose(y_one, y_1, rtol=1e-6, atol=1e-6)
@@ -408,11 +433,16 @@ def test_evaluations_equal_the_draws(schedule):
     )
     ts = md.time_grid(P, num_steps, t0=T0, t1=T1, kind="edm")
     _, level_key = split_key(key)
-    expected = np.zeros(3, int)
-    for n in range(num_steps):
-        probs = sched.probabilities(ts[n], ts[n + 1] - ts[n])
-        _, needed, _ = level_draws(step_uniforms(level_key, n, 3, jnp.float32), probs)
-        expected += np.asarray(needed)
+
+    @jax.jit
+    def draws(n, t, dt):
+        uniforms = step_uniforms(level_key, n, 3, jnp.float32)
+        return level_draws(uniforms, sched.probabilities(t, dt))[1]
+
+    needed = jax.lax.map(
+        lambda x: draws(*x), (jnp.arange(num_steps), ts[:-1], jnp.diff(ts))
+    )
+    expected = np.asarray(needed).sum(0)
     np.testing.assert_array_equal(info.evaluations, expected)
     assert 0 < expected[2] < num_steps
     np.testing.assert_allclose(info.cost, expected @ np.array([1.0, 4.0, 16.0]))
@@ -446,7 +476,7 @@ def test_skipped_levels_are_not_run():
 def test_jit_and_gradients():
     levels = ladder()
     sched = mj.FixedProbabilities((1.0, 0.5, 0.25))
-    kw = dict(t0=T0, t1=T1, num_steps=10, key=jax.random.key(0), grid="logsnr")
+    kw = dict(t0=T0, t1=0.3, num_steps=5, key=jax.random.key(0), grid="logsnr")
 
     def loss(y0):
         y, _ = md.mlem_sample(levels, sched, P, md.SDEDPMSolverPP2M(), y0, **kw)
@@ -457,7 +487,7 @@ def test_jit_and_gradients():
     eps = 1e-2
     d = jnp.zeros_like(y0).at[0, 1].set(1.0)
     fd = (loss(y0 + eps * d) - loss(y0 - eps * d)) / (2 * eps)
-    np.testing.assert_allclose(g[0, 1], fd, rtol=2e-2)
+    np.testing.assert_allclose(g[0, 1], fd, rtol=2e-2, atol=1e-3 * abs(float(fd)))
     _, tangent = jax.jvp(loss, (y0,), (d,))
     np.testing.assert_allclose(tangent, g[0, 1], rtol=1e-4)
 
