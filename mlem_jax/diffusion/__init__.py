@@ -9,6 +9,18 @@ y0 = sde.prior_sample(key, y_example.shape)
 x, info = mlem_jax.mlem_solve(levels, schedule, sde.diffusion, y0,
                               t0=1.0, t1=1e-3, num_steps=200, key=key)
 ```
+
+or with the samplers practitioners use (DDIM, DPM-Solver++(2M), SDE-DPM-Solver++,
+Euler/Heun), single-network or multilevel, on a parametrisation (`VPLinear`,
+`VPCosine`, `VE`, `EDM`) and a time grid:
+
+```python
+param = mlem_jax.diffusion.VPLinear()
+x, info = mlem_jax.diffusion.sample(eps_net, param, DPMSolverPP2M(), y0,
+                                    t0=1.0, t1=1e-3, num_steps=20, grid="logsnr")
+x, info = mlem_jax.diffusion.mlem_sample(levels, schedule, param, SDEDPMSolverPP1(),
+                                         y0, t0=1.0, t1=1e-3, num_steps=50, key=key)
+```
 """
 
 from ._levels import (
