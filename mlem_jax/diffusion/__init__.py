@@ -9,6 +9,18 @@ y0 = sde.prior_sample(key, y_example.shape)
 x, info = mlem_jax.mlem_solve(levels, schedule, sde.diffusion, y0,
                               t0=1.0, t1=1e-3, num_steps=200, key=key)
 ```
+
+or with the samplers practitioners use (DDIM, DPM-Solver++(2M), SDE-DPM-Solver++,
+Euler/Heun), single-network or multilevel, on a parametrisation (`VPLinear`,
+`VPCosine`, `VE`, `EDM`) and a time grid:
+
+```python
+param = mlem_jax.diffusion.VPLinear()
+x, info = mlem_jax.diffusion.sample(eps_net, param, DPMSolverPP2M(), y0,
+                                    t0=1.0, t1=1e-3, num_steps=20, grid="logsnr")
+x, info = mlem_jax.diffusion.mlem_sample(levels, schedule, param, SDEDPMSolverPP1(),
+                                         y0, t0=1.0, t1=1e-3, num_steps=50, key=key)
+```
 """
 
 from ._levels import (
@@ -21,6 +33,26 @@ from ._metrics import (
     mmd as mmd,
     sliced_wasserstein as sliced_wasserstein,
     strong_error as strong_error,
+)
+from ._param import (
+    EDM as EDM,
+    VE as VE,
+    AbstractParametrisation as AbstractParametrisation,
+    VPCosine as VPCosine,
+    VPLinear as VPLinear,
+    convert_prediction as convert_prediction,
+)
+from ._samplers import (
+    DDIM as DDIM,
+    AbstractSampler as AbstractSampler,
+    DPMSolverPP2M as DPMSolverPP2M,
+    Euler as Euler,
+    Heun as Heun,
+    SDEDPMSolverPP1 as SDEDPMSolverPP1,
+    SDEDPMSolverPP2M as SDEDPMSolverPP2M,
+    mlem_sample as mlem_sample,
+    sample as sample,
+    time_grid as time_grid,
 )
 from ._score import (
     EpsilonScore as EpsilonScore,
