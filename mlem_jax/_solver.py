@@ -244,7 +244,9 @@ class MLEMSolver(diffrax.AbstractItoSolver):
             weights = jnp.ones((k,), dtype)
         else:
             probs = self.schedule.probabilities(t, h).astype(dtype)
-            probs = _unbatched_probabilities(probs)
+            # Checked on a boolean of the probabilities: custom_vmap on a float would
+            # break reverse-mode linearization.
+            _unbatched_probabilities(jnp.isnan(probs))
             _, level_key = split_key(self.key)
             n = _shared_step_count(solver_state.step)
             uniforms = step_uniforms(level_key, n, k, dtype)
