@@ -7,15 +7,18 @@ from typing import ClassVar
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 # diffeqsolve hands `step` every term wrapped in diffrax's WrapTerm (which flips time
 # for reverse-time solves). ML-EM must reach through it to the MultilevelTerm's
 # hierarchy and to the direction of time; diffrax exports no public way to do either.
-from diffrax._term import WrapTerm
-from jaxtyping import Array, Int, PRNGKeyArray, UInt32
+# AdjointTerm (same module, also unexported) is how BacksolveAdjoint's backward solve
+# arrives, which ML-EM must refuse by name.
+from diffrax._term import AdjointTerm, WrapTerm
+from jax.custom_batching import custom_vmap
+from jaxtyping import Array, Int, PRNGKeyArray
 
 from ._brownian import split_key, step_uniforms
 from ._misc import check_key
@@ -24,12 +27,66 @@ from ._step import level_draws, mlem_drift
 from ._term import MultilevelTerm
 
 ADAPTIVE_MESSAGE = (
-    "MLEMSolver: adaptive step-size controllers are not supported. ML-EM draws its "
-    "levels at random every step, so it has no error estimate to accept or reject a "
-    "step by, and retrying a rejected step would re-use its random draws. Use a fixed "
-    "step-size controller: `stepsize_controller=diffrax.ConstantStepSize()` with "
-    "`dt0`, or `diffrax.StepTo(ts=...)`."
+    "ML-EM cannot adapt its step size: it draws its levels at random every step, so "
+    "it has no error estimate to accept or reject a step by, and retrying a rejected "
+    "step would re-use its random draws. Use a fixed step-size controller: "
+    "`stepsize_controller=diffrax.ConstantStepSize()` with `dt0`, or "
+    "`diffrax.StepTo(ts=...)`."
 )
+
+BACKSOLVE_MESSAGE = (
+    "MLEMSolver: diffrax.BacksolveAdjoint is not supported (the backward solve "
+    "reached the solver as an AdjointTerm). Its backward solve would integrate the "
+    "adjoint SDE with fresh level draws and Brownian increments, not the forward "
+    "solve's, and ML-EM is an Itô method. Use diffrax.RecursiveCheckpointAdjoint "
+    "(the default), diffrax.DirectAdjoint or diffrax.ForwardMode."
+)
+
+BATCHED_PROBABILITIES_MESSAGE = (
+    "MLEMSolver: the level probabilities are batched under jax.vmap: the schedule "
+    "depends on the step's time or size (e.g. mlem_jax.Rates), and those are batched "
+    "(vmap over t0, t1 or dt0, or diffrax's loop batching its time under vmap with "
+    "events). Batched probabilities would turn every level's lax.cond into a select "
+    "that runs all levels for every sample. Use a schedule whose probabilities do "
+    "not depend on the batched times (mlem_jax.FixedProbabilities), or solve the "
+    "batch elements one after another with jax.lax.map."
+)
+
+# Any step size at all: `always_fires` is asked about levels that fire at every step
+# whatever its size, since the solver's step sizes are traced.
+_ANY_STEP = float(np.finfo(np.float32).tiny)
+
+
+@custom_vmap
+def _shared_step_count(step):
+    return step
+
+
+@_shared_step_count.def_vmap
+def _shared_step_count_rule(axis_size, in_batched, step):
+    # Under jax.vmap, diffrax's loop batches its whole carry, the step counter
+    # included, as soon as its stopping condition is batched (vmap over t0/t1, or over
+    # y0 with events). It still steps all batch elements together, and with a fixed
+    # step-size controller every step is accepted: the elements still running share
+    # one count (the largest), and the draws of finished ones are discarded. Taking
+    # that count keeps the level draws, and so every lax.cond, unbatched.
+    del axis_size
+    if in_batched[0]:
+        return jnp.max(step, axis=0), False
+    return step, False
+
+
+@custom_vmap
+def _unbatched_probabilities(probs):
+    return probs
+
+
+@_unbatched_probabilities.def_vmap
+def _unbatched_probabilities_rule(axis_size, in_batched, probs):
+    del axis_size
+    if in_batched[0]:
+        raise ValueError(BATCHED_PROBABILITIES_MESSAGE)
+    return probs, False
 
 
 class MLEMState(eqx.Module):
@@ -37,11 +94,9 @@ class MLEMState(eqx.Module):
 
     **Fields:**
 
-    - `level_key`: the level stream of the solver's key (`split_key(key)[1]`), as
-        raw key data (`jax.random.key_data`): diffrax's checks cannot carry typed
-        keys out of a solve.
     - `step`: the index `n` of the next step; step `n` draws its levels from
-        `step_uniforms(level_key, n, k)`, as the functional `mlem_solve`.
+        `step_uniforms(level_key, n, k)` with `_, level_key = split_key(key)`, as the
+        functional `mlem_solve`.
     - `evaluations`: shape `(k,)`, how many times each level has been evaluated so
         far (the same count as `mlem_solve`'s `SolveInfo.evaluations`).
 
@@ -50,25 +105,8 @@ class MLEMState(eqx.Module):
     two gives the same result as one solve.
     """
 
-    level_key: UInt32[Array, "..."]
     step: Int[Array, ""]
     evaluations: Int[Array, " k"]
-
-
-class _NoErrorEstimate(eqx.Module):
-    """The error estimate of an ML-EM step: there is none, and using it says why.
-
-    `step` returns one of these in place of every leaf of `y`. Fixed step-size
-    controllers ignore the error estimate; an adaptive controller computes with it,
-    which raises `ADAPTIVE_MESSAGE` instead of diffrax's generic complaint.
-    """
-
-    def _refuse(self, *args, **kwargs):
-        raise ValueError(ADAPTIVE_MESSAGE)
-
-    __jax_array__ = __array__ = __float__ = __abs__ = __neg__ = _refuse
-    __add__ = __radd__ = __sub__ = __rsub__ = _refuse
-    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __pow__ = _refuse
 
 
 class MLEMSolver(diffrax.AbstractItoSolver):
@@ -86,19 +124,29 @@ class MLEMSolver(diffrax.AbstractItoSolver):
     expensive levels are rarely paid for. The drift estimate is unbiased for the top
     level `f^k`; with every `p_l = 1` this is Euler–Maruyama (`diffrax.Euler`) on it.
 
-    The terms must be `MultilevelTerm(levels)` (an ODE) or
-    `diffrax.MultiTerm(MultilevelTerm(levels), diffusion_term)` with any diffusion
-    term, e.g. `diffrax.ControlTerm(g, path)`; the noise is applied as in
-    `diffrax.Euler`. Forward and reverse time (`t1 < t0`) are supported.
+    **Terms.** The drift is a ladder: `MultilevelTerm(levels)`, or any
+    `diffrax.ODETerm(f)`, which is a one-level ladder (with `p_1 = 1` the solver is
+    then exactly `diffrax.Euler`, bit for bit). Pass it alone (an ODE) or as
+    `diffrax.MultiTerm(drift, diffusion_term)` for an SDE, with any diffusion term
+    diffrax's `Euler` takes, e.g. `diffrax.ControlTerm(g, path)` with diagonal,
+    matrix or PyTree noise (`lineax` operators). The ladder is the `MultilevelTerm`
+    among the terms of a `MultiTerm`, else the first `ODETerm`; every other term is
+    applied as `diffrax.Euler` applies it. The state `y0` may be any PyTree of real or
+    complex floating arrays; one draw per level per step serves the whole state.
+    Forward and reverse time (`t1 < t0`) are supported.
 
-    Step sizes must be fixed (`diffrax.ConstantStepSize`, `diffrax.StepTo`): there is
-    no error estimate, and an adaptive controller raises an error saying so.
+    **Fixed steps only.** Use `diffrax.ConstantStepSize` or `diffrax.StepTo`. ML-EM
+    cannot adapt its step size: it draws its levels at random every step, so it has
+    no error estimate to accept or reject a step by, and retrying a rejected step
+    would re-use its random draws. Like `diffrax.Euler`, `step` returns `None` as
+    its error estimate, and diffrax refuses adaptive controllers ("Cannot use
+    adaptive step sizes with a solver that does not provide error estimates").
 
     Gradients are pathwise (the level draws are fixed by `key`): reverse mode with
     `diffrax.RecursiveCheckpointAdjoint` (the default) or `diffrax.DirectAdjoint`,
-    forward mode with `diffrax.ForwardMode`. `diffrax.BacksolveAdjoint` is not
-    supported (its backward solve would need the forward solve's draws). For
-    reverse mode drive the noise with `mlem_jax.StepBrownianPath` or
+    forward mode with `diffrax.ForwardMode`. `diffrax.BacksolveAdjoint` is refused
+    with an error naming it (its backward solve would need the forward solve's
+    draws). For reverse mode drive the noise with `mlem_jax.StepBrownianPath` or
     `diffrax.VirtualBrownianTree`; `diffrax.UnsafeBrownianPath` allows forward mode
     only.
 
@@ -106,7 +154,16 @@ class MLEMSolver(diffrax.AbstractItoSolver):
     `B_l = U_l < p_l` with `U = step_uniforms(level_key, n, k)` and
     `_, level_key = jax.random.split(key)`, as in `mlem_jax.mlem_solve`. Driven by
     `mlem_jax.StepBrownianPath` with the same `key` and grid, `diffeqsolve` with this
-    solver reproduces `mlem_solve(..., key=key)` to float rounding.
+    solver reproduces `mlem_solve(..., key=key)` to float rounding. Levels the
+    schedule fires at every step (`schedule.always_fires`) draw nothing.
+
+    **Under `jax.vmap`** over `y0`, `t0`, `t1`, `args` (or parameters) with an
+    unbatched `key`, the level draws stay unbatched and every level's `lax.cond`
+    stays a real branch, also where diffrax's loop batches its step counter (vmap
+    over `t0`/`t1`, or over `y0` with events: all running batch elements share one
+    step count). Two things would batch the draws, and each raises an error naming
+    it: a batched `key`, and probabilities that depend on batched times (e.g.
+    `mlem_jax.Rates` under vmap over `t0`, `t1` or `dt0`, or under events).
 
     **Arguments:**
 
@@ -164,90 +221,124 @@ class MLEMSolver(diffrax.AbstractItoSolver):
 
     def init(self, terms, t0, t1, y0, args) -> MLEMState:
         del t0, t1, args
-        levels, _, _ = self._unpack(terms, y0)
-        _, level_key = split_key(self.key)
-        if jax.dtypes.issubdtype(level_key.dtype, jax.dtypes.prng_key):
-            level_key = jax.random.key_data(level_key)
+        fns, *_ = self._ladder(terms, y0)
         return MLEMState(
-            level_key=level_key,
             step=jnp.zeros((), jnp.int32),
-            evaluations=jnp.zeros((levels.num_levels,), jnp.int32),
+            evaluations=jnp.zeros((len(fns),), jnp.int32),
         )
 
     def step(self, terms, t0, t1, y0, args, solver_state: MLEMState, made_jump):
         del made_jump
-        levels, direction, diffusion = self._unpack(terms, y0)
-        dtype = y0.dtype
+        fns, ladder, direction, others = self._ladder(terms, y0)
+        k = len(fns)
+        dtype = _time_dtype(y0)
         # diffeqsolve runs reverse-time solves in negated time; undo it for the
         # levels and the schedule, which see the real time and signed step.
         t = jnp.asarray(t0) * direction
         h = (jnp.asarray(t1) * direction - t).astype(dtype)
-        probs = self.schedule.probabilities(t, h).astype(dtype)
-        level_key = solver_state.level_key
-        if jax.dtypes.issubdtype(self.key.dtype, jax.dtypes.prng_key):
-            level_key = jax.random.wrap_key_data(
-                level_key, impl=jax.random.key_impl(self.key)
-            )
-        uniforms = step_uniforms(level_key, solver_state.step, levels.num_levels, dtype)
-        _, needed, weights = level_draws(uniforms, probs)
-        y1 = y0 + h * mlem_drift(levels.fns, needed, weights, t, y0, args)
-        if diffusion is not None:
-            control = diffusion.contr(t0, t1)
-            y1 = y1 + diffusion.vf_prod(t0, y0, args, control)
+        always = self.schedule.always_fires(_ANY_STEP)
+        if all(always):
+            # Every level fires every step: nothing to draw (and nothing that a
+            # batched loop could batch).
+            needed = jnp.ones((k,), bool)
+            weights = jnp.ones((k,), dtype)
+        else:
+            probs = self.schedule.probabilities(t, h).astype(dtype)
+            # Checked on a boolean of the probabilities: custom_vmap on a float would
+            # break reverse-mode linearization.
+            _unbatched_probabilities(jnp.isnan(probs))
+            _, level_key = split_key(self.key)
+            n = _shared_step_count(solver_state.step)
+            uniforms = step_uniforms(level_key, n, k, dtype)
+            _, needed, weights = level_draws(uniforms, probs)
+        drift = mlem_drift(fns, needed, weights, t, y0, args, always)
+        # The sum of every term's increment, in the terms' order, added to y0: as
+        # diffrax.Euler on a MultiTerm (so one level at p = 1 is Euler bit for bit).
+        increments = [
+            ladder.prod(drift, ladder.contr(t0, t1))
+            if term is None
+            else term.vf_prod(t0, y0, args, term.contr(t0, t1))
+            for term in others
+        ]
+        increment = jtu.tree_map(lambda *xs: sum(xs[1:], xs[0]), *increments)
+        y1 = jtu.tree_map(lambda a, b: a + b, y0, increment)
         state = MLEMState(
-            level_key=solver_state.level_key,
             step=solver_state.step + 1,
             evaluations=solver_state.evaluations + needed.astype(jnp.int32),
         )
-        y_error = jtu.tree_map(lambda _: _NoErrorEstimate(), y1)
         dense_info = dict(y0=y0, y1=y1)
-        return y1, y_error, dense_info, state, diffrax.RESULTS.successful
+        return y1, None, dense_info, state, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         # The top level's vector field (plus the diffusion's), as diffrax.Euler.
         return terms.vf(t0, y0, args)
 
-    def _unpack(self, terms, y0):
-        """`(levels, direction, diffusion_term or None)` from the terms `step` gets."""
+    def _ladder(self, terms, y0):
+        """`(level fns, ladder term, direction, terms)` from the terms `step` gets;
+        `terms` lists every term in `MultiTerm` order, with `None` for the ladder."""
         expected = (
-            "MLEMSolver: the terms must be mlem_jax.MultilevelTerm(levels) for an ODE, "
-            "or diffrax.MultiTerm(mlem_jax.MultilevelTerm(levels), diffusion_term) "
+            "MLEMSolver: the terms must be a drift term (mlem_jax.MultilevelTerm or "
+            "diffrax.ODETerm) for an ODE, or diffrax.MultiTerm(drift, diffusion_term) "
             "for an SDE"
         )
-        if isinstance(terms, diffrax.MultiTerm):
-            if len(terms.terms) == 1:
-                drift, diffusion = terms.terms[0], None
-            elif len(terms.terms) == 2:
-                drift, diffusion = terms.terms
-            else:
-                raise TypeError(f"{expected}; got a MultiTerm of {len(terms.terms)}.")
+        is_term = lambda x: isinstance(x, diffrax.AbstractTerm)  # noqa: E731
+        for term in jtu.tree_leaves(
+            terms, is_leaf=lambda x: is_term(x) and not isinstance(x, WrapTerm)
+        ):
+            if isinstance(term, AdjointTerm):
+                raise TypeError(BACKSOLVE_MESSAGE)
+        subterms = terms.terms if isinstance(terms, diffrax.MultiTerm) else (terms,)
+        inner = [s.term if isinstance(s, WrapTerm) else s for s in subterms]
+        multilevel = [i for i, s in enumerate(inner) if isinstance(s, MultilevelTerm)]
+        nested = sum(
+            isinstance(x, MultilevelTerm)
+            for x in jtu.tree_leaves(terms, is_leaf=is_term)
+            for x in jtu.tree_leaves(x, is_leaf=lambda x: isinstance(x, MultilevelTerm))
+        )
+        if len(multilevel) > 1 or nested != len(multilevel):
+            raise TypeError(
+                f"{expected}; got {nested} MultilevelTerms, expected one, directly "
+                "inside the MultiTerm."
+            )
+        plain = [i for i, s in enumerate(inner) if isinstance(s, diffrax.ODETerm)]
+        if not (multilevel or plain):
+            names = ", ".join(type(s).__name__ for s in inner)
+            raise TypeError(f"{expected}; got no drift term among ({names}).")
+        index = (multilevel or plain)[0]
+        ladder = subterms[index]
+        direction = ladder.direction if isinstance(ladder, WrapTerm) else 1
+        if multilevel:
+            fns, source = inner[index].levels.fns, "the MultilevelTerm has"
         else:
-            drift, diffusion = terms, None
-        direction = 1
-        if isinstance(drift, WrapTerm):
-            drift, direction = drift.term, drift.direction
-        if not isinstance(drift, MultilevelTerm):
-            raise TypeError(
-                f"{expected}; got {type(drift).__name__} as the drift term. Wrap the "
-                "drift hierarchy as MultilevelTerm(mlem_jax.Levels(fns, costs))."
-            )
-        levels = drift.levels
-        if self.schedule.num_levels != levels.num_levels:
+            fns, source = (inner[index].vf,), "the ODETerm drift is a ladder of"
+        if self.schedule.num_levels != len(fns):
             raise ValueError(
-                f"MLEMSolver: `schedule` has {self.schedule.num_levels} levels but the "
-                f"MultilevelTerm has {levels.num_levels}; expected one probability or "
-                "rate per level."
+                f"MLEMSolver: `schedule` has {self.schedule.num_levels} levels but "
+                f"{source} {len(fns)}; expected one probability or rate per level."
             )
-        if not (isinstance(y0, jnp.ndarray) and jnp.issubdtype(y0.dtype, jnp.floating)):
-            raise TypeError(
-                "MLEMSolver: `y0` must be a single floating array (put a batch in a "
-                f"leading axis); got {type(y0).__name__}."
-            )
-        return levels, direction, diffusion
+        for leaf in jtu.tree_leaves(y0):
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                raise TypeError(
+                    "MLEMSolver: `y0` must be a PyTree of floating or complex arrays; "
+                    f"got a leaf of dtype {jnp.result_type(leaf)}."
+                )
+        others = tuple(s if i != index else None for i, s in enumerate(subterms))
+        return fns, ladder, direction, others
+
+
+def _time_dtype(y0) -> jnp.dtype:
+    """The real dtype of times, probabilities and weights: the widest real dtype of
+    `y0`'s leaves (complex leaves count by their real part), at least float32."""
+    dtype = jnp.dtype(jnp.float32)
+    for leaf in jtu.tree_leaves(y0):
+        real = jnp.dtype(jnp.finfo(jnp.result_type(leaf)).dtype)
+        if real.itemsize > dtype.itemsize:
+            dtype = real
+    return dtype
 
 
 MLEMSolver.__init__.__doc__ = """**Arguments:**
 
-- `schedule`: the level probabilities, one per level of the `MultilevelTerm`.
+- `schedule`: the level probabilities, one per level of the drift ladder.
 - `key`: a single PRNG key for the level draws (split as `mlem_jax.mlem_solve` does).
 """

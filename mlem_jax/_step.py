@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, PyTree
 
 BATCHED_DRAWS_MESSAGE = (
     "mlem_jax: the ML-EM level draws are batched under jax.vmap (the solve's `key`, "
@@ -58,16 +58,20 @@ def mlem_drift(
     needed: Bool[Array, " k"],
     weights: Float[Array, " k"],
     t,
-    y: Array,
+    y: PyTree[Array],
     args,
     always: Sequence[bool] | None = None,
-) -> Array:
+) -> PyTree[Array]:
     """The randomized telescope `Σ_l (B_l/p_l)(f^l − f^{l−1})(t, y)`.
 
     Each level is evaluated at most once, and only where `needed[l]`: the predicate
     is unbatched, so `lax.cond` is a real branch and a skipped level costs nothing.
     Levels flagged in the static `always` (known to fire every step, e.g. `p_1 = 1`)
     are evaluated directly, without a branch.
+
+    `y` may be a PyTree of arrays (real or complex); every level must return a PyTree
+    of the same structure. The estimator is linear, so it is taken leaf by leaf with
+    the same draws for the whole state.
     """
 
     # Walk the levels carrying (drift so far, previous level's value). A level that
@@ -75,12 +79,28 @@ def mlem_drift(
     # when B_{l+1} fires, level l was needed and `previous` holds f^l.
     # Differences are taken before weighting: (f^l − f^{l−1}) is small, so a large
     # 1/p_l multiplies it without the cancellation of Σ (w_l − w_{l+1}) f^l.
+    structure = jax.tree.structure(y)
+
     def update(l, fn, carry):
         drift, previous = carry
-        value = _as_like(fn(t, y, args), y, l)
-        return drift + weights[l].astype(y.dtype) * (value - previous), value
+        value = fn(t, y, args)
+        if jax.tree.structure(value) != structure:
+            raise ValueError(
+                f"mlem_jax: level {l + 1} returned a PyTree of structure "
+                f"{jax.tree.structure(value)}, expected the structure of `y` "
+                f"{structure}. Each level f(t, y, args) must return a PyTree like y."
+            )
+        value = jax.tree.map(lambda v, yi: _as_like(v, yi, l), value, y)
+        drift = jax.tree.map(
+            lambda d, v, p: d + weights[l].astype(d.dtype) * (v - p),
+            drift,
+            value,
+            previous,
+        )
+        return drift, value
 
-    carry = (jnp.zeros_like(y), jnp.zeros_like(y))
+    zeros = jax.tree.map(jnp.zeros_like, y)
+    carry = (zeros, zeros)
     for l, fn in enumerate(fns):  # noqa: E741
         if always is not None and always[l]:
             carry = update(l, fn, carry)
