@@ -136,11 +136,15 @@ def check_drift_output(value, y, what: str) -> None:
             f"mlem_jax: {what} returned shape {value.shape}, expected the shape of `y` "
             f"{y.shape}. Each level f(t, y, args) must return an array like y."
         )
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        # int/bool would be cast silently (a truncated drift); complex would drop
-        # its imaginary part.
+    # int/bool would be cast silently (a truncated drift); complex for a real `y`
+    # would drop its imaginary part. A complex `y` takes real or complex values.
+    expected = (
+        jnp.inexact if jnp.issubdtype(y.dtype, jnp.complexfloating) else jnp.floating
+    )
+    if not jnp.issubdtype(value.dtype, expected):
         raise TypeError(
-            f"mlem_jax: {what} returned dtype {value.dtype}, expected a floating dtype "
+            f"mlem_jax: {what} returned dtype {value.dtype}, expected a "
+            f"{'floating or complex' if expected is jnp.inexact else 'floating'} dtype "
             f"like `y` ({y.dtype})."
         )
 
