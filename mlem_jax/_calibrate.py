@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import diffrax
 import equinox as eqx
@@ -71,6 +72,10 @@ class Calibration:
         of that level's corrections. A scalar is broadcast to every level.
     - `t0`, `t1`, `num_steps`: the grid of the pilot solves.
     - `warnings`: diagnostics in words.
+    - `pair_variances`: `E‖f^j − f^i‖²` per bin for every pair of levels, shape
+        `(m, k + 1, k + 1)` with index 0 for `f^0 = 0` (so `variances[:, l]` is
+        `pair_variances[:, l, l + 1]`), or `None` (older stored calibrations): what
+        `restrict` and `choose_levels` need to price a ladder that skips levels.
     """
 
     times: np.ndarray
@@ -87,6 +92,7 @@ class Calibration:
     t1: float
     num_steps: int
     warnings: tuple[str, ...]
+    pair_variances: np.ndarray | None = None
 
     def __post_init__(self):
         amplification = np.broadcast_to(
@@ -152,6 +158,126 @@ class Calibration:
                 f"positive finite numbers (one per level); got {list(values)}."
             )
         return dataclasses.replace(self, seconds=values)
+
+    def restrict(self, levels: Sequence[int]) -> Calibration:
+        """The calibration of the ladder made of `levels` alone (0-based indices,
+        increasing): its increments are `f^{levels[n]} − f^{levels[n−1]}`, their
+        variances read from `pair_variances`. Each increment keeps the
+        amplification measured for its finer level's own increment (an
+        approximation: the pilots randomised adjacent increments only).
+
+        Skipping a level keeps the telescope unbiased (its increment merges into
+        the next one's), unlike a rate of zero, which drops it. On the shipped
+        digits ladder the neighbouring levels' increments partly cancel
+        (`E‖f^5 − f^1‖²` is half of `Σ_l V_l`), so fewer levels can add less
+        variance for the same cost: see `choose_levels`.
+        """
+        k = self.num_levels
+        idx = [int(i) for i in levels]
+        if not idx or idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= k:
+            raise ValueError(
+                "Calibration.restrict: `levels` must be increasing level indices in "
+                f"[0, {k}); got {list(levels)}."
+            )
+        if self.pair_variances is None:
+            if idx == list(range(idx[0], idx[-1] + 1)) and idx[0] == 0:
+                pairs = None
+            else:
+                raise ValueError(
+                    "Calibration.restrict: this calibration has no `pair_variances` "
+                    "(a stored one from before they were measured); run `calibrate` "
+                    "again to price a ladder that skips levels."
+                )
+        else:
+            pairs = self.pair_variances[:, [0] + [i + 1 for i in idx]][
+                :, :, [0] + [i + 1 for i in idx]
+            ]
+        if pairs is not None:
+            variances = np.stack([pairs[:, n, n + 1] for n in range(len(idx))], axis=1)
+        else:
+            variances = self.variances[:, idx]
+
+        def pick(values):
+            return None if values is None else tuple(values[i] for i in idx)
+
+        return dataclasses.replace(
+            self,
+            variances=variances,
+            costs=pick(self.costs),
+            flops=pick(self.flops),
+            seconds=pick(self.seconds),
+            drift_errors=self.drift_errors[idx],
+            amplification=self.amplification[idx],
+            pair_variances=pairs,
+        )
+
+    def choose_levels(
+        self,
+        *,
+        target_error: float | None = None,
+        budget: float | None = None,
+        num_steps: int | None = None,
+        min_probability: float = 0.0,
+        cost: str = "costs",
+    ) -> tuple[int, ...]:
+        """The sub-ladder (0-based level indices, always ending with the top level)
+        whose calibrated schedule is predicted to meet `target_error` at the least
+        cost, or to add the least error for `budget`; arguments as `schedule`.
+
+        Every subset of the cheaper levels is tried (`2^(k−1)` ladders), the top
+        level alone (Euler–Maruyama) included when it meets the target or the
+        budget. Which levels pay off depends on the cost: priced in seconds, a
+        latency-bound small network costs more relative to the top one than its
+        FLOPs say, and levels whose seconds barely differ from the next one's add
+        variance for little saving.
+        """
+        if (target_error is None) == (budget is None):
+            raise ValueError(
+                "Calibration.choose_levels: give exactly one of `target_error` or "
+                "`budget`."
+            )
+        if self.pair_variances is None:
+            raise ValueError(
+                "Calibration.choose_levels: this calibration has no `pair_variances` "
+                "(a stored one from before they were measured); run `calibrate` "
+                "again to price ladders that skip levels."
+            )
+        num_steps = self.num_steps if num_steps is None else num_steps
+        self.level_costs(cost)
+        k = self.num_levels
+        best, best_value = None, math.inf
+        for mask in range(2 ** (k - 1)):
+            idx = tuple(i for i in range(k - 1) if mask >> i & 1) + (k - 1,)
+            sub = self.restrict(idx)
+            if len(idx) == 1:
+                schedule = FixedProbabilities(np.ones(1, np.float32))
+            else:
+                try:
+                    schedule = sub.schedule(
+                        target_error=target_error,
+                        budget=budget,
+                        num_steps=num_steps,
+                        min_probability=min_probability,
+                        cost=cost,
+                    )
+                except ValueError:  # infeasible for this sub-ladder
+                    continue
+            pred = sub.predict(schedule, num_steps, cost)
+            if target_error is not None:
+                ok = pred["error"] <= target_error * (1 + 1e-6)
+                value = pred["cost"] if ok else math.inf
+            else:
+                ok = pred["cost"] <= budget * (1 + 1e-6)
+                value = pred["error"] if ok else math.inf
+            if value < best_value:
+                best, best_value = idx, value
+        if best is None:
+            raise ValueError(
+                "Calibration.choose_levels: no sub-ladder meets the "
+                + ("target error" if target_error is not None else "budget")
+                + f" at {num_steps} steps."
+            )
+        return best
 
     def rate_shape(self, cost: str = "costs") -> np.ndarray:
         """Unscaled rates `sqrt(A_l a(t) V_l(t)/C_l)`, shape `(m, k)`, with `C_l` in
@@ -462,9 +588,13 @@ def calibrate(
             previous = v
         ref = values[-1]
         errors = [sq(v - ref) for v in values[:k]]
-        return carry, (jnp.stack(increments), jnp.stack(errors))
+        with_zero = [jnp.zeros_like(y)] + values[:k]
+        pairs = jnp.stack(
+            [jnp.stack([sq(a - b) for b in with_zero]) for a in with_zero]
+        )
+        return carry, (jnp.stack(increments), jnp.stack(errors), pairs)
 
-    per_step_v, per_step_e = jax.lax.scan(
+    per_step_v, per_step_e, per_step_pairs = jax.lax.scan(
         measure,
         None,
         (jnp.asarray(ts, y0.dtype), states[:-1]),
@@ -489,6 +619,10 @@ def calibrate(
     edges = np.linspace(lo, hi, num_bins + 1)
     bins = _bin_index(edges, ts + h / 2)
     variances = np.stack([per_step_v[bins == b].mean(axis=0) for b in range(num_bins)])
+    per_step_pairs = np.asarray(per_step_pairs, np.float64)
+    pair_variances = np.stack(
+        [per_step_pairs[bins == b].mean(axis=0) for b in range(num_bins)]
+    )
     drift_errors = np.sqrt(per_step_e.mean(axis=0))
 
     flops = seconds = None
@@ -520,6 +654,7 @@ def calibrate(
         t1=t1,
         num_steps=num_steps,
         warnings=(),
+        pair_variances=pair_variances,
     )
     amplification = np.ones(k)
     if pilot_keys > 0 and k > 1:

@@ -312,10 +312,13 @@ _em_jit = jax.jit(_em_fn, static_argnums=(1, 5))
 _mlem_jit = jax.jit(_mlem_fn, static_argnums=(1, 6))
 
 
-def _split(ladder: _Ladder, top_only: bool = False):
-    fns = ladder.levels.fns
+def _split(ladder: _Ladder, levels: Sequence[int] | None = None):
+    idx = range(ladder.levels.num_levels) if levels is None else levels
     problem = _Problem(
-        fns, tuple(ladder.levels.costs), ladder.sde.beta_min, ladder.sde.beta_max
+        tuple(ladder.levels.fns[i] for i in idx),
+        tuple(ladder.levels.costs[i] for i in idx),
+        ladder.sde.beta_min,
+        ladder.sde.beta_max,
     )
     return eqx.partition(problem, eqx.is_array)
 
@@ -350,13 +353,17 @@ def run_em(ladder: _Ladder, y0, dw, key, num_steps: int):
     return y1, info, secs
 
 
-def run_mlem(ladder: _Ladder, schedule, y0, dw, key, num_steps: int):
-    """ML-EM over the whole ladder; returns `(y1, info, seconds)`."""
-    params, static = _split(ladder)
+def run_mlem(ladder: _Ladder, schedule, y0, dw, key, num_steps: int, levels=None):
+    """ML-EM over the ladder's `levels` (0-based indices; default every level);
+    returns `(y1, evaluations of every level of the ladder, seconds)`."""
+    params, static = _split(ladder, levels)
     (y1, info), secs = _timed_compiled(
         _mlem_jit, params, static, schedule, y0, dw, key, num_steps
     )
-    return y1, info, secs
+    evaluations = np.zeros(ladder.levels.num_levels, np.int64)
+    idx = list(range(ladder.levels.num_levels) if levels is None else levels)
+    evaluations[idx] = np.asarray(info.evaluations)
+    return y1, evaluations, secs
 
 
 def calibrated_schedule(
@@ -501,6 +508,44 @@ def feasible_budget(
     return budget, None
 
 
+def level_schedule(
+    cal,
+    num_steps: int,
+    budget: float,
+    min_probability=None,
+    cost: str = "flops",
+    levels: str = "all",
+) -> tuple[tuple[int, ...], Any]:
+    """`(levels used, schedule)`: `budget_schedule` over every level
+    (`levels="all"`), or over the sub-ladder `Calibration.choose_levels` predicts
+    to add the least error for the budget (`levels="auto"`; every level, with a
+    warning, for a stored calibration that cannot price sub-ladders)."""
+    from ._schedules import FixedProbabilities
+
+    every = tuple(range(cal.num_levels))
+    if levels == "all":
+        return every, budget_schedule(cal, num_steps, budget, min_probability, cost)
+    if cal.pair_variances is None:
+        _warn(
+            "this calibration cannot price ladders that skip levels (no pair "
+            "variances); using every level."
+        )
+        return every, budget_schedule(cal, num_steps, budget, min_probability, cost)
+    p_min = MIN_PROBABILITY if min_probability is None else min_probability
+    budget, _ = feasible_budget(cal, num_steps, budget, p_min, cost)
+    unit = _unit(cost)
+    target = budget * cal.level_costs(unit)[-1]
+    idx = cal.choose_levels(
+        budget=target, num_steps=num_steps, min_probability=p_min, cost=unit
+    )
+    if len(idx) == 1:  # the top level alone, at every step: Euler-Maruyama
+        return idx, FixedProbabilities(np.ones(1, np.float32))
+    sub = cal.restrict(idx)
+    return idx, sub.schedule(
+        budget=target, num_steps=num_steps, min_probability=p_min, cost=unit
+    )
+
+
 def budget_schedule(
     cal, num_steps: int, budget: float, min_probability=None, cost: str = "flops"
 ):
@@ -614,6 +659,14 @@ def _add_sample(sub: Any) -> None:
         "the rates then vary with the timings: --level-ms fixes them)",
     )
     p.add_argument(
+        "--levels",
+        choices=("auto", "all"),
+        default="auto",
+        help="mlem with calibrated rates: every level of the ladder, or the levels "
+        "`Calibration.choose_levels` predicts to add the least error for the "
+        "budget (a sub-ladder; skipping a level keeps the estimate unbiased)",
+    )
+    p.add_argument(
         "--level-ms",
         type=_list(_positive_float),
         help="with --cost seconds: milliseconds per evaluation of each level, "
@@ -661,6 +714,7 @@ def _run_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     y0 = ladder.sde.prior_sample(k_y0, shape)
     schedule = None
     level_seconds = None
+    used = None
     if args.method == "mlem":
         if args.probs is not None:
             schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
@@ -693,7 +747,10 @@ def _run_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             if note:
                 given = "--budget" if args.budget else "--budget (default steps/4)"
                 _warn(note.replace("`budget`", given, 1))
-            schedule = budget_schedule(cal, args.steps, budget, cost=args.cost)
+            used, schedule = level_schedule(
+                cal, args.steps, budget, cost=args.cost, levels=args.levels
+            )
+            print("levels used: " + ",".join(str(i + 1) for i in used))
     dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
     top = ladder.levels.costs[-1]
     if schedule is None:
@@ -701,8 +758,9 @@ def _run_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         evaluations = np.zeros(k, np.int64)
         evaluations[-1] = int(info.evaluations[0])
     else:
-        x, info, secs = run_mlem(ladder, schedule, y0, dw, k_level, args.steps)
-        evaluations = np.asarray(info.evaluations)
+        x, evaluations, secs = run_mlem(
+            ladder, schedule, y0, dw, k_level, args.steps, used
+        )
         if evaluations[-1] == 0:
             _warn(
                 "the top level was never evaluated in this solve (0 evaluations): "
@@ -908,6 +966,13 @@ def _add_demo(sub: Any) -> None:
         "measured here per level on this batch, or FLOPs",
     )
     p.add_argument(
+        "--levels",
+        choices=("auto", "all"),
+        default="auto",
+        help="ML-EM over every level, or over the sub-ladder "
+        "`Calibration.choose_levels` picks for each budget",
+    )
+    p.add_argument(
         "--level-keys",
         type=_positive_int,
         default=4,
@@ -956,6 +1021,7 @@ def run_demo(
     progress: bool = True,
     calibration=None,
     cost: str = "seconds",
+    levels: str = "auto",
 ) -> dict:
     """The demo's measurements: one dict per run (method, steps, evaluations, cost,
     FLOPs, seconds, strong error, sliced-Wasserstein distance) plus the samples.
@@ -964,7 +1030,8 @@ def run_demo(
     increments) and the same prior draws `y0`. `calibration`: the ladder's
     calibration if already made (`demo_calibration`, priced for `cost`), else it is
     made here. `cost`: what ML-EM's rates minimise and its budgets count, `"seconds"`
-    or `"flops"`.
+    or `"flops"`. `levels`: `"auto"` (each budget on the sub-ladder
+    `Calibration.choose_levels` picks) or `"all"`.
     """
     from tqdm.auto import tqdm
 
@@ -1045,25 +1112,27 @@ def run_demo(
         dw = coarsen_increments(fine, ref_steps // n)
         for s in scales:
             bar.set_postfix_str(f"ML-EM {n} steps x{s:g}")
-            schedule = budget_schedule(cal, n, s * budget, min_probability, cost)
-            x, info, secs = run_mlem(ladder, schedule, y0, dw, k_level, n)
+            used, schedule = level_schedule(
+                cal, n, s * budget, min_probability, cost, levels
+            )
+            x, evals, secs = run_mlem(ladder, schedule, y0, dw, k_level, n, used)
             repeats = []
             for extra_key in jax.random.split(
                 jax.random.fold_in(k_level, 1), level_keys - 1
             ):
-                xr, ir, sr = run_mlem(ladder, schedule, y0, dw, extra_key, n)
-                repeats.append((xr, np.asarray(ir.evaluations), sr))
-            pred = cal.predict(schedule, n, unit)
+                repeats.append(run_mlem(ladder, schedule, y0, dw, extra_key, n, used))
+            pred = cal.restrict(used).predict(schedule, n, unit)
             record(
                 "mlem",
                 n,
                 x,
-                np.asarray(info.evaluations),
+                evals,
                 secs,
                 f"ML-EM {n} x{s:g}",
                 repeats=repeats,
                 scale=s,
                 cost=cost,
+                levels=[i + 1 for i in used],
                 predicted_top_equivalent=pred["cost"] / cal.level_costs(unit)[-1],
             )
             bar.update()
@@ -1083,6 +1152,7 @@ def run_demo(
             em_steps=list(em_steps),
             mlem_steps=list(mlem_steps),
             cost=cost,
+            levels=levels,
             scales=list(scales),
             budget=budget,
             min_probability=min_probability,
@@ -1359,6 +1429,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         progress=not args.no_progress,
         calibration=cal,
         cost=args.cost,
+        levels=args.levels,
     )
     os.makedirs(args.out, exist_ok=True)
     cost_path, samples_path = plot_demo(result, args.out)

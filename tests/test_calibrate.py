@@ -1,5 +1,6 @@
 """Calibration on a hierarchy whose V_l(t), costs and drift errors are known exactly."""
 
+import dataclasses
 import math
 
 import jax
@@ -370,3 +371,70 @@ def test_time_in_scan_bad_input_and_result():
         mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), num_steps=0)
     with pytest.raises(ValueError, match="`repeats` must be a positive int"):
         mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), repeats=0)
+
+
+def test_pair_variances_match_closed_form(calibration):
+    # Orthogonal increments: E‖f^j − f^i‖² = (1 + t)² Σ_{i<l≤j} a_l² for i ≥ 1.
+    a, _ = _amplitudes()
+    pairs = calibration.pair_variances
+    k = len(COSTS)
+    assert pairs.shape == (4, k + 1, k + 1)
+    np.testing.assert_allclose(pairs, np.swapaxes(pairs, 1, 2))
+    for l in range(k):  # adjacent pairs are the increments
+        np.testing.assert_allclose(pairs[:, l, l + 1], calibration.variances[:, l])
+    for i in range(1, k):
+        for j in range(i + 1, k + 1):
+            expected = calibration.variances[:, i:j].sum(axis=1)
+            np.testing.assert_allclose(pairs[:, i, j], expected, rtol=1e-4)
+    # A sub-ladder's increments are the merged ones; costs and timings follow.
+    sub = calibration.with_seconds((1.0, 2.0, 3.0, 4.0)).restrict((0, 2, 3))
+    np.testing.assert_allclose(sub.variances[:, 1], pairs[:, 1, 3])
+    np.testing.assert_allclose(sub.variances[:, 2], calibration.variances[:, 3])
+    assert sub.costs == (COSTS[0], COSTS[2], COSTS[3])
+    assert sub.seconds == (1.0, 3.0, 4.0)
+    full = calibration.restrict(range(k))
+    np.testing.assert_allclose(full.variances, calibration.variances)
+
+
+def test_choose_levels_skips_a_level_that_saves_no_seconds(calibration):
+    # Level 2 costs as many seconds as level 3: its increment buys no saving, so
+    # the seconds-optimal ladder skips it, and is predicted no dearer than the full
+    # ladder or Euler–Maruyama with the top level at the same added error.
+    timed = calibration.with_seconds((1.0, 15.9, 16.0, 64.0))
+    target = 0.05
+    chosen = timed.choose_levels(target_error=target, cost="seconds")
+    assert 1 not in chosen and chosen[-1] == 3
+
+    def cost_of(idx):
+        sub = timed.restrict(idx)
+        return sub.predict(
+            sub.schedule(target_error=target, cost="seconds"), cost="seconds"
+        )["cost"]
+
+    assert cost_of(chosen) <= cost_of((0, 1, 2, 3)) * (1 + 1e-9)
+    assert cost_of(chosen) <= 64 * 64.0
+    # With a budget: the chosen ladder adds the least predicted error.
+    budget = 0.3 * 64 * 64.0
+    chosen = timed.choose_levels(budget=budget, cost="seconds")
+    sub = timed.restrict(chosen)
+    err = sub.predict(sub.schedule(budget=budget, cost="seconds"), cost="seconds")
+    full = timed.predict(timed.schedule(budget=budget, cost="seconds"), cost="seconds")
+    assert err["error"] <= full["error"] * (1 + 1e-9)
+
+
+def test_restrict_and_choose_levels_bad_input(calibration):
+    with pytest.raises(
+        ValueError, match=r"`levels` must be increasing level indices in \[0, 4\)"
+    ):
+        calibration.restrict((2, 1))
+    with pytest.raises(ValueError, match="exactly one of `target_error` or `budget`"):
+        calibration.choose_levels()
+    stored = dataclasses.replace(calibration, pair_variances=None)
+    with pytest.raises(ValueError, match="no `pair_variances`.*run `calibrate` again"):
+        stored.choose_levels(target_error=0.1)
+    with pytest.raises(ValueError, match="no `pair_variances`"):
+        stored.restrict((0, 3))
+    # A prefix of the ladder needs no pairs.
+    np.testing.assert_allclose(
+        stored.restrict((0, 1)).variances, calibration.variances[:, :2]
+    )

@@ -78,7 +78,7 @@ def test_sample_writes_png_and_arrays(method, tmp_path, capsys):
     if method == "mlem":
         # Seconds-optimal rates from given timings: reproducible (measured ones
         # vary from run to run, and the rates with them).
-        argv += ["--level-ms", "2,4,5,7,13"]
+        argv += ["--level-ms", "2,4,5,7,13", "--levels", "all"]
     assert main([*argv, "--seed", "3", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "evaluations per level" in printed and "FLOPs" in printed
@@ -121,6 +121,8 @@ DEMO = [
     "4",
     "--cost",
     "flops",
+    "--levels",
+    "all",
     "--no-progress",
 ]
 
@@ -173,7 +175,11 @@ def test_sample_measures_seconds_and_says_what_it_optimised(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "rates minimise seconds" in printed and "--level-ms" in printed
+    assert "levels used: " in printed
+    used = [int(i) - 1 for i in printed.split("levels used: ")[1].split()[0].split(",")]
     arrays = np.load(tmp_path / "s.npz")
+    skipped = [i for i in range(5) if i not in used]
+    assert used[-1] == 4 and np.all(arrays["evaluations"][skipped] == 0)
     assert str(arrays["cost"]) == "seconds"
     seconds = arrays["level_seconds"]
     assert seconds.shape == (5,) and np.all(seconds > 0)

@@ -112,6 +112,8 @@ def load_calibration(path: str | os.PathLike):
             fields = json.load(f)
         for name in ("times", "variances", "sensitivity", "drift_errors"):
             fields[name] = np.asarray(fields[name], np.float64)
+        if fields.get("pair_variances") is not None:
+            fields["pair_variances"] = np.asarray(fields["pair_variances"], np.float64)
         for name in ("costs", "warnings"):
             fields[name] = tuple(fields[name])
         return Calibration(**fields)
