@@ -22,32 +22,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, write_json  # noqa: E402
+from _common import environment, median_time, write_json  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
 from mlem_jax.benchmarking import ladder_problem  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STEPS = 64
-
-
-def _median(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _in_cond(fn, t, y, num_steps: int, repeats: int) -> float:
@@ -69,7 +57,7 @@ def _in_cond(fn, t, y, num_steps: int, repeats: int) -> float:
             1
         ]
 
-    return _median(lambda: loop(dynamic, t), repeats) / num_steps
+    return median_time(lambda: loop(dynamic, t), repeats) / num_steps
 
 
 def profile(batch: int, seed: int, repeats: int) -> dict:
@@ -112,7 +100,7 @@ def profile(batch: int, seed: int, repeats: int) -> dict:
         )[0]
 
     def per_step(fn):
-        return _median(fn, repeats) / STEPS
+        return median_time(fn, repeats) / STEPS
 
     out: dict = dict(batch=batch, steps=STEPS, levels=[])
     for f in levels.fns:

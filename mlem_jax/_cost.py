@@ -98,13 +98,7 @@ def time_in_scan(
 
         return jax.lax.scan(body, (t, y), None, length=num_steps)[0][1]
 
-    jax.block_until_ready(loop(dynamic))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(loop(dynamic))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / num_steps
+    return _median_seconds(lambda: loop(dynamic), repeats) / num_steps
 
 
 def time_call(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> float:
@@ -117,10 +111,16 @@ def time_call(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> float:
         f, a = eqx.combine(dynamic, static)
         return f(*a)
 
-    jax.block_until_ready(call(dynamic))
+    return _median_seconds(lambda: call(dynamic), repeats)
+
+
+def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
+    """Median wall-clock of `run()` (blocking on its result) over `repeats` calls,
+    after one untimed call that compiles it."""
+    jax.block_until_ready(run())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(call(dynamic))
+        jax.block_until_ready(run())
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -280,18 +280,13 @@ def _solve(
                     f"{getattr(out, 'shape', None)}; expected y0.shape {y0.shape}."
                 )
         else:
-            try:
-                brownian = jnp.asarray(brownian, dtype)
-            except TypeError as e:
-                raise TypeError(
-                    f"{name}: `brownian` must be an array of increments or a diffrax "
-                    f"Brownian path; got {type(brownian).__name__}."
-                ) from e
-            if brownian.shape != (num_steps, *y0.shape):
-                raise ValueError(
-                    f"{name}: `brownian` increments have shape {brownian.shape}; "
-                    f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
-                )
+            brownian = check_increments(
+                name,
+                brownian,
+                num_steps,
+                y0,
+                "an array of increments or a diffrax Brownian path",
+            )
     for i, fn in enumerate(fns):
         # Abstract evaluation only: no compute, a clear error naming the level.
         out = eqx.filter_eval_shape(fn, t0, y0, args)
@@ -318,6 +313,26 @@ def _solve(
     )
     cost = jnp.asarray(costs, tdtype) @ evaluations.astype(tdtype)
     return ys, SolveInfo(evaluations=evaluations, cost=cost, ts=ts, num_steps=num_steps)
+
+
+def check_increments(
+    name: str, brownian, num_steps: int, y0: Array, expected: str
+) -> Array:
+    """`brownian` as an array of Brownian increments of shape `(num_steps,
+    *y0.shape)` in `y0`'s dtype, or a clear error naming `brownian` (`expected`
+    says what it may be)."""
+    try:
+        brownian = jnp.asarray(brownian, y0.dtype)
+    except TypeError as e:
+        raise TypeError(
+            f"{name}: `brownian` must be {expected}; got {type(brownian).__name__}."
+        ) from e
+    if brownian.shape != (num_steps, *y0.shape):
+        raise ValueError(
+            f"{name}: `brownian` increments have shape {brownian.shape}; "
+            f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
+        )
+    return brownian
 
 
 def _path_increment(path, t0, t1):

@@ -53,7 +53,7 @@ from .._brownian import split_key, step_increment, step_uniforms
 from .._levels import Levels
 from .._misc import check_key, concrete_or_none
 from .._schedules import AbstractSchedule
-from .._solve import SolveInfo
+from .._solve import SolveInfo, check_increments
 from .._step import check_drift_output, level_draws, mlem_drift
 from ._param import AbstractParametrisation, check_prediction
 
@@ -636,18 +636,9 @@ def _run(
                 f"{name}: `brownian` was given but the sampler "
                 f"{type(sampler).__name__} is deterministic; drop `brownian`."
             )
-        try:
-            brownian = jnp.asarray(brownian, dtype)
-        except TypeError as e:
-            raise TypeError(
-                f"{name}: `brownian` must be an array of increments; got "
-                f"{type(brownian).__name__}."
-            ) from e
-        if brownian.shape != (num_steps, *y0.shape):
-            raise ValueError(
-                f"{name}: `brownian` increments have shape {brownian.shape}; "
-                f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
-            )
+        brownian = check_increments(
+            name, brownian, num_steps, y0, "an array of increments"
+        )
     for i, fn in enumerate(fns):
         out = eqx.filter_eval_shape(fn, ts[0], y0, args)
         check_drift_output(out, y0, "`model`" if schedule is None else f"level {i + 1}")
