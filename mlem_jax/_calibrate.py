@@ -267,6 +267,7 @@ class Calibration:
                 ok = pred["error"] <= target_error * (1 + 1e-6)
                 value = pred["cost"] if ok else math.inf
             else:
+                assert budget is not None
                 ok = pred["cost"] <= budget * (1 + 1e-6)
                 value = pred["error"] if ok else math.inf
             if value < best_value:
@@ -371,7 +372,9 @@ class Calibration:
                     + f"; got {budget}."
                 )
 
-            def miss(log_s):
+            assert budget is not None
+
+            def miss(log_s, budget: float = budget):
                 spent = self.predict(scaled(math.exp(log_s)), num_steps, cost)["cost"]
                 return _log(spent) - math.log(budget)
 

@@ -521,7 +521,7 @@ def run_cost_error(
                 mse = np.mean([_rms(o[0], y_ref) ** 2 for o in outs])
                 added = np.mean([_rms(o[0], em_j) ** 2 for o in outs])
                 evals = np.mean([np.asarray(o[1].evaluations) for o in outs], axis=0)
-                cost = float(np.mean([float(o[1].cost) for o in outs]))
+                mean_cost = float(np.mean([float(o[1].cost) for o in outs]))
                 runs.append(
                     dict(
                         method="mlem",
@@ -531,7 +531,7 @@ def run_cost_error(
                         matched_em_steps=matched,
                         target_added_error=target,
                         error=float(np.sqrt(mse)),
-                        cost=cost,
+                        cost=mean_cost,
                         seconds=secs,
                         evaluations=evals.tolist(),
                         predicted_cost=pred["cost"],
