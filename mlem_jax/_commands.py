@@ -396,11 +396,12 @@ def ladder_calibration(ladder: _Ladder, y0, key, *, pilot_steps: int, path=None)
     from ._calibrate import calibrate
     from .pretrained import CALIBRATION, load_calibration, pretrained_path
 
-    cal = (
-        load_calibration(os.path.join(pretrained_path(), CALIBRATION))
-        if path is None
-        else None
-    )
+    cal = None
+    if path is None:
+        try:
+            cal = load_calibration(os.path.join(pretrained_path(), CALIBRATION))
+        except ValueError as e:  # a damaged installation: calibrate here instead
+            _warn(f"{e} Running the calibration pilots instead.")
     if cal is None:
         cal = calibrate(
             ladder.levels,
@@ -942,19 +943,19 @@ def _add_demo(sub: Any) -> None:
     p.add_argument(
         "--mlem-steps",
         type=_list(_positive_int),
-        default=(32, 64),
+        default=(64,),
         help="ML-EM step counts (each with every scale)",
     )
     p.add_argument(
         "--scales",
         type=_list(_positive_float),
-        default=(0.5, 1.0, 2.0),
+        default=(1.0, 1.5, 2.0),
         help="ML-EM budgets, as multiples of --budget",
     )
     p.add_argument(
         "--budget",
         type=_positive_float,
-        default=16.0,
+        default=20.0,
         help="cost of the scale-1 ML-EM schedule, in top-level evaluations (of "
         "seconds or FLOPs, as --cost says)",
     )

@@ -239,8 +239,12 @@ def _solve(
         )
     try:
         y0 = jnp.asarray(y0)
-    except TypeError as e:
-        raise TypeError(f"{name}: `y0` must be an array.") from e
+    except (TypeError, ValueError) as e:  # numpy refuses a dict with ValueError
+        raise TypeError(
+            f"{name}: `y0` must be a single array (put a batch in a leading axis); "
+            f"got {type(y0).__name__}. For PyTree states use diffrax.diffeqsolve "
+            "with mlem_jax.MLEMSolver, which takes them."
+        ) from e
     if not jnp.issubdtype(y0.dtype, jnp.floating):
         raise TypeError(
             f"{name}: `y0` must have a floating dtype (float32 or float64); got "

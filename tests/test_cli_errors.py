@@ -164,7 +164,9 @@ def test_bad_numbers_are_refused_with_their_flag(tmp_path, capsys):
 
 
 def test_budget_out_of_range_is_refused_or_raised_with_a_warning(tmp_path, capsys):
-    base = ["sample", "--steps", "8", "--num", "4", "--seed", "3"]
+    # FLOPs as the cost: the feasible range is then a closed form of the ladder's
+    # FLOPs (with seconds it depends on the timings measured on this machine).
+    base = ["sample", "--steps", "8", "--num", "4", "--seed", "3", "--cost", "flops"]
     err = _refused([*base, "--budget", "1e6", "--out", str(tmp_path / "a.png")], capsys)
     assert "--budget: 1e+06 top-level evaluations is more than" in err
     assert "feasible budgets lie between 1.25 and" in err
@@ -183,10 +185,19 @@ def test_budget_out_of_range_is_refused_or_raised_with_a_warning(tmp_path, capsy
         assert "leave the data range [-1, 1] by far" in err
     assert "never evaluated" in err or "leave the data range" in err
     err = _refused(
-        ["demo", "--budget", "1e6", "--out", str(tmp_path / "d"), "--no-progress"],
+        [
+            "demo",
+            "--budget",
+            "1e6",
+            "--cost",
+            "flops",
+            "--out",
+            str(tmp_path / "d"),
+            "--no-progress",
+        ],
         capsys,
     )
-    assert "--budget x --scales: 1e+06 x 0.5 = 500000 top-level evaluations" in err
+    assert "--budget x --scales: 1e+06 x 1 = 1e+06 top-level evaluations" in err
     assert "feasible budgets lie between 10 and" in err
     assert not (tmp_path / "d").exists()
 
@@ -313,3 +324,23 @@ def test_fuzz_damaged_ladders_give_a_clean_error(ladder_copy, tmp_path):
         with pytest.raises(ValueError, match=f"level {level}'s weights"):
             load_ladder(path)
         weights.write_bytes(data)
+
+
+def test_damaged_shipped_calibration_falls_back_to_pilots(monkeypatch, capsys):
+    # A damaged installation's calibration.json must not cost a traceback: the CLI
+    # says so and runs the calibration pilots instead.
+    import jax
+
+    import mlem_jax.pretrained as pretrained
+    from mlem_jax._commands import ladder_calibration, load_ladder_levels
+
+    def broken(path):
+        raise ValueError(f"{path!r} is not a valid calibration (JSONDecodeError: x).")
+
+    monkeypatch.setattr(pretrained, "load_calibration", broken)
+    ladder = load_ladder_levels(None, 2)
+    y0 = ladder.sde.prior_sample(jax.random.key(0), (2, *ladder.shape))
+    cal = ladder_calibration(ladder, y0, jax.random.key(1), pilot_steps=8)
+    err = capsys.readouterr().err
+    assert "is not a valid calibration" in err and "calibration pilots instead" in err
+    assert cal.num_levels == ladder.levels.num_levels and cal.num_steps == 8

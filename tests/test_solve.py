@@ -763,3 +763,19 @@ def test_levy_area_path_gives_its_increments():
     a, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=dw)
     b, _ = _solve(jnp.ones(3), t0=0.0, t1=1.0, num_steps=8, brownian=levy)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pytree_y0_is_refused_with_the_way_to_solve_it():
+    y0 = {"a": jnp.ones(2), "b": jnp.zeros(3)}
+    with pytest.raises(
+        TypeError, match="`y0` must be a single array.*got dict.*MLEMSolver"
+    ):
+        mj.em_solve(
+            lambda t, y, a: y,
+            None,
+            y0,
+            t0=0.0,
+            t1=1.0,
+            num_steps=2,
+            key=jax.random.key(0),
+        )
