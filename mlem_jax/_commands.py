@@ -955,7 +955,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument(
         "--budget",
         type=_positive_float,
-        default=20.0,
+        default=22.0,
         help="cost of the scale-1 ML-EM schedule, in top-level evaluations (of "
         "seconds or FLOPs, as --cost says)",
     )
@@ -1441,7 +1441,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _atomic(json_path, lambda f: f.write(text), mode="w")
     print(format_table(result["runs"]))
     print(
-        "top-eq: cost in evaluations of the top level; strong err: RMS distance to "
+        "top-eq: FLOPs, in evaluations of the top level; strong err: RMS distance to "
         f"the {args.ref_steps}-step reference on the same Brownian paths; SW dist: "
         "sliced Wasserstein distance to held-out data; wall s: one solve after "
         "compilation (ML-EM: the mean over its level keys)."
