@@ -469,6 +469,7 @@ def train_ladder(
     _check_unet(image_shape, widths[0], unet_kwargs)
     manifest_path = os.path.join(out_dir, MANIFEST)
     manifest = _read_resumable(out_dir)
+    created = None  # set on a first run: whether it made `out_dir`
     if manifest is not None:
         if manifest.get("spec") != json.loads(json.dumps(spec)):
             raise ValueError(
@@ -486,36 +487,24 @@ def train_ladder(
             "levels": [],
         }
         _write_json(manifest_path, manifest)
-        try:
-            return _train_levels(
-                out_dir,
-                manifest,
-                data,
-                widths,
-                unet_kwargs,
-                config,
-                sde,
-                seed,
-                eval_data,
-                flops_batch,
-                progress,
-            )
-        except BaseException:
+    try:
+        return _train_levels(
+            out_dir,
+            manifest,
+            data,
+            widths,
+            unet_kwargs,
+            config,
+            sde,
+            seed,
+            eval_data,
+            flops_batch,
+            progress,
+        )
+    except BaseException:
+        if created is not None:  # a failed first run leaves nothing behind
             _remove_if_no_work(out_dir, manifest, created)
-            raise
-    return _train_levels(
-        out_dir,
-        manifest,
-        data,
-        widths,
-        unet_kwargs,
-        config,
-        sde,
-        seed,
-        eval_data,
-        flops_batch,
-        progress,
-    )
+        raise
 
 
 def _remove_if_no_work(out_dir: str, manifest: dict, created: bool) -> None:
