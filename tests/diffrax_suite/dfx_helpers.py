@@ -105,6 +105,16 @@ VARIANTS = (
 )
 
 
+# The slowest tests (vmapped event loops, ~8 s a case) run the one-level ladder
+# (exactly Euler) and the random three-level one: the three-level ladder at p = 1
+# takes the same code paths as both, and the suite must stay within its budget.
+HEAVY_VARIANTS = pytest.mark.parametrize(
+    "variant",
+    [v for v in VARIANTS if v.name != "three_levels"],
+    ids=lambda v: v.name,
+)
+
+
 def exact_only(variant: Variant):
     if not variant.exact:
         pytest.skip("compares with Euler's exact values; p < 1 makes the drift random")

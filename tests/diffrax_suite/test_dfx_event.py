@@ -10,10 +10,12 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import optimistix as optx
+from dfx_helpers import HEAVY_VARIANTS
 from jaxtyping import Array
 
 
 # diffrax: also PIDController (adaptive: refused).
+@HEAVY_VARIANTS
 def test_event_vmap_y0(variant):
     stepsize_controller = diffrax.ConstantStepSize()
     term = diffrax.ODETerm(lambda t, y, args: -y)
@@ -53,6 +55,7 @@ def test_event_vmap_y0(variant):
 
 
 # diffrax: also PIDController (adaptive: refused).
+@HEAVY_VARIANTS
 def test_event_vmap_t0(variant):
     stepsize_controller = diffrax.ConstantStepSize()
     term = diffrax.ODETerm(lambda t, y, args: -y)

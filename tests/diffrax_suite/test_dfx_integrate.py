@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import pytest
-from dfx_helpers import random_pytree, tree_allclose, treedefs
+from dfx_helpers import HEAVY_VARIANTS, random_pytree, tree_allclose, treedefs
 from jaxtyping import Array
 
 
@@ -149,6 +149,7 @@ def test_reverse_time(variant, saveat, dtype, getkey, x64):
             assert tree_allclose(sol1.derivative(ti), -sol2.derivative(-ti))
 
 
+@HEAVY_VARIANTS
 def test_vmap_backprop_with_event(variant):
     def dynamics(t, y, args):
         param = args
