@@ -438,3 +438,16 @@ def test_restrict_and_choose_levels_bad_input(calibration):
     np.testing.assert_allclose(
         stored.restrict((0, 1)).variances, calibration.variances[:, :2]
     )
+
+
+def test_cli_level_schedule_falls_back_to_every_level_without_pairs(
+    calibration, capsys
+):
+    from mlem_jax._commands import level_schedule
+
+    used, schedule = level_schedule(calibration, 64, 20.0, 0.0, levels="auto")
+    assert used[-1] == 3 and schedule.num_levels == len(used)
+    stored = dataclasses.replace(calibration, pair_variances=None)
+    used, schedule = level_schedule(stored, 64, 20.0, 0.0, levels="auto")
+    assert used == (0, 1, 2, 3) and schedule.num_levels == 4
+    assert "cannot price ladders that skip levels" in capsys.readouterr().err
