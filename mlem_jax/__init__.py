@@ -8,7 +8,9 @@ Reference: A. Jacot, "Polynomial Speedup in Diffusion Models with the Multilevel
 Euler-Maruyama Method", arXiv:2603.24594 (2026).
 """
 
-from . import data as data, diffusion as diffusion, nn as nn, training as training
+import importlib
+import typing
+
 from ._brownian import (
     brownian_increments as brownian_increments,
     coarsen_increments as coarsen_increments,
@@ -43,3 +45,26 @@ from ._solver import MLEMSolver as MLEMSolver
 from ._term import MultilevelTerm as MultilevelTerm
 
 __version__ = "0.1.0"
+
+# The application layers (`diffusion`, `nn`, `data`, `training`) sit on the method and
+# pull in the UNet, optax and PIL; they load on first access, so `import mlem_jax`
+# imports the method only.
+_SUBMODULES = ("data", "diffusion", "nn", "training")
+
+if typing.TYPE_CHECKING:
+    from . import (
+        data as data,
+        diffusion as diffusion,
+        nn as nn,
+        training as training,
+    )
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBMODULES))

@@ -21,8 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-T0, T1 = 1.0, 1e-3  # reverse-time sampling interval of the VP-SDE
-
+from .pretrained import (  # the shipped ladders' sampling defaults and loader
+    MIN_PROBABILITY as MIN_PROBABILITY,
+    T0 as T0,
+    T1 as T1,
+    Ladder as _Ladder,
+    load_ladder_levels as load_ladder_levels,
+)
 
 # --------------------------------------------------------------------------- types
 
@@ -107,43 +112,6 @@ def _probability(text: str) -> float:
 
 
 # ------------------------------------------------------------------------ ladders
-
-
-class _Ladder(eqx.Module):
-    """A loaded ladder as an SDE problem: drifts with FLOP costs, the VP-SDE, shape."""
-
-    levels: Any
-    sde: Any
-    shape: tuple[int, ...] = eqx.field(static=True)
-    dataset: dict = eqx.field(static=True)
-    flops_per_image: tuple[float, ...] = eqx.field(static=True)
-    distilled: bool = eqx.field(static=True, default=False)
-
-
-def load_ladder_levels(path: str | None, batch: int, drift: Any = None) -> _Ladder:
-    """Load a ladder directory (default: the shipped `digits` ladder) as `Levels`.
-
-    Level costs are the networks' FLOPs for one batched evaluation on `batch` images
-    (from the manifest, measured by XLA's cost analysis at training time). `drift`:
-    `mlem_jax.diffusion.ReverseDrift` (default) or `ProbabilityFlowDrift`.
-    """
-    from ._levels import Levels
-    from .diffusion import ReverseDrift, ladder_drifts
-    from .pretrained import load_ladder
-    from .training import sde_from_manifest
-
-    models, manifest = load_ladder(path)
-    sde = sde_from_manifest(manifest)
-    flops = tuple(float(lv["flops_per_image"]) for lv in manifest["levels"])
-    fns = ladder_drifts(sde, models, ReverseDrift if drift is None else drift)
-    return _Ladder(
-        Levels(fns, tuple(f * batch for f in flops)),
-        sde,
-        tuple(manifest["spec"]["image_shape"]),
-        manifest["spec"].get("dataset", {}),
-        flops,
-        "distillation" in manifest,
-    )
 
 
 def _check_ladder(parser: argparse.ArgumentParser, path: str | None) -> None:
@@ -409,14 +377,6 @@ def ladder_calibration(ladder: _Ladder, y0, key, *, pilot_steps: int, path=None)
             measure_costs=False,
         )
     return cal
-
-
-MIN_PROBABILITY = 0.02
-"""Floor on every level's firing probability in the CLI's calibrated schedules. On
-the reverse SDE of a diffusion model the calibrated rates near t = 0 are so small
-that a rare correction, weighted by 1/p, throws the sample off the data and the solve
-blows up (shipped digits ladder, 64 steps, 16 top-level evaluations: RMS added error
-99 with blow-ups to 561, against 2.9 with this floor at the same cost)."""
 
 
 COSTS = ("seconds", "flops")

@@ -18,13 +18,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._brownian import brownian_increments, split_key, step_uniforms
@@ -32,6 +31,9 @@ from ._levels import Levels
 from ._misc import check_key, concrete_or_none
 from ._schedules import AbstractSchedule, bin_lookup, binned_table
 from ._solve import em_solve, mlem_solve
+
+if TYPE_CHECKING:  # optax loads only when a schedule is learned
+    import optax
 
 
 class LogitProbabilities(AbstractSchedule):
@@ -521,6 +523,8 @@ def learn_schedule(
             schedule
         )
     initial = schedule
+    import optax
+
     optimizer = optax.adam(0.01) if optimizer is None else optimizer
     params, static = eqx.partition(schedule, eqx.is_inexact_array)
     opt_state = optimizer.init(params)

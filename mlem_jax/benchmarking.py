@@ -27,10 +27,10 @@ import numpy as np
 
 from ._brownian import coarsen_increments
 from ._calibrate import calibrate
-from ._commands import MIN_PROBABILITY
 from ._cost import count_flops, time_in_scan
 from ._levels import Levels
 from ._solve import em_solve, mlem_solve
+from .pretrained import MIN_PROBABILITY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,8 +234,8 @@ def ladder_problem(
     VP-SDE from `t = 1` to `1e-3`, the top level as the reference drift, level costs
     the networks' FLOPs for one batch, prior samples (`seed`) as `y0`.
     """
-    from ._commands import T0, T1, load_ladder_levels
     from .diffusion import ProbabilityFlowDrift, ReverseDrift
+    from .pretrained import T0, T1, load_ladder_levels
 
     ladder = load_ladder_levels(
         path, batch, ProbabilityFlowDrift if ode else ReverseDrift

@@ -1,0 +1,159 @@
+"""The package's layers: the method (`mlem_jax`), the diffusion application on top of
+it, the benchmark harness, then the CLI. Each imports only from its own layer and the
+ones below, no module imports itself through a cycle, and `import mlem_jax` loads the
+method alone."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mlem_jax"
+
+# Highest layer first; a module not named here belongs to the method (layer 0).
+LAYERS = {
+    "mlem_jax.cli": 3,
+    "mlem_jax._commands": 3,
+    "mlem_jax.__main__": 3,
+    "mlem_jax.benchmarking": 2,
+    "mlem_jax.data": 1,
+    "mlem_jax.nn": 1,
+    "mlem_jax.diffusion": 1,
+    "mlem_jax.training": 1,
+    "mlem_jax.pretrained": 1,
+}
+LAYER_NAMES = ("method", "application", "benchmark harness", "CLI")
+
+
+def _layer(module: str) -> int:
+    for prefix, layer in LAYERS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return layer
+    return 0
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
+    """Every `mlem_jax` module that `path` imports, at module level or inside a
+    function (imports only for the type checker excluded), resolved to a module."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def resolve(target: str) -> str | None:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    def visit(node: ast.AST) -> None:
+        if _is_type_checking(node):
+            return
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] == "mlem_jax":
+                for alias in node.names:  # a submodule, or a name in `target`
+                    found.add(resolve(f"{target}.{alias.name}"))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "mlem_jax":
+                    found.add(resolve(alias.name))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    found.discard(None)  # type: ignore[arg-type]
+    found.discard(name)
+    return found  # type: ignore[return-value]
+
+
+def _graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {_module_name(f) for f in files}
+    return {_module_name(f): _imports(f, modules) for f in files}
+
+
+def test_every_import_runs_downward():
+    upward = [
+        f"{module} ({LAYER_NAMES[_layer(module)]}) imports {dep} "
+        f"({LAYER_NAMES[_layer(dep)]})"
+        for module, deps in _graph().items()
+        for dep in sorted(deps)
+        if _layer(dep) > _layer(module)
+    ]
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    # A package's `__init__` re-exporting its own submodules is not a cycle.
+    edges = {
+        m: {d for d in deps if not m.startswith(d + ".") and not d.startswith(m + ".")}
+        for m, deps in graph.items()
+    }
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for dep in sorted(edges.get(module, ())):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep) :] + [dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+
+
+def test_graph_sees_known_imports():
+    # The checks above mean something only if the parser finds real imports.
+    graph = _graph()
+    assert "mlem_jax._step" in graph["mlem_jax._solve"]
+    assert "mlem_jax.nn" in graph["mlem_jax.training"]
+    assert "mlem_jax.pretrained" in graph["mlem_jax._commands"]
+    assert _layer("mlem_jax.diffusion._samplers") == 1
+    # A higher layer importing a lower one is fine; the reverse would be flagged.
+    assert _layer("mlem_jax._commands") > _layer("mlem_jax.diffusion") > 0
+
+
+def test_import_mlem_jax_loads_the_method_only():
+    code = (
+        "import sys, mlem_jax\n"
+        "heavy = ('mlem_jax.diffusion', 'mlem_jax.nn', 'mlem_jax.training', "
+        "'mlem_jax.data', 'mlem_jax.pretrained', 'mlem_jax.benchmarking', "
+        "'mlem_jax._commands', 'PIL', 'optax', 'matplotlib', 'sklearn')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+        "mlem_jax.diffusion.VPSDE\n"  # still reachable, loaded on first access
+        "print('diffusion' in dir(mlem_jax), 'mlem_jax.diffusion' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0] == "", f"`import mlem_jax` loaded {out[0]}"
+    assert out[1] == "True True"
