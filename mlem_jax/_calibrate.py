@@ -353,11 +353,11 @@ class Calibration:
                 )
 
             # Added error falls with the scale: find where it meets the target.
-            def miss(log_s):
+            def miss_error(log_s):
                 err = self.predict(scaled(math.exp(log_s)), num_steps)["error"]
                 return _log(err) - math.log(target_error)
 
-            sign = -1.0
+            miss, sign = miss_error, -1.0
         else:
             floor = self.min_cost(num_steps, min_probability, cost)
             if not budget > floor:
@@ -374,11 +374,11 @@ class Calibration:
 
             assert budget is not None
 
-            def miss(log_s, budget: float = budget):
+            def miss_cost(log_s, budget: float = budget):
                 spent = self.predict(scaled(math.exp(log_s)), num_steps, cost)["cost"]
                 return _log(spent) - math.log(budget)
 
-            sign = 1.0
+            miss, sign = miss_cost, 1.0
         log_s = _bisect(miss, sign)
         return scaled(math.exp(log_s))
 

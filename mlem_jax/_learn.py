@@ -309,7 +309,7 @@ def schedule_gradient(
     _check_grid("schedule_gradient", t0, t1, num_steps)
     mask = _trainable(schedule)
     params, static = eqx.partition(schedule, eqx.is_inexact_array)
-    grid = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
+    grid: dict[str, Any] = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
 
     def loss_p(p, key):
         return jnp.asarray(loss(eqx.combine(p, static), key)).astype(dtype)
@@ -336,6 +336,7 @@ def schedule_gradient(
             g_score,
         )
     else:
+        assert tangent_key is not None  # checked above
         tangent_keys = jax.random.split(tangent_key, m)
 
         def tangent(tkey):
@@ -346,14 +347,14 @@ def schedule_gradient(
             ]
             return _masked(jax.tree.unflatten(treedef, v), _params_of(mask, params))
 
-        def one(xs):
+        def one_forward(xs):
             key, tkey = xs
             v = tangent(tkey)
             value, d_path = jax.jvp(lambda p: loss_p(p, key), (params,), (v,))
             _, d_score = jax.jvp(lambda p: log_prob_p(p, key), (params,), (v,))
             return value, d_path, d_score
 
-        values, d_path, d_score = jax.lax.map(one, (keys, tangent_keys))
+        values, d_path, d_score = jax.lax.map(one_forward, (keys, tangent_keys))
         baseline = (jnp.sum(values) - values) / (m - 1)
         directional = (d_path + (values - baseline) * d_score) / m
         tangents = jax.vmap(tangent)(tangent_keys)
@@ -506,7 +507,7 @@ def learn_schedule(
     check_key(name, key)
     y0 = jnp.asarray(y0)
     dtype = y0.dtype
-    grid = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
+    grid: dict[str, Any] = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
     schedule = init
     if not isinstance(schedule, LogitProbabilities):
         schedule = LogitProbabilities.from_schedule(
@@ -538,7 +539,9 @@ def learn_schedule(
             dw = brownian_increments(
                 path_key, y0.shape, t0=t0, t1=t1, num_steps=num_steps, dtype=dtype
             )
-        kw = dict(t0=t0, t1=t1, num_steps=num_steps, args=args, brownian=dw)
+        kw: dict[str, Any] = dict(
+            t0=t0, t1=t1, num_steps=num_steps, args=args, brownian=dw
+        )
         target, _ = em_solve(levels.top, diffusion, y0, key=path_key, **kw)
 
         def loss(s, k):

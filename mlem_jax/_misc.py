@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,9 +29,7 @@ def concrete_or_none(x) -> np.ndarray | None:
 
 def check_key(name: str, key) -> None:
     """Raise a clear error unless `key` is one PRNG key (typed or legacy uint32)."""
-    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(
-        key.dtype, jax.dtypes.prng_key
-    ):
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(
                 f"{name}: `key` must be a single PRNG key; got a key array of shape "

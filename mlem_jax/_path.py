@@ -179,7 +179,7 @@ class StepBrownianPath(diffrax.AbstractBrownianPath):
         if xc is not None and np.any(np.abs(xc - np.round(xc)) > _SNAP):
             warnings.warn(
                 f"StepBrownianPath: time {np.asarray(t).tolist()} is not on the path's "
-                f"grid (step {float(concrete_or_none(h))}); between grid points the "
+                f"grid (step {np.asarray(h).item()}); between grid points the "
                 "path is linearly interpolated and under-dispersed. Query it at grid "
                 "times only.",
                 stacklevel=4,

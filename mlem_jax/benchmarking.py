@@ -59,6 +59,8 @@ class Problem:
     gamma: float | None = None
 
     def diffusion(self, t, y, args):
+        if self.sigma is None:
+            raise ValueError(f"problem {self.name!r} is an ODE: it has no diffusion.")
         return jnp.asarray(self.sigma(t), y.dtype)
 
 
@@ -332,7 +334,7 @@ def run_cost_error(
     )
     grid = jnp.linspace(t0, t1, fine_steps + 1)
     w = jax.vmap(lambda t: path.evaluate(min(t0, t1), t))(grid)
-    fine_dw = jnp.diff(w, axis=0)
+    fine_dw = jnp.diff(jnp.asarray(w), axis=0)
 
     def dw(n):  # the shared path seen with n steps (an ODE takes none)
         if diffusion is None:
@@ -400,7 +402,7 @@ def run_cost_error(
                     y,
                     max_steps=n + 1,
                     saveat=diffrax.SaveAt(t1=True),
-                ).ys[0]
+                ).ys[0]  # type: ignore[index]
             )
             y, secs = _timed(lambda solve=solve: solve(y0))
             runs.append(
@@ -419,11 +421,12 @@ def run_cost_error(
             + " ".join(f"{r['error']:.3g}" for r in runs[-len(steps) :])
         )
 
-    if problem.sigma is not None:
+    sigma = problem.sigma
+    if sigma is not None:
         # Stochastic Runge–Kutta for additive noise, on the same (Lévy-area) path.
         noise = diffrax.ControlTerm(
             lambda t, y, a: lineax.DiagonalLinearOperator(
-                jnp.broadcast_to(jnp.asarray(problem.sigma(t), y.dtype), y.shape)
+                jnp.broadcast_to(jnp.asarray(sigma(t), y.dtype), y.shape)
             ),
             path,
         )

@@ -93,7 +93,7 @@ def digits(
         raise ValueError(f"`size` must be a positive int or None, got {size}.")
     if int(pad) < 0:
         raise ValueError(f"`pad` must be >= 0, got {pad}.")
-    images = load_digits().images / 16.0  # (N, 8, 8) in [0, 1]
+    images = np.asarray(load_digits().images) / 16.0  # type: ignore[attr-defined]  # (N, 8, 8) in [0, 1]
     idx = _split_indices(images.shape[0], split, test_fraction, seed=0)
     images = images[idx]
     if size is not None and size != 8:

@@ -403,7 +403,9 @@ def _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset):
 
 
 def _build_unet(image_shape, width, unet_kwargs, key) -> UNet:
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in unet_kwargs.items()}
+    kw: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in unet_kwargs.items()
+    }
     return UNet(tuple(image_shape), width, key=key, **kw)
 
 

@@ -125,8 +125,10 @@ def mmd(
     dxx, dyy, dxy = sqdist(xf, xf), sqdist(yf, yf), sqdist(xf, yf)
     if bandwidth is None:
         pooled = jnp.concatenate([dxx.ravel(), dyy.ravel(), dxy.ravel()])
-        bandwidth = jnp.sqrt(jnp.median(pooled))
-    s = 2.0 * jnp.asarray(bandwidth, xf.dtype) ** 2
+        width = jnp.sqrt(jnp.median(pooled))
+    else:
+        width = jnp.asarray(bandwidth, xf.dtype)
+    s = 2.0 * width**2
     kxx = (jnp.sum(jnp.exp(-dxx / s)) - n) / (n * (n - 1))
     kyy = (jnp.sum(jnp.exp(-dyy / s)) - m) / (m * (m - 1))
     kxy = jnp.mean(jnp.exp(-dxy / s))

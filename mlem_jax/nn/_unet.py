@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
@@ -25,12 +25,16 @@ def _num_groups(channels: int, max_groups: int) -> int:
     return best
 
 
-def _zero(layer: eqx.Module) -> eqx.Module:
+_Layer = TypeVar("_Layer", bound=eqx.Module)
+
+
+def _zero(layer: _Layer) -> _Layer:
     """Zero the weights and bias of a layer (residual branches start as identity)."""
     weight = jnp.zeros_like(layer.weight)  # type: ignore[attr-defined]
     layer = eqx.tree_at(lambda m: m.weight, layer, weight)
     if getattr(layer, "bias", None) is not None:
-        layer = eqx.tree_at(lambda m: m.bias, layer, jnp.zeros_like(layer.bias))
+        bias = jnp.zeros_like(layer.bias)  # type: ignore[attr-defined]
+        layer = eqx.tree_at(lambda m: m.bias, layer, bias)
     return layer
 
 
