@@ -15,11 +15,15 @@ _call = eqx.filter_jit(lambda net, t, x: net(t, x))
 
 def _randomise(net):
     """Residual branches and the output conv start at zero (an untrained network is
-    the identity-then-zero map); perturb every weight so all paths are active."""
+    the identity-then-zero map); perturb every weight so all paths are active.
+    NumPy draws: JAX would compile one random op per weight shape (~25 s on a CPU)."""
     params, static = eqx.partition(net, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
-    keys = jr.split(jr.key(9), len(leaves))
-    leaves = [p + 0.1 * jr.normal(k, p.shape) for p, k in zip(leaves, keys)]
+    rng = np.random.default_rng(9)
+    leaves = [
+        jnp.asarray(np.asarray(p) + 0.1 * rng.standard_normal(p.shape), p.dtype)
+        for p in leaves
+    ]
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
