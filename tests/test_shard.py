@@ -1,0 +1,120 @@
+"""Sharded sampling (`mlem_solve_sharded`, `MLEMSolver` in a `shard_map`) on 8 forced
+host devices.
+
+The devices exist only if `XLA_FLAGS=--xla_force_host_platform_device_count=8` is set
+before JAX initialises, so `tests/shard_checks.py` computes everything in one
+subprocess (one JAX start, each program compiled once) and the tests below assert on
+its JSON. The subprocess compiles with XLA's backend optimisation off: the programs
+are tiny and compile time is most of their cost; both sides of every comparison are
+compiled with the same flags.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EPS32 = 2.0**-23
+
+
+@pytest.fixture(scope="module")
+def checks() -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        "--xla_force_host_platform_device_count=8 "
+        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "shard_checks.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rounding(scale: float, steps: int = 16) -> float:
+    # A few float32 roundings of the state per step, accumulated over the solve.
+    return 8 * steps * EPS32 * max(scale, 1.0)
+
+
+def test_all_p1_equals_euler_maruyama_on_1_2_4_8_devices(checks):
+    tol = _rounding(checks["em_scale"])
+    assert set(checks["p1_max_diff"]) == {"1", "2", "4", "8"}
+    for devices, diff in checks["p1_max_diff"].items():
+        assert diff <= tol, (devices, diff, tol)
+
+
+def test_independent_draws_are_those_of_the_documented_device_key(checks):
+    # Device d's rows equal a single-device solve with key fold_in(key, d) on its
+    # rows of the global Brownian increments, and its counts equal that solve's.
+    assert checks["indep_rows_max_diff"] <= _rounding(checks["em_scale"])
+    assert checks["indep_counts_equal_single"]
+    assert checks["devices_differ"]  # the devices really drew differently
+
+
+def test_per_device_counts_equal_the_draws(checks):
+    # Recomputed from the documented uniforms: needed_l = B_l or B_{l+1}.
+    assert checks["indep_counts_equal_draws"]
+    assert checks["indep_total_ok"]
+
+
+def test_shared_draws_equal_the_single_device_solve(checks):
+    assert checks["shared_max_diff"] <= _rounding(checks["em_scale"])
+    assert checks["shared_counts_equal"]
+
+
+def test_diffrax_mlem_solver_in_shard_map_matches(checks):
+    assert checks["diffrax_max_diff"] <= _rounding(checks["em_scale"])
+    assert checks["diffrax_counts_equal"]
+
+
+def test_added_mse_of_the_batch_mean_falls_like_one_over_devices(checks):
+    # Closed form (see shard_checks.py): E‖ē‖² = E‖e‖² / devices, no bias, so each
+    # device count's Monte Carlo mean must lie within 5 standard errors of it.
+    theory = checks["mse_theory_1"]
+    for devices, (mean, se) in checks["mse"].items():
+        expected = theory / int(devices)
+        assert abs(mean - expected) <= 5 * se, (devices, mean, expected, se)
+    # And the fall itself: 8 devices against 1, each measured independently.
+    m1, s1 = checks["mse"]["1"]
+    m8, s8 = checks["mse"]["8"]
+    assert abs(8 * m8 - m1) <= 5 * math.hypot(8 * s8, s1)
+    assert m8 < m1 / 2  # shared draws would leave it at m1
+
+
+def test_shared_gradient_equals_single_device_gradient(checks):
+    assert checks["grad_max_diff"] <= 1e-5 * max(checks["grad_scale"], 1.0)
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("indivisible", ["`y0`", "size 12", "divisible", "'batch' (8)"]),
+        ("no_axis", ["`mesh`", "no axis named 'batch'", "('data',)", "`axis_name`"]),
+        ("batched_key", ["`key`", "single PRNG key", "shape (8,)"]),
+        ("draws", ["`draws`", '"independent" or "shared"', "'per-sample'"]),
+        ("mesh", ["TypeError", "`mesh`", "jax.sharding.Mesh", "list"]),
+        ("scalar", ["`y0`", "leading batch axis", "scalar"]),
+    ],
+)
+def test_bad_input_messages(checks, case, words):
+    message = checks["errors"][case]
+    assert message is not None, f"{case}: no error raised"
+    assert message.startswith(("ValueError", "TypeError"))
+    assert "mlem_solve_sharded" in message
+    for word in words:
+        assert word in message, (case, word, message)
