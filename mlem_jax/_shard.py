@@ -88,11 +88,11 @@ class ShardedPath(diffrax.AbstractPath):
         self.axis_name = axis_name
 
     @property
-    def t0(self):
+    def t0(self):  # pyright: ignore[reportIncompatibleVariableOverride]
         return self.path.t0
 
     @property
-    def t1(self):
+    def t1(self):  # pyright: ignore[reportIncompatibleVariableOverride]
         return self.path.t1
 
     @property
@@ -100,7 +100,7 @@ class ShardedPath(diffrax.AbstractPath):
         return getattr(self.path, "levy_area", diffrax.BrownianIncrement)
 
     def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
-        out = self.path.evaluate(t0, t1, left, use_levy)
+        out = self.path.evaluate(t0, t1, left, use_levy)  # pyright: ignore[reportCallIssue]
         take = lambda x: _rows(x, self.axis_name)  # noqa: E731
         if isinstance(out, diffrax.AbstractBrownianIncrement):
             return eqx.tree_at(lambda o: o.W, out, take(out.W))
@@ -259,9 +259,7 @@ def mlem_solve_sharded(
             f"{tuple(mesh.axis_names)}); pass `axis_name` naming the mesh axis to "
             "split the batch over."
         )
-    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(
-        key.dtype, jax.dtypes.prng_key
-    ):
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(
                 f"{name}: `key` must be a single PRNG key; got a key array of shape "
@@ -351,6 +349,7 @@ def _sharded(
     w_spec = P(None, axis) if is_array else P()
     y0 = _place(y0, mesh, y_spec)
     if is_array:
+        assert isinstance(brownian, jax.Array)
         brownian = _place(brownian, mesh, w_spec)
 
     def body(y0_shard, w):
