@@ -118,3 +118,66 @@ def test_bad_input_messages(checks, case, words):
     assert "mlem_solve_sharded" in message
     for word in words:
         assert word in message, (case, word, message)
+
+
+# --------------------------------------------------- CLI `sample --devices` choice
+# In this process JAX has its one device; the device count is patched instead (no
+# compile: only the choice and its messages are tested here).
+
+
+def _parser():
+    import argparse
+
+    return argparse.ArgumentParser(prog="mlem-jax sample")
+
+
+@pytest.mark.parametrize(
+    "local, devices, num, expected",
+    [
+        (1, "all", 64, (1, None)),
+        (8, "all", 64, (8, None)),
+        (8, "all", 6, (6, "using 6 of the 8 local devices")),
+        (8, "all", 7, (7, "using 7 of the 8 local devices")),
+        (8, "all", 5, (5, "using 5 of the 8 local devices")),
+        (8, 4, 64, (4, None)),
+    ],
+)
+def test_sample_devices_choice(monkeypatch, local, devices, num, expected):
+    from mlem_jax import _commands
+
+    monkeypatch.setattr(_commands.jax, "local_device_count", lambda: local)
+    n, note = _commands.sample_devices(_parser(), devices, num)
+    assert n == expected[0]
+    assert (note is None) == (expected[1] is None)
+    if note is not None:
+        assert expected[1] in note and f"--num {num}" in note
+
+
+@pytest.mark.parametrize(
+    "local, devices, num, words",
+    [
+        (1, 2, 64, ["--devices 2", "only 1 local device", "device_count=2"]),
+        (8, 3, 64, ["--devices 3 must divide --num (64)"]),
+    ],
+)
+def test_sample_devices_errors(monkeypatch, capsys, local, devices, num, words):
+    from mlem_jax import _commands
+
+    monkeypatch.setattr(_commands.jax, "local_device_count", lambda: local)
+    with pytest.raises(SystemExit):
+        _commands.sample_devices(_parser(), devices, num)
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_devices_argument_parses_all_or_a_positive_int():
+    import argparse
+
+    from mlem_jax._commands import _devices
+
+    assert _devices("all") == "all" and _devices("ALL") == "all"
+    assert _devices("4") == 4
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected `all` or"):
+            _devices(bad)
