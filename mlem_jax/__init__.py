@@ -36,6 +36,12 @@ from ._schedules import (
     FixedProbabilities as FixedProbabilities,
     Rates as Rates,
 )
+from ._shard import (
+    ShardedPath as ShardedPath,
+    ShardedSolveInfo as ShardedSolveInfo,
+    device_key as device_key,
+    mlem_solve_sharded as mlem_solve_sharded,
+)
 from ._solve import (
     SolveInfo as SolveInfo,
     em_solve as em_solve,

@@ -227,6 +227,7 @@ def _solve(
     brownian,
     saveat,
     checkpoint,
+    shard=None,
 ):
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
         raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
@@ -278,10 +279,11 @@ def _solve(
             )
         if isinstance(brownian, diffrax.AbstractPath):
             out = jax.eval_shape(lambda p: _path_increment(p, t0, t1), brownian)
-            if getattr(out, "shape", None) != y0.shape:
+            expected = y0.shape if shard is None else shard.global_shape(y0.shape)
+            if getattr(out, "shape", None) != expected:
                 raise ValueError(
                     f"{name}: the Brownian path `brownian` has shape "
-                    f"{getattr(out, 'shape', None)}; expected y0.shape {y0.shape}."
+                    f"{getattr(out, 'shape', None)}; expected y0.shape {expected}."
                 )
         else:
             brownian = check_increments(
@@ -314,6 +316,7 @@ def _solve(
         spec,
         save_ts,
         checkpoint,
+        shard,
     )
     cost = jnp.asarray(costs, tdtype) @ evaluations.astype(tdtype)
     return ys, SolveInfo(evaluations=evaluations, cost=cost, ts=ts, num_steps=num_steps)
@@ -417,11 +420,17 @@ def _integrate(
     spec,
     save_ts,
     checkpoint,
+    shard=None,
 ):
     dtype = y0.dtype
     tdtype = t0.dtype  # at least float32 (see `_solve`)
     h = (t1 - t0) / num_steps
     brownian_key, level_key = split_key(key)
+    if shard is not None:
+        # One shard of a batch split over the devices of `shard.axis_name` (inside
+        # shard_map): the Brownian stream is the global batch's, cut to this shard;
+        # the level stream is the whole key's (shared draws) or the device's own.
+        level_key = shard.level_key(key)
     k = len(fns)
     is_path = isinstance(brownian, diffrax.AbstractPath)
     steps = jnp.arange(num_steps)
@@ -446,7 +455,13 @@ def _integrate(
             )
         y_next = y + h.astype(dtype) * drift
         if diffusion is not None:
-            if brownian is None:
+            if brownian is None and shard is not None:
+                dw = shard.slice(
+                    step_increment(
+                        brownian_key, n, shard.global_shape(y.shape), h, dtype
+                    )
+                )
+            elif brownian is None:
                 dw = step_increment(brownian_key, n, y.shape, h, dtype)
             elif is_path:
                 t_next = jnp.where(
@@ -458,6 +473,8 @@ def _integrate(
                 dw = jnp.where(h > 0, 1, -1).astype(dtype) * _path_increment(
                     brownian, lo, hi
                 )
+                if shard is not None:
+                    dw = shard.slice(dw)
                 dw = dw.astype(dtype)
             else:
                 dw = given_dw

@@ -1,0 +1,400 @@
+"""Sharded sampling: one ML-EM solve of a batch split over the devices of a mesh.
+
+On one device every step draws one Bernoulli per level for the whole batch, so that
+each level's `lax.cond` is a real branch. Across devices each device can draw its
+own levels for its own shard and still branch for real: the level noise of the
+batch then averages over the devices, at no extra cost. `mlem_solve_sharded` does
+this with `jax.shard_map`; `device_key` and `ShardedPath` do the same for
+`diffrax.diffeqsolve` with `MLEMSolver` inside a `shard_map` of your own.
+
+**Randomness.** With `brownian_key, level_key = jax.random.split(key)` (the layout of
+`mlem_jax._brownian`):
+
+- Brownian increments: those of the single-device solve with the same `key` and the
+  global `y0.shape`. Each device draws step `n`'s increment for the global batch and
+  keeps its own rows, so element `i` of the batch gets the same increments whatever
+  the device count.
+- Level draws, `draws="independent"` (the default): device `d` (its index on the
+  mesh axis) draws its levels as a single-device solve with key
+  `device_key(key, d) = jax.random.fold_in(key, d)` would, i.e. from the level
+  stream `jax.random.split(jax.random.fold_in(key, d))[1]`.
+- Level draws, `draws="shared"`: every device uses `level_key`, the single-device
+  draws, so the result equals `mlem_solve(..., key=key)` on one device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+from ._brownian import split_key
+from ._levels import Levels
+from ._misc import check_key
+from ._schedules import AbstractSchedule
+from ._solve import DiffusionFn, _solve, check_increments
+
+DRAWS = ("independent", "shared")
+
+
+def device_key(key: PRNGKeyArray, axis_name: Hashable) -> PRNGKeyArray:
+    """The key of this device's level draws, inside `jax.shard_map`: the documented
+    per-device key `jax.random.fold_in(key, jax.lax.axis_index(axis_name))`.
+
+    Give it to `MLEMSolver(schedule, key=device_key(key, "batch"))` inside a
+    `shard_map` for independent level draws per device, the same draws as
+    `mlem_solve_sharded(..., key=key, draws="independent")` makes on that device.
+    Keep building the Brownian path from `key` itself (see `ShardedPath`).
+    """
+    check_key("device_key", key)
+    return jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+
+
+class ShardedPath(diffrax.AbstractPath):
+    """This device's rows of a Brownian path of the global batch, inside
+    `jax.shard_map`.
+
+    Wrap a path whose increments have the global shape `(batch, ...)` (e.g.
+    `mlem_jax.StepBrownianPath(global_shape, key, ...)` or a
+    `diffrax.VirtualBrownianTree`); `evaluate` returns rows `[d·b, (d+1)·b)` of its
+    increment on device `d` of `axis_name`, `b = batch / devices`. Every element of
+    the batch then sees the same Brownian motion as in the single-device solve.
+    Each device evaluates the whole path and keeps its rows: the path's draws cost
+    `devices` times their share (cheap next to a network drift).
+
+    **Arguments:**
+
+    - `path`: a diffrax path with array increments of the global batch shape.
+    - `axis_name`: the mesh axis the batch is split over.
+    """
+
+    path: diffrax.AbstractPath
+    axis_name: Hashable = eqx.field(static=True)
+
+    def __init__(self, path: diffrax.AbstractPath, axis_name: Hashable):
+        if not isinstance(path, diffrax.AbstractPath):
+            raise TypeError(
+                "ShardedPath: `path` must be a diffrax path (e.g. "
+                f"mlem_jax.StepBrownianPath); got {type(path).__name__}."
+            )
+        self.path = path
+        self.axis_name = axis_name
+
+    @property
+    def t0(self):  # pyright: ignore[reportIncompatibleVariableOverride]
+        return self.path.t0
+
+    @property
+    def t1(self):  # pyright: ignore[reportIncompatibleVariableOverride]
+        return self.path.t1
+
+    @property
+    def levy_area(self):
+        return getattr(self.path, "levy_area", diffrax.BrownianIncrement)
+
+    def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
+        out = self.path.evaluate(t0, t1, left, use_levy)  # pyright: ignore[reportCallIssue]
+        take = lambda x: _rows(x, self.axis_name)  # noqa: E731
+        if isinstance(out, diffrax.AbstractBrownianIncrement):
+            return eqx.tree_at(lambda o: o.W, out, take(out.W))
+        return jax.tree.map(take, out)
+
+
+def _rows(x: Array, axis_name: Hashable) -> Array:
+    """Rows `[d·b, (d+1)·b)` of `x` on device `d` of `axis_name`."""
+    devices = jax.lax.axis_size(axis_name)
+    if x.ndim == 0 or x.shape[0] % devices:
+        raise ValueError(
+            f"ShardedPath: the path's increments have shape {x.shape}; expected a "
+            f"leading batch axis divisible by the {devices} devices of {axis_name!r}."
+        )
+    b = x.shape[0] // devices
+    return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis_name) * b, b, 0)
+
+
+class _Shard(eqx.Module):
+    """What the single-device integrator needs to run one shard (see `_solve`)."""
+
+    axis_name: Hashable = eqx.field(static=True)
+    num_devices: int = eqx.field(static=True)
+    draws: str = eqx.field(static=True)
+
+    def global_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0] * self.num_devices, *shape[1:])
+
+    def slice(self, x: Array) -> Array:
+        return _rows(x, self.axis_name)
+
+    def level_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
+        if self.draws == "independent":
+            key = jax.random.fold_in(key, jax.lax.axis_index(self.axis_name))
+        _, level_key = split_key(key)
+        return level_key
+
+
+class ShardedSolveInfo(eqx.Module):
+    """What a sharded solve did, per device and in total.
+
+    **Fields:**
+
+    - `evaluations`: shape `(devices, k)`: how many times device `d` evaluated level
+        `l` on its shard of the batch (a shard evaluation costs `1/devices` of a
+        whole-batch one).
+    - `total_evaluations`: shape `(k,)`, the sum over devices.
+    - `cost`: shape `(devices,)`, each device's realised cost `Σ_l costs[l] ·
+        evaluations[d, l]` (in the units of `levels.costs`, per shard evaluation).
+    - `total_cost`: the sum over devices.
+    - `ts`: the times of the saved states when `saveat` was given, else `None`.
+    - `num_steps`: the number of steps taken.
+    - `draws`: `"independent"` or `"shared"`.
+    """
+
+    evaluations: Int[Array, "devices k"]
+    total_evaluations: Int[Array, " k"]
+    cost: Float[Array, " devices"]
+    total_cost: Float[Array, ""]
+    ts: Float[Array, " n"] | None
+    num_steps: int = eqx.field(static=True)
+    draws: str = eqx.field(static=True)
+
+    @property
+    def num_devices(self) -> int:
+        return self.evaluations.shape[0]
+
+
+def mlem_solve_sharded(
+    levels: Levels,
+    schedule: AbstractSchedule,
+    diffusion: DiffusionFn | None,
+    y0: ArrayLike,
+    *,
+    mesh: Mesh,
+    t0: float | ArrayLike,
+    t1: float | ArrayLike,
+    num_steps: int,
+    key: PRNGKeyArray,
+    axis_name: Hashable = "batch",
+    draws: str = "independent",
+    args: Any = None,
+    brownian: Array | diffrax.AbstractBrownianPath | None = None,
+    saveat: diffrax.SaveAt | None = None,
+    checkpoint: bool | str = True,
+) -> tuple[Array, ShardedSolveInfo]:
+    """`mlem_solve` with the batch axis of `y0` split over the devices of a mesh axis.
+
+    Runs `mlem_solve` on each device's shard of `y0` under `jax.shard_map`, with no
+    communication between devices during the solve. The Brownian increments of every
+    element are those of the single-device solve with the same `key` (each device
+    draws a step's increment for the global batch and keeps its rows).
+
+    **Level draws.** `draws="independent"` (the default): device `d` draws its
+    levels from its own key `jax.random.fold_in(key, d)` (as a single-device solve
+    with that key would; see `device_key`). The devices' level noises are
+    independent, so the variance that ML-EM adds to a batch average falls like
+    `1/devices` at the same cost: the reason to shard ML-EM at all, hence the
+    default. The result is reproducible for a given key and device count, and with
+    every `p_l = 1` it is Euler–Maruyama whatever the count. `draws="shared"`: every
+    device uses the single-device draws, so the result equals `mlem_solve(...,
+    key=key)` on one device (to float rounding) for any device count: for
+    reproducibility across machines.
+
+    **Arguments:** as `mlem_solve`, plus
+
+    - `mesh`: a `jax.sharding.Mesh` (e.g. `jax.make_mesh((n,), ("batch",))`).
+    - `axis_name`: the mesh axis the batch is split over (default `"batch"`); the
+        leading axis of `y0` must be divisible by its size. Other mesh axes hold
+        copies of the same solve.
+    - `draws`: `"independent"` or `"shared"`, as above.
+    - `brownian`: as `mlem_solve`, of the global shape: an array of increments
+        `(num_steps, *y0.shape)` is split along its batch axis; a diffrax path is
+        evaluated whole on each device, which keeps its rows.
+
+    `levels`, `schedule`, `diffusion` and `args` are the same on every device
+    (replicated; an `args` with a per-sample batch axis is not split).
+
+    **Returns:** `(y1, info)` as `mlem_solve` (`y1` sharded over `axis_name`), with
+    a `ShardedSolveInfo`: per-device and total evaluation counts and costs.
+
+    Works under `jax.jit` and `jax.grad` (pathwise; gradients with respect to
+    replicated parameters are summed over the devices once, at the end). The
+    `shard_map` runs with `check_vma=False`: with independent draws a level's
+    `lax.cond` branches differently on each device, and JAX's varying-axes typing
+    would put the gradient's cross-device sum inside that branch, where devices
+    that skip it never join (a deadlock).
+    """
+    name = "mlem_solve_sharded"
+    if not isinstance(levels, Levels):
+        raise TypeError(
+            f"{name}: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
+        )
+    if not isinstance(schedule, AbstractSchedule):
+        raise TypeError(
+            f"{name}: `schedule` must be a mlem_jax schedule (FixedProbabilities, "
+            f"Rates, ...); got {type(schedule).__name__}."
+        )
+    if schedule.num_levels != levels.num_levels:
+        raise ValueError(
+            f"{name}: `schedule` has {schedule.num_levels} levels but `levels` has "
+            f"{levels.num_levels}; expected one probability or rate per level."
+        )
+    if draws not in DRAWS:
+        raise ValueError(
+            f'{name}: `draws` must be "independent" or "shared"; got {draws!r}.'
+        )
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"{name}: `mesh` must be a jax.sharding.Mesh (e.g. "
+            f'jax.make_mesh((n,), ("batch",))); got {type(mesh).__name__}.'
+        )
+    if axis_name not in mesh.axis_names:
+        raise ValueError(
+            f"{name}: `mesh` has no axis named {axis_name!r} (its axes are "
+            f"{tuple(mesh.axis_names)}); pass `axis_name` naming the mesh axis to "
+            "split the batch over."
+        )
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                f"{name}: `key` must be a single PRNG key; got a key array of shape "
+                f"{key.shape}. Pass one key: each device derives its own level key "
+                "from it (jax.random.fold_in(key, device index))."
+            )
+    check_key(name, key)
+    devices = int(mesh.shape[axis_name])
+    try:
+        y0 = jnp.asarray(y0)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{name}: `y0` must be a single array with the batch in its leading "
+            f"axis; got {type(y0).__name__}."
+        ) from e
+    if y0.ndim == 0:
+        raise ValueError(
+            f"{name}: `y0` must have a leading batch axis to split over the devices; "
+            "got a scalar."
+        )
+    if y0.shape[0] % devices:
+        raise ValueError(
+            f"{name}: the batch axis of `y0` (size {y0.shape[0]}) must be divisible "
+            f"by the number of devices on mesh axis {axis_name!r} ({devices}); "
+            f"pad the batch to a multiple of {devices}."
+        )
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
+    is_array = brownian is not None and not isinstance(brownian, diffrax.AbstractPath)
+    if is_array:
+        brownian = check_increments(
+            name,
+            brownian,
+            int(num_steps),
+            y0,
+            "an array of increments or a diffrax Brownian path",
+        )
+    shard = _Shard(axis_name, devices, draws)
+    ys, evaluations, cost, ts = _sharded(
+        levels,
+        schedule,
+        diffusion,
+        y0,
+        t0,
+        t1,
+        int(num_steps),
+        key,
+        args,
+        brownian,
+        saveat,
+        checkpoint,
+        mesh,
+        shard,
+    )
+    info = ShardedSolveInfo(
+        evaluations=evaluations,
+        total_evaluations=evaluations.sum(axis=0, dtype=evaluations.dtype),
+        cost=cost,
+        total_cost=cost.sum(),
+        ts=ts,
+        num_steps=int(num_steps),
+        draws=draws,
+    )
+    return ys, info
+
+
+@eqx.filter_jit
+def _sharded(
+    levels,
+    schedule,
+    diffusion,
+    y0,
+    t0,
+    t1,
+    num_steps,
+    key,
+    args,
+    brownian,
+    saveat,
+    checkpoint,
+    mesh,
+    shard,
+):
+    axis = shard.axis_name
+    is_array = brownian is not None and not isinstance(brownian, diffrax.AbstractPath)
+    y_spec = P(axis)
+    w_spec = P(None, axis) if is_array else P()
+    y0 = _place(y0, mesh, y_spec)
+    if is_array:
+        assert isinstance(brownian, jax.Array)
+        brownian = _place(brownian, mesh, w_spec)
+
+    def body(y0_shard, w):
+        ys, info = _solve(
+            "mlem_solve_sharded",
+            levels.fns,
+            levels.costs,
+            schedule,
+            diffusion,
+            y0_shard,
+            t0,
+            t1,
+            num_steps,
+            key,
+            args,
+            w if is_array else brownian,
+            saveat,
+            checkpoint,
+            shard,
+        )
+        return ys, info.evaluations[None], info.cost[None], info.ts
+
+    ys_spec = y_spec if saveat is None else P(None, axis)
+    out_specs = (ys_spec, P(axis), P(axis), P())
+    run = jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(y_spec, w_spec),
+        out_specs=out_specs,
+        check_vma=False,
+    )
+    ys, evaluations, cost, ts = run(
+        y0, brownian if is_array else jnp.zeros((), y0.dtype)
+    )
+    # The per-device counts are tiny: hand them back replicated, so that they
+    # index like any array (an explicitly sharded one refuses `evaluations[d]`).
+    evaluations = _place(evaluations, mesh, P())
+    cost = _place(cost, mesh, P())
+    return ys, evaluations, cost, ts
+
+
+def _place(x: Array, mesh: Mesh, spec: P) -> Array:
+    """`x` laid out as `spec` on `mesh`: `jax.reshard` on explicit mesh axes (which
+    `shard_map` requires to match), a sharding constraint on automatic ones."""
+    sharding = NamedSharding(mesh, spec)
+    if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return jax.reshard(x, sharding)
+    return jax.lax.with_sharding_constraint(x, sharding)

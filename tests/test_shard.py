@@ -1,0 +1,183 @@
+"""Sharded sampling (`mlem_solve_sharded`, `MLEMSolver` in a `shard_map`) on 8 forced
+host devices.
+
+The devices exist only if `XLA_FLAGS=--xla_force_host_platform_device_count=8` is set
+before JAX initialises, so `tests/shard_checks.py` computes everything in one
+subprocess (one JAX start, each program compiled once) and the tests below assert on
+its JSON. The subprocess compiles with XLA's backend optimisation off: the programs
+are tiny and compile time is most of their cost; both sides of every comparison are
+compiled with the same flags.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EPS32 = 2.0**-23
+
+
+@pytest.fixture(scope="module")
+def checks() -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        "--xla_force_host_platform_device_count=8 "
+        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "shard_checks.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rounding(scale: float, steps: int = 16) -> float:
+    # A few float32 roundings of the state per step, accumulated over the solve.
+    return 8 * steps * EPS32 * max(scale, 1.0)
+
+
+def test_all_p1_equals_euler_maruyama_on_1_2_4_8_devices(checks):
+    tol = _rounding(checks["em_scale"])
+    assert set(checks["p1_max_diff"]) == {"1", "2", "4", "8"}
+    for devices, diff in checks["p1_max_diff"].items():
+        assert diff <= tol, (devices, diff, tol)
+
+
+def test_independent_draws_are_those_of_the_documented_device_key(checks):
+    # Device d's rows equal a single-device solve with key fold_in(key, d) on its
+    # rows of the global Brownian increments, and its counts equal that solve's.
+    assert checks["indep_rows_max_diff"] <= _rounding(checks["em_scale"])
+    assert checks["indep_counts_equal_single"]
+    assert checks["devices_differ"]  # the devices really drew differently
+
+
+def test_per_device_counts_equal_the_draws(checks):
+    # Recomputed from the documented uniforms: needed_l = B_l or B_{l+1}.
+    assert checks["indep_counts_equal_draws"]
+    assert checks["indep_total_ok"]
+
+
+def test_shared_draws_equal_the_single_device_solve(checks):
+    assert checks["shared_max_diff"] <= _rounding(checks["em_scale"])
+    assert checks["shared_counts_equal"]
+
+
+def test_diffrax_mlem_solver_in_shard_map_matches(checks):
+    assert checks["diffrax_max_diff"] <= _rounding(checks["em_scale"])
+    assert checks["diffrax_counts_equal"]
+
+
+def test_added_mse_of_the_batch_mean_falls_like_one_over_devices(checks):
+    # Closed form (see shard_checks.py): E‖ē‖² = E‖e‖² / devices, no bias, so each
+    # device count's Monte Carlo mean must lie within 5 standard errors of it.
+    theory = checks["mse_theory_1"]
+    for devices, (mean, se) in checks["mse"].items():
+        expected = theory / int(devices)
+        assert abs(mean - expected) <= 5 * se, (devices, mean, expected, se)
+    # And the fall itself: 8 devices against 1, each measured independently.
+    m1, s1 = checks["mse"]["1"]
+    m8, s8 = checks["mse"]["8"]
+    assert abs(8 * m8 - m1) <= 5 * math.hypot(8 * s8, s1)
+    assert m8 < m1 / 2  # shared draws would leave it at m1
+
+
+def test_shared_gradient_equals_single_device_gradient(checks):
+    assert checks["grad_max_diff"] <= 1e-5 * max(checks["grad_scale"], 1.0)
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("indivisible", ["`y0`", "size 12", "divisible", "'batch' (8)"]),
+        ("no_axis", ["`mesh`", "no axis named 'batch'", "('data',)", "`axis_name`"]),
+        ("batched_key", ["`key`", "single PRNG key", "shape (8,)"]),
+        ("draws", ["`draws`", '"independent" or "shared"', "'per-sample'"]),
+        ("mesh", ["TypeError", "`mesh`", "jax.sharding.Mesh", "list"]),
+        ("scalar", ["`y0`", "leading batch axis", "scalar"]),
+    ],
+)
+def test_bad_input_messages(checks, case, words):
+    message = checks["errors"][case]
+    assert message is not None, f"{case}: no error raised"
+    assert message.startswith(("ValueError", "TypeError"))
+    assert "mlem_solve_sharded" in message
+    for word in words:
+        assert word in message, (case, word, message)
+
+
+# --------------------------------------------------- CLI `sample --devices` choice
+# In this process JAX has its one device; the device count is patched instead (no
+# compile: only the choice and its messages are tested here).
+
+
+def _parser():
+    import argparse
+
+    return argparse.ArgumentParser(prog="mlem-jax sample")
+
+
+@pytest.mark.parametrize(
+    "local, devices, num, expected",
+    [
+        (1, "all", 64, (1, None)),
+        (8, "all", 64, (8, None)),
+        (8, "all", 6, (6, "using 6 of the 8 local devices")),
+        (8, "all", 7, (7, "using 7 of the 8 local devices")),
+        (8, "all", 5, (5, "using 5 of the 8 local devices")),
+        (8, 4, 64, (4, None)),
+    ],
+)
+def test_sample_devices_choice(monkeypatch, local, devices, num, expected):
+    from mlem_jax import _commands
+
+    monkeypatch.setattr(_commands.jax, "local_device_count", lambda: local)
+    n, note = _commands.sample_devices(_parser(), devices, num)
+    assert n == expected[0]
+    assert (note is None) == (expected[1] is None)
+    if note is not None:
+        assert expected[1] in note and f"--num {num}" in note
+
+
+@pytest.mark.parametrize(
+    "local, devices, num, words",
+    [
+        (1, 2, 64, ["--devices 2", "only 1 local device", "device_count=2"]),
+        (8, 3, 64, ["--devices 3 must divide --num (64)"]),
+    ],
+)
+def test_sample_devices_errors(monkeypatch, capsys, local, devices, num, words):
+    from mlem_jax import _commands
+
+    monkeypatch.setattr(_commands.jax, "local_device_count", lambda: local)
+    with pytest.raises(SystemExit):
+        _commands.sample_devices(_parser(), devices, num)
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_devices_argument_parses_all_or_a_positive_int():
+    import argparse
+
+    from mlem_jax._commands import _devices
+
+    assert _devices("all") == "all" and _devices("ALL") == "all"
+    assert _devices("4") == 4
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected `all` or"):
+            _devices(bad)
