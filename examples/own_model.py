@@ -23,6 +23,7 @@ Run:  python examples/own_model.py [--sampler sde2m] [--prediction eps] [--quick
 
 import argparse
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -114,7 +115,7 @@ def make_ladder(param, output):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="sde2m")
     parser.add_argument("--prediction", choices=("eps", "x0", "v"), default="eps")
     parser.add_argument("--steps", type=int, default=32)
@@ -126,7 +127,9 @@ def main(argv=None):
     param = md.VPCosine()
     sampler = SAMPLERS[a.sampler]
     levels = make_ladder(param, a.prediction)
-    kw = dict(t0=0.99, t1=1e-3, num_steps=steps, prediction=a.prediction, grid="logsnr")
+    kw: dict[str, Any] = dict(
+        t0=0.99, t1=1e-3, num_steps=steps, prediction=a.prediction, grid="logsnr"
+    )
     y0 = jax.random.normal(jax.random.key(0), (batch, 2))
 
     cal = md.calibrate_sampler(

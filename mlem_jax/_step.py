@@ -62,7 +62,7 @@ def mlem_drift(
     args,
     always: Sequence[bool] | None = None,
     increments: bool = False,
-) -> PyTree[Array] | tuple[PyTree[Array], tuple[PyTree[Array], ...]]:
+) -> PyTree[Array]:
     """The randomized telescope `Σ_l (B_l/p_l)(f^l − f^{l−1})(t, y)`.
 
     Each level is evaluated at most once, and only where `needed[l]`: the predicate

@@ -379,7 +379,7 @@ class Periodic(eqx.Module):
 
     Unlike the randomized telescope it is biased: by the change of the stale
     corrections since they were computed (for `Δ_l` depending on `t` alone, exactly
-    the single-network sampler with `x̂_0^top + Σ_l (Δ_l(t_n) − Δ_l(t_{a_l(n)}))`,
+    the single-network sampler with `x̂_0^top − Σ_l (Δ_l(t_n) − Δ_l(t_{a_l(n)}))`,
     `a_l(n)` the last step at which level `l` ran). Pass it as `mlem_sample`'s
     `schedule`; no `key` is needed with a deterministic sampler. `periods = (1, …, 1)`
     is the sampler with the top network.
@@ -433,6 +433,16 @@ class _X0Prediction(eqx.Module):
             out.astype(y.dtype), t, y, source=self.prediction, target="x0"
         )
         return x0.astype(y.dtype)
+
+
+class _Constant(eqx.Module):
+    """A data predictor returning `x0` (computed at the step's `(t, y)`)."""
+
+    x0: Array
+
+    def __call__(self, t, y):
+        del t, y
+        return self.x0
 
 
 def sample(
@@ -808,9 +818,10 @@ def _integrate(
         n, t, t_next, dt, dw = x
         if schedule is None:
 
-            def predict(tt, yy):
+            def network(tt, yy):
                 return x0_fns[0](tt, yy, args)
 
+            predict = network
             needed = jnp.ones((1,), bool)
         elif periodic:
             # The same draws with probabilities 0 or 1: level l fires at the steps
@@ -825,19 +836,16 @@ def _integrate(
                 jnp.where(fires[l], term, old)
                 for l, (term, old) in enumerate(zip(terms, stored))
             )
-            x0 = sum(stored[1:], stored[0])
-
-            def predict(tt, yy):
-                del tt, yy
-                return x0
-
+            predict = _Constant(sum(stored[1:], stored[0]))
         else:
             probs = schedule.probabilities(t, dt).astype(ts.dtype)
             uniforms = step_uniforms(level_key, n, k, ts.dtype)
             _, needed, weights = level_draws(uniforms, probs)
 
-            def predict(tt, yy):
+            def telescope(tt, yy):
                 return mlem_drift(x0_fns, needed, weights, tt, yy, args, always)
+
+            predict = telescope
 
         z = None
         if sampler.stochastic:
