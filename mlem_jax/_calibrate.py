@@ -688,12 +688,14 @@ def assemble_calibration(
     grid: np.ndarray | None,
     top_is_reference: bool,
     costs_at,
+    what: str = "drift",
 ) -> Calibration:
     """A `Calibration` (amplification 1) from per-step measurements along a pilot
     trajectory: `per_step` the `level_statistics` of each step (stacked), the
     sensitivity of each step, the bin `edges` and the steps' `midpoints` (which bin
     each step falls in). `costs_at = (t, y, args)` measures FLOPs and wall-clock of
-    each level there (`None`: not measured). `name` prefixes error messages."""
+    each level there (`None`: not measured). `name` prefixes error messages, `what`
+    names a level's function in them."""
     per_step_v, per_step_e, per_step_pairs = (
         np.asarray(x, np.float64) for x in per_step
     )
@@ -701,8 +703,8 @@ def assemble_calibration(
     if np.any(bad):
         first = int(np.flatnonzero(bad)[0]) + 1
         raise ValueError(
-            f"{name}: level {first} returns NaN or inf on the pilot trajectory (from "
-            "a finite `y0`)."
+            f"{name}: the {what} of level {first} returns NaN or inf on the pilot "
+            "trajectory (from a finite `y0`)."
         )
     num_bins = len(edges) - 1
     bins = _bin_index(edges, np.asarray(midpoints, np.float64))

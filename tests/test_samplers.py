@@ -712,6 +712,9 @@ def test_calibrate_sampler_errors_name_the_argument():
         md.calibrate_sampler(levels, ISO, md.DDIM(), y0, reference=3, **kw)
     with pytest.raises(ValueError, match="`prediction`"):
         md.calibrate_sampler(levels, ISO, md.DDIM(), y0, prediction="score", **kw)
+    broken = mj.Levels((lambda t, y, a: y * jnp.nan, levels.top), (1.0, 2.0))
+    with pytest.raises(ValueError, match="the network of level 1 returns NaN"):
+        md.calibrate_sampler(broken, ISO, md.DDIM(), y0, pilot_keys=0, **kw)
 
 
 # ---------------------------------------------------------------------------------
@@ -768,15 +771,14 @@ def test_periodic_three_levels_evaluations_and_errors():
     # Level l runs where it or level l + 1 is due.
     assert info.evaluations.tolist() == [12, 6, 2]
 
-    # Differentiable in both modes, like the randomized version.
+    # Differentiable (reverse mode against central differences; forward and
+    # reverse mode through the same draws are checked in test_jit_and_gradients).
     def loss(y0):
         y, _ = md.mlem_sample(levels, md.Periodic((1, 2, 6)), P, md.DDIM(), y0, **kw)
         return jnp.sum(y**2)
 
     g = jax.grad(loss)(y0)
     d = jnp.zeros_like(y0).at[1, 2].set(1.0)
-    _, tangent = jax.jvp(loss, (y0,), (d,))
-    np.testing.assert_allclose(tangent, g[1, 2], rtol=1e-4)
     fd = (loss(y0 + 1e-2 * d) - loss(y0 - 1e-2 * d)) / 2e-2
     np.testing.assert_allclose(g[1, 2], fd, rtol=2e-2)
     with pytest.raises(ValueError, match="`periods`"):

@@ -95,8 +95,10 @@ def calibrate_sampler(
 
     **Returns:** a `mlem_jax.Calibration` whose `predict(schedule)["error"]` is the
     predicted RMS distance of `mlem_sample` to `sample` with the top network on the
-    same noise, and whose `schedule(...)` gives rates for `mlem_sample` with this
-    sampler and grid.
+    same noise (linearised along the pilot trajectory, corrected per level by the
+    amplification pilots), and whose `schedule(...)` gives rates for `mlem_sample`
+    with this sampler and grid. Its `variances[:, 0]` is `E‖(c_n/h_n) x̂_0^1‖²`, the
+    cheapest network's whole prediction, which the schedules never randomise.
     """
     name = "calibrate_sampler"
     if not isinstance(levels, Levels):
@@ -206,6 +208,7 @@ def calibrate_sampler(
         grid=grid_c,
         top_is_reference=reference is None,
         costs_at=(ts[num_steps // 2], y0, args) if measure_costs else None,
+        what="network",
     )
     if pilot_keys > 0 and k > 1:
 
