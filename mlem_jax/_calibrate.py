@@ -76,6 +76,11 @@ class Calibration:
         `(m, k + 1, k + 1)` with index 0 for `f^0 = 0` (so `variances[:, l]` is
         `pair_variances[:, l, l + 1]`), or `None` (older stored calibrations): what
         `restrict` and `choose_levels` need to price a ladder that skips levels.
+    - `grid`: the pilot's `num_steps + 1` step times, from `t0` to `t1`, when the
+        steps are not uniform in `t` (a diffusion sampler's grid, see
+        `mlem_jax.diffusion.calibrate_sampler`), else `None`. `predict`, `schedule`
+        and `choose_levels` then price the schedule on this grid (at another
+        `num_steps`, on the grid interpolated linearly in the step index).
     """
 
     times: np.ndarray
@@ -93,12 +98,36 @@ class Calibration:
     num_steps: int
     warnings: tuple[str, ...]
     pair_variances: np.ndarray | None = None
+    grid: np.ndarray | None = None
 
     def __post_init__(self):
         amplification = np.broadcast_to(
             np.asarray(self.amplification, np.float64), (self.num_levels,)
         ).copy()
         object.__setattr__(self, "amplification", amplification)
+        if self.grid is not None:
+            grid = np.asarray(self.grid, np.float64)
+            if grid.shape != (self.num_steps + 1,):
+                raise ValueError(
+                    f"Calibration: `grid` must have shape (num_steps + 1,) = "
+                    f"({self.num_steps + 1},); got {grid.shape}."
+                )
+            object.__setattr__(self, "grid", grid)
+
+    def steps(self, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`(starts, lengths)`: the start time and signed length of each of the
+        `num_steps` steps (default: the pilot's) that `predict` prices a schedule
+        on: uniform from `t0` to `t1`, or `grid` (interpolated linearly in the step
+        index when `num_steps` differs from the pilot's)."""
+        num_steps = self.num_steps if num_steps is None else num_steps
+        if self.grid is None:
+            ts, h = _grid(self.t0, self.t1, num_steps)
+            return ts, np.full(num_steps, h)
+        grid = self.grid
+        if num_steps != len(grid) - 1:
+            u = np.linspace(0.0, 1.0, len(grid))
+            grid = np.interp(np.linspace(0.0, 1.0, num_steps + 1), u, grid)
+        return grid[:-1], np.diff(grid)
 
     @property
     def num_levels(self) -> int:
@@ -398,7 +427,8 @@ class Calibration:
         ]
 
     def _floor_rate(self, num_steps: int, min_probability: float) -> float:
-        # p = λ |h| with |h| = |t1 − t0| / num_steps.
+        # p = λ |h| with |h| = |t1 − t0| / num_steps (on a non-uniform `grid`, the
+        # probability at a step of the average length).
         return min_probability * num_steps / abs(self.t1 - self.t0)
 
     def _scaled(
@@ -421,22 +451,24 @@ class Calibration:
         **Returns:** a dict with `evaluations` (expected per level), `cost` (expected,
         in the units `cost` names: see `level_costs`) and `error`: the predicted RMS pathwise distance to
         Euler–Maruyama with the top level,
-        `sqrt(Σ_n h² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the sensitivity
+        `sqrt(Σ_n h_n² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the sensitivity
         and `A_l` the pilots' correction (`inf` if a level with `V_l > 0` has
         `p_l = 0`, which drops its correction).
         """
         num_steps = self.num_steps if num_steps is None else num_steps
-        ts, h = _grid(self.t0, self.t1, num_steps)
-        probs = np.asarray(_probabilities_on_grid(schedule, jnp.asarray(ts), h))
+        ts, hs = self.steps(num_steps)
+        probs = np.asarray(
+            _probabilities_on_grid(schedule, jnp.asarray(ts), jnp.asarray(hs))
+        )
         probs = probs.astype(np.float64)
         nxt = np.concatenate([probs[:, 1:], np.zeros((num_steps, 1))], axis=1)
         evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=0)
         spent = float(np.dot(evaluations, self.level_costs(cost)))
-        bins = _bin_index(self.times, ts + h / 2)
+        bins = _bin_index(self.times, ts + hs / 2)
         variances = self._weighted_variances()[bins]
         with np.errstate(divide="ignore", invalid="ignore"):
             per_step = np.where(variances > 0, variances * (1 / probs - 1), 0.0)
-        mse = h**2 * per_step.sum()
+        mse = np.sum(hs**2 * per_step.sum(axis=1))
         return {
             "evaluations": evaluations,
             "cost": spent,
@@ -583,27 +615,13 @@ def calibrate(
     def measure(carry, x):
         t, y = x
         values = [jnp.asarray(f(t, y, args)).astype(y.dtype) for f in fns]
-        sq = lambda v: jnp.mean(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
-        previous = jnp.zeros_like(y)
-        increments = []
-        for v in values[:k]:
-            increments.append(sq(v - previous))
-            previous = v
-        ref = values[-1]
-        errors = [sq(v - ref) for v in values[:k]]
-        with_zero = [jnp.zeros_like(y)] + values[:k]
-        pairs = jnp.stack(
-            [jnp.stack([sq(a - b) for b in with_zero]) for a in with_zero]
-        )
-        return carry, (jnp.stack(increments), jnp.stack(errors), pairs)
+        return carry, level_statistics(values, k)
 
-    per_step_v, per_step_e, per_step_pairs = jax.lax.scan(
+    per_step = jax.lax.scan(
         measure,
         None,
         (jnp.asarray(ts, y0.dtype), states[:-1]),
     )[1]
-    per_step_v = np.asarray(per_step_v, np.float64)
-    per_step_e = np.asarray(per_step_e, np.float64)
     if not np.all(np.isfinite(np.asarray(states))):
         raise ValueError(
             "calibrate: the pilot Euler-Maruyama solve with the top level produced NaN "
@@ -611,38 +629,107 @@ def calibrate(
             "diffusion returns NaN/inf on the pilot trajectory (or the solve blows up "
             "at `num_steps` steps)."
         )
+    lo, hi = min(t0, t1), max(t0, t1)
+    edges = np.linspace(lo, hi, num_bins + 1)
+    calibration = assemble_calibration(
+        "calibrate",
+        levels,
+        per_step,
+        _sensitivity(levels.top, diffusion, y0, t0, t1, num_steps, pilot_key, args),
+        edges,
+        ts + h / 2,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        grid=None,
+        top_is_reference=reference is None,
+        costs_at=(jnp.asarray((t0 + t1) / 2, y0.dtype), y0, args)
+        if measure_costs
+        else None,
+    )
+    if pilot_keys > 0 and k > 1:
+        mean_added = _em_added_error(
+            calibration, levels, diffusion, y0, states[-1], pilot_key, args
+        )
+        calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
+    return calibration
+
+
+def level_statistics(values, k: int):
+    """From the `k` level values at one state (and optionally a reference value
+    after them), each of shape `(batch, ...)`: `(increments, errors, pairs)`, the
+    batch means of `‖f^l − f^{l−1}‖²` (shape `(k,)`), of `‖f^l − f_ref‖²` (`f_ref`
+    the last value) and of `‖f^j − f^i‖²` for every pair with `f^0 = 0` (shape
+    `(k + 1, k + 1)`)."""
+
+    def sq(v):
+        return jnp.mean(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
+
+    zero = jnp.zeros_like(values[0])
+    with_zero = [zero] + list(values[:k])
+    increments = jnp.stack([sq(with_zero[l + 1] - with_zero[l]) for l in range(k)])
+    ref = values[-1]
+    errors = jnp.stack([sq(v - ref) for v in values[:k]])
+    pairs = jnp.stack([jnp.stack([sq(a - b) for b in with_zero]) for a in with_zero])
+    return increments, errors, pairs
+
+
+def assemble_calibration(
+    name: str,
+    levels: Levels,
+    per_step,
+    per_step_sensitivity,
+    edges: np.ndarray,
+    midpoints: np.ndarray,
+    *,
+    t0: float,
+    t1: float,
+    num_steps: int,
+    grid: np.ndarray | None,
+    top_is_reference: bool,
+    costs_at,
+    what: str = "drift",
+) -> Calibration:
+    """A `Calibration` (amplification 1) from per-step measurements along a pilot
+    trajectory: `per_step` the `level_statistics` of each step (stacked), the
+    sensitivity of each step, the bin `edges` and the steps' `midpoints` (which bin
+    each step falls in). `costs_at = (t, y, args)` measures FLOPs and wall-clock of
+    each level there (`None`: not measured). `name` prefixes error messages, `what`
+    names a level's function in them."""
+    per_step_v, per_step_e, per_step_pairs = (
+        np.asarray(x, np.float64) for x in per_step
+    )
     bad = ~np.all(np.isfinite(per_step_v), axis=0)
     if np.any(bad):
         first = int(np.flatnonzero(bad)[0]) + 1
         raise ValueError(
-            f"calibrate: the drift of level {first} returns NaN or inf on the pilot "
+            f"{name}: the {what} of level {first} returns NaN or inf on the pilot "
             "trajectory (from a finite `y0`)."
         )
-    lo, hi = min(t0, t1), max(t0, t1)
-    edges = np.linspace(lo, hi, num_bins + 1)
-    bins = _bin_index(edges, ts + h / 2)
-    variances = np.stack([per_step_v[bins == b].mean(axis=0) for b in range(num_bins)])
-    per_step_pairs = np.asarray(per_step_pairs, np.float64)
-    pair_variances = np.stack(
-        [per_step_pairs[bins == b].mean(axis=0) for b in range(num_bins)]
-    )
+    num_bins = len(edges) - 1
+    bins = _bin_index(edges, np.asarray(midpoints, np.float64))
+
+    def binned(values):
+        return np.stack([values[bins == b].mean(axis=0) for b in range(num_bins)])
+
+    variances = binned(per_step_v)
+    pair_variances = binned(per_step_pairs)
+    sensitivity = binned(np.asarray(per_step_sensitivity, np.float64))
     drift_errors = np.sqrt(per_step_e.mean(axis=0))
 
     flops = seconds = None
-    if measure_costs:
-        t_mid = jnp.asarray((t0 + t1) / 2, y0.dtype)
+    if costs_at is not None:
+        t_mid, y, args = costs_at
         call = lambda f, t, y, a: f(t, y, a)
-        flops = tuple(count_flops(call, f, t_mid, y0, args) for f in levels.fns)
-        seconds = tuple(time_in_scan(f, t_mid, y0, args) for f in levels.fns)
+        flops = tuple(count_flops(call, f, t_mid, y, args) for f in levels.fns)
+        seconds = tuple(time_in_scan(f, t_mid, y, args) for f in levels.fns)
     gamma_costs = flops if flops is not None else levels.costs
-    gamma, gamma_stderr = _fit_gamma(gamma_costs, drift_errors, reference is None)
-
-    per_step_a = _sensitivity(
-        levels.top, diffusion, y0, t0, t1, num_steps, pilot_key, args
-    )
-    sensitivity = np.stack([per_step_a[bins == b].mean() for b in range(num_bins)])
-
-    calibration = Calibration(
+    gamma, gamma_stderr = _fit_gamma(gamma_costs, drift_errors, top_is_reference)
+    warnings = _warnings(levels, variances, gamma, gamma_stderr)
+    for w in warnings:
+        if "do not differ" in w:
+            _warn(f"{name}: {w}")
+    return Calibration(
         times=edges,
         variances=variances,
         sensitivity=sensitivity,
@@ -652,41 +739,39 @@ def calibrate(
         drift_errors=drift_errors,
         gamma=gamma,
         gamma_stderr=gamma_stderr,
-        amplification=np.ones(k),
+        amplification=np.ones(levels.num_levels),
         t0=t0,
         t1=t1,
         num_steps=num_steps,
-        warnings=(),
+        warnings=warnings,
         pair_variances=pair_variances,
+        grid=grid,
     )
-    amplification = np.ones(k)
-    if pilot_keys > 0 and k > 1:
-        amplification = _measure_amplification(
-            calibration,
-            levels,
-            diffusion,
-            y0,
-            states[-1],
-            pilot_key,
-            level_key,
-            args,
-            pilot_keys,
-        )
-    warnings = _warnings(levels, variances, gamma, gamma_stderr)
-    for w in warnings:
-        if "do not differ" in w:
-            _warn(f"calibrate: {w}")
-    return dataclasses.replace(
-        calibration, amplification=amplification, warnings=warnings
-    )
+
+
+def perturbation_growth(final, num_steps: int, y0, key, probes: int = 4):
+    """Per step `n`, `E‖J_n v‖²/d`: `J_n` the Jacobian of `final(zs)` (the final
+    state of a pilot solve in which `zs[n]`, shaped like `y0`, is added at step `n`)
+    with respect to `zs[n]` at `zs = 0`, `d` the state size per sample. One reverse
+    pass gives `J_nᵀ v` for every step at once; Hutchinson's estimator with `probes`
+    random `v` gives the norm. Traceable (a JAX array of shape `(num_steps,)`)."""
+    dtype = y0.dtype
+    _, vjp = jax.vjp(final, jnp.zeros((num_steps, *y0.shape), dtype))
+
+    def one(vk):
+        # Rademacher probes: exact for Jacobians that are multiples of I.
+        v = jax.random.rademacher(vk, y0.shape, dtype)
+        (g,) = vjp(v)
+        return jnp.mean(jnp.sum(g.reshape(num_steps, y0.shape[0], -1) ** 2, -1), -1)
+
+    d = int(np.prod(y0.shape[1:])) if y0.ndim > 1 else 1
+    keys = jax.random.split(jax.random.fold_in(key, 7), probes)
+    return jnp.mean(jax.lax.map(one, keys), axis=0) / d
 
 
 def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int = 4):
-    """Per step `n`, `E‖J_n v‖²/d`: how much a perturbation added to the state at the
-    end of step `n` grows (in mean square, per component) by the end of the solve,
-    along the pilot trajectory (`J_n` the Jacobian of the final state with respect to
-    it, `d` the state size per sample). One reverse pass gives `J_nᵀ v` for every
-    step at once; Hutchinson's estimator with `probes` random `v` gives the norm."""
+    """Per step `n`, how much a perturbation added to the state at the end of step
+    `n` of the pilot Euler–Maruyama solve grows by its end (`perturbation_growth`)."""
     from ._brownian import brownian_increments
 
     dtype = y0.dtype
@@ -711,33 +796,15 @@ def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int =
         steps = jnp.arange(num_steps)
         return jax.lax.scan(jax.checkpoint(step), y0, (steps, zs, dw))[0]
 
-    @jax.jit
-    def norms(v_keys):
-        _, vjp = jax.vjp(final, jnp.zeros((num_steps, *y0.shape), dtype))
-
-        def one(vk):
-            # Rademacher probes: exact for Jacobians that are multiples of I.
-            v = jax.random.rademacher(vk, y0.shape, dtype)
-            (g,) = vjp(v)
-            return jnp.mean(jnp.sum(g.reshape(num_steps, y0.shape[0], -1) ** 2, -1), -1)
-
-        return jnp.mean(jax.lax.map(one, v_keys), axis=0)
-
-    d = int(np.prod(y0.shape[1:])) if y0.ndim > 1 else 1
-    keys = jax.random.split(jax.random.fold_in(key, 7), probes)
-    return np.asarray(norms(keys), np.float64) / d
+    growth = jax.jit(lambda k: perturbation_growth(final, num_steps, y0, k, probes))
+    return np.asarray(growth(key), np.float64)
 
 
-def _measure_amplification(
-    cal, levels, diffusion, y0, y_em, pilot_key, level_key, args, n
-):
-    """`A_l` per level: for each `l ≥ 2`, the mean over `n` level keys of the added
-    mean-square error of ML-EM randomising level `l` alone with probability 1/2,
-    over its prediction from the isotropic sensitivity (entry 0 is 1; a level whose
-    prediction is 0 or whose measurement is not positive keeps 1). `y_em` is the
+def _em_added_error(cal, levels, diffusion, y0, y_em, pilot_key, args):
+    """`mean_added(probs, keys)` for `with_amplification`: the mean over `keys` of
+    the mean-square distance of ML-EM at `FixedProbabilities(probs)` to `y_em`, the
     pilot Euler–Maruyama solve's final state (top level, `pilot_key`'s path), which
     the ML-EM pilots rerun on that same path."""
-    k = levels.num_levels
     kw = dict(t0=cal.t0, t1=cal.t1, num_steps=cal.num_steps, args=args)
     dw = None
     if diffusion is not None:
@@ -769,6 +836,16 @@ def _measure_amplification(
 
         return jnp.mean(jax.lax.map(added, keys))
 
+    return mean_added
+
+
+def with_amplification(cal: Calibration, mean_added, level_key, n: int) -> Calibration:
+    """`cal` with `A_l` measured: for each `l ≥ 2`, `mean_added(probs, keys)` (the
+    mean over `n` level keys of the added mean-square error of pilot multilevel
+    solves at `FixedProbabilities(probs)`, randomising level `l` alone with
+    probability 1/2) over its prediction from the isotropic sensitivity (entry 0 is
+    1; a level whose prediction is 0 or whose measurement is not positive keeps 1)."""
+    k = cal.num_levels
     amplification = np.ones(k)
     keys = jax.random.split(level_key, n)
     for l in range(1, k):
@@ -781,7 +858,7 @@ def _measure_amplification(
         measured = float(mean_added(jnp.asarray(probs), keys))
         if predicted > 0 and np.isfinite(predicted) and measured > 0:
             amplification[l] = measured / predicted
-    return amplification
+    return dataclasses.replace(cal, amplification=amplification)
 
 
 def _fit_gamma(costs, errors, top_is_reference):
@@ -850,8 +927,8 @@ def _warn(message: str) -> None:
 
 
 @eqx.filter_jit
-def _probabilities_on_grid(schedule, ts, h):
-    return jax.vmap(lambda t: schedule.probabilities(t, h))(ts)
+def _probabilities_on_grid(schedule, ts, hs):
+    return jax.vmap(schedule.probabilities)(ts, hs)
 
 
 def _log(x: float) -> float:

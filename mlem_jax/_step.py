@@ -61,6 +61,7 @@ def mlem_drift(
     y: PyTree[Array],
     args,
     always: Sequence[bool] | None = None,
+    increments: bool = False,
 ) -> PyTree[Array]:
     """The randomized telescope `Σ_l (B_l/p_l)(f^l − f^{l−1})(t, y)`.
 
@@ -72,6 +73,10 @@ def mlem_drift(
     `y` may be a PyTree of arrays (real or complex); every level must return a PyTree
     of the same structure. The estimator is linear, so it is taken leaf by leaf with
     the same draws for the whole state.
+
+    With `increments=True`, returns `(drift, terms)` with `terms[l]` the weighted
+    increment `(B_l/p_l)(f^l − f^{l−1})(t, y)` of level `l` alone (zero where `B_l`
+    is 0), e.g. to keep the last computed correction of each level.
     """
 
     # Walk the levels carrying (drift so far, previous level's value). A level that
@@ -82,7 +87,7 @@ def mlem_drift(
     structure = jax.tree.structure(y)
 
     def update(l, fn, carry):
-        drift, previous = carry
+        drift, previous, terms = carry
         value = fn(t, y, args)
         if jax.tree.structure(value) != structure:
             raise ValueError(
@@ -91,16 +96,16 @@ def mlem_drift(
                 f"{structure}. Each level f(t, y, args) must return a PyTree like y."
             )
         value = jax.tree.map(lambda v, yi: _as_like(v, yi, l), value, y)
-        drift = jax.tree.map(
-            lambda d, v, p: d + weights[l].astype(d.dtype) * (v - p),
-            drift,
-            value,
-            previous,
+        term = jax.tree.map(
+            lambda v, p: weights[l].astype(v.dtype) * (v - p), value, previous
         )
-        return drift, value
+        drift = jax.tree.map(jnp.add, drift, term)
+        if increments:
+            terms = terms[:l] + (term,) + terms[l + 1 :]
+        return drift, value, terms
 
     zeros = jax.tree.map(jnp.zeros_like, y)
-    carry = (zeros, zeros)
+    carry = (zeros, zeros, (zeros,) * len(fns) if increments else ())
     for l, fn in enumerate(fns):  # noqa: E741
         if always is not None and always[l]:
             carry = update(l, fn, carry)
@@ -111,7 +116,7 @@ def mlem_drift(
                 lambda c: c,
                 carry,
             )
-    return carry[0]
+    return (carry[0], carry[2]) if increments else carry[0]
 
 
 def check_drift_output(value, y, what: str) -> None:

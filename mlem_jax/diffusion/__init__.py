@@ -23,6 +23,7 @@ x, info = mlem_jax.diffusion.mlem_sample(levels, schedule, param, SDEDPMSolverPP
 ```
 """
 
+from ._calibrate_sampler import calibrate_sampler as calibrate_sampler
 from ._levels import (
     drift_flops as drift_flops,
     ladder_drifts as ladder_drifts,
@@ -48,6 +49,7 @@ from ._samplers import (
     DPMSolverPP2M as DPMSolverPP2M,
     Euler as Euler,
     Heun as Heun,
+    Periodic as Periodic,
     SDEDPMSolverPP1 as SDEDPMSolverPP1,
     SDEDPMSolverPP2M as SDEDPMSolverPP2M,
     mlem_sample as mlem_sample,

@@ -27,7 +27,10 @@ replaced by the randomized telescope `Σ_l (B_l/p_l)(x̂_0^l − x̂_0^{l−1})`
 `mlem_jax.mlem_solve` (the same `level_draws` and compute-skipping `mlem_drift`). Every
 step of these samplers except Heun's is affine in the prediction, so the step stays
 unbiased for the top network's step; the 2M methods carry the previous step's
-estimate.
+estimate. `calibrate_sampler` measures a ladder along the sampler's own grid and
+prediction type and gives rates for it (`Calibration.schedule`). `Periodic` is the
+deterministic variant: each level on a fixed period, its last correction reused in
+between.
 
 **References:** Song, Meng & Ermon, "Denoising Diffusion Implicit Models" (2021);
 Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
@@ -359,6 +362,59 @@ class Heun(_DiffraxODE):
 
 
 # ---------------------------------------------------------------------------------
+# The deterministic multilevel variant
+
+
+class Periodic(eqx.Module):
+    """The deterministic multilevel variant: level `l` runs every `periods[l]`-th
+    step, and in between its last correction is reused.
+
+    At step `n` the data prediction is `Σ_l Δ_l`, where `Δ_l = x̂_0^l − x̂_0^{l−1}` is
+    computed afresh at the steps `n ≡ 0 (mod periods[l])` and otherwise is the value
+    from the last such step. With two levels and `periods = (1, m)`: the top network
+    every `m`-th step, and in between the cheap network plus the last top-level
+    correction `x̂_0^2 − x̂_0^1`. The draws are `mlem_jax`'s (`level_draws` with
+    probabilities 0 or 1, compute skipping by `mlem_drift`), so `info.evaluations`
+    counts what ran: level `l` at the steps where it or level `l + 1` is due.
+
+    Unlike the randomized telescope it is biased: by the change of the stale
+    corrections since they were computed (for `Δ_l` depending on `t` alone, exactly
+    the single-network sampler with `x̂_0^top − Σ_l (Δ_l(t_n) − Δ_l(t_{a_l(n)}))`,
+    `a_l(n)` the last step at which level `l` ran). Pass it as `mlem_sample`'s
+    `schedule`; no `key` is needed with a deterministic sampler. `periods = (1, …, 1)`
+    is the sampler with the top network.
+
+    **Arguments:**
+
+    - `periods`: one positive int per level, cheapest first.
+    """
+
+    periods: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, periods):
+        try:
+            values = tuple(periods)
+        except TypeError:
+            raise TypeError(
+                f"Periodic: `periods` must be a sequence of positive ints, one per "
+                f"level; got {periods!r}."
+            ) from None
+        if not values or not all(
+            isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1
+            for m in values
+        ):
+            raise ValueError(
+                "Periodic: `periods` must be a non-empty sequence of positive ints, "
+                f"one per level; got {periods!r}."
+            )
+        self.periods = tuple(int(m) for m in values)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.periods)
+
+
+# ---------------------------------------------------------------------------------
 # The samplers as solves
 
 
@@ -377,6 +433,16 @@ class _X0Prediction(eqx.Module):
             out.astype(y.dtype), t, y, source=self.prediction, target="x0"
         )
         return x0.astype(y.dtype)
+
+
+class _Constant(eqx.Module):
+    """A data predictor returning `x0` (computed at the step's `(t, y)`)."""
+
+    x0: Array
+
+    def __call__(self, t, y):
+        del t, y
+        return self.x0
 
 
 def sample(
@@ -452,7 +518,7 @@ def sample(
 
 def mlem_sample(
     levels: Levels,
-    schedule: AbstractSchedule,
+    schedule: AbstractSchedule | Periodic,
     param: AbstractParametrisation,
     sampler: AbstractSampler,
     y0: ArrayLike,
@@ -460,7 +526,7 @@ def mlem_sample(
     t0: float | ArrayLike,
     t1: float | ArrayLike,
     num_steps: int,
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | None = None,
     prediction: str = "eps",
     grid: str | ArrayLike = "uniform",
     rho: float = 7.0,
@@ -480,8 +546,10 @@ def mlem_sample(
 
     **Arguments:** as `sample`, with `levels` (networks `f(t, y, args)` all
     predicting `prediction`, cheapest first, and their costs) and `schedule`
-    (`FixedProbabilities`, `Rates`, …) in place of `model` and `cost`; `key` is
-    required (it drives the level draws).
+    (`FixedProbabilities`, `Rates`, … — e.g. `calibrate_sampler(...).schedule(...)`
+    — or the deterministic `Periodic`) in place of `model` and `cost`; `key` is
+    required (it drives the level draws) except with `Periodic` and a deterministic
+    sampler.
 
     **Returns:** `(y1, info)` as `mlem_jax.mlem_solve`: `info.evaluations[l]` is the
     number of steps at which level `l` was evaluated.
@@ -491,15 +559,17 @@ def mlem_sample(
             f"mlem_sample: `levels` must be a mlem_jax.Levels; got "
             f"{type(levels).__name__}."
         )
-    if not isinstance(schedule, AbstractSchedule):
+    if not isinstance(schedule, (AbstractSchedule, Periodic)):
         raise TypeError(
             "mlem_sample: `schedule` must be a mlem_jax schedule (FixedProbabilities, "
-            f"Rates, ...); got {type(schedule).__name__}."
+            f"Rates, ...) or a mlem_jax.diffusion.Periodic; got "
+            f"{type(schedule).__name__}."
         )
     if schedule.num_levels != levels.num_levels:
         raise ValueError(
             f"mlem_sample: `schedule` has {schedule.num_levels} levels but `levels` "
-            f"has {levels.num_levels}; expected one probability or rate per level."
+            f"has {levels.num_levels}; expected one probability, rate or period per "
+            "level."
         )
     if isinstance(sampler, AbstractSampler) and not sampler.affine:
         raise ValueError(
@@ -507,7 +577,7 @@ def mlem_sample(
             "network's prediction, so the randomized telescope would bias it; use "
             "Euler, DDIM, DPMSolverPP2M, SDEDPMSolverPP1 or SDEDPMSolverPP2M."
         )
-    if key is None:
+    if key is None and not isinstance(schedule, Periodic):
         raise TypeError("mlem_sample: `key` is required (it drives the level draws).")
     return _run(
         "mlem_sample",
@@ -559,6 +629,78 @@ def _run(
     brownian,
     checkpoint,
 ):
+    y0, ts, dts, x0_fns, key, brownian = _prepare(
+        name,
+        fns,
+        schedule is not None and not isinstance(schedule, Periodic),
+        param,
+        sampler,
+        y0,
+        t0,
+        t1,
+        num_steps,
+        key,
+        prediction,
+        grid,
+        rho,
+        args,
+        brownian,
+    )
+    num_steps = ts.shape[0] - 1
+    always = None
+    dtsc = concrete_or_none(dts)
+    if isinstance(schedule, Periodic):
+        always = tuple(m == 1 for m in schedule.periods)
+    elif schedule is not None and dtsc is not None:
+        hs = dtsc.astype(np.float64)
+        per_step = [schedule.always_fires(float(h)) for h in np.unique(hs)]
+        always = tuple(all(a[l] for a in per_step) for l in range(len(fns)))
+    y1, needed = _integrate(
+        x0_fns,
+        schedule,
+        always,
+        param,
+        sampler,
+        y0,
+        ts,
+        dts,
+        key,
+        args,
+        brownian,
+        checkpoint,
+    )
+    if schedule is None:
+        evaluations = jnp.full(
+            (1,), num_steps * sampler.evaluations_per_step, jnp.int32
+        )
+    else:
+        evaluations = needed.sum(axis=0, dtype=jnp.int32)
+    cost = jnp.asarray(costs, ts.dtype) @ evaluations.astype(ts.dtype)
+    return y1, SolveInfo(
+        evaluations=evaluations, cost=cost, ts=None, num_steps=num_steps
+    )
+
+
+def _prepare(
+    name,
+    fns,
+    random_draws,
+    param,
+    sampler,
+    y0,
+    t0,
+    t1,
+    num_steps,
+    key,
+    prediction,
+    grid,
+    rho,
+    args,
+    brownian,
+):
+    """Check the arguments of a sampler run; `(y0, ts, dts, x0_fns, key, brownian)`
+    with the time grid `ts`, its steps `dts`, the networks as data predictors and a
+    key (a dummy one where none is needed)."""
     if not isinstance(param, AbstractParametrisation):
         raise TypeError(
             f"{name}: `param` must be a mlem_jax.diffusion parametrisation (VPLinear, "
@@ -621,7 +763,7 @@ def _run(
         raise ValueError(
             f"{name}: the time grid must be strictly monotone; got {tsc.tolist()}."
         )
-    needs_key = schedule is not None or (sampler.stochastic and brownian is None)
+    needs_key = random_draws or (sampler.stochastic and brownian is None)
     if key is None:
         if needs_key:
             raise TypeError(
@@ -641,40 +783,11 @@ def _run(
         )
     for i, fn in enumerate(fns):
         out = eqx.filter_eval_shape(fn, ts[0], y0, args)
-        check_drift_output(out, y0, "`model`" if schedule is None else f"level {i + 1}")
+        check_drift_output(out, y0, "`model`" if name == "sample" else f"level {i + 1}")
     x0_fns = tuple(_X0Prediction(fn, param, prediction) for fn in fns)
-    always = None
-    dtsc = concrete_or_none(dts)
-    if schedule is not None and dtsc is not None:
-        hs = dtsc.astype(np.float64)
-        per_step = [schedule.always_fires(float(h)) for h in np.unique(hs)]
-        always = tuple(all(a[l] for a in per_step) for l in range(len(fns)))
     if key is None:
-        key = jax.random.key(0)  # unused: deterministic single-network sampler
-    y1, needed = _integrate(
-        x0_fns,
-        schedule,
-        always,
-        param,
-        sampler,
-        y0,
-        ts,
-        dts,
-        key,
-        args,
-        brownian,
-        checkpoint,
-    )
-    if schedule is None:
-        evaluations = jnp.full(
-            (1,), num_steps * sampler.evaluations_per_step, jnp.int32
-        )
-    else:
-        evaluations = needed.sum(axis=0, dtype=jnp.int32)
-    cost = jnp.asarray(costs, tdtype) @ evaluations.astype(tdtype)
-    return y1, SolveInfo(
-        evaluations=evaluations, cost=cost, ts=None, num_steps=num_steps
-    )
+        key = jax.random.key(0)  # unused: no draws and no noise
+    return y0, ts, dts, x0_fns, key, brownian
 
 
 @eqx.filter_jit
@@ -698,22 +811,41 @@ def _integrate(
     num_steps = ts.shape[0] - 1
     xs = (jnp.arange(num_steps), ts[:-1], ts[1:], dts, brownian)
 
+    periodic = isinstance(schedule, Periodic)
+
     def step(carry, x):
-        y, state = carry
+        y, state, stored = carry
         n, t, t_next, dt, dw = x
         if schedule is None:
 
-            def predict(tt, yy):
+            def network(tt, yy):
                 return x0_fns[0](tt, yy, args)
 
+            predict = network
             needed = jnp.ones((1,), bool)
+        elif periodic:
+            # The same draws with probabilities 0 or 1: level l fires at the steps
+            # n ≡ 0 (mod periods[l]), with weight 1.
+            probs = (n % jnp.asarray(schedule.periods) == 0).astype(ts.dtype)
+            fires, needed, weights = level_draws(jnp.full((k,), 0.5, ts.dtype), probs)
+            # Affine samplers evaluate the prediction once, at (t, y).
+            _, terms = mlem_drift(
+                x0_fns, needed, weights, t, y, args, always, increments=True
+            )
+            stored = tuple(
+                jnp.where(fires[l], term, old)
+                for l, (term, old) in enumerate(zip(terms, stored))
+            )
+            predict = _Constant(sum(stored[1:], stored[0]))
         else:
             probs = schedule.probabilities(t, dt).astype(ts.dtype)
             uniforms = step_uniforms(level_key, n, k, ts.dtype)
             _, needed, weights = level_draws(uniforms, probs)
 
-            def predict(tt, yy):
+            def telescope(tt, yy):
                 return mlem_drift(x0_fns, needed, weights, tt, yy, args, always)
+
+            predict = telescope
 
         z = None
         if sampler.stochastic:
@@ -724,9 +856,10 @@ def _integrate(
             else:
                 z = dw / jnp.sqrt(jnp.abs(dt)).astype(dtype)
         y_next, state = sampler.step(param, t, t_next, y, predict, z, state)
-        return (y_next.astype(dtype), state), needed
+        return (y_next.astype(dtype), state, stored), needed
 
     if checkpoint:
         step = jax.checkpoint(step, prevent_cse=False)
-    (y1, _), needed = jax.lax.scan(step, (y0, sampler.init(y0)), xs)
+    stored = (jnp.zeros_like(y0),) * k if periodic else ()
+    (y1, _, _), needed = jax.lax.scan(step, (y0, sampler.init(y0), stored), xs)
     return y1, needed

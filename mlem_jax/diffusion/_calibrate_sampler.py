@@ -1,0 +1,300 @@
+"""Calibration of a ladder along a diffusion sampler's own grid and prediction type.
+
+```python
+cal = mlem_jax.diffusion.calibrate_sampler(
+    levels, param, sampler, y0, t0=1.0, t1=1e-3, num_steps=20, key=key,
+    prediction="eps", grid="logsnr")
+schedule = cal.schedule(target_error=0.05)
+y, info = mlem_jax.diffusion.mlem_sample(
+    levels, schedule, param, sampler, y0, t0=1.0, t1=1e-3, num_steps=20,
+    key=key, prediction="eps", grid="logsnr")
+```
+
+`mlem_jax.calibrate` measures a ladder along Euler–Maruyama trajectories of an SDE
+given by its drifts. A sampler's step is instead `y' = a_n y + c_n x̂_0 (+ noise)`
+(the 2M methods add the previous step's estimate), so a level's correction enters
+step `n` as `c_n (x̂_0^l − x̂_0^{l−1})`. `calibrate_sampler` measures exactly that,
+with the same machinery and the same `Calibration` as `calibrate`:
+
+* the pilot trajectory is the sampler's own, with the top network, on its grid;
+* `V_l(t_n) = E‖(c_n/h_n)(x̂_0^l − x̂_0^{l−1})(t_n, y_n)‖²`, the variance of the
+  correction per unit time (`h_n = t_{n+1} − t_n`), so that the added variance of
+  step `n` at probability `p` is `(1/p − 1) h_n² V_l` as in `calibrate`; for
+  `Euler` this is the probability-flow drift's `V_l` of `calibrate`;
+* the sensitivity `a(t_n) = E‖J_n v‖²/(d c_n²)` with `J_n` the Jacobian of the final
+  state with respect to the data prediction used at step `n` (one reverse pass
+  through the sampler), which includes the 2M methods' reuse of the estimate at the
+  next step;
+* the amplification pilots run `mlem_sample` itself;
+* the time bins have their edges on grid points (`num_steps / num_bins` steps
+  each), and the `Calibration` keeps the grid (`Calibration.grid`), so
+  `predict`, `schedule` and `choose_levels` price a schedule on the sampler's steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import ArrayLike, PRNGKeyArray
+
+from .._brownian import split_key, step_increment
+from .._calibrate import (
+    Calibration,
+    assemble_calibration,
+    level_statistics,
+    perturbation_growth,
+    with_amplification,
+)
+from .._levels import Levels
+from .._misc import concrete_or_none
+from .._schedules import FixedProbabilities
+from .._step import check_drift_output
+from ._param import AbstractParametrisation
+from ._samplers import AbstractSampler, _prepare, _X0Prediction, mlem_sample
+
+
+def calibrate_sampler(
+    levels: Levels,
+    param: AbstractParametrisation,
+    sampler: AbstractSampler,
+    y0: ArrayLike,
+    *,
+    t0: float,
+    t1: float,
+    num_steps: int,
+    key: PRNGKeyArray,
+    prediction: str = "eps",
+    grid: str | ArrayLike = "uniform",
+    rho: float = 7.0,
+    args: Any = None,
+    num_bins: int = 8,
+    reference=None,
+    pilot_keys: int = 8,
+    measure_costs: bool = True,
+) -> Calibration:
+    """Measure a ladder of diffusion networks along a sampler's own trajectory.
+
+    **Arguments:**
+
+    - `levels`, `param`, `sampler`, `y0`, `t0`, `t1`, `num_steps`, `prediction`,
+        `grid`, `rho`, `args`: as in `mlem_sample`; `y0` a representative batch of
+        initial states, averaged over.
+    - `key`: drives the pilot's noise (for stochastic samplers), the sensitivity
+        probes and the amplification pilots.
+    - `num_bins`: number of time bins, each spanning `num_steps / num_bins`
+        consecutive steps of the grid (at most `num_steps`).
+    - `reference`: an optional more accurate network predicting `prediction`, for
+        the drift errors and `γ` (default: errors against the top level).
+    - `pilot_keys`: `mlem_sample` pilots per level for the amplification (0 skips
+        them, taking amplification 1).
+    - `measure_costs`: measure FLOPs and wall-clock of each level on `y0`.
+
+    **Returns:** a `mlem_jax.Calibration` whose `predict(schedule)["error"]` is the
+    predicted RMS distance of `mlem_sample` to `sample` with the top network on the
+    same noise (linearised along the pilot trajectory, corrected per level by the
+    amplification pilots), and whose `schedule(...)` gives rates for `mlem_sample`
+    with this sampler and grid. Its `variances[:, 0]` is `E‖(c_n/h_n) x̂_0^1‖²`, the
+    cheapest network's whole prediction, which the schedules never randomise.
+    """
+    name = "calibrate_sampler"
+    if not isinstance(levels, Levels):
+        raise TypeError(
+            f"{name}: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
+        )
+    if isinstance(sampler, AbstractSampler) and not sampler.affine:
+        raise ValueError(
+            f"{name}: `sampler` {type(sampler).__name__} is not affine in the "
+            "network's prediction, so it has no unbiased multilevel version; use "
+            "Euler, DDIM, DPMSolverPP2M, SDEDPMSolverPP1 or SDEDPMSolverPP2M."
+        )
+    if isinstance(num_bins, bool) or not (isinstance(num_bins, int) and num_bins >= 1):
+        raise ValueError(
+            f"{name}: `num_bins` must be a positive int; got {num_bins!r}."
+        )
+    if isinstance(num_steps, int) and num_steps < num_bins:
+        raise ValueError(
+            f"{name}: `num_steps` must be at least `num_bins` ({num_bins}); got "
+            f"{num_steps}."
+        )
+    if isinstance(pilot_keys, bool) or not (
+        isinstance(pilot_keys, int) and pilot_keys >= 0
+    ):
+        raise ValueError(
+            f"{name}: `pilot_keys` must be a non-negative int; got {pilot_keys!r}."
+        )
+    if reference is not None and not callable(reference):
+        raise TypeError(
+            f"{name}: `reference` must be a network f(t, y, args) or None; got "
+            f"{type(reference).__name__}."
+        )
+    y0, ts, dts, x0_fns, key, _ = _prepare(
+        name,
+        levels.fns,
+        True,
+        param,
+        sampler,
+        y0,
+        t0,
+        t1,
+        num_steps,
+        key,
+        prediction,
+        grid,
+        rho,
+        args,
+        None,
+    )
+    y0c = concrete_or_none(y0)
+    if y0c is not None and not np.all(np.isfinite(y0c)):
+        raise ValueError(
+            f"{name}: `y0` contains {np.sum(~np.isfinite(y0c))} NaN or infinite "
+            "values; expected a finite batch of initial states."
+        )
+    if reference is not None:
+        out = jax.eval_shape(reference, ts[0], y0, args)
+        try:
+            check_drift_output(out, y0, "`reference`")
+        except (TypeError, ValueError) as e:
+            raise type(e)(str(e).replace("mlem_jax:", f"{name}:", 1)) from None
+        x0_fns = x0_fns + (_X0Prediction(reference, param, prediction),)
+    k = levels.num_levels
+    dtype = y0.dtype
+    pilot_key, level_key = jax.random.split(key)
+    dw = None
+    if sampler.stochastic:
+        # The pilot's noise as Brownian increments, the layout `mlem_sample` reads.
+        brownian_key, _ = split_key(pilot_key)
+        noise = jax.vmap(
+            lambda n: step_increment(brownian_key, n, y0.shape, 1.0, dtype)
+        )(jnp.arange(num_steps))
+        scale = jnp.sqrt(jnp.abs(dts)).astype(dtype)
+        dw = noise * scale.reshape((num_steps,) + (1,) * y0.ndim)
+
+    y1, states, coefficients, per_step, growth = _measure(
+        x0_fns, k, param, sampler, y0, ts, dts, dw, args, pilot_key
+    )
+    states_c, coefficients_c = np.asarray(states), np.asarray(coefficients, np.float64)
+    if not (np.all(np.isfinite(states_c)) and np.all(np.isfinite(np.asarray(y1)))):
+        raise ValueError(
+            f"{name}: the pilot run of {type(sampler).__name__} with the top level "
+            "produced NaN or infinite states from a finite `y0`: the top network "
+            "returns NaN/inf on the pilot trajectory (or the grid reaches a time where "
+            "the parametrisation is singular, e.g. `t1 = 0` for VP)."
+        )
+    if np.any(coefficients_c == 0):
+        raise ValueError(
+            f"{name}: the sampler does not use the network at some step of the grid "
+            "(zero coefficient); check `t0`, `t1` and `grid`."
+        )
+    sensitivity = np.asarray(growth, np.float64) / coefficients_c**2
+    grid_c = np.asarray(ts, np.float64)
+    steps_c = np.asarray(dts, np.float64)
+    idx = np.round(np.linspace(0, num_steps, num_bins + 1)).astype(int)
+    edges = np.sort(grid_c[idx])
+    calibration = assemble_calibration(
+        name,
+        levels,
+        per_step,
+        sensitivity,
+        edges,
+        grid_c[:-1] + steps_c / 2,
+        t0=float(grid_c[0]),
+        t1=float(grid_c[-1]),
+        num_steps=num_steps,
+        grid=grid_c,
+        top_is_reference=reference is None,
+        costs_at=(ts[num_steps // 2], y0, args) if measure_costs else None,
+        what="network",
+    )
+    if pilot_keys > 0 and k > 1:
+
+        @jax.jit
+        def mean_added(probs, keys):  # compiled once: the probabilities are traced
+            def added(level_key):
+                y, _ = mlem_sample(
+                    levels,
+                    FixedProbabilities(probs),
+                    param,
+                    sampler,
+                    y0,
+                    t0=t0,
+                    t1=t1,
+                    num_steps=num_steps,
+                    key=level_key,
+                    prediction=prediction,
+                    grid=grid,
+                    rho=rho,
+                    args=args,
+                    brownian=dw,
+                )
+                d = (y - y1).reshape(y.shape[0], -1)
+                return jnp.mean(jnp.sum(d**2, axis=1))
+
+            return jnp.mean(jax.lax.map(added, keys))
+
+        calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
+    return calibration
+
+
+def _pilot(top, param, sampler, y0, ts, dts, dw, args, perturbation=None):
+    """The sampler with the data predictor `top` on the grid `ts` (noise `dw`), with
+    `perturbation[n]` added to the prediction of step `n`: `(y1, states, c)`, the
+    state at the start of every step and each step's coefficient `c_n` of the
+    prediction, `∂y_{n+1}/∂x̂_0` (a scalar: every affine sampler's is)."""
+    dtype = y0.dtype
+    num_steps = ts.shape[0] - 1
+    if perturbation is None:
+        perturbation = jnp.zeros((num_steps, *y0.shape), dtype)
+    if dw is None:
+        dw = jnp.zeros((num_steps, *y0.shape), dtype)
+
+    def step(carry, x):
+        y, state = carry
+        t, t_next, dt, dwn, pn = x
+        z = dwn / jnp.sqrt(jnp.abs(dt)).astype(dtype) if sampler.stochastic else None
+        x0 = top(t, y, args)
+
+        def advance(shift):
+            return sampler.step(
+                param, t, t_next, y, lambda tt, yy: x0 + pn + shift, z, state
+            )
+
+        zero = jnp.zeros((), dtype)
+        (y_next, state), (tangent, _) = jax.jvp(
+            advance, (zero,), (jnp.ones((), dtype),)
+        )
+        return (y_next.astype(dtype), state), (y, jnp.mean(tangent))
+
+    xs = (ts[:-1], ts[1:], dts, dw, perturbation)
+    (y1, _), (states, coefficients) = jax.lax.scan(
+        jax.checkpoint(step, prevent_cse=False), (y0, sampler.init(y0)), xs
+    )
+    return y1, states, coefficients
+
+
+@eqx.filter_jit
+def _measure(x0_fns, k, param, sampler, y0, ts, dts, dw, args, key):
+    """The pilot run with the top level; the `level_statistics` of
+    `(c_n/h_n) x̂_0^l(t_n, y_n)` at every step; and the `perturbation_growth` of a
+    perturbation of each step's prediction. One compiled program."""
+    y1, states, coefficients = _pilot(
+        x0_fns[k - 1], param, sampler, y0, ts, dts, dw, args
+    )
+
+    def measure(carry, x):
+        t, dt, y, c = x
+        scale = (c / dt.astype(c.dtype)).astype(y.dtype)
+        values = [scale * f(t, y, args) for f in x0_fns]
+        return carry, level_statistics(values, k)
+
+    per_step = jax.lax.scan(measure, None, (ts[:-1], dts, states, coefficients))[1]
+
+    def final(p):
+        return _pilot(x0_fns[k - 1], param, sampler, y0, ts, dts, dw, args, p)[0]
+
+    growth = perturbation_growth(final, ts.shape[0] - 1, y0, key)
+    return y1, states, coefficients, per_step, growth
