@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jaxtyping import ArrayLike
+
+# A small table of numbers as a user writes it: an array or scalar, or a (nested)
+# sequence of numbers, e.g. `(1.0, 0.5)` or `[[1.0, 0.5], [1.0, 0.2]]`. jaxtyping's
+# `ArrayLike` alone refuses tuples and lists under runtime type checking.
+NumbersLike = ArrayLike | Sequence[ArrayLike] | Sequence[Sequence[ArrayLike]]
 
 
 def concrete_or_none(x) -> np.ndarray | None:
