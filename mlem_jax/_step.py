@@ -119,8 +119,10 @@ def check_drift_tree(value, y, what: str) -> None:
     `jax.ShapeDtypeStruct`s of them) must have `y`'s structure and each leaf must
     pass `check_drift_output` against `y`'s leaf."""
     structure = jax.tree.structure(y)
-    if value is None or jax.tree_util.treedef_is_leaf(structure):
-        check_drift_output(value, y, what)
+    # (`None` is a leaf-like treedef with no leaves: a state of no arrays.)
+    single = jax.tree_util.treedef_is_leaf(structure) and structure.num_leaves == 1
+    if single or (value is None and structure.num_leaves > 0):
+        check_drift_output(value, y, what)  # also the clear "returned None" message
         return
     if jax.tree.structure(value) != structure:
         raise ValueError(
