@@ -28,7 +28,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._brownian import brownian_increments, split_key, step_uniforms
 from ._levels import Levels
-from ._misc import check_key, concrete_or_none
+from ._misc import NumbersLike, check_key, concrete_or_none
 from ._schedules import AbstractSchedule, bin_lookup, binned_table
 from ._solve import em_solve, mlem_solve
 
@@ -55,7 +55,7 @@ class LogitProbabilities(AbstractSchedule):
     logits: Float[Array, "m k"]
     times: Float[Array, " m+1"] | None
 
-    def __init__(self, logits: ArrayLike, times: ArrayLike | None = None):
+    def __init__(self, logits: NumbersLike, times: NumbersLike | None = None):
         logits, times = binned_table(
             logits, times, "logits", "logit", "LogitProbabilities"
         )
@@ -91,7 +91,7 @@ class LogitProbabilities(AbstractSchedule):
         t0: float,
         t1: float,
         num_steps: int,
-        times: ArrayLike | None = None,
+        times: NumbersLike | None = None,
         num_bins: int = 8,
         min_probability: float = 1e-4,
     ) -> LogitProbabilities:
@@ -432,7 +432,7 @@ def learn_schedule(
     samples: int = 8,
     optimizer: optax.GradientTransformation | None = None,
     mode: str = "reverse",
-    times: ArrayLike | None = None,
+    times: NumbersLike | None = None,
     checkpoint: bool | str = True,
     callback: Callable[[int, float, float], None] | None = None,
 ) -> LearnedSchedule:

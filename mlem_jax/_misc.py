@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.core
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
+from jaxtyping import ArrayLike
+
+# A small table of numbers as a user writes it: an array or scalar, or a (nested)
+# sequence of numbers, e.g. `(1.0, 0.5)` or `[[1.0, 0.5], [1.0, 0.2]]`. jaxtyping's
+# `ArrayLike` alone refuses tuples and lists under runtime type checking.
+NumbersLike = ArrayLike | Sequence[ArrayLike] | Sequence[Sequence[ArrayLike]]
 
 
 def concrete_or_none(x) -> np.ndarray | None:
@@ -48,3 +57,16 @@ def check_key(name: str, key) -> None:
         + (f" of shape {key.shape}" if hasattr(key, "shape") else "")
         + "."
     )
+
+
+def time_dtype(y0) -> jnp.dtype:
+    """The real dtype of times, step sizes, probabilities and weights for a state `y0`
+    (a PyTree of arrays): the widest real dtype of its leaves (complex leaves count by
+    their real part), at least float32 (a float16 time grid `t0 + n·h` loses distinct
+    times after a few thousand steps)."""
+    dtype = jnp.dtype(jnp.float32)
+    for leaf in jtu.tree_leaves(y0):
+        real = jnp.dtype(jnp.finfo(jnp.result_type(leaf)).dtype)
+        if real.itemsize > dtype.itemsize:
+            dtype = real
+    return dtype

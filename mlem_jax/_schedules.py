@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._misc import concrete_or_none
+from ._misc import NumbersLike, concrete_or_none
 
 
 class AbstractSchedule(eqx.Module):
@@ -113,7 +113,7 @@ class FixedProbabilities(AbstractSchedule):
 
     probs: Float[Array, " k"]
 
-    def __init__(self, probs: ArrayLike):
+    def __init__(self, probs: NumbersLike):
         probs = _as_float_array(probs, "probs", "FixedProbabilities")
         if probs.ndim != 1 or probs.shape[0] == 0:
             raise ValueError(
@@ -179,7 +179,7 @@ class Rates(AbstractSchedule):
     rates: Float[Array, "m k"]
     times: Float[Array, " m+1"] | None
 
-    def __init__(self, rates: ArrayLike, times: ArrayLike | None = None):
+    def __init__(self, rates: NumbersLike, times: NumbersLike | None = None):
         rates, times = binned_table(rates, times, "rates", "rate", "Rates")
         value = concrete_or_none(rates)
         if value is None:

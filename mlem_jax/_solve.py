@@ -12,14 +12,21 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from ._brownian import split_key, step_increment, step_uniforms
+from ._brownian import (
+    leaf_keys,
+    split_key,
+    step_increment,
+    step_uniforms,
+    tree_increment,
+)
 from ._levels import Levels
-from ._misc import check_key, concrete_or_none
+from ._misc import check_key, concrete_or_none, time_dtype
 from ._schedules import AbstractSchedule
-from ._step import check_drift_output, level_draws, mlem_drift
+from ._step import check_drift_tree, level_draws, level_value, mlem_drift
 
 DiffusionFn = Callable[[Any, Any, Any], Any]
 
@@ -53,17 +60,17 @@ def mlem_solve(
     levels: Levels,
     schedule: AbstractSchedule,
     diffusion: DiffusionFn | None,
-    y0: ArrayLike,
+    y0: PyTree[ArrayLike],
     *,
     t0: float | ArrayLike,
     t1: float | ArrayLike,
     num_steps: int,
     key: PRNGKeyArray,
     args: Any = None,
-    brownian: Array | diffrax.AbstractBrownianPath | None = None,
+    brownian: PyTree[ArrayLike] | diffrax.AbstractBrownianPath | None = None,
     saveat: diffrax.SaveAt | None = None,
     checkpoint: bool | str = True,
-) -> tuple[Array, SolveInfo]:
+) -> tuple[PyTree[Array], SolveInfo]:
     """Solve `dY = f(t, Y) dt + g(t, Y) dW` with the Multilevel Euler–Maruyama method.
 
     Each of the `num_steps` fixed steps of signed size `h = (t1 − t0)/num_steps` is
@@ -81,20 +88,26 @@ def mlem_solve(
     - `schedule`: the level probabilities, e.g. `FixedProbabilities` or `Rates`; it
         must have as many levels as `levels`.
     - `diffusion`: `g(t, y, args)` returning an array broadcastable to `y` (diagonal
-        noise) or a scalar; `None` solves the ODE `dY = f dt`.
-    - `y0`: the initial state, a floating array. Put a batch of independent samples
-        in a leading axis: every element gets its own Brownian motion while the level
-        draws are shared, which is what keeps the compute skipping real.
+        noise) or a scalar; for a PyTree `y`, a PyTree like `y` of such arrays (or
+        one scalar for every leaf). `None` solves the ODE `dY = f dt`.
+    - `y0`: the initial state, a floating array or a PyTree of them (e.g. a dict;
+        every level then returns a PyTree like it). Put a batch of independent
+        samples in a leading axis: every element gets its own Brownian motion while
+        the level draws are shared, which is what keeps the compute skipping real.
+        The estimator is linear, so a PyTree is solved leaf by leaf with one draw per
+        level per step for the whole state.
     - `t0`, `t1`: start and end times; `t1 < t0` integrates backwards in time (as
         diffusion models sample), with `ΔW` then a Brownian increment over `|h|`.
     - `num_steps`: the number of steps, a positive int.
     - `key`: a PRNG key, split as documented in `mlem_jax._brownian` into a Brownian
-        stream and a level stream; `em_solve` with the same key and grid uses the same
-        Brownian increments.
+        stream and a level stream (a PyTree state splits the Brownian stream into one
+        key per leaf, in `jax.tree.leaves` order); `em_solve` with the same key and
+        grid uses the same Brownian increments.
     - `args`: passed to every level and to `diffusion`.
     - `brownian`: optional explicit Brownian motion, either an array of increments of
         shape `(num_steps, *y0.shape)` (see `brownian_increments` and
-        `coarsen_increments`) or a diffrax Brownian path of shape `y0.shape` (e.g.
+        `coarsen_increments`; for a PyTree `y0`, a PyTree like it of such arrays) or
+        a diffrax Brownian path shaped like `y0` (e.g.
         `diffrax.VirtualBrownianTree`), evaluated on the step grid. `key` then only
         drives the level draws.
     - `saveat`: optional `diffrax.SaveAt` with any of `t0`, `t1`, `ts` (times on the
@@ -109,7 +122,8 @@ def mlem_solve(
         everything (fastest, most memory).
 
     **Returns:** `(y1, info)`: the final state (or, with `saveat`, the saved states
-    stacked along a new leading axis, at the times `info.ts`) and a `SolveInfo` with
+    stacked along a new leading axis of every leaf, at the times `info.ts`) and a
+    `SolveInfo` with
     the realised per-level evaluation counts and cost.
 
     Pure: the same arguments give bit-identical results. Works under `jax.jit`,
@@ -155,18 +169,18 @@ def mlem_solve(
 def em_solve(
     drift: Callable[[Any, Any, Any], Any],
     diffusion: DiffusionFn | None,
-    y0: ArrayLike,
+    y0: PyTree[ArrayLike],
     *,
     t0: float | ArrayLike,
     t1: float | ArrayLike,
     num_steps: int,
     key: PRNGKeyArray,
     args: Any = None,
-    brownian: Array | diffrax.AbstractBrownianPath | None = None,
+    brownian: PyTree[ArrayLike] | diffrax.AbstractBrownianPath | None = None,
     saveat: diffrax.SaveAt | None = None,
     cost: float = 1.0,
     checkpoint: bool | str = True,
-) -> tuple[Array, SolveInfo]:
+) -> tuple[PyTree[Array], SolveInfo]:
     """Solve `dY = f(t, Y) dt + g(t, Y) dW` with Euler–Maruyama: the baseline.
 
     `y ← y + h · f(t, y) + g(t, y) · ΔW` on `num_steps` fixed steps. With the same
@@ -227,7 +241,7 @@ def _solve(
     brownian,
     saveat,
     checkpoint,
-    shard=None,
+    shard: Any = None,
 ):
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
         raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
@@ -238,29 +252,14 @@ def _solve(
         raise ValueError(
             f'{name}: `checkpoint` must be True, False or "sqrt"; got {checkpoint!r}.'
         )
-    try:
-        y0 = jnp.asarray(y0)
-    except (TypeError, ValueError) as e:  # numpy refuses a dict with ValueError
-        raise TypeError(
-            f"{name}: `y0` must be a single array (put a batch in a leading axis); "
-            f"got {type(y0).__name__}. For PyTree states use diffrax.diffeqsolve "
-            "with mlem_jax.MLEMSolver, which takes them."
-        ) from e
-    if not jnp.issubdtype(y0.dtype, jnp.floating):
-        raise TypeError(
-            f"{name}: `y0` must have a floating dtype (float32 or float64); got "
-            f"{y0.dtype}."
-        )
+    y0 = _as_state(name, y0)
     if diffusion is not None and not callable(diffusion):
         raise TypeError(
             f"{name}: `diffusion` must be a callable g(t, y, args) or None (ODE); got "
             f"{type(diffusion).__name__}."
         )
     check_key(name, key)
-    dtype = y0.dtype
-    # Times, step sizes and costs stay in at least float32: a float16 time grid
-    # t0 + n·h loses distinct times after a few thousand steps.
-    tdtype = dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    tdtype = time_dtype(y0)
     t0 = jnp.asarray(t0, tdtype)
     t1 = jnp.asarray(t1, tdtype)
     t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
@@ -279,11 +278,20 @@ def _solve(
             )
         if isinstance(brownian, diffrax.AbstractPath):
             out = jax.eval_shape(lambda p: _path_increment(p, t0, t1), brownian)
-            expected = y0.shape if shard is None else shard.global_shape(y0.shape)
-            if getattr(out, "shape", None) != expected:
+            shapes = lambda tree: jax.tree.map(  # noqa: E731
+                lambda x: getattr(x, "shape", None), tree
+            )
+            expected = (
+                shapes(y0)
+                if shard is None
+                else jax.tree.map(lambda x: shard.global_shape(x.shape), y0)
+            )
+            if jax.tree.structure(out) != jax.tree.structure(y0) or (
+                shapes(out) != expected
+            ):
                 raise ValueError(
-                    f"{name}: the Brownian path `brownian` has shape "
-                    f"{getattr(out, 'shape', None)}; expected y0.shape {expected}."
+                    f"{name}: the Brownian path `brownian` has shape {shapes(out)}; "
+                    f"expected y0's shape {expected}."
                 )
         else:
             brownian = check_increments(
@@ -296,7 +304,7 @@ def _solve(
     for i, fn in enumerate(fns):
         # Abstract evaluation only: no compute, a clear error naming the level.
         out = eqx.filter_eval_shape(fn, t0, y0, args)
-        check_drift_output(out, y0, "`drift`" if schedule is None else f"level {i + 1}")
+        check_drift_tree(out, y0, "`drift`" if schedule is None else f"level {i + 1}")
     spec, save_ts = _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps)
     always = None
     if schedule is not None and t0c is not None and t1c is not None:
@@ -323,23 +331,71 @@ def _solve(
 
 
 def check_increments(
-    name: str, brownian, num_steps: int, y0: Array, expected: str
-) -> Array:
-    """`brownian` as an array of Brownian increments of shape `(num_steps,
-    *y0.shape)` in `y0`'s dtype, or a clear error naming `brownian` (`expected`
-    says what it may be)."""
+    name: str, brownian, num_steps: int, y0: PyTree[Array], expected: str
+) -> PyTree[Array]:
+    """`brownian` as Brownian increments of shape `(num_steps, *y0.shape)` in `y0`'s
+    dtype (for a PyTree `y0`, a PyTree like it of such arrays, leaf by leaf), or a
+    clear error naming `brownian` (`expected` says what it may be)."""
+    structure = jax.tree.structure(y0)
+    if not jtu.treedef_is_leaf(structure):
+        if jax.tree.structure(brownian) != structure:
+            raise ValueError(
+                f"{name}: `brownian` increments must be a PyTree with the structure "
+                f"of `y0` {structure}; got {jax.tree.structure(brownian)}."
+            )
+        paths = [jtu.keystr(p) for p, _ in jtu.tree_flatten_with_path(y0)[0]]
+        leaves = [
+            _check_leaf_increments(name, b, num_steps, yi, expected, f" at {p}")
+            for b, yi, p in zip(jax.tree.leaves(brownian), jax.tree.leaves(y0), paths)
+        ]
+        return jax.tree.unflatten(structure, leaves)
+    return _check_leaf_increments(name, brownian, num_steps, y0, expected, "")
+
+
+def _check_leaf_increments(name, brownian, num_steps, y0, expected, where):
     try:
         brownian = jnp.asarray(brownian, y0.dtype)
     except TypeError as e:
         raise TypeError(
-            f"{name}: `brownian` must be {expected}; got {type(brownian).__name__}."
+            f"{name}: `brownian`{where} must be {expected}; got "
+            f"{type(brownian).__name__}."
         ) from e
     if brownian.shape != (num_steps, *y0.shape):
         raise ValueError(
-            f"{name}: `brownian` increments have shape {brownian.shape}; "
+            f"{name}: `brownian` increments{where} have shape {brownian.shape}; "
             f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
         )
     return brownian
+
+
+def _as_state(name: str, y0) -> PyTree[Array]:
+    """`y0` as a floating array, or a PyTree of them, or a clear error."""
+    single = jtu.treedef_is_leaf(jax.tree.structure(y0))
+    what = "a floating array or a PyTree of floating arrays"
+    leaves, structure = jax.tree.flatten(y0)
+    if not leaves:
+        raise TypeError(
+            f"{name}: `y0` must be {what}; got {type(y0).__name__} with no arrays."
+        )
+    arrays = []
+    for leaf in leaves:
+        try:
+            leaf = jnp.asarray(leaf)
+        except (TypeError, ValueError) as e:
+            got = type(leaf).__name__
+            raise TypeError(
+                f"{name}: `y0` must be {what}; got "
+                + (got if single else f"a leaf of type {got}")
+                + "."
+            ) from e
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(
+                f"{name}: `y0` must have a floating dtype (float32 or float64); got "
+                + (str(leaf.dtype) if single else f"a leaf of dtype {leaf.dtype}")
+                + "."
+            )
+        arrays.append(leaf)
+    return jax.tree.unflatten(structure, arrays)
 
 
 def _path_increment(path, t0, t1):
@@ -420,12 +476,12 @@ def _integrate(
     spec,
     save_ts,
     checkpoint,
-    shard=None,
+    shard: Any = None,
 ):
-    dtype = y0.dtype
-    tdtype = t0.dtype  # at least float32 (see `_solve`)
+    tdtype = t0.dtype  # at least float32 (see `time_dtype`)
     h = (t1 - t0) / num_steps
     brownian_key, level_key = split_key(key)
+    keys = leaf_keys(brownian_key, y0)
     if shard is not None:
         # One shard of a batch split over the devices of `shard.axis_name` (inside
         # shard_map): the Brownian stream is the global batch's, cut to this shard;
@@ -435,34 +491,32 @@ def _integrate(
     is_path = isinstance(brownian, diffrax.AbstractPath)
     steps = jnp.arange(num_steps)
     xs = (steps, brownian if (brownian is not None and not is_path) else None)
+    tree_map = jax.tree.map
 
     def step(carry, x):
         y, buf = carry
         n, given_dw = x
         t = t0 + n.astype(tdtype) * h
         if schedule is None:
-            drift = jnp.asarray(fns[0](t, y, args)).astype(dtype)
+            drift = level_value(fns[0], "`drift`", t, y, args)
             needed = jnp.ones((1,), bool)
         else:
             probs = schedule.probabilities(t, h).astype(tdtype)
             uniforms = step_uniforms(level_key, n, k, tdtype)
             _, needed, weights = level_draws(uniforms, probs)
             drift = mlem_drift(fns, needed, weights, t, y, args, always)
-        if drift.shape != y.shape:
-            raise ValueError(
-                f"the drift returned shape {drift.shape}, expected the shape of y "
-                f"{y.shape}."
-            )
-        y_next = y + h.astype(dtype) * drift
+        y_next = tree_map(lambda yi, d: yi + h.astype(yi.dtype) * d, y, drift)
         if diffusion is not None:
             if brownian is None and shard is not None:
-                dw = shard.slice(
-                    step_increment(
-                        brownian_key, n, shard.global_shape(y.shape), h, dtype
-                    )
+                dw = tree_map(
+                    lambda kk, yi: shard.slice(
+                        step_increment(kk, n, shard.global_shape(yi.shape), h, yi.dtype)
+                    ),
+                    keys,
+                    y,
                 )
             elif brownian is None:
-                dw = step_increment(brownian_key, n, y.shape, h, dtype)
+                dw = tree_increment(keys, n, y, h)
             elif is_path:
                 t_next = jnp.where(
                     n + 1 == num_steps, t1, t0 + (n + 1).astype(tdtype) * h
@@ -470,29 +524,25 @@ def _integrate(
                 lo, hi = jnp.minimum(t, t_next), jnp.maximum(t, t_next)
                 # Same sign convention as diffrax in reverse time: the control of the
                 # step from t to t + h is W(t + h) − W(t).
-                dw = jnp.where(h > 0, 1, -1).astype(dtype) * _path_increment(
-                    brownian, lo, hi
+                sign = jnp.where(h > 0, 1, -1)
+                dw = tree_map(
+                    lambda w, yi: (sign.astype(yi.dtype) * w).astype(yi.dtype),
+                    _path_increment(brownian, lo, hi),
+                    y,
                 )
                 if shard is not None:
-                    dw = shard.slice(dw)
-                dw = dw.astype(dtype)
+                    dw = tree_map(shard.slice, dw)
             else:
                 dw = given_dw
-            g = jnp.asarray(diffusion(t, y, args)).astype(dtype)
-            try:
-                broadcast = np.broadcast_shapes(g.shape, y.shape)
-            except ValueError:
-                broadcast = None
-            if broadcast != y.shape:
-                raise ValueError(
-                    f"the diffusion returned shape {g.shape}, which does not broadcast "
-                    f"to the shape of y {y.shape}; expected diagonal noise (an array "
-                    "broadcastable to y, or a scalar)."
-                )
-            y_next = y_next + g * dw
+            g = _diffusion_value(diffusion, t, y, args)
+            y_next = tree_map(lambda a, gi, w: a + gi * w, y_next, g, dw)
         if spec is not None and spec.ts_index is not None:
             hit = spec.ts_index == n + 1
-            buf = jnp.where(hit.reshape(-1, *([1] * y.ndim)), y_next[None], buf)
+            buf = tree_map(
+                lambda b, yn: jnp.where(hit.reshape(-1, *([1] * yn.ndim)), yn[None], b),
+                buf,
+                y_next,
+            )
         out = y_next if (spec is not None and spec.steps) else None
         return (y_next, buf), (needed, out)
 
@@ -501,10 +551,13 @@ def _integrate(
     buf = None
     if spec is not None and spec.ts_index is not None:
         m = spec.ts_index.shape[0]
-        buf = jnp.where(
-            (spec.ts_index == 0).reshape(-1, *([1] * y0.ndim)),
-            y0[None],
-            jnp.zeros((m, *y0.shape), dtype),
+        buf = tree_map(
+            lambda yi: jnp.where(
+                (spec.ts_index == 0).reshape(-1, *([1] * yi.ndim)),
+                yi[None],
+                jnp.zeros((m, *yi.shape), yi.dtype),
+            ),
+            y0,
         )
     if checkpoint == "sqrt":
         (y1, buf), (needed, step_ys) = _two_level_scan(step, (y0, buf), xs, num_steps)
@@ -515,7 +568,7 @@ def _integrate(
         return y1, evaluations, None
     ys, ts = [], []
     if spec.t0:
-        ys.append(y0[None])
+        ys.append(tree_map(lambda a: a[None], y0))
         ts.append(t0[None])
     if buf is not None:
         ys.append(buf)
@@ -525,9 +578,49 @@ def _integrate(
         grid = t0 + (steps + 1).astype(tdtype) * h
         ts.append(grid.at[-1].set(t1))
     if spec.t1:
-        ys.append(y1[None])
+        ys.append(tree_map(lambda a: a[None], y1))
         ts.append(t1[None])
-    return jnp.concatenate(ys), evaluations, jnp.concatenate(ts)
+    return (
+        tree_map(lambda *parts: jnp.concatenate(parts), *ys),
+        evaluations,
+        (jnp.concatenate(ts)),
+    )
+
+
+def _diffusion_value(diffusion, t, y, args) -> PyTree[Array]:
+    """`diffusion(t, y, args)` as a PyTree like `y`, each leaf in the leaf's dtype
+    and broadcastable to it (diagonal noise), or a clear error. A single scalar
+    serves every leaf of a PyTree `y`."""
+    g = diffusion(t, y, args)
+    structure = jax.tree.structure(y)
+    single = jtu.treedef_is_leaf(structure)
+    if not single and jtu.treedef_is_leaf(jax.tree.structure(g)):
+        if jnp.shape(g) == ():
+            g = jax.tree.unflatten(structure, [g] * structure.num_leaves)
+    if not single and jax.tree.structure(g) != structure:
+        raise ValueError(
+            f"the diffusion returned a PyTree of structure {jax.tree.structure(g)}, "
+            f"expected the structure of y {structure} (diagonal noise: one array per "
+            "leaf of y, broadcastable to it) or a scalar."
+        )
+
+    def leaf(gi, yi):
+        gi = jnp.asarray(gi).astype(yi.dtype)
+        try:
+            broadcast = np.broadcast_shapes(gi.shape, yi.shape)
+        except ValueError:
+            broadcast = None
+        if broadcast != yi.shape:
+            raise ValueError(
+                f"the diffusion returned shape {gi.shape}, which does not broadcast "
+                f"to the shape of y {yi.shape}; expected diagonal noise (an array "
+                "broadcastable to y, or a scalar)."
+            )
+        return gi
+
+    if single:
+        return leaf(g, y)
+    return jax.tree.map(leaf, g, y)
 
 
 def _two_level_scan(step, carry, xs, num_steps):

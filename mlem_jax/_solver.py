@@ -21,7 +21,7 @@ from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Int, PRNGKeyArray
 
 from ._brownian import split_key, step_uniforms
-from ._misc import check_key
+from ._misc import check_key, time_dtype
 from ._schedules import AbstractSchedule
 from ._step import level_draws, mlem_drift
 from ._term import MultilevelTerm
@@ -231,7 +231,7 @@ class MLEMSolver(diffrax.AbstractItoSolver):
         del made_jump
         fns, ladder, direction, others = self._ladder(terms, y0)
         k = len(fns)
-        dtype = _time_dtype(y0)
+        dtype = time_dtype(y0)
         # diffeqsolve runs reverse-time solves in negated time; undo it for the
         # levels and the schedule, which see the real time and signed step.
         t = jnp.asarray(t0) * direction
@@ -324,17 +324,6 @@ class MLEMSolver(diffrax.AbstractItoSolver):
                 )
         others = tuple(s if i != index else None for i, s in enumerate(subterms))
         return fns, ladder, direction, others
-
-
-def _time_dtype(y0) -> jnp.dtype:
-    """The real dtype of times, probabilities and weights: the widest real dtype of
-    `y0`'s leaves (complex leaves count by their real part), at least float32."""
-    dtype = jnp.dtype(jnp.float32)
-    for leaf in jtu.tree_leaves(y0):
-        real = jnp.dtype(jnp.finfo(jnp.result_type(leaf)).dtype)
-        if real.itemsize > dtype.itemsize:
-            dtype = real
-    return dtype
 
 
 MLEMSolver.__init__.__doc__ = """**Arguments:**

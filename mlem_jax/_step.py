@@ -84,18 +84,10 @@ def mlem_drift(
     # when B_{l+1} fires, level l was needed and `previous` holds f^l.
     # Differences are taken before weighting: (f^l − f^{l−1}) is small, so a large
     # 1/p_l multiplies it without the cancellation of Σ (w_l − w_{l+1}) f^l.
-    structure = jax.tree.structure(y)
 
     def update(l, fn, carry):
         drift, previous, terms = carry
-        value = fn(t, y, args)
-        if jax.tree.structure(value) != structure:
-            raise ValueError(
-                f"mlem_jax: level {l + 1} returned a PyTree of structure "
-                f"{jax.tree.structure(value)}, expected the structure of `y` "
-                f"{structure}. Each level f(t, y, args) must return a PyTree like y."
-            )
-        value = jax.tree.map(lambda v, yi: _as_like(v, yi, l), value, y)
+        value = level_value(fn, f"level {l + 1}", t, y, args)
         term = jax.tree.map(
             lambda v, p: weights[l].astype(v.dtype) * (v - p), value, previous
         )
@@ -117,6 +109,34 @@ def mlem_drift(
                 carry,
             )
     return (carry[0], carry[2]) if increments else carry[0]
+
+
+def level_value(fn, what: str, t, y: PyTree[Array], args) -> PyTree[Array]:
+    """`fn(t, y, args)` checked to be a PyTree like `y` (`what` names `fn` in the
+    error) and cast leaf by leaf to `y`'s dtypes."""
+    value = fn(t, y, args)
+    check_drift_tree(value, y, what)
+    return jax.tree.map(lambda v, yi: jnp.asarray(v).astype(yi.dtype), value, y)
+
+
+def check_drift_tree(value, y, what: str) -> None:
+    """`check_drift_output` for a PyTree state: `value` (arrays, or the
+    `jax.ShapeDtypeStruct`s of them) must have `y`'s structure and each leaf must
+    pass `check_drift_output` against `y`'s leaf."""
+    structure = jax.tree.structure(y)
+    # (`None` is a leaf-like treedef with no leaves: a state of no arrays.)
+    single = jax.tree_util.treedef_is_leaf(structure) and structure.num_leaves == 1
+    if single or (value is None and structure.num_leaves > 0):
+        check_drift_output(value, y, what)  # also the clear "returned None" message
+        return
+    if jax.tree.structure(value) != structure:
+        raise ValueError(
+            f"mlem_jax: {what} returned a PyTree of structure "
+            f"{jax.tree.structure(value)}, expected the structure of `y` "
+            f"{structure}. Each level f(t, y, args) must return a PyTree like y."
+        )
+    for v, yi in zip(jax.tree.leaves(value), jax.tree.leaves(y)):
+        check_drift_output(v, yi, what)
 
 
 def check_drift_output(value, y, what: str) -> None:
@@ -152,8 +172,3 @@ def check_drift_output(value, y, what: str) -> None:
             f"{'floating or complex' if expected is jnp.inexact else 'floating'} dtype "
             f"like `y` ({y.dtype})."
         )
-
-
-def _as_like(value, y: Array, level: int) -> Array:
-    check_drift_output(value, y, f"level {level + 1}")
-    return jnp.asarray(value).astype(y.dtype)

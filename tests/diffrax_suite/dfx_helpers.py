@@ -115,6 +115,14 @@ HEAVY_VARIANTS = pytest.mark.parametrize(
 )
 
 
+def variants(*names: str):
+    """Run a test with the named variants only (for time: the cheapest set that
+    exercises what the test checks)."""
+    return pytest.mark.parametrize(
+        "variant", [v for v in VARIANTS if v.name in names], ids=lambda v: v.name
+    )
+
+
 def exact_only(variant: Variant):
     if not variant.exact:
         pytest.skip("compares with Euler's exact values; p < 1 makes the drift random")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import pytest
-from dfx_helpers import HEAVY_VARIANTS, random_pytree, tree_allclose, treedefs
+from dfx_helpers import random_pytree, tree_allclose, treedefs, variants
 from jaxtyping import Array
 
 
@@ -149,7 +149,8 @@ def test_reverse_time(variant, saveat, dtype, getkey, x64):
             assert tree_allclose(sol1.derivative(ti), -sol2.derivative(-ti))
 
 
-@HEAVY_VARIANTS
+# For time, the random three-level variant only (as test_event_vmap_t0).
+@variants("three_levels_random")
 def test_vmap_backprop_with_event(variant):
     def dynamics(t, y, args):
         param = args
