@@ -5,13 +5,16 @@ distribution distance.
 For the reverse SDE and the probability-flow ODE of the shipped ladder (5 UNet
 ε-predictors of the VP-SDE, `VPLinear` in `mlem_jax.diffusion`):
 
-* **Single network.** Every sampler with several networks of the ladder, over step
-  counts giving 2–64 evaluations. Reverse SDE: Euler–Maruyama (`mlem_jax.em_solve`
-  on the reverse drift), SDE-DPM-Solver++(1), SDE-DPM-Solver++(2M), all on a uniform
-  time grid, and DDIM η = 1 (top network only: it is SDE-DPM-Solver++(1) written
-  another way, the run shows it). Probability-flow ODE: Euler and Heun on the EDM
-  (ρ = 7) grid, DDIM η = 0 on the uniform grid, DPM-Solver++(2M) on the uniform
-  log-SNR grid (each on the grid its authors recommend).
+* **Single network.** Every sampler at step counts giving 4–64 evaluations of the
+  top network. Reverse SDE: Euler–Maruyama (`mlem_jax.em_solve` on the reverse
+  drift), SDE-DPM-Solver++(1), SDE-DPM-Solver++(2M), all on a uniform time grid;
+  SDE-DPM-Solver++(1) also with the two cheapest networks (4–32 evaluations); DDIM
+  η = 1 at 8 steps (it is SDE-DPM-Solver++(1) written another way; the run shows
+  it). Probability-flow ODE (top network, 8–64 evaluations): Euler and Heun on the
+  EDM (ρ = 7) grid, DDIM η = 0 on the uniform grid, DPM-Solver++(2M) on the uniform
+  log-SNR grid (each on the grid its authors recommend). The grid is reduced from
+  "every sampler with every network" to fit the run on one shared core: see
+  `SETTINGS`.
 * **Multilevel.** `mlem_jax.mlem_solve` (ML-EM) and `mlem_jax.diffusion.mlem_sample`
   with the affine samplers, rates from the shipped ladder's `calibrate`-ion (reverse
   SDE; for the ODE, `mlem_jax.calibrate` on the probability-flow drifts, pilots of
@@ -54,6 +57,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
 import os
 import statistics
@@ -85,22 +89,23 @@ README = os.path.join(
 SETTINGS = dict(
     batch=16,
     fine_steps=512,
-    # Evaluations per solve (Heun: half the steps), for the top network and for
-    # the cheaper ones.
+    # Evaluations per solve (Heun: half the steps): the top network's, the cheaper
+    # networks' (with the samplers in `cheap_samplers` only) and the ODE's.
     steps=(4, 8, 16, 32, 64),
     cheap_steps=(4, 8, 16, 32),
+    ode_steps=(8, 16, 32, 64),
     sde_networks=(1, 2, 5),
+    cheap_samplers=("SDE-DPM++(1)",),
     ode_networks=(5,),
-    # (sampler, network) pairs run besides: DPM-Solver++(2M) with level 4.
-    ode_extra=(("DPM++(2M)", 4),),
-    top_only_steps=(8, 32),
+    top_only_steps=(8,),
     sde_mlem_steps=(16, 32, 64),
-    ode_mlem_steps=(32, 64),
+    ode_mlem_steps=(32,),
     sde_fractions=(0.3, 0.5, 0.8),
     ode_fractions=(0.5, 0.8),
-    # Multilevel variants over every level (the others run on the sub-ladder
-    # `choose_levels` picks).
+    # Multilevel variants over every level (with `all_levels_steps`; the others
+    # run on the sub-ladder `choose_levels` picks).
     all_levels=("SDE-DPM++(1)",),
+    all_levels_steps=(32, 64),
     sde_level_keys=4,
     ode_level_keys=3,
     repeats=3,
@@ -114,9 +119,10 @@ QUICK = dict(
     fine_steps=32,
     steps=(4, 8),
     cheap_steps=(4, 8),
+    ode_steps=(4, 8),
     sde_networks=(1, 5),
     ode_networks=(5,),
-    ode_extra=(),
+    all_levels_steps=(8,),
     top_only_steps=(8,),
     sde_mlem_steps=(8,),
     ode_mlem_steps=(8,),
@@ -362,6 +368,8 @@ def _ladder_calibration(bench: Bench, seed: int) -> mj.Calibration:
         from mlem_jax.pretrained import CALIBRATION, load_calibration, pretrained_path
 
         cal = load_calibration(os.path.join(pretrained_path(), CALIBRATION))
+        if cal is None:
+            raise FileNotFoundError("the shipped ladder has no calibration.json")
         costs = tuple(float(c) for c in bench.flops)
         cal = dataclasses.replace(cal, costs=costs, flops=costs)
     else:
@@ -422,15 +430,16 @@ def measure(settings: dict, seed: int, ode: bool) -> dict:
     pairs = [
         (name, level)
         for name in samplers
-        for level in ((k,) if name in TOP_ONLY else networks)
+        for level in networks
+        if level == k or (name not in TOP_ONLY and name in settings["cheap_samplers"])
     ]
-    if ode:
-        pairs += [tuple(x) for x in settings["ode_extra"]]
     for name, level in pairs:
         sampler, grid = samplers[name]
         per_step = 1 if sampler is None else sampler.evaluations_per_step
         if name in TOP_ONLY:
             counts = settings["top_only_steps"]
+        elif ode:
+            counts = settings["ode_steps"]
         else:
             counts = settings["steps"] if level == k else settings["cheap_steps"]
         for evaluations in counts:
@@ -480,7 +489,10 @@ def measure(settings: dict, seed: int, ode: bool) -> dict:
                     budget=budget, num_steps=n, min_probability=p_min, cost="seconds"
                 )
                 for name in ml_names:
-                    if not choose and name not in settings["all_levels"]:
+                    if not choose and (
+                        name not in settings["all_levels"]
+                        or n not in settings["all_levels_steps"]
+                    ):
                         continue
                     config = dict(
                         kind="multilevel",
@@ -761,8 +773,20 @@ def frontier_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _problem_name(ode: bool) -> str:
+    from mlem_jax.pretrained import load_ladder
+
+    _, manifest = load_ladder(None)
+    name = manifest["spec"].get("dataset", {}).get("name", "ladder")
+    return (
+        f"ladder_{name}"
+        + ("_distilled" if "distillation" in manifest else "")
+        + ("_ode" if ode else "")
+    )
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--equations", default="sde,ode", help="sde, ode or both")
     parser.add_argument(
@@ -790,8 +814,22 @@ def main(argv=None) -> int:
         write_json(os.path.join(args.out, name + ".json"), result)
         print(frontier_table(result), flush=True)
         print(table([result]), flush=True)
-    if not args.quick and args.out == RESULTS and len(results) == 2:
-        replace_readme_block(README, "samplers", table(results))
+    if not args.quick and args.out == RESULTS:
+        # The README table: this run's equations and the other's stored result.
+        stored = []
+        for eq in ("sde", "ode"):
+            mine = [
+                r for r in results if (r["equation"] == "reverse SDE") == (eq == "sde")
+            ]
+            if mine:
+                stored += mine
+                continue
+            name = f"samplers_{_problem_name(eq == 'ode')}_b{settings['batch']}.json"
+            path = os.path.join(args.out, name)
+            if os.path.exists(path):
+                with open(path) as f:
+                    stored.append(json.load(f))
+        replace_readme_block(README, "samplers", table(stored))
     return 0
 
 
