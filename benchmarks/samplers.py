@@ -72,6 +72,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, replace_readme_block, write_json  # noqa: E402
+from wall_clock import _interpolate_cost  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
 from mlem_jax import diffusion as md  # noqa: E402
@@ -650,6 +651,9 @@ def measure(settings: dict, seed: int, ode: bool) -> dict:
 # ----------------------------------------------------------------------- analysis
 
 
+UNITS = ("flops", "cpu_seconds", "seconds")
+
+
 def _which(frontier: list[dict], error: float) -> dict | None:
     """The cheapest frontier point with error at most `error` (what
     `cost_to_reach` prices)."""
@@ -661,11 +665,35 @@ def _describe(p: dict) -> str:
     return f"{p['sampler']} level {p['level']} x{p['steps']}"
 
 
+def _top_unit_cost(result: dict, unit: str) -> float:
+    """One top-level evaluation in `unit`: FLOPs from the manifest; seconds (wall or
+    CPU) as the median, over this run's single-network solves with the top network,
+    of their measured seconds per evaluation (the same clock and the same machine
+    load as the runs it prices)."""
+    if unit == "flops":
+        return result["level_flops"][-1]
+    k = len(result["level_flops"])
+    return statistics.median(
+        p[unit] / sum(p["evaluations"])
+        for p in result["points"]
+        if p["kind"] == "single" and p["level"] == k
+    )
+
+
 def matched(result: dict) -> list[dict]:
-    """Per multilevel variant (sampler, levels chosen or all): the matched-error
-    speedups over the best single-network sampler of the same equation, in FLOPs
-    and in seconds, where the variant spends `range_top_equivalent` top-level
-    evaluations (in the unit of the speedup)."""
+    """Per multilevel variant (sampler, levels chosen or all): its speedups over the
+    best single-network sampler of the same equation (frontier over every sampler,
+    network and step count run) and over the same sampler's single-network runs, in
+    FLOPs, wall-clock seconds and CPU seconds, at the variant's points that spend
+    `range_top_equivalent` top-level evaluations (in the unit of the speedup).
+
+    `interpolated_*`: at each such point, the single-network frontier's cost at the
+    point's error, interpolated log–log between the two frontier points bracketing
+    it (`wall_clock._interpolate_cost`), over the point's cost; `None` outside the
+    frontier's range. `step_*`: `mlem_jax.benchmarking._matched_speedups`, the
+    cheapest single run at least as accurate over the cheapest multilevel run at
+    least as accurate, at every frontier error; with step counts a factor 2 apart
+    it overstates the speedup just below a single-network point's error."""
     lo, hi = result["settings"]["range_top_equivalent"]
     singles = [p for p in result["points"] if p["kind"] == "single"]
     variants = sorted(
@@ -689,26 +717,55 @@ def matched(result: dict) -> list[dict]:
             ("best_single", singles),
             ("same_sampler", [p for p in singles if p["sampler"] == sampler]),
         ):
-            for unit in ("flops", "seconds", "cpu_seconds"):
-                # Top-level evaluations: per-level seconds measured in wall-clock
-                # (`time_in_scan`) price CPU seconds too.
-                top = result["level_" + unit.replace("cpu_", "")][-1]
+            for unit in UNITS:
+                top = _top_unit_cost(result, unit)
+                front = pareto_frontier([dict(p, cost=p[unit]) for p in pool])
+                interpolated = []
+                for p in mine:
+                    if not lo <= p[unit] / top <= hi:
+                        continue
+                    cost = _interpolate_cost(front, p["error"], unit)
+                    below = [q for q in front if q["error"] <= p["error"]]
+                    above = [q for q in front if q["error"] > p["error"]]
+                    interpolated.append(
+                        dict(
+                            error=p["error"],
+                            steps=p["steps"],
+                            fraction=p["fraction"],
+                            levels=p["levels"],
+                            mlem_cost=p[unit],
+                            mlem_top_equivalent=p[unit] / top,
+                            single_cost=cost,
+                            speedup=None if cost is None else cost / p[unit],
+                            between=[
+                                _describe(q)
+                                for q in (
+                                    max(above, key=lambda q: q["cost"], default=None),
+                                    min(below, key=lambda q: q["cost"], default=None),
+                                )
+                                if q is not None
+                            ],
+                        )
+                    )
+                entry[f"interpolated_{against}_{unit}"] = interpolated
+                entry[f"interpolated_{against}_{unit}_max"] = max(
+                    (s["speedup"] for s in interpolated if s["speedup"] is not None),
+                    default=None,
+                )
                 runs = [dict(p, method="em") for p in pool] + [
                     dict(p, method="mlem") for p in mine
                 ]
-                speedups = [
-                    s
+                step = [
+                    dict(s, mlem_top_equivalent=s["mlem_cost"] / top)
                     for s in _matched_speedups(runs, unit)
                     if lo <= s["mlem_cost"] / top <= hi
                 ]
-                front = pareto_frontier([dict(p, cost=p[unit]) for p in pool])
-                for s in speedups:
-                    s["mlem_top_equivalent"] = s["mlem_cost"] / top
+                for s in step:
                     best = _which(front, s["error"])
                     s["single"] = None if best is None else _describe(best)
-                entry[f"{against}_{unit}"] = speedups
-                entry[f"{against}_{unit}_max"] = max(
-                    (s["speedup"] for s in speedups), default=None
+                entry[f"step_{against}_{unit}"] = step
+                entry[f"step_{against}_{unit}_max"] = max(
+                    (s["speedup"] for s in step), default=None
                 )
         out.append(entry)
     return out
@@ -720,12 +777,20 @@ def _fmt(x: float | None) -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| equation | multilevel variant | levels | best matched-error speedup over the best single-network sampler, FLOPs (seconds) | at error | vs | same sampler's best single network: FLOPs (seconds) | blow-ups |",
+        "| equation | multilevel variant | levels | speedup over the best single-network sampler at matched RMS error (interpolated): FLOPs / CPU s / wall s | at the FLOPs best: error, top-level evaluations, single-network runs bracketing it | over the same sampler's single networks: FLOPs / CPU s | step-function speedup (`_matched_speedups`): FLOPs / CPU s | blow-ups |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for m in r["matched"]:
-            best = max(m["best_single_flops"], key=lambda s: s["speedup"], default=None)
+            best = max(
+                (
+                    s
+                    for s in m["interpolated_best_single_flops"]
+                    if s["speedup"] is not None
+                ),
+                key=lambda s: s["speedup"],
+                default=None,
+            )
             mine = [
                 p
                 for p in r["points"]
@@ -735,14 +800,29 @@ def table(results: list[dict]) -> str:
             ]
             blow = sum(p["blowups"] for p in mine)
             samples = sum(p["keys"] for p in mine) * r["batch"]
+            where = (
+                "—"
+                if best is None
+                else f"{best['error']:.3g}, {best['mlem_top_equivalent']:.1f} "
+                f"({best['steps']} steps), " + " / ".join(best["between"])
+            )
             lines.append(
                 f"| {r['equation']} | ML-{m['sampler']} | "
                 f"{'chosen' if m['chosen_levels'] else 'all'} | "
-                f"{_fmt(m['best_single_flops_max'])} ({_fmt(m['best_single_seconds_max'])}) | "
-                f"{'—' if best is None else format(best['error'], '.3g')} | "
-                f"{'—' if best is None else best['single']} | "
-                f"{_fmt(m['same_sampler_flops_max'])} ({_fmt(m['same_sampler_seconds_max'])}) | "
-                f"{blow} of {samples} |"
+                + " / ".join(
+                    _fmt(m[f"interpolated_best_single_{u}_max"]) for u in UNITS
+                )
+                + f" | {where} | "
+                + " / ".join(
+                    _fmt(m[f"interpolated_same_sampler_{u}_max"])
+                    for u in ("flops", "cpu_seconds")
+                )
+                + " | "
+                + " / ".join(
+                    _fmt(m[f"step_best_single_{u}_max"])
+                    for u in ("flops", "cpu_seconds")
+                )
+                + f" | {blow} of {samples} |"
             )
     return "\n".join(lines)
 
@@ -793,6 +873,12 @@ def main(argv=None) -> int:
         "--quick", action="store_true", help="smoke run, not a measurement"
     )
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument(
+        "--reanalyse",
+        action="store_true",
+        help="recompute the matched-error analysis and the README table from the "
+        "stored results, without running anything",
+    )
     args = parser.parse_args(argv)
     equations = [e for e in args.equations.split(",") if e]
     if not equations or any(e not in ("sde", "ode") for e in equations):
@@ -800,6 +886,22 @@ def main(argv=None) -> int:
             f"--equations: expected sde, ode or sde,ode; got {args.equations!r}"
         )
     settings = QUICK if args.quick else SETTINGS
+    if args.reanalyse:
+        stored = []
+        for eq in equations:
+            name = f"samplers_{_problem_name(eq == 'ode')}_b{settings['batch']}"
+            path = os.path.join(
+                args.out, name + ("_quick" if args.quick else "") + ".json"
+            )
+            with open(path) as f:
+                result = json.load(f)
+            result["matched"] = matched(result)
+            write_json(path, result)
+            stored.append(result)
+            print(table([result]), flush=True)
+        if not args.quick and args.out == RESULTS:
+            replace_readme_block(README, "samplers", table(stored))
+        return 0
     env = environment(args.seed)
     results = []
     for eq in equations:
