@@ -72,7 +72,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, replace_readme_block, write_json  # noqa: E402
-from wall_clock import _interpolate_cost  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
 from mlem_jax import diffusion as md  # noqa: E402
@@ -665,6 +664,37 @@ def _describe(p: dict) -> str:
     return f"{p['sampler']} level {p['level']} x{p['steps']}"
 
 
+def _best_single_cost(pool: list[dict], error: float, unit: str):
+    """`(cost, runs)`: the least cost (in `unit`) at which a single-network sampler
+    of `pool` reaches `error`, each (sampler, network)'s cost–error curve
+    interpolated log–log between its two step counts bracketing `error` (its
+    cheapest run, if that is already as accurate); `(None, [])` if none reaches it.
+    Per curve, not across the frontier: two runs of different samplers at nearly
+    the same cost would otherwise make the frontier flat between them."""
+    best, runs = None, []
+    for key in {(p["sampler"], p["level"]) for p in pool}:
+        pts = sorted(
+            (p for p in pool if (p["sampler"], p["level"]) == key),
+            key=lambda p: p[unit],
+        )
+        i = next((i for i, p in enumerate(pts) if p["error"] <= error), None)
+        if i is None:
+            continue
+        if i == 0:
+            cost, used = pts[0][unit], [pts[0]]
+        else:
+            a, b = pts[i - 1], pts[i]
+            x0, x1 = math.log(a["error"]), math.log(b["error"])
+            w = (math.log(error) - x0) / (x1 - x0)
+            cost = math.exp(
+                math.log(a[unit]) + w * (math.log(b[unit]) - math.log(a[unit]))
+            )
+            used = [a, b]
+        if best is None or cost < best:
+            best, runs = cost, used
+    return best, [_describe(p) for p in runs]
+
+
 def _top_unit_cost(result: dict, unit: str) -> float:
     """One top-level evaluation in `unit`: FLOPs from the manifest; seconds (wall or
     CPU) as the median, over this run's single-network solves with the top network,
@@ -687,10 +717,10 @@ def matched(result: dict) -> list[dict]:
     FLOPs, wall-clock seconds and CPU seconds, at the variant's points that spend
     `range_top_equivalent` top-level evaluations (in the unit of the speedup).
 
-    `interpolated_*`: at each such point, the single-network frontier's cost at the
-    point's error, interpolated log–log between the two frontier points bracketing
-    it (`wall_clock._interpolate_cost`), over the point's cost; `None` outside the
-    frontier's range. `step_*`: `mlem_jax.benchmarking._matched_speedups`, the
+    `interpolated_*`: at each such point, the least cost at which a single-network
+    sampler reaches the point's error (`_best_single_cost`: each sampler's curve
+    interpolated log–log between its step counts), over the point's cost; `None`
+    if no single-network run is that accurate. `step_*`: `mlem_jax.benchmarking._matched_speedups`, the
     cheapest single run at least as accurate over the cheapest multilevel run at
     least as accurate, at every frontier error; with step counts a factor 2 apart
     it overstates the speedup just below a single-network point's error."""
@@ -724,9 +754,7 @@ def matched(result: dict) -> list[dict]:
                 for p in mine:
                     if not lo <= p[unit] / top <= hi:
                         continue
-                    cost = _interpolate_cost(front, p["error"], unit)
-                    below = [q for q in front if q["error"] <= p["error"]]
-                    above = [q for q in front if q["error"] > p["error"]]
+                    cost, between = _best_single_cost(pool, p["error"], unit)
                     interpolated.append(
                         dict(
                             error=p["error"],
@@ -737,14 +765,7 @@ def matched(result: dict) -> list[dict]:
                             mlem_top_equivalent=p[unit] / top,
                             single_cost=cost,
                             speedup=None if cost is None else cost / p[unit],
-                            between=[
-                                _describe(q)
-                                for q in (
-                                    max(above, key=lambda q: q["cost"], default=None),
-                                    min(below, key=lambda q: q["cost"], default=None),
-                                )
-                                if q is not None
-                            ],
+                            between=between,
                         )
                     )
                 entry[f"interpolated_{against}_{unit}"] = interpolated
