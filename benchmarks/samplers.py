@@ -40,16 +40,20 @@ For the reverse SDE and the probability-flow ODE of the shipped ladder (5 UNet
   evaluations; seconds of each compiled solve (compiled outside timing), median of
   `repeats` interleaved passes (multilevel: one timed pass per level key, mean over
   keys), all in this one process.
-* **Matched error.** For each multilevel variant, the cost the best single-network
-  sampler needs (frontier over every sampler, network and step count of the same
-  equation) to reach each error the variant reaches, over the variant's cost
-  (`mlem_jax.benchmarking._matched_speedups`), in FLOPs and in seconds, kept where
-  the variant spends 4–32 top-level evaluations.
+* **Matched error.** For each multilevel variant, at each of its points spending
+  4–32 top-level evaluations: the least cost at which a single-network sampler of
+  the same equation reaches the point's RMS error (each sampler-network curve
+  interpolated log–log between its step counts, then the best), over the point's
+  cost, in FLOPs, CPU seconds and wall-clock seconds; beside it the step-function
+  speedup of `mlem_jax.benchmarking._matched_speedups` (which overstates it just
+  below a single run's error, the step counts being 2× apart).
 
 Writes `benchmarks/results/samplers_<problem>_b<batch>.json` and the README table
-between the `samplers` markers. Run pinned to one core (about 25 minutes on this
-project's CPU): `taskset -c 1 python benchmarks/samplers.py`; `--quick` for a smoke
-run (no README update).
+between the `samplers` markers (from both equations' stored results). Run pinned to
+one core: `taskset -c 1 python benchmarks/samplers.py` (about 30 minutes for the
+SDE and 10 for the ODE on one core of this project's CPU shared with other jobs;
+`--equations sde` or `ode` runs one); `--reanalyse` recomputes the analysis and the
+table from the stored results; `--quick` for a smoke run (no README update).
 """
 
 from __future__ import annotations
