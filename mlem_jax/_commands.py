@@ -1512,7 +1512,9 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _atomic(json_path, lambda f: f.write(text), mode="w")
     print(format_table(result["runs"]))
     print(
-        f"SDE-DPM: {SINGLE_SAMPLER} with the top level (mlem_jax.diffusion.sample). "
+        f"SDE-DPM: {SINGLE_SAMPLER} with the top level (mlem_jax.diffusion.sample; "
+        "the reference is Euler–Maruyama's, whose own discretisation error this "
+        "distance counts against SDE-DPM only). "
         "top-eq: FLOPs, in evaluations of the top level; strong err: RMS distance to "
         f"the {args.ref_steps}-step reference on the same Brownian paths; SW dist: "
         "sliced Wasserstein distance to held-out data; wall s: one solve after "
