@@ -269,8 +269,43 @@ def _mlem_fn(params, static, schedule, y0, dw, key, num_steps):
     )
 
 
+class _EpsNet(eqx.Module):
+    """A per-image ε-network as the batched `f(t, y, args)` samplers take."""
+
+    model: Any
+
+    def __call__(self, t, y, args):
+        del args
+        return jax.vmap(self.model, in_axes=(None, 0))(t, y)
+
+
+SINGLE_SAMPLER = "SDE-DPM++(1)"
+"""The single-network sampler the demo runs beside Euler–Maruyama: on the shipped
+ladder's reverse SDE it beats Euler–Maruyama with the top network at every step
+count (`benchmarks/samplers.py`)."""
+
+
+def _sampler_fn(params, static, y0, dw, num_steps):
+    from .diffusion import SDEDPMSolverPP1, VPLinear, sample
+
+    problem = eqx.combine(params, static)
+    return sample(
+        _EpsNet(problem.fns[-1].score.model),
+        VPLinear(beta_min=problem.beta_min, beta_max=problem.beta_max),
+        SDEDPMSolverPP1(),
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=num_steps,
+        brownian=dw,
+        cost=problem.costs[-1],
+    )
+
+
 _em_jit = jax.jit(_em_fn, static_argnums=(1, 5))
 _mlem_jit = jax.jit(_mlem_fn, static_argnums=(1, 6))
+_sampler_jit = jax.jit(_sampler_fn, static_argnums=(1, 4))
+_STATIC = {_em_jit: (1, 5), _mlem_jit: (1, 6), _sampler_jit: (1, 4)}
 
 
 def _split(ladder: _Ladder, levels: Sequence[int] | None = None):
@@ -290,7 +325,7 @@ _COMPILED: dict = {}
 def _timed_compiled(jitted, *args) -> tuple[Any, float]:
     """Compile ahead of time (once per program: executables are kept for the
     process), then run once: `(output, run wall-clock in seconds)`."""
-    static_positions = (1, 5) if jitted is _em_jit else (1, 6)
+    static_positions = _STATIC[jitted]
     dynamic = [a for i, a in enumerate(args) if i not in static_positions]
     leaves, treedef = jax.tree_util.tree_flatten(dynamic)
     cache_key = (
@@ -311,6 +346,15 @@ def run_em(ladder: _Ladder, y0, dw, key, num_steps: int):
     """Euler–Maruyama with the top level; returns `(y1, info, seconds)`."""
     params, static = _split(ladder)
     (y1, info), secs = _timed_compiled(_em_jit, params, static, y0, dw, key, num_steps)
+    return y1, info, secs
+
+
+def run_sampler(ladder: _Ladder, y0, dw, num_steps: int):
+    """`SINGLE_SAMPLER` (SDE-DPM-Solver++(1)) with the top network on the
+    increments `dw` (uniform grid, as Euler–Maruyama's); returns `(y1, info,
+    seconds)`. Needs a ladder of ε-networks (`ReverseDrift` of `EpsilonScore`)."""
+    params, static = _split(ladder)
+    (y1, info), secs = _timed_compiled(_sampler_jit, params, static, y0, dw, num_steps)
     return y1, info, secs
 
 
@@ -1121,7 +1165,7 @@ def run_demo(
     fine = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=ref_steps)
     held_out = _distance_data(ladder)
     top = ladder.levels.costs[-1]
-    total = 2 + len(em_steps) + len(scales) * len(mlem_steps)
+    total = 2 + 2 * len(em_steps) + len(scales) * len(mlem_steps)
     bar = tqdm(total=total, desc="mlem-jax demo", disable=not progress, unit="solve")
     runs: list[dict] = []
     samples: dict[str, np.ndarray] = {}
@@ -1176,6 +1220,15 @@ def run_demo(
             ladder, y0, coarsen_increments(fine, ref_steps // n), k_level, n
         )
         record("em", n, x, [0] * (k - 1) + [int(info.evaluations[0])], secs, f"EM {n}")
+        bar.update()
+    for n in em_steps:
+        # The single-network sampler a user would pick, on the same path.
+        bar.set_postfix_str(f"{SINGLE_SAMPLER} {n} steps")
+        x, info, secs = run_sampler(
+            ladder, y0, coarsen_increments(fine, ref_steps // n), n
+        )
+        evals = [0] * (k - 1) + [int(info.evaluations[0])]
+        record("sampler", n, x, evals, secs, f"SDE-DPM {n}", sampler=SINGLE_SAMPLER)
         bar.update()
     bar.set_postfix_str("calibrate")
     cal = calibration
@@ -1277,24 +1330,40 @@ def format_table(runs: Sequence[dict]) -> str:
 
 
 def matched_cost_lines(runs: Sequence[dict]) -> list[str]:
-    """For each ML-EM run inside the range of EM costs, the EM error at the same cost
-    (log–log interpolation between EM runs) and the ratio EM/ML-EM of the two
-    errors, once with cost = FLOPs and once with cost = wall-clock seconds measured
-    in this run."""
-    em = [r for r in runs if r["method"] == "em" and r["strong_error"] > 0]
+    """For each ML-EM run inside the range of costs of a single-network method,
+    that method's error at the same cost (log–log interpolation between its runs)
+    and the ratio of the two errors: Euler–Maruyama with the top level, and the
+    best single-network sampler at that cost (the lower of Euler–Maruyama's and
+    SDE-DPM-Solver++(1)'s interpolated errors); once with cost = FLOPs and once
+    with cost = wall-clock seconds measured in this run."""
+    singles = {
+        name: [r for r in runs if r["method"] == method and r["strong_error"] > 0]
+        for name, method in (("EM", "em"), (SINGLE_SAMPLER, "sampler"))
+    }
     lines = []
     for r in runs:
         if r["method"] != "mlem":
             continue
         parts = []
         for unit, name in (("flops", "FLOPs"), ("seconds", "seconds")):
-            e = _interpolate_error(em, r[unit], unit)
-            parts.append(
-                f"at equal {name} EM error {e:.3g}, ratio EM/ML-EM "
-                f"{e / r['strong_error']:.2f}"
-                if e is not None
-                else f"at equal {name}: outside EM's range"
-            )
+            errors = {
+                m: _interpolate_error(pts, r[unit], unit) for m, pts in singles.items()
+            }
+            known = {m: e for m, e in errors.items() if e is not None}
+            if errors["EM"] is None:
+                part = f"at equal {name}: outside EM's range"
+            else:
+                part = (
+                    f"at equal {name} EM error {errors['EM']:.3g}, ratio EM/ML-EM "
+                    f"{errors['EM'] / r['strong_error']:.2f}"
+                )
+            if len(known) == len(singles):
+                best = min(known, key=lambda m: known[m])
+                part += (
+                    f", best single-network sampler {best} error {known[best]:.3g}, "
+                    f"ratio {known[best] / r['strong_error']:.2f}"
+                )
+            parts.append(part)
         lines.append(
             f"{r['label']} (error {r['strong_error']:.3g}): " + "; ".join(parts)
         )
@@ -1351,6 +1420,15 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
             color="tab:blue",
             label="Euler–Maruyama, top level",
         )
+        sde_dpm = [r for r in runs if r["method"] == "sampler"]
+        if sde_dpm:
+            ax.plot(
+                [x(r) for r in sde_dpm],
+                [r["strong_error"] for r in sde_dpm],
+                "^-",
+                color="tab:green",
+                label=f"{SINGLE_SAMPLER}, top level",
+            )
         for r in em:
             ax.annotate(
                 f"{r['steps']} steps",
@@ -1516,6 +1594,9 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _atomic(json_path, lambda f: f.write(text), mode="w")
     print(format_table(result["runs"]))
     print(
+        f"SDE-DPM: {SINGLE_SAMPLER} with the top level (mlem_jax.diffusion.sample; "
+        "the reference is Euler–Maruyama's, whose own discretisation error this "
+        "distance counts against SDE-DPM only). "
         "top-eq: FLOPs, in evaluations of the top level; strong err: RMS distance to "
         f"the {args.ref_steps}-step reference on the same Brownian paths; SW dist: "
         "sliced Wasserstein distance to held-out data; wall s: one solve after "

@@ -137,7 +137,15 @@ def _demo(tmp_path, seed, capsys):
 def test_demo_computes_its_table(tmp_path, capsys):
     out0, printed, r0 = _demo(tmp_path, 0, capsys)
     _, _, r1 = _demo(tmp_path, 1, capsys)
-    for label in ("reference", "EM 4", "EM 8", "ML-EM 8 x1", "ML-EM 8 x4"):
+    for label in (
+        "reference",
+        "EM 4",
+        "EM 8",
+        "SDE-DPM 4",
+        "SDE-DPM 8",
+        "ML-EM 8 x1",
+        "ML-EM 8 x4",
+    ):
         assert label in printed
     for name in ("samples.png", "cost_error.png"):
         size, pixels = _png(out0 / name)
@@ -157,6 +165,12 @@ def test_demo_computes_its_table(tmp_path, capsys):
         errors = [r["strong_error"] for r in em]
         assert errors[0] > errors[1] > 0
         assert runs["reference"]["strong_error"] == 0
+        # The single-network sampler beside EM: the top level once per step (the
+        # 16-step reference is Euler–Maruyama's, so its distance to it need not
+        # fall with the steps at this size).
+        dpm = [runs[f"SDE-DPM {n}"] for n in (4, 8)]
+        assert [r["evaluations"] for r in dpm] == [[0] * 4 + [4], [0] * 4 + [8]]
+        assert all(r["sampler"] == "SDE-DPM++(1)" for r in dpm)
         # ML-EM: the base level every step; scaling rates up by 4 with the same
         # level key fires every level at least as often (monotone Bernoulli draws).
         m1, m4 = runs["ML-EM 8 x1"], runs["ML-EM 8 x4"]
