@@ -1175,8 +1175,10 @@ def run_demo(
         # error is then the RMS over all of them, evaluations, cost and seconds
         # their means.
         xs = [x] + [r[0] for r in repeats or []]
-        evaluations = np.mean(
-            [evaluations] + [r[1] for r in repeats or []], axis=0, dtype=np.float64
+        evaluations = np.asarray(  # one mean count per level
+            np.mean(
+                [evaluations] + [r[1] for r in repeats or []], axis=0, dtype=np.float64
+            )
         )
         secs = float(np.mean([secs] + [r[2] for r in repeats or []]))
         flops = float(np.dot(evaluations, ladder.levels.costs))

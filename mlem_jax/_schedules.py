@@ -114,18 +114,18 @@ class FixedProbabilities(AbstractSchedule):
     probs: Float[Array, " k"]
 
     def __init__(self, probs: NumbersLike):
-        probs = _as_float_array(probs, "probs", "FixedProbabilities")
-        if probs.ndim != 1 or probs.shape[0] == 0:
+        table = _as_float_array(probs, "probs", "FixedProbabilities")
+        if table.ndim != 1 or table.shape[0] == 0:
             raise ValueError(
                 "FixedProbabilities: `probs` must be a non-empty 1-D sequence with one "
-                f"probability per level; got shape {probs.shape}."
+                f"probability per level; got shape {table.shape}."
             )
-        value = concrete_or_none(probs)
+        value = concrete_or_none(table)
         if value is None:
             # Traced (under jit, vmap or grad): checked when the program runs.
-            probs = eqx.error_if(
-                probs,
-                ~jnp.all((probs > 0) & (probs <= 1)),
+            table = eqx.error_if(
+                table,
+                ~jnp.all((table > 0) & (table <= 1)),
                 "FixedProbabilities: every entry of `probs` must lie in (0, 1].",
             )
         elif not np.all((value > 0) & (value <= 1)):
@@ -133,7 +133,7 @@ class FixedProbabilities(AbstractSchedule):
                 "FixedProbabilities: every entry of `probs` must lie in (0, 1]; got "
                 f"{value.tolist()}."
             )
-        self.probs = probs
+        self.probs = table
 
     @property
     def num_levels(self) -> int:
@@ -180,13 +180,13 @@ class Rates(AbstractSchedule):
     times: Float[Array, " m+1"] | None
 
     def __init__(self, rates: NumbersLike, times: NumbersLike | None = None):
-        rates, times = binned_table(rates, times, "rates", "rate", "Rates")
-        value = concrete_or_none(rates)
+        table, times = binned_table(rates, times, "rates", "rate", "Rates")
+        value = concrete_or_none(table)
         if value is None:
             # Traced (under jit, vmap or grad): checked when the program runs.
-            rates = eqx.error_if(
-                rates,
-                ~jnp.all(rates >= 0),  # also catches NaN
+            table = eqx.error_if(
+                table,
+                ~jnp.all(table >= 0),  # also catches NaN
                 "Rates: `rates` must be non-negative and not NaN (inf for every step).",
             )
         else:
@@ -197,7 +197,7 @@ class Rates(AbstractSchedule):
                     "Rates: `rates` must be non-negative (events per unit time, inf "
                     f"for every step); got {value.tolist()}."
                 )
-        self.rates = rates
+        self.rates = table
         self.times = times
 
     @property

@@ -509,8 +509,8 @@ def _integrate(
         if diffusion is not None:
             if brownian is None and shard is not None:
                 dw = tree_map(
-                    lambda kk, yi: shard.slice(
-                        step_increment(kk, n, shard.global_shape(yi.shape), h, yi.dtype)
+                    lambda kk, yi, sh=shard: sh.slice(
+                        step_increment(kk, n, sh.global_shape(yi.shape), h, yi.dtype)
                     ),
                     keys,
                     y,

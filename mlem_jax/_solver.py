@@ -307,10 +307,11 @@ class MLEMSolver(diffrax.AbstractItoSolver):
         index = (multilevel or plain)[0]
         ladder = subterms[index]
         direction = ladder.direction if isinstance(ladder, WrapTerm) else 1
-        if multilevel:
-            fns, source = inner[index].levels.fns, "the MultilevelTerm has"
+        drift = inner[index]
+        if isinstance(drift, MultilevelTerm):
+            fns, source = drift.levels.fns, "the MultilevelTerm has"
         else:
-            fns, source = (inner[index].vf,), "the ODETerm drift is a ladder of"
+            fns, source = (drift.vf,), "the ODETerm drift is a ladder of"
         if self.schedule.num_levels != len(fns):
             raise ValueError(
                 f"MLEMSolver: `schedule` has {self.schedule.num_levels} levels but "

@@ -188,7 +188,7 @@ def _evaluations_per_step(solver, sde: bool) -> float:
     return count[0] / 4
 
 
-QUICK_SETTINGS = dict(
+QUICK_SETTINGS: dict[str, Any] = dict(
     fine_steps=64,
     em_steps=(8, 16, 32),
     mlem_steps=(16, 64),
@@ -202,7 +202,7 @@ QUICK_SETTINGS = dict(
 """`run_cost_error` settings for a smoke test (seconds, not a measurement)."""
 
 
-LADDER_SETTINGS = dict(
+LADDER_SETTINGS: dict[str, Any] = dict(
     fine_steps=256,
     em_steps=(8, 16, 32, 64, 128),
     mlem_steps=(32, 64, 128),
@@ -220,7 +220,7 @@ No SRK baseline (SRA1/ShARK spend two or more network evaluations a step; a late
 run can add them), and a 2% floor on every level's firing probability: without it
 the calibrated rates near t = 0 are so small that rare corrections blow up."""
 
-QUICK_LADDER_SETTINGS = dict(
+QUICK_LADDER_SETTINGS: dict[str, Any] = dict(
     QUICK_SETTINGS, srk_solvers=(), srk_steps=(), min_probability=MIN_PROBABILITY
 )
 """`QUICK_SETTINGS` for a trained ladder: no SRK baseline, the probability floor."""

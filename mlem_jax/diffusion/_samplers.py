@@ -74,8 +74,8 @@ def time_grid(
     param: AbstractParametrisation,
     num_steps: int,
     *,
-    t0: float,
-    t1: float,
+    t0: float | ArrayLike,
+    t1: float | ArrayLike,
     kind: str = "uniform",
     rho: float = 7.0,
     dtype=jnp.float32,
@@ -207,6 +207,7 @@ class DDIM(AbstractSampler):
         one_minus = -jnp.expm1(-2 * h)  # 1 − e^{−2h}
         keep = jnp.sqrt(1 - self.eta**2 * one_minus)  # sqrt(σ'² − c²) / σ'
         c = self.eta * param.sigma(t_next) * jnp.sqrt(one_minus)
+        assert z is not None  # a stochastic step: `_run` draws z
         y_next = (
             (ratio * keep).astype(dt) * y
             + (alpha_next * (1 - keep * jnp.exp(-h))).astype(dt) * x0
@@ -233,6 +234,7 @@ class SDEDPMSolverPP1(AbstractSampler):
         x0 = predict(t, y)
         dt = y.dtype
         one_minus = -jnp.expm1(-2 * h)
+        assert z is not None  # a stochastic step: `_run` draws z
         y_next = (
             (ratio * jnp.exp(-h)).astype(dt) * y
             + (alpha_next * one_minus).astype(dt) * x0
@@ -298,6 +300,7 @@ class SDEDPMSolverPP2M(_Multistep):
         d, carry = self._extrapolate(predict(t, y), h, carry)
         dt = y.dtype
         one_minus = -jnp.expm1(-2 * h)
+        assert z is not None  # a stochastic step: `_run` draws z
         y_next = (
             (ratio * jnp.exp(-h)).astype(dt) * y
             + (alpha_next * one_minus).astype(dt) * d
