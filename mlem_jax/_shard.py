@@ -39,7 +39,7 @@ from ._brownian import split_key
 from ._levels import Levels
 from ._misc import check_key
 from ._schedules import AbstractSchedule
-from ._solve import DiffusionFn, _solve, check_increments
+from ._solve import DiffusionFn, _solve, check_increments, check_ladder
 
 DRAWS = ("independent", "shared")
 
@@ -230,20 +230,7 @@ def mlem_solve_sharded(
     that skip it never join (a deadlock).
     """
     name = "mlem_solve_sharded"
-    if not isinstance(levels, Levels):
-        raise TypeError(
-            f"{name}: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
-        )
-    if not isinstance(schedule, AbstractSchedule):
-        raise TypeError(
-            f"{name}: `schedule` must be a mlem_jax schedule (FixedProbabilities, "
-            f"Rates, ...); got {type(schedule).__name__}."
-        )
-    if schedule.num_levels != levels.num_levels:
-        raise ValueError(
-            f"{name}: `schedule` has {schedule.num_levels} levels but `levels` has "
-            f"{levels.num_levels}; expected one probability or rate per level."
-        )
+    check_ladder(name, levels, schedule)
     if draws not in DRAWS:
         raise ValueError(
             f'{name}: `draws` must be "independent" or "shared"; got {draws!r}.'

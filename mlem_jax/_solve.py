@@ -134,20 +134,7 @@ def mlem_solve(
     **Reference:** A. Jacot, "Polynomial Speedup in Diffusion Models with the
     Multilevel Euler-Maruyama Method", arXiv:2603.24594 (2026).
     """
-    if not isinstance(levels, Levels):
-        raise TypeError(
-            f"mlem_solve: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
-        )
-    if not isinstance(schedule, AbstractSchedule):
-        raise TypeError(
-            "mlem_solve: `schedule` must be a mlem_jax schedule (FixedProbabilities, "
-            f"Rates, ...); got {type(schedule).__name__}."
-        )
-    if schedule.num_levels != levels.num_levels:
-        raise ValueError(
-            f"mlem_solve: `schedule` has {schedule.num_levels} levels but `levels` has "
-            f"{levels.num_levels}; expected one probability or rate per level."
-        )
+    check_ladder("mlem_solve", levels, schedule)
     return _solve(
         "mlem_solve",
         levels.fns,
@@ -164,6 +151,25 @@ def mlem_solve(
         saveat,
         checkpoint,
     )
+
+
+def check_ladder(name: str, levels, schedule) -> None:
+    """Raise a clear error (naming `name`) unless `levels` is a `Levels` and
+    `schedule` a schedule with one entry per level."""
+    if not isinstance(levels, Levels):
+        raise TypeError(
+            f"{name}: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
+        )
+    if not isinstance(schedule, AbstractSchedule):
+        raise TypeError(
+            f"{name}: `schedule` must be a mlem_jax schedule (FixedProbabilities, "
+            f"Rates, ...); got {type(schedule).__name__}."
+        )
+    if schedule.num_levels != levels.num_levels:
+        raise ValueError(
+            f"{name}: `schedule` has {schedule.num_levels} levels but `levels` has "
+            f"{levels.num_levels}; expected one probability or rate per level."
+        )
 
 
 def em_solve(
@@ -278,7 +284,7 @@ def _solve(
             )
         if isinstance(brownian, diffrax.AbstractPath):
             out = jax.eval_shape(lambda p: _path_increment(p, t0, t1), brownian)
-            shapes = lambda tree: jax.tree.map(  # noqa: E731
+            shapes = lambda tree: jax.tree.map(
                 lambda x: getattr(x, "shape", None), tree
             )
             expected = (
