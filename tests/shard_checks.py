@@ -223,6 +223,7 @@ def main() -> None:
         "draws": message(lambda: solve(draws="per-sample")),
         "mesh": message(lambda: solve(mesh=jax.devices())),
         "scalar": message(lambda: solve(y0=jnp.float32(1.0))),
+        "pytree": message(lambda: solve(y0={"a": jnp.ones((8, 2))})),
     }
     del eqx
     print(json.dumps(out))

@@ -109,6 +109,7 @@ def test_shared_gradient_equals_single_device_gradient(checks):
         ("draws", ["`draws`", '"independent" or "shared"', "'per-sample'"]),
         ("mesh", ["TypeError", "`mesh`", "jax.sharding.Mesh", "list"]),
         ("scalar", ["`y0`", "leading batch axis", "scalar"]),
+        ("pytree", ["TypeError", "`y0`", "single array", "dict"]),
     ],
 )
 def test_bad_input_messages(checks, case, words):
