@@ -23,6 +23,7 @@ from PIL import Image
 __all__ = [
     "load_dataset",
     "digits",
+    "digits_labels",
     "patches",
     "folder",
     "DATASETS",
@@ -101,6 +102,15 @@ def digits(
     if pad:
         images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))
     return _to_unit_range(images, 1.0)[:, None]
+
+
+def digits_labels(split: str = "all", test_fraction: float = 0.1) -> np.ndarray:
+    """The class (0–9) of each image `digits(split=split, test_fraction=...)` returns,
+    in the same order: an int array `(N,)`."""
+    from sklearn.datasets import load_digits
+
+    target = np.asarray(load_digits().target)  # type: ignore[attr-defined]
+    return target[_split_indices(target.shape[0], split, test_fraction, seed=0)]
 
 
 def _sample_photos() -> list[np.ndarray]:

@@ -31,6 +31,8 @@ from ._levels import (
 )
 from ._metrics import (
     drift_errors as drift_errors,
+    kernel_distance as kernel_distance,
+    kernel_distance_difference as kernel_distance_difference,
     mmd as mmd,
     sliced_wasserstein as sliced_wasserstein,
     strong_error as strong_error,
@@ -42,6 +44,12 @@ from ._param import (
     VPCosine as VPCosine,
     VPLinear as VPLinear,
     convert_prediction as convert_prediction,
+)
+from ._quality import (
+    FeatureNet as FeatureNet,
+    SampleQuality as SampleQuality,
+    digits_quality as digits_quality,
+    train_feature_net as train_feature_net,
 )
 from ._samplers import (
     DDIM as DDIM,

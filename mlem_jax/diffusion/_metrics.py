@@ -1,4 +1,5 @@
-"""Offline sample-quality metrics: strong error, sliced Wasserstein, kernel MMD."""
+"""Offline sample-quality metrics: strong error, sliced Wasserstein, kernel MMD,
+kernel (KID) distance."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 
@@ -133,6 +135,94 @@ def mmd(
     kyy = (jnp.sum(jnp.exp(-dyy / s)) - m) / (m * (m - 1))
     kxy = jnp.mean(jnp.exp(-dxy / s))
     return kxx + kyy - 2 * kxy
+
+
+def kernel_distance(
+    x: Float[Array, " n d"], y: Float[Array, " m d"], *, num_blocks: int = 8
+) -> tuple[float, float]:
+    """Kernel distance (KID) between two sets of feature vectors, and its standard
+    error.
+
+    The unbiased squared MMD with the cubic polynomial kernel `k(a, b) = (a·b/d +
+    1)³` (Bińkowski et al., 2018, "Demystifying MMD GANs"), computed on
+    `num_blocks` disjoint blocks: block `i` pairs the `i`-th of `num_blocks` equal
+    parts of `x` with the `i`-th part of `y`. The estimate is the blocks' mean and
+    the standard error their standard deviation over `sqrt(num_blocks)` (the
+    blocks share no sample, so they are independent). Unbiased: it can be slightly
+    negative when the two distributions agree.
+
+    **Arguments:**
+
+    - `x`, `y`: feature vectors `(n, d)` and `(m, d)`; at least 2 per block each.
+    - `num_blocks`: at least 2.
+
+    **Returns:** `(kid, standard_error)` as Python floats.
+    """
+    xf, yf = _flat(x, "x"), _flat(y, "y")
+    if xf.shape[1] != yf.shape[1]:
+        raise ValueError(
+            f"`x` and `y` must have the same feature dimension, got {xf.shape[1]} and "
+            f"{yf.shape[1]}."
+        )
+    if not (isinstance(num_blocks, int) and num_blocks >= 2):
+        raise ValueError(f"`num_blocks` must be an int >= 2, got {num_blocks!r}.")
+    values = _kid_blocks(xf, yf, num_blocks)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(num_blocks))
+
+
+def _kid_blocks(xf: Array, yf: Array, num_blocks: int) -> np.ndarray:
+    """Unbiased cubic-kernel MMD² of each of `num_blocks` (x-block, y-block) pairs."""
+    n, m = xf.shape[0] // num_blocks, yf.shape[0] // num_blocks
+    if n < 2 or m < 2:
+        raise ValueError(
+            f"`x` and `y` need at least 2 samples per block ({num_blocks} blocks); got "
+            f"{xf.shape[0]} and {yf.shape[0]} samples."
+        )
+    d = xf.shape[1]
+    xb = xf[: n * num_blocks].reshape(num_blocks, n, d)
+    yb = yf[: m * num_blocks].reshape(num_blocks, m, d)
+
+    def block(a, b):
+        kaa = (a @ a.T / d + 1) ** 3
+        kbb = (b @ b.T / d + 1) ** 3
+        kab = (a @ b.T / d + 1) ** 3
+        return (
+            (jnp.sum(kaa) - jnp.trace(kaa)) / (n * (n - 1))
+            + (jnp.sum(kbb) - jnp.trace(kbb)) / (m * (m - 1))
+            - 2 * jnp.mean(kab)
+        )
+
+    return np.asarray(jax.vmap(block)(xb, yb), np.float64)
+
+
+def kernel_distance_difference(
+    x1: Float[Array, " n d"],
+    x2: Float[Array, " n d"],
+    y: Float[Array, " m d"],
+    *,
+    num_blocks: int = 8,
+) -> tuple[float, float]:
+    """`KID(x1, y) − KID(x2, y)` and its standard error, paired: block `i` of both
+    sets is compared with the same block of `y`, so the reference's own noise
+    cancels, and if `x1[j]` and `x2[j]` are paired samples (two samplers from the
+    same prior draw and Brownian path), much of the samples' noise cancels too. The
+    standard error is the block differences' standard deviation over
+    `sqrt(num_blocks)`. Arguments as `kernel_distance`; `x1` and `x2` must have the
+    same shape."""
+    f1, f2, yf = _flat(x1, "x1"), _flat(x2, "x2"), _flat(y, "y")
+    if f1.shape != f2.shape:
+        raise ValueError(
+            f"`x1` and `x2` must have the same shape, got {f1.shape} and {f2.shape}."
+        )
+    if f1.shape[1] != yf.shape[1]:
+        raise ValueError(
+            f"`x1` and `y` must have the same feature dimension, got {f1.shape[1]} "
+            f"and {yf.shape[1]}."
+        )
+    if not (isinstance(num_blocks, int) and num_blocks >= 2):
+        raise ValueError(f"`num_blocks` must be an int >= 2, got {num_blocks!r}.")
+    diff = _kid_blocks(f1, yf, num_blocks) - _kid_blocks(f2, yf, num_blocks)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(num_blocks))
 
 
 def drift_errors(
