@@ -15,7 +15,11 @@ from ._brownian import (
     brownian_increments as brownian_increments,
     coarsen_increments as coarsen_increments,
 )
-from ._calibrate import Calibration as Calibration, calibrate as calibrate
+from ._calibrate import (
+    Calibration as Calibration,
+    Verdict as Verdict,
+    calibrate as calibrate,
+)
 from ._cost import (
     count_flops as count_flops,
     time_call as time_call,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from ._brownian import brownian_increments, coarsen_increments
 from ._cost import count_flops, time_in_scan
 from ._levels import Levels
 from ._misc import concrete_or_none
@@ -43,6 +44,139 @@ from ._step import check_drift_output
 
 COSTS = ("costs", "flops", "seconds")
 """What `Calibration.schedule(cost=...)` can minimise."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether a calibrated ladder is worth ML-EM (`Calibration.verdict`).
+
+    **Fields:** (arrays over `errors`)
+
+    - `cost`: the cost that decides (`"flops"`, `"seconds"` or `"costs"`).
+    - `errors`: RMS pathwise errors judged at (against the exact solution of the
+        top level's equation).
+    - `em_steps`: Euler–Maruyama steps with the top level to reach each error.
+    - `speedups`, `mlem_costs`, `em_costs`: per cost unit, Euler–Maruyama's cost
+        over ML-EM's least predicted cost, and both costs.
+    - `mlem_steps`, `mlem_levels`, `evaluations`: for the deciding cost, the ML-EM
+        steps, sub-ladder (1-based levels) and expected evaluations per level at
+        each error (`None` where ML-EM cannot reach it).
+    - `level_costs`: cost of one evaluation per level, in the deciding unit.
+    - `min_probability`: the floor the prediction assumed.
+    - `quoted`: index of the error `str(verdict)` quotes speedups at.
+
+    `worth_above`, `best`, `limiting_level` and `str(verdict)` read it.
+    """
+
+    cost: str
+    errors: np.ndarray
+    em_steps: np.ndarray
+    speedups: dict[str, np.ndarray]
+    mlem_costs: dict[str, np.ndarray]
+    em_costs: dict[str, np.ndarray]
+    mlem_steps: tuple[int | None, ...]
+    mlem_levels: tuple[tuple[int, ...] | None, ...]
+    evaluations: tuple[np.ndarray | None, ...]
+    level_costs: np.ndarray
+    min_probability: float
+    quoted: int
+
+    @property
+    def worth_above(self) -> float | None:
+        """The least judged error from which, at every larger judged error, ML-EM
+        is predicted cheaper than Euler–Maruyama in the deciding cost (`None` if
+        not even at the largest)."""
+        speedup = self.speedups[self.cost]
+        good = np.nan_to_num(speedup, nan=0.0) > 1.0
+        if not good[-1]:
+            return None
+        j = len(good) - 1
+        while j > 0 and good[j - 1]:
+            j -= 1
+        return float(self.errors[j])
+
+    @property
+    def best(self) -> int:
+        """Index (into `errors`) of the largest predicted speedup in the deciding
+        cost."""
+        return int(np.nanargmax(np.nan_to_num(self.speedups[self.cost], nan=0.0)))
+
+    def limiting_level(self, index: int | None = None) -> tuple[int, float]:
+        """`(level, share)`: at `errors[index]` (default `quoted`), the level (1-based)
+        whose expected evaluations take the largest share of ML-EM's predicted
+        cost, and that share. With optimal rates a randomised level's share is
+        proportional to `sqrt(V_l C_l)` (its variance times its cost), and the
+        base level's to its cost times the steps: the level to make cheaper, or
+        whose correction to make smaller, to gain more."""
+        j = self.quoted if index is None else index
+        evaluations = self.evaluations[j]
+        if evaluations is None:
+            raise ValueError(f"Verdict: ML-EM reaches no error at index {j}.")
+        spent = evaluations * self.level_costs
+        level = int(np.argmax(spent))
+        return level + 1, float(spent[level] / spent.sum())
+
+    def __str__(self) -> str:
+        unit = {"flops": "FLOPs", "seconds": "seconds", "costs": "cost units"}
+        s = self.speedups
+
+        def speedup(j):
+            return f"{s[self.cost][j]:.2f}× in {unit[self.cost]}" + "".join(
+                f" and {s[u][j]:.2f}× in {unit[u]}" for u in s if u != self.cost
+            )
+
+        def where(j):
+            if self.mlem_steps[j] is None:
+                return f"EM {self.em_steps[j]:.0f} steps; ML-EM cannot reach it"
+            return (
+                f"EM {self.em_steps[j]:.0f} steps; ML-EM {self.mlem_steps[j]} steps, "
+                f"levels {','.join(map(str, self.mlem_levels[j] or ()))}"
+            )
+
+        q, b = self.quoted, self.best
+        worth = self.worth_above
+        if worth is None:
+            text = (
+                f"Not worth it: ML-EM is predicted to cost more {unit[self.cost]} "
+                "than Euler–Maruyama with the top level at every error from "
+                f"{self.errors[0]:.3g} to {self.errors[-1]:.3g}."
+            )
+        else:
+            text = f"Worth it at errors above {worth:.3g}."
+        text += (
+            f" At error {self.errors[q]:.3g} ({where(q)}): expected speedup "
+            f"{speedup(q)} over Euler–Maruyama with the top level."
+        )
+        if self.evaluations[q] is not None:
+            level, share = self.limiting_level(q)
+            text += (
+                f" The level that limits it is {level} ({100 * share:.0f}% of "
+                f"ML-EM's {unit[self.cost]}"
+                + (", evaluated at every step)." if level == 1 else ").")
+            )
+        if b != q:
+            text += (
+                f" Largest at error {self.errors[b]:.3g}: {speedup(b)} ({where(b)})."
+            )
+        return text
+
+    def table(self) -> str:
+        """Per judged error: Euler–Maruyama's steps, ML-EM's steps and levels, and
+        the predicted speedups."""
+        units = list(self.speedups)
+        lines = [
+            f"{'error':>9} {'EM steps':>9} {'ML steps':>9} {'levels':>10} "
+            + " ".join(f"{'x ' + u:>10}" for u in units)
+        ]
+        for j, e in enumerate(self.errors):
+            levels = self.mlem_levels[j]
+            lines.append(
+                f"{e:9.4g} {self.em_steps[j]:9.1f} "
+                f"{self.mlem_steps[j] if self.mlem_steps[j] is not None else '-':>9} "
+                f"{','.join(map(str, levels)) if levels else '-':>10} "
+                + " ".join(f"{self.speedups[u][j]:10.3g}" for u in units)
+            )
+        return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +215,12 @@ class Calibration:
         `mlem_jax.diffusion.calibrate_sampler`), else `None`. `predict`, `schedule`
         and `choose_levels` then price the schedule on this grid (at another
         `num_steps`, on the grid interpolated linearly in the step index).
+    - `em_error`, `em_order`: the RMS pathwise error of Euler–Maruyama with the top
+        level at the pilot's `num_steps` (against the exact solution of the top
+        level's equation on the same Brownian path) and its strong order `q`, so
+        that at `n` steps it is about `em_error · (num_steps / n)^q`; measured by
+        `calibrate` against a 16×-finer solve on the same path (see its
+        `pilot_keys`), `None` if not measured. What `verdict` compares ML-EM with.
     """
 
     times: np.ndarray
@@ -99,6 +239,8 @@ class Calibration:
     warnings: tuple[str, ...]
     pair_variances: np.ndarray | None = None
     grid: np.ndarray | None = None
+    em_error: float | None = None
+    em_order: float | None = None
 
     def __post_init__(self):
         amplification = np.broadcast_to(
@@ -475,6 +617,205 @@ class Calibration:
             "error": float(np.sqrt(mse)) if np.isfinite(mse) else math.inf,
         }
 
+    def em_error_at(self, num_steps) -> np.ndarray:
+        """The RMS error of Euler–Maruyama with the top level at `num_steps` steps
+        (array-like), from `em_error` and `em_order`."""
+        if self.em_error is None or self.em_order is None:
+            raise ValueError(
+                "Calibration: this calibration has no `em_error` (Euler–Maruyama's "
+                "own error, measured by `calibrate` with `pilot_keys > 0`; "
+                "`calibrate_sampler` and stored calibrations from before it was "
+                "measured have none); run `mlem_jax.calibrate` with `pilot_keys > 0`."
+            )
+        n = np.asarray(num_steps, np.float64)
+        return self.em_error * (self.num_steps / n) ** self.em_order
+
+    def _frontier(self, levels, num_steps, cost, min_probability):
+        """`(cost, error)` arrays over a grid of rate scales: the predicted expected
+        cost and added RMS error of the calibrated schedule on the sub-ladder
+        `levels` at `num_steps` steps (as `predict(schedule(...))`, vectorised over
+        the scale, in float64), plus the per-level expected evaluations."""
+        sub = self.restrict(levels)
+        ts, hs = sub.steps(num_steps)
+        bins = _bin_index(self.times, ts + hs / 2)
+        shape = sub.rate_shape(cost)[bins]  # (n, k)
+        weighted = sub._weighted_variances()[bins]
+        c = sub.level_costs(cost)
+        floor = self._floor_rate(num_steps, min_probability)
+        h = np.abs(hs)[:, None]
+        finite = shape[:, 1:][np.isfinite(shape[:, 1:]) & (shape[:, 1:] > 0)]
+        if finite.size == 0:  # one level, or nothing to randomise
+            scales = np.ones(1)
+        else:
+            centre = 1.0 / np.median(
+                finite
+                * np.broadcast_to(h, shape[:, 1:].shape)[
+                    np.isfinite(shape[:, 1:]) & (shape[:, 1:] > 0)
+                ]
+            )
+            scales = centre * np.logspace(-6, 3, 241)
+        rates = np.maximum(shape[None] * scales[:, None, None], floor)
+        rates[..., 0] = np.inf
+        probs = np.minimum(1.0, rates * h[None])
+        nxt = np.concatenate([probs[..., 1:], np.zeros(probs.shape[:-1] + (1,))], -1)
+        evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=1)  # (S, k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per = np.where(weighted[None] > 0, weighted[None] * (1 / probs - 1), 0.0)
+        mse = np.sum(hs[None] ** 2 * per.sum(axis=2), axis=1)
+        return evaluations @ c, np.sqrt(mse), evaluations
+
+    def verdict(
+        self,
+        *,
+        cost: str | None = None,
+        min_probability: float = 0.0,
+        errors: Sequence[float] | None = None,
+        steps: Sequence[int] | None = None,
+        error: float | None = None,
+    ) -> Verdict:
+        """Is this ladder worth ML-EM, and where? A prediction from this calibration
+        alone (no new solves): ML-EM against Euler–Maruyama with the top level, at
+        equal RMS pathwise error (against the exact solution of the top level's
+        equation).
+
+        Euler–Maruyama at `n` steps has error `e(n) = em_error·(num_steps/n)^q` and
+        costs `n·c_k`: reaching `ε` takes `n_EM(ε) = num_steps·(em_error/ε)^{1/q}`
+        steps. ML-EM at `n ≥ n_EM` steps spends the rest of the error budget,
+        `δ² = ε² − e(n)²`, on its telescope: the least expected cost of a calibrated
+        schedule adding `δ` (as `schedule(target_error=δ)` and `predict` price it,
+        with the `min_probability` floor), minimised over `n` in `steps` and over
+        every sub-ladder that keeps the top level (as `choose_levels`). The ratio
+        of the two costs is the predicted speedup, in FLOPs and, if measured, in
+        seconds (each with rates that minimise it).
+
+        **Arguments:**
+
+        - `cost`: the cost that decides (`"flops"`, `"seconds"` or `"costs"`;
+            default: seconds if measured, else FLOPs if measured, else costs).
+        - `min_probability`: the floor on every level's probability, as in
+            `schedule` (the CLI uses 0.02).
+        - `errors`: the errors to judge at (default: 25 from `e(16·num_steps)` to
+            `e(num_steps/4)`, the range in which Euler–Maruyama takes
+            `num_steps/4` to `16·num_steps` steps).
+        - `error`: the error the sentence quotes the speedups at (default
+            `e(num_steps)`, Euler–Maruyama's at the pilot's step count: calibrate
+            at the resolution you sample at).
+        - `steps`: ML-EM step counts tried (default: about 2^(j/2) from 4 to
+            `64·num_steps`).
+
+        **Returns:** a `Verdict`; `print` it for one sentence and the table.
+        """
+        units = [u for u in ("flops", "seconds") if getattr(self, u) is not None]
+        if cost is None:
+            cost = "seconds" if "seconds" in units else (units[0] if units else "costs")
+        self.level_costs(cost)
+        units = list(dict.fromkeys([cost] + units))
+        if not 0.0 <= min_probability < 1.0:
+            raise ValueError(
+                "Calibration.verdict: `min_probability` must lie in [0, 1); got "
+                f"{min_probability}."
+            )
+        n0 = self.num_steps
+        em_e0 = float(self.em_error_at(n0))  # raises if not measured
+        em_order = float(self.em_order or 1.0)
+        if errors is None:
+            errors = np.geomspace(
+                float(self.em_error_at(16 * n0)), float(self.em_error_at(n0 / 4)), 25
+            ).tolist()
+        assert errors is not None
+        error = em_e0 if error is None else float(error)
+        if not error > 0:
+            raise ValueError(f"Calibration.verdict: `error` must be > 0; got {error}.")
+        judged = np.asarray(errors, np.float64)
+        if judged.ndim != 1 or judged.size == 0 or not np.all(judged > 0):
+            raise ValueError(
+                "Calibration.verdict: `errors` must be a non-empty list of positive "
+                f"numbers; got {list(errors)}."
+            )
+        judged = np.unique(np.append(judged, error))
+        if steps is None:
+            top = int(np.ceil(np.log2(64 * n0) * 2))
+            steps = sorted({int(round(2 ** (j / 2))) for j in range(4, top + 1)})
+        counts = [int(n) for n in steps]
+        if not counts or min(counts) < 1:
+            raise ValueError(
+                "Calibration.verdict: `steps` must be positive step counts; got "
+                f"{counts}."
+            )
+        if self.pair_variances is None:
+            raise ValueError(
+                "Calibration.verdict: this calibration has no `pair_variances`; run "
+                "`calibrate` again."
+            )
+        k = self.num_levels
+        ladders = [
+            tuple(i for i in range(k - 1) if mask >> i & 1) + (k - 1,)
+            for mask in range(1, 2 ** (k - 1))
+        ]
+        n_em = n0 * (em_e0 / judged) ** (1 / em_order)
+        out: dict[str, dict] = {}
+        for unit in units:
+            c_top = self.level_costs(unit)[-1]
+            best_cost = np.full(judged.shape, np.inf)
+            best_at: list = [None] * judged.size
+            for n in counts:
+                e_n = float(self.em_error_at(n))
+                budget = judged**2 - e_n**2  # δ² left for the telescope
+                if not np.any(budget > 0):
+                    continue
+                for idx in ladders:
+                    spent, added, evaluations = self._frontier(
+                        idx, n, unit, min_probability
+                    )
+                    for j in np.flatnonzero(budget > 0):
+                        ok = np.flatnonzero(added <= np.sqrt(budget[j]))
+                        if ok.size == 0:
+                            continue
+                        i = ok[0]
+                        value = spent[i]
+                        if i > 0 and added[i] > 0:
+                            # log–log interpolation to the exact δ
+                            a0, a1 = math.log(added[i - 1]), math.log(added[i])
+                            w = (math.log(math.sqrt(budget[j])) - a0) / (a1 - a0)
+                            value = math.exp(
+                                math.log(spent[i - 1])
+                                + w * (math.log(spent[i]) - math.log(spent[i - 1]))
+                            )
+                        elif i > 0:
+                            # the last scale fires every level at every step (no
+                            # added error): near p = 1 both the added mean square
+                            # and the cost are linear in p
+                            w = 1 - budget[j] / added[i - 1] ** 2
+                            value = spent[i - 1] + w * (spent[i] - spent[i - 1])
+                        if value < best_cost[j]:
+                            best_cost[j] = value
+                            full = np.zeros(k)
+                            full[list(idx)] = evaluations[i]
+                            best_at[j] = (n, idx, full)
+            out[unit] = dict(
+                em_cost=n_em * c_top,
+                mlem_cost=best_cost,
+                speedup=n_em * c_top / best_cost,
+                at=best_at,
+            )
+        return Verdict(
+            cost=cost,
+            errors=judged,
+            em_steps=n_em,
+            speedups={u: out[u]["speedup"] for u in units},
+            mlem_costs={u: out[u]["mlem_cost"] for u in units},
+            em_costs={u: out[u]["em_cost"] for u in units},
+            mlem_steps=tuple(None if a is None else a[0] for a in out[cost]["at"]),
+            mlem_levels=tuple(
+                None if a is None else tuple(i + 1 for i in a[1])
+                for a in out[cost]["at"]
+            ),
+            evaluations=tuple(None if a is None else a[2] for a in out[cost]["at"]),
+            level_costs=self.level_costs(cost),
+            min_probability=min_probability,
+            quoted=int(np.flatnonzero(judged == error)[0]),
+        )
+
     def table(self) -> str:
         """A per-level diagnostic table, in the spirit of Giles's `mlmc_test`."""
         k = self.num_levels
@@ -549,7 +890,12 @@ def calibrate(
     - `reference`: an optional more accurate drift `f(t, y, args)` for the drift
         errors and `γ` (default: errors against the top level).
     - `pilot_keys`: number of ML-EM pilot runs per level for the amplification (0
-        skips them, taking amplification 1).
+        skips them, taking amplification 1). With pilots, Euler–Maruyama's own
+        error and order with the top level are measured too (`em_error`,
+        `em_order`: solves at `num_steps`, `2·num_steps` and `16·num_steps` on the
+        Brownian path of `jax.random.fold_in(key, 2)`, the finest standing for the
+        exact solution; about `19·num_steps` evaluations of the top level), which
+        `Calibration.verdict` needs.
     - `measure_costs`: measure FLOPs and wall-clock of each level on `y0`.
 
     **Returns:** a `Calibration`; `print` it for the diagnostic table, call
@@ -652,7 +998,66 @@ def calibrate(
             calibration, levels, diffusion, y0, states[-1], pilot_key, args
         )
         calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
+    if pilot_keys > 0 and diffusion is not None:
+        em_error, em_order = _em_convergence(
+            levels.top,
+            diffusion,
+            y0,
+            t0,
+            t1,
+            num_steps,
+            jax.random.fold_in(key, 2),
+            args,
+        )
+        calibration = dataclasses.replace(
+            calibration, em_error=em_error, em_order=em_order
+        )
     return calibration
+
+
+def _em_convergence(top, diffusion, y0, t0, t1, num_steps, key, args):
+    """`(em_error, em_order)`: Euler–Maruyama with `top` at `num_steps`,
+    `2·num_steps` and `16·num_steps` steps on one Brownian path (drawn at the finest
+    and coarsened). The 16×-finer solve stands for the exact solution: the error at
+    `n` steps is the RMS distance to it, `e(n)`, and the strong order
+    `q = log2(e(num_steps) / e(2·num_steps))` (clipped to [1/4, 2]).
+
+    Not Richardson extrapolation from consecutive distances: a stochastic solve's
+    error at `2n` steps is only partly aligned with its error at `n` (refining the
+    path adds independent terms), which biases `‖y_n − y_2n‖ / (1 − 2^−q)` upward
+    (by 25% on a test SDE). The finer solve's own error biases `e(n)` by at most
+    `e(16n) / e(n)`, about 1/16 for a strong order-1 method."""
+    fine = 16 * num_steps
+    dw = brownian_increments(
+        key, y0.shape, t0=t0, t1=t1, num_steps=fine, dtype=y0.dtype
+    )
+
+    @eqx.filter_jit
+    def solve(top, y0, dw):
+        return em_solve(
+            top,
+            diffusion,
+            y0,
+            t0=t0,
+            t1=t1,
+            num_steps=dw.shape[0],
+            key=key,
+            args=args,
+            brownian=dw,
+        )[0]
+
+    y1, y2, y16 = (
+        np.asarray(solve(top, y0, coarsen_increments(dw, fine // n)), np.float64)
+        for n in (num_steps, 2 * num_steps, fine)
+    )
+
+    def rms(a, b):
+        d = (a - b).reshape(a.shape[0], -1)
+        return float(np.sqrt(np.mean(np.sum(d**2, axis=1))))
+
+    e1, e2 = rms(y1, y16), rms(y2, y16)
+    order = 1.0 if not (e1 > 0 and e2 > 0) else math.log2(e1 / e2)
+    return e1, min(max(order, 0.25), 2.0)
 
 
 def level_statistics(values, k: int):
