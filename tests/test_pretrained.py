@@ -1,4 +1,4 @@
-"""The shipped pretrained ladder (mlem_jax.pretrained)."""
+"""The shipped pretrained ladders (mlem_jax.pretrained)."""
 
 import os
 
@@ -17,16 +17,21 @@ from mlem_jax.pretrained import (
 from mlem_jax.training import sde_from_manifest
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    return load_ladder(None)
+# name -> (size limit in bytes, least FLOPs span from the cheapest to the top level)
+SHIPPED = {"digits": (4e6, 8), "digits_wide": (5e6, 100)}
+
+
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def shipped(request):
+    name = request.param
+    return (*load_ladder(None if name == "digits" else name), name)
 
 
 def test_shipped_ladder_is_small_and_loads_as_float32(shipped):
-    models, manifest = shipped
-    path = pretrained_path("digits")
+    models, manifest, name = shipped
+    path = pretrained_path(name)
     size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
-    assert size < 4e6  # "a few MB at most"
+    assert size < SHIPPED[name][0]  # "a few MB at most"
     assert len(models) >= 4 and len(models) == len(manifest["levels"])
     assert manifest["weights_dtype"] == "float16"
     widths = [lv["width"] for lv in manifest["levels"]]
@@ -40,7 +45,7 @@ def test_shipped_ladder_is_small_and_loads_as_float32(shipped):
 
 
 def test_drift_error_to_the_top_level_falls_along_the_ladder(shipped):
-    models, manifest = shipped
+    models, manifest, name = shipped
     sde = sde_from_manifest(manifest)
     fns = ladder_drifts(sde, models)
     shape = tuple(manifest["spec"]["image_shape"])
@@ -66,11 +71,11 @@ def test_drift_error_to_the_top_level_falls_along_the_ladder(shipped):
     assert errors[-2] > 0
     # ...and the ladder spans a real range of costs.
     flops = [lv["flops_per_image"] for lv in manifest["levels"]]
-    assert np.all(np.diff(flops) > 0) and flops[-1] / flops[0] > 8
+    assert np.all(np.diff(flops) > 0) and flops[-1] / flops[0] > SHIPPED[name][1]
 
 
-def test_shipped_calibration_gives_schedules_at_a_budget(shipped):
-    _, manifest = shipped
+def test_shipped_calibration_gives_schedules_at_a_budget():
+    _, manifest = load_ladder(None)
     cal = load_calibration(os.path.join(pretrained_path(), CALIBRATION))
     assert cal is not None and cal.num_levels == len(manifest["levels"])
     top = cal.costs[-1]
