@@ -174,13 +174,13 @@ def _per_sample(y, ref) -> np.ndarray:
 class Bench:
     """The problem (ladder, prior draws, path, references) and compiled solves."""
 
-    def __init__(self, settings: dict, seed: int, ode: bool):
+    def __init__(self, settings: dict, seed: int, ode: bool, ladder: str | None = None):
         self.settings = settings
         self.ode = ode
-        problem = ladder_problem(None, batch=settings["batch"], seed=seed, ode=ode)
+        problem = ladder_problem(ladder, batch=settings["batch"], seed=seed, ode=ode)
         from mlem_jax.pretrained import load_ladder
 
-        models, manifest = load_ladder(None)
+        models, manifest = load_ladder(ladder)
         from mlem_jax.training import sde_from_manifest
 
         sde = manifest["spec"]["sde"]
@@ -209,7 +209,7 @@ class Bench:
         self.level_seconds = np.asarray(
             [mj.time_in_scan(f, t_mid, self.y0) for f in self.drifts]
         )
-        self.held_out, self.data_mid, self.data_half = _held_out()
+        self.held_out, self.data_mid, self.data_half = _held_out(ladder=ladder)
 
     def dw(self, n: int):
         if self.dw_fine is None:
@@ -346,13 +346,13 @@ class Bench:
         return float(md.sliced_wasserstein(y, self.held_out, self.sw_key))
 
 
-def _held_out(limit: int = 512):
-    """Held-out test digits (for the distance) and the data's midpoint and
-    half-range (for blow-ups)."""
+def _held_out(limit: int = 512, ladder: str | None = None):
+    """Held-out test images of the ladder's dataset (for the distance) and the
+    data's midpoint and half-range (for blow-ups)."""
     from mlem_jax.data import load_dataset
     from mlem_jax.pretrained import load_ladder
 
-    _, manifest = load_ladder(None)
+    _, manifest = load_ladder(ladder)
     spec = manifest["spec"].get("dataset", {})
     try:
         data = np.asarray(
