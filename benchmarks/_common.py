@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
 
 import jax
+
+# One atomic writer for the package and its scripts.
+from mlem_jax._io import atomic_write, write_json as write_json
 
 
 def environment(seed: int) -> dict:
@@ -61,22 +62,6 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Write `payload` to `path` atomically (temp file in the same folder, rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def replace_readme_block(readme: str, name: str, content: str) -> bool:
     """Replace the text between the README's `<!-- name:start -->` and
     `<!-- name:end -->` markers with `content`, atomically; `False` (and no write)
@@ -89,8 +74,5 @@ def replace_readme_block(readme: str, name: str, content: str) -> bool:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     text = head + start + "\n" + content + "\n" + end + tail
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(readme)))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, readme)
+    atomic_write(readme, lambda f: f.write(text), mode="w")
     return True

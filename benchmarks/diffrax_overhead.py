@@ -40,6 +40,7 @@ import lineax as lx
 import numpy as np
 
 import mlem_jax as mj
+from mlem_jax._io import write_json
 
 RESULTS = Path(__file__).parent / "results" / "diffrax_overhead.json"
 
@@ -247,8 +248,7 @@ def main():
             "mlem_jax": mj.__version__,
         },
     }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(opts.out, result)
     print(
         json.dumps(
             {

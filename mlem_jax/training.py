@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._io import atomic_write as atomic_write, write_json as _write_json
 from .diffusion import VPSDE, distillation_loss, drift_flops, dsm_loss, reverse_drift
 from .nn import UNet, count_params
 
@@ -121,33 +122,6 @@ class TrainResult(eqx.Module):
     model: Any
     raw_model: Any
     losses: Float[Array, " steps"]
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode="wb"):
-    """Write a file atomically: `write(f)` into a temporary file in the same folder,
-    flush and fsync it, then `os.replace` it onto `path`. A reader (or a crash) never
-    sees a half-written file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shipped files private
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_json(path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
 
 
 def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
