@@ -443,7 +443,7 @@ def test_restrict_and_choose_levels_bad_input(calibration):
 def test_cli_level_schedule_falls_back_to_every_level_without_pairs(
     calibration, capsys
 ):
-    from mlem_jax._commands import level_schedule
+    from mlem_jax.cli import level_schedule
 
     used, schedule = level_schedule(calibration, 64, 20.0, 0.0, levels="auto")
     assert used[-1] == 3 and schedule.num_levels == len(used)

@@ -332,7 +332,8 @@ def test_damaged_shipped_calibration_falls_back_to_pilots(monkeypatch, capsys):
     import jax
 
     import mlem_jax.pretrained as pretrained
-    from mlem_jax._commands import ladder_calibration, load_ladder_levels
+    from mlem_jax.cli import ladder_calibration
+    from mlem_jax.pretrained import load_ladder_levels
 
     def broken(path):
         raise ValueError(f"{path!r} is not a valid calibration (JSONDecodeError: x).")

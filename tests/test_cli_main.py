@@ -1,4 +1,4 @@
-"""The `sample`, `bench` and `demo` commands of `mlem-jax` (mlem_jax._commands).
+"""The `sample`, `bench` and `demo` commands of `mlem-jax` (mlem_jax.cli).
 
 Commands run in-process through `main([...])` so that compiled solves are shared.
 """
