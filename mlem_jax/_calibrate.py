@@ -24,6 +24,7 @@ scaled to a target added error or a budget.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 
@@ -511,6 +512,52 @@ class Calibration:
 
     def __str__(self) -> str:
         return self.table()
+
+    def to_json(self) -> str:
+        """This calibration as JSON text: every field by name, arrays as nested
+        lists, `None` as `null`. `Calibration.from_json` reads it back equal.
+
+        Costs are stored as they are; a ladder's stored calibration keeps costs per
+        image (`mlem_jax.pretrained.save_calibration`), so that it applies at any
+        batch size (rates depend only on cost ratios).
+        """
+        fields = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, tuple):
+                value = list(value)
+            fields[field.name] = value
+        return json.dumps(fields, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        """The `Calibration` of a JSON text written by `to_json` (`pair_variances`
+        and `grid` may be missing: older calibrations have neither).
+
+        **Raises:** `ValueError` naming what is wrong, for text that is not JSON or
+        lacks a field or holds one of the wrong type.
+        """
+        try:
+            fields = json.loads(text)
+            if not isinstance(fields, dict):
+                raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
+            for name in ("times", "variances", "sensitivity", "drift_errors"):
+                fields[name] = np.asarray(fields[name], np.float64)
+            for name in ("pair_variances", "grid"):
+                if fields.get(name) is not None:
+                    fields[name] = np.asarray(fields[name], np.float64)
+            for name in ("costs", "warnings"):
+                fields[name] = tuple(fields[name])
+            for name in ("flops", "seconds"):
+                if fields.get(name) is not None:
+                    fields[name] = tuple(fields[name])
+            return cls(**fields)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(
+                f"not a valid calibration ({type(e).__name__}: {e})"
+            ) from None
 
 
 def calibrate(
