@@ -30,9 +30,9 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, median_time, write_json  # noqa: E402
+from _harness import ladder_problem  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
-from mlem_jax.benchmarking import ladder_problem  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STEPS = 64

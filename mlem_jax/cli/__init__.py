@@ -6,7 +6,6 @@ One module per command, each adding its subparser (`add_parser`) and running it
 - `train` (`_train.py`): train a UNet ladder on a dataset and write a ladder directory.
 - `distill` (`_distill.py`): distil a ladder's top level into its cheaper levels.
 - `sample` (`_sample.py`): draw samples from a ladder with ML-EM or Euler–Maruyama.
-- `bench` (`_bench.py`): the cost–error benchmark, ML-EM against Euler–Maruyama.
 - `demo` (`_demo.py`, its report in `_demo_report.py`): ML-EM against
   Euler–Maruyama and SDE-DPM-Solver++(1) on one ladder.
 
@@ -14,6 +13,9 @@ What they share: argument types, pre-flight checks and ladder loading
 (`_common.py`), the timed solves (`_solves.py`), the calibrated schedules
 (`_budget.py`) and the PNG outputs (`_images.py`). The CLI sits on top of the
 package: it imports the method and the application, never the reverse.
+
+The cost–error benchmark, once `mlem-jax bench`, is `python benchmarks/cost_error.py`
+(same options); its harness lives beside it in `benchmarks/`, outside the package.
 """
 
 from ._budget import (

@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from . import _bench, _demo, _distill, _sample, _train
+from . import _demo, _distill, _sample, _train
 
 # A value such as "-1,2" after an option looks like an option to argparse (only
 # plain negative numbers do not); such lists are joined to their option.
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multilevel Euler–Maruyama (ML-EM) for diffusion models in JAX.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
-    for command in (_train, _distill, _sample, _bench, _demo):
+    for command in (_train, _distill, _sample, _demo):
         command.add_parser(sub)
     return parser
 
@@ -48,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        parser.error(
+            "the `bench` command was removed: the cost-error benchmark is "
+            "`python benchmarks/cost_error.py` in a source checkout, with the same "
+            "options (--gamma, --quick, --ladder, --ode, --batch, --cost, --seed, --out)"
+        )
     args = parser.parse_args(_join_negative_lists(argv))
     args.argv = argv
     return args.func(args, args.parser)
