@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +35,7 @@ from mlem_jax import (
     mlem_solve,
     time_in_scan,
 )
+from mlem_jax._cost import fit_cost_exponent, timed_run as _timed
 from mlem_jax.pretrained import MIN_PROBABILITY
 
 
@@ -125,15 +125,6 @@ def _rms(y, ref) -> float:
     return float(jnp.sqrt(jnp.mean(jnp.sum(d**2, axis=1))))
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Result of `fn()` and its wall-clock, timed on a second call (the first
-    compiles)."""
-    jax.block_until_ready(fn())
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - start
-
-
 def pareto_frontier(points: Sequence[dict]) -> list[dict]:
     """The runs not beaten by a cheaper run with a smaller error, by increasing cost."""
     frontier = []
@@ -148,16 +139,8 @@ def pareto_frontier(points: Sequence[dict]) -> list[dict]:
 def fit_exponent(points: Sequence[dict]) -> tuple[float, float]:
     """`(exponent, stderr)` of `cost ∝ error^{−exponent}` by least squares in log–log
     (`nan` with too few points)."""
-    if len(points) < 2:
-        return math.nan, math.nan
-    x = np.log([p["error"] for p in points])
-    y = np.log([p["cost"] for p in points])
-    slope, intercept = np.polyfit(x, y, 1)
-    if len(points) < 3:
-        return float(-slope), math.nan
-    resid = y - (slope * x + intercept)
-    stderr = math.sqrt(resid @ resid / (len(x) - 2) / np.sum((x - x.mean()) ** 2))
-    return float(-slope), float(stderr)
+    fit = fit_cost_exponent([p["error"] for p in points], [p["cost"] for p in points])
+    return fit.exponent, fit.stderr
 
 
 def cost_to_reach(points: Sequence[dict], error: float) -> float:

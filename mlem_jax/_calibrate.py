@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ._cost import count_flops, time_in_scan
+from ._cost import count_flops, fit_cost_exponent, time_in_scan
 from ._levels import Levels
 from ._misc import concrete_or_none
 from ._schedules import AbstractSchedule, FixedProbabilities, Rates
@@ -914,17 +914,8 @@ def _fit_gamma(costs, errors, top_is_reference):
     if top_is_reference:
         costs, errors = costs[:-1], errors[:-1]
     keep = errors > 0
-    costs, errors = costs[keep], errors[keep]
-    if len(costs) < 2:
-        return math.nan, math.nan
-    x, y = np.log(errors), np.log(costs)
-    slope, intercept = np.polyfit(x, y, 1)
-    if len(costs) < 3:
-        return float(-slope), math.nan
-    residuals = y - (slope * x + intercept)
-    s2 = residuals @ residuals / (len(x) - 2)
-    stderr = math.sqrt(s2 / np.sum((x - x.mean()) ** 2))
-    return float(-slope), float(stderr)
+    fit = fit_cost_exponent(errors[keep], costs[keep])
+    return fit.exponent, fit.stderr
 
 
 def _warnings(levels, variances, gamma, gamma_stderr):

@@ -17,7 +17,6 @@ import functools
 import io
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._env import versions
 from ._io import atomic_write as atomic_write, write_json as _write_json
 from .diffusion import VPSDE, distillation_loss, drift_flops, dsm_loss, reverse_drift
 from .nn import UNet, count_params
@@ -346,21 +346,6 @@ def _eval_loss(sde, model, data, key, batch_size=256, batches=4, teacher=None) -
     return total / batches
 
 
-def _versions() -> dict[str, str]:
-    import diffrax
-
-    out = {"python": platform.python_version(), "jax": jax.__version__}
-    for mod, name in ((eqx, "equinox"), (optax, "optax"), (diffrax, "diffrax")):
-        out[name] = getattr(mod, "__version__", "unknown")
-    try:
-        from importlib.metadata import version
-
-        out["mlem_jax"] = version("mlem_jax")
-    except Exception:
-        out["mlem_jax"] = "unknown"
-    return out
-
-
 def _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset):
     """The part of the manifest that must match for a resume to be valid."""
     return {
@@ -458,7 +443,7 @@ def train_ladder(
         manifest = {
             "format_version": FORMAT_VERSION,
             "spec": spec,
-            "versions": _versions(),
+            "versions": versions(),
             "num_train_images": int(data.shape[0]),
             "levels": [],
         }
@@ -726,7 +711,7 @@ def distill_ladder(
                 "different source or with different arguments; use a new directory."
             )
     else:
-        out = dict(manifest, distillation=record, versions=_versions())
+        out = dict(manifest, distillation=record, versions=versions())
         out["levels"] = [dict(lv) for lv in manifest["levels"]]
         _write_json(manifest_path, out)
     teacher = models[-1]

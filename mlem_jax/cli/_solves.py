@@ -11,7 +11,6 @@ unbatched (DESIGN §2): the batch of images lives in `y0`, with one level key pe
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._cost import timed_run
 from .._levels import Levels
 from .._schedules import FixedProbabilities
 from .._shard import mlem_solve_sharded
@@ -107,13 +107,8 @@ def _sharded(levels: Levels, sde, schedule, y0, dw, key, num_steps: int, mesh):
 
 
 def _timed(solve: Callable[..., Any], *args) -> tuple[Any, float]:
-    """`(solve(*args), wall-clock seconds of one run after compilation)`: a first
-    call compiles (or finds the program compiled for these shapes), the second is
-    timed."""
-    jax.block_until_ready(solve(*args))
-    start = time.perf_counter()
-    out = jax.block_until_ready(solve(*args))
-    return out, time.perf_counter() - start
+    """`(solve(*args), wall-clock seconds of one run after compilation)`."""
+    return timed_run(lambda: solve(*args))
 
 
 def _sub_ladder(ladder: Ladder, levels: Sequence[int] | None) -> Levels:
