@@ -37,7 +37,7 @@ from jaxtyping import PRNGKeyArray
 
 from ._cost import count_flops, fit_cost_exponent, time_in_scan
 from ._levels import Levels
-from ._misc import concrete_or_none
+from ._misc import check_num_steps, concrete_or_none
 from ._schedules import AbstractSchedule, FixedProbabilities, Rates
 from ._solve import em_solve, mlem_solve
 from ._step import check_drift_output
@@ -611,7 +611,8 @@ def calibrate(
         raise ValueError(
             f"calibrate: `num_bins` must be a positive int; got {num_bins!r}."
         )
-    if not (isinstance(num_steps, int) and num_steps >= num_bins):
+    num_steps = check_num_steps("calibrate", num_steps)
+    if num_steps < num_bins:
         raise ValueError(
             "calibrate: `num_steps` must be an int at least `num_bins` "
             f"({num_bins}); got {num_steps!r}."

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._misc import check_num_steps
+
 
 def count_flops(fn: Callable[..., Any], *args: Any) -> float:
     """FLOPs of one call `fn(*args)` from XLA's compiled cost analysis.
@@ -70,10 +72,7 @@ def time_in_scan(
     - `t`, `y`, `args`: example arguments (`y` with the batch you will sample).
     - `num_steps`: evaluations per timed scan; `repeats`: timed scans (median).
     """
-    if not (isinstance(num_steps, int) and num_steps > 0):
-        raise ValueError(
-            f"time_in_scan: `num_steps` must be a positive int; got {num_steps!r}."
-        )
+    num_steps = check_num_steps("time_in_scan", num_steps)
     if not (isinstance(repeats, int) and repeats > 0):
         raise ValueError(
             f"time_in_scan: `repeats` must be a positive int; got {repeats!r}."

@@ -28,7 +28,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._brownian import brownian_increments, split_key, step_uniforms
 from ._levels import Levels
-from ._misc import NumbersLike, check_key, concrete_or_none
+from ._misc import NumbersLike, check_grid, check_key, concrete_or_none
 from ._schedules import AbstractSchedule, bin_lookup, binned_table
 from ._solve import em_solve, mlem_solve
 
@@ -108,7 +108,7 @@ class LogitProbabilities(AbstractSchedule):
 
         Levels firing at every step in a bin keep `p = 1` (logit `+inf`).
         """
-        _check_grid("LogitProbabilities.from_schedule", t0, t1, num_steps)
+        check_grid("LogitProbabilities.from_schedule", t0, t1, num_steps)
         if times is None:
             times = getattr(schedule, "times", None)
         if times is None:
@@ -138,16 +138,6 @@ class LogitProbabilities(AbstractSchedule):
             logits[b] = np.where(always, np.inf, np.log(p) - np.log1p(-p))
         dtype = jnp.float32
         return cls(jnp.asarray(logits, dtype), jnp.asarray(times, dtype))
-
-
-def _check_grid(name, t0, t1, num_steps):
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
-    if num_steps <= 0:
-        raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
-    t0c, t1c = concrete_or_none(jnp.asarray(t0)), concrete_or_none(jnp.asarray(t1))
-    if t0c is not None and t1c is not None and float(t0c) == float(t1c):
-        raise ValueError(f"{name}: `t0` and `t1` must differ; both are {float(t0c)}.")
 
 
 def _grid_probabilities(schedule, key, t0, t1, num_steps, dtype):
@@ -189,7 +179,7 @@ def draw_log_prob(
     **Returns:** a scalar.
     """
     check_key("draw_log_prob", key)
-    _check_grid("draw_log_prob", t0, t1, num_steps)
+    check_grid("draw_log_prob", t0, t1, num_steps)
     probs, fires = _grid_probabilities(schedule, key, t0, t1, num_steps, dtype)
     # Safe logs: a draw that fired has p > 0, one that did not has p < 1.
     log_fire = jnp.log(jnp.where(fires, probs, 1))
@@ -306,7 +296,7 @@ def schedule_gradient(
             'schedule_gradient: mode="forward" needs a `tangent_key` for the random '
             "tangent directions."
         )
-    _check_grid("schedule_gradient", t0, t1, num_steps)
+    check_grid("schedule_gradient", t0, t1, num_steps)
     mask = _trainable(schedule)
     params, static = eqx.partition(schedule, eqx.is_inexact_array)
     grid: dict[str, Any] = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
@@ -503,7 +493,7 @@ def learn_schedule(
         raise ValueError(
             f"{name}: `num_iterations` must be a non-negative int; got {num_iterations!r}."
         )
-    _check_grid(name, t0, t1, num_steps)
+    check_grid(name, t0, t1, num_steps)
     check_key(name, key)
     y0 = jnp.asarray(y0)
     dtype = y0.dtype
