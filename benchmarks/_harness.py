@@ -36,6 +36,7 @@ from mlem_jax import (
     time_in_scan,
 )
 from mlem_jax._cost import fit_cost_exponent, timed_run as _timed
+from mlem_jax.diffusion import strong_error
 from mlem_jax.pretrained import MIN_PROBABILITY
 
 
@@ -121,8 +122,7 @@ def synthetic_problem(
 
 
 def _rms(y, ref) -> float:
-    d = (y - ref).reshape(y.shape[0], -1)
-    return float(jnp.sqrt(jnp.mean(jnp.sum(d**2, axis=1))))
+    return float(strong_error(y, ref))
 
 
 def pareto_frontier(points: Sequence[dict]) -> list[dict]:

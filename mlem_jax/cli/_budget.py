@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import pretrained
-from .._calibrate import calibrate
 from .._cost import time_in_scan
 from .._schedules import FixedProbabilities
 from ..pretrained import MIN_PROBABILITY, T0, T1, Ladder
@@ -56,17 +55,13 @@ def ladder_calibration(ladder: Ladder, y0, key, *, pilot_steps: int, path=None):
         except ValueError as e:  # a damaged installation: calibrate here instead
             warn(f"{e} Running the calibration pilots instead.")
     if cal is None:
-        cal = calibrate(
-            ladder.levels,
-            ladder.sde.diffusion,
+        cal = pretrained.calibrate_ladder(
+            ladder,
             y0,
-            t0=T0,
-            t1=T1,
-            num_steps=pilot_steps,
             key=key,
+            pilot_steps=pilot_steps,
             num_bins=min(8, pilot_steps),
             pilot_keys=0,
-            measure_costs=False,
         )
     return cal
 

@@ -113,6 +113,35 @@ def load_ladder_levels(path: str | None, batch: int, drift: Any = None) -> Ladde
     )
 
 
+def calibrate_ladder(
+    ladder: Ladder, y0, *, key, pilot_steps: int, num_bins: int, pilot_keys: int
+):
+    """`mlem_jax.calibrate` on a loaded ladder's reverse SDE over the sampling
+    interval (`T0` to `T1`), with the manifest's FLOP costs (nothing measured).
+
+    **Arguments:**
+
+    - `ladder`: from `load_ladder_levels`.
+    - `y0`: the pilots' prior draws, shape `(batch, *ladder.shape)`.
+    - `key`, `pilot_steps`, `num_bins`, `pilot_keys`: `calibrate`'s `key`,
+      `num_steps`, `num_bins` and `pilot_keys`.
+    """
+    from .._calibrate import calibrate
+
+    return calibrate(
+        ladder.levels,
+        ladder.sde.diffusion,
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=pilot_steps,
+        key=key,
+        num_bins=num_bins,
+        pilot_keys=pilot_keys,
+        measure_costs=False,
+    )
+
+
 CALIBRATION = "calibration.json"
 
 
@@ -172,23 +201,12 @@ def calibrate_shipped(
 
         python -c "from mlem_jax.pretrained import calibrate_shipped; calibrate_shipped()"
     """
-    from .._calibrate import calibrate
-
     path = pretrained_path(name)
     ladder = load_ladder_levels(path, batch)
     k_y0, k_cal = jr.split(jr.key(seed))
     y0 = ladder.sde.prior_sample(k_y0, (batch, *ladder.shape))
-    cal = calibrate(
-        ladder.levels,
-        ladder.sde.diffusion,
-        y0,
-        t0=T0,
-        t1=T1,
-        num_steps=pilot_steps,
-        key=k_cal,
-        num_bins=8,
-        pilot_keys=8,
-        measure_costs=False,
+    cal = calibrate_ladder(
+        ladder, y0, key=k_cal, pilot_steps=pilot_steps, num_bins=8, pilot_keys=8
     )
     print(cal)
     save_calibration(cal, os.path.join(path, CALIBRATION), ladder.flops_per_image)
