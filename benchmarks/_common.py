@@ -1,80 +1,12 @@
-"""Shared benchmark plumbing: environment record, timing, atomic result files."""
+"""Shared benchmark plumbing: the environment record, timing and atomic result files
+(the package's own), and the README table updater."""
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import statistics
-import tempfile
-import time
-from collections.abc import Callable
-from importlib import metadata
-
-import jax
-
-
-def environment(seed: int) -> dict:
-    """Machine, backend, versions and seed, recorded with every result."""
-    versions = {}
-    for name in ("jax", "jaxlib", "equinox", "diffrax", "optax", "numpy"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu,
-            "cpu_count": os.cpu_count(),
-            "affinity": sorted(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else None,
-            "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()],
-        },
-        "python": platform.python_version(),
-        "versions": versions,
-        "seed": seed,
-    }
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall-clock of `fn()` (blocking on its result) over `repeats` runs,
-    after one untimed warm-up run that compiles it."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Write `payload` to `path` atomically (temp file in the same folder, rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+# The package's timer and atomic writer, for the scripts too.
+from mlem_jax._cost import median_seconds as median_seconds
+from mlem_jax._env import environment as environment
+from mlem_jax._io import atomic_write, write_json as write_json
 
 
 def replace_readme_block(readme: str, name: str, content: str) -> bool:
@@ -89,8 +21,5 @@ def replace_readme_block(readme: str, name: str, content: str) -> bool:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     text = head + start + "\n" + content + "\n" + end + tail
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(readme)))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, readme)
+    atomic_write(readme, lambda f: f.write(text), mode="w")
     return True

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import environment, median_time, write_json  # noqa: E402
+from _common import environment, median_seconds, write_json  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
 from mlem_jax.nn import count_flops  # noqa: E402
@@ -85,11 +85,11 @@ def main(argv=None):
     _, info_ml = mlem(y0)
     _, info_all = mlem_all(y0)
     _, info_em = em(y0)
-    t_em = median_time(lambda: em(y0), opts.repeats)
-    t_ml = median_time(lambda: mlem(y0), opts.repeats)
-    t_all = median_time(lambda: mlem_all(y0), opts.repeats)
-    t_floor = median_time(lambda: floor(y0), opts.repeats)
-    t_em2 = median_time(lambda: em(y0), opts.repeats)  # drift check
+    t_em = median_seconds(lambda: em(y0), opts.repeats)
+    t_ml = median_seconds(lambda: mlem(y0), opts.repeats)
+    t_all = median_seconds(lambda: mlem_all(y0), opts.repeats)
+    t_floor = median_seconds(lambda: floor(y0), opts.repeats)
+    t_em2 = median_seconds(lambda: em(y0), opts.repeats)  # drift check
     t_em = min(t_em, t_em2)
 
     pred = float(info_ml.cost / info_em.cost)

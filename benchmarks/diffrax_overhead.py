@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import time
@@ -40,6 +39,8 @@ import lineax as lx
 import numpy as np
 
 import mlem_jax as mj
+from mlem_jax._env import machine, versions
+from mlem_jax._io import write_json
 
 RESULTS = Path(__file__).parent / "results" / "diffrax_overhead.json"
 
@@ -199,10 +200,6 @@ def main():
     # On a loaded machine the fastest run is the least disturbed one.
     ratios_of_fastest = ratios_of(fastest)
     ratios_of_10th_percentiles = ratios_of(tenth)
-    try:
-        affinity = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
     result = {
         "benchmark": "diffrax_overhead",
         "ratios": ratios,
@@ -227,28 +224,14 @@ def main():
             "calls_per_run": opts.calls_per_run,
         },
         "seed": opts.seed,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "cpu_affinity": affinity,
+        "machine": dict(
+            machine(),
             # Other processes on a shared machine; the interleaved runs see it alike.
-            "load_average_1_5_15": list(os.getloadavg()),
-            "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()],
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
-            "diffrax": diffrax.__version__,
-            "equinox": eqx.__version__,
-            "lineax": lx.__version__,
-            "mlem_jax": mj.__version__,
-        },
+            load_average_1_5_15=list(os.getloadavg()),
+        ),
+        "versions": versions(),
     }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(opts.out, result)
     print(
         json.dumps(
             {

@@ -1,6 +1,6 @@
 """Learned vs calibrated vs time-constant level probabilities, at equal cost.
 
-On the synthetic γ = 3 hierarchy (`mlem_jax.benchmarking.synthetic_problem(3.0)`):
+On the synthetic γ = 3 hierarchy (`_harness.synthetic_problem(3.0)`):
 
 1. calibrate the ladder and take the calibrated rule's schedule at a budget
    (`Calibration.schedule(budget=...)`, rates `∝ sqrt(V_l(t)/C_l)`),
@@ -16,7 +16,7 @@ the added error against Euler–Maruyama with the top level, and the realised co
     python benchmarks/learn_schedule.py --ladder shipped   # the digits UNet ladder
 
 With `--ladder` (a ladder directory, or `shipped`) the problem is that ladder's
-reverse SDE (`mlem_jax.benchmarking.ladder_problem`), the top network as the
+reverse SDE (`_harness.ladder_problem`), the top network as the
 reference drift; results go to `learn_schedule_<problem>.json`.
 """
 
@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import environment, write_json  # noqa: E402
+from _harness import ladder_problem, synthetic_problem  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
 from mlem_jax._learn import _project_to_budget  # noqa: E402
-from mlem_jax.benchmarking import ladder_problem, synthetic_problem  # noqa: E402
 
 
 def _mse(y, ref):

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, median_time, write_json  # noqa: E402
+from _common import environment, median_seconds, write_json  # noqa: E402
+from _harness import ladder_problem  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
-from mlem_jax.benchmarking import ladder_problem  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STEPS = 64
@@ -57,7 +57,7 @@ def _in_cond(fn, t, y, num_steps: int, repeats: int) -> float:
             1
         ]
 
-    return median_time(lambda: loop(dynamic, t), repeats) / num_steps
+    return median_seconds(lambda: loop(dynamic, t), repeats) / num_steps
 
 
 def profile(batch: int, seed: int, repeats: int) -> dict:
@@ -100,7 +100,7 @@ def profile(batch: int, seed: int, repeats: int) -> dict:
         )[0]
 
     def per_step(fn):
-        return median_time(fn, repeats) / STEPS
+        return median_seconds(fn, repeats) / STEPS
 
     out: dict = dict(batch=batch, steps=STEPS, levels=[])
     for f in levels.fns:

@@ -45,7 +45,7 @@ For the reverse SDE and the probability-flow ODE of the shipped ladder (5 UNet
   the same equation reaches the point's RMS error (each sampler-network curve
   interpolated log–log between its step counts, then the best), over the point's
   cost, in FLOPs, CPU seconds and wall-clock seconds; beside it the step-function
-  speedup of `mlem_jax.benchmarking._matched_speedups` (which overstates it just
+  speedup of ``benchmarks/_harness.py`'s `_matched_speedups`` (which overstates it just
   below a single run's error, the step counts being 2× apart).
 
 Writes `benchmarks/results/samplers_<problem>_b<batch>.json` and the README table
@@ -76,14 +76,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, replace_readme_block, write_json  # noqa: E402
-
-import mlem_jax as mj  # noqa: E402
-from mlem_jax import diffusion as md  # noqa: E402
-from mlem_jax.benchmarking import (  # noqa: E402
+from _harness import (  # noqa: E402
     _matched_speedups,
     ladder_problem,
     pareto_frontier,
 )
+
+import mlem_jax as mj  # noqa: E402
+from mlem_jax import diffusion as md  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 README = os.path.join(
@@ -724,7 +724,7 @@ def matched(result: dict) -> list[dict]:
     `interpolated_*`: at each such point, the least cost at which a single-network
     sampler reaches the point's error (`_best_single_cost`: each sampler's curve
     interpolated log–log between its step counts), over the point's cost; `None`
-    if no single-network run is that accurate. `step_*`: `mlem_jax.benchmarking._matched_speedups`, the
+    if no single-network run is that accurate. `step_*`: ``benchmarks/_harness.py`'s `_matched_speedups``, the
     cheapest single run at least as accurate over the cheapest multilevel run at
     least as accurate, at every frontier error; with step counts a factor 2 apart
     it overstates the speedup just below a single-network point's error."""

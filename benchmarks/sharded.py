@@ -43,9 +43,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, replace_readme_block, write_json  # noqa: E402
+from _harness import ladder_problem, synthetic_problem  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
-from mlem_jax.benchmarking import ladder_problem, synthetic_problem  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")

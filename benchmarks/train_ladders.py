@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 import mlem_jax as mj
 from mlem_jax import data as mdata
+from mlem_jax._cost import fit_cost_exponent
+from mlem_jax._env import machine
 from mlem_jax.diffusion import (
     drift_flops,
     ladder_drifts,
@@ -104,8 +104,8 @@ def cmd_train(args):
 
 def fit_gamma(costs, errors):
     """Least-squares slope of log c against −log e: `log c = −γ log e + b`."""
-    slope, intercept = np.polyfit(np.log(errors), np.log(costs), 1)
-    return float(-slope), float(intercept)
+    fit = fit_cost_exponent(errors, costs)
+    return fit.exponent, fit.intercept
 
 
 def cmd_evaluate(args):
@@ -221,12 +221,7 @@ def cmd_evaluate(args):
                 solver="Euler-Maruyama (python loop of jitted steps, em_solve's Brownian increments), top level for the drift-error states",
             ),
             training_cpu_s=sum(lv.get("train_cpu_s", 0.0) for lv in manifest["levels"]),
-            machine=dict(
-                platform=platform.platform(),
-                processor=platform.processor(),
-                backend=jax.default_backend(),
-                cpu_count=os.cpu_count(),
-            ),
+            machine=machine(),
             versions=manifest["versions"],
         )
         path = os.path.join(RESULTS, f"ladder_{name}.json")

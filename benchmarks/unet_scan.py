@@ -26,9 +26,9 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import environment, write_json  # noqa: E402
+from _harness import ladder_problem  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
-from mlem_jax.benchmarking import ladder_problem  # noqa: E402
 
 STEPS = 64
 REPEATS = 5

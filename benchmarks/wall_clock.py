@@ -47,14 +47,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, replace_readme_block, write_json  # noqa: E402
-
-import mlem_jax as mj  # noqa: E402
-from mlem_jax.benchmarking import (  # noqa: E402
+from _harness import (  # noqa: E402
     Problem,
     ladder_problem,
     pareto_frontier,
     synthetic_problem,
 )
+
+import mlem_jax as mj  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 README = os.path.join(

@@ -8,13 +8,17 @@ a few minutes on a CPU). The full comparison is `benchmarks/learn_schedule.py`.
     python examples/learn_schedule.py [--digits]
 """
 
+import os
 import sys
 
 import jax
 import jax.numpy as jnp
 
 import mlem_jax as mj
-from mlem_jax.benchmarking import ladder_problem, synthetic_problem
+
+# The test problems of the benchmarks (`benchmarks/_harness.py`, beside the package).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+from _harness import ladder_problem, synthetic_problem  # noqa: E402
 
 digits = "--digits" in sys.argv[1:]
 if digits:

@@ -27,7 +27,6 @@ from ._cost import (
 )
 from ._learn import (
     LearnedSchedule as LearnedSchedule,
-    LogitProbabilities as LogitProbabilities,
     draw_log_prob as draw_log_prob,
     expected_cost as expected_cost,
     learn_schedule as learn_schedule,
@@ -38,6 +37,7 @@ from ._path import StepBrownianPath as StepBrownianPath
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     FixedProbabilities as FixedProbabilities,
+    LogitProbabilities as LogitProbabilities,
     Rates as Rates,
 )
 from ._shard import (

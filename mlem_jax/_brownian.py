@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, PyTree
 
-from ._misc import time_dtype
+from ._misc import check_num_steps, time_dtype
 
 
 def split_key(key: PRNGKeyArray) -> tuple[PRNGKeyArray, PRNGKeyArray]:
@@ -106,10 +106,7 @@ def brownian_increments(
     leaf, for a PyTree `shape`); row `n` is `W(t_{n+1}) − W(t_n)` with
     `t_n = t0 + n·(t1 − t0)/num_steps`.
     """
-    if not isinstance(num_steps, int) or num_steps <= 0:
-        raise ValueError(
-            f"brownian_increments: `num_steps` must be a positive int; got {num_steps!r}."
-        )
+    num_steps = check_num_steps("brownian_increments", num_steps)
     if isinstance(shape, (tuple, list)) and all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     ):

@@ -24,6 +24,7 @@ scaled to a target added error or a budget.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 
@@ -35,9 +36,9 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from ._brownian import brownian_increments, coarsen_increments
-from ._cost import count_flops, time_in_scan
+from ._cost import count_flops, fit_cost_exponent, time_in_scan
 from ._levels import Levels
-from ._misc import concrete_or_none
+from ._misc import check_num_steps, concrete_or_none
 from ._schedules import AbstractSchedule, FixedProbabilities, Rates
 from ._solve import em_solve, mlem_solve
 from ._step import check_drift_output
@@ -853,6 +854,53 @@ class Calibration:
     def __str__(self) -> str:
         return self.table()
 
+    def to_json(self) -> str:
+        """This calibration as JSON text: every field by name, arrays as nested
+        lists, `None` as `null`. `Calibration.from_json` reads it back equal.
+
+        Costs are stored as they are; a ladder's stored calibration keeps costs per
+        image (`mlem_jax.pretrained.save_calibration`), so that it applies at any
+        batch size (rates depend only on cost ratios).
+        """
+        fields = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, tuple):
+                value = list(value)
+            fields[field.name] = value
+        return json.dumps(fields, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        """The `Calibration` of a JSON text written by `to_json` (`pair_variances`,
+        `grid`, `em_error` and `em_order` may be missing: older calibrations have
+        none of them).
+
+        **Raises:** `ValueError` naming what is wrong, for text that is not JSON or
+        lacks a field or holds one of the wrong type.
+        """
+        try:
+            fields = json.loads(text)
+            if not isinstance(fields, dict):
+                raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
+            for name in ("times", "variances", "sensitivity", "drift_errors"):
+                fields[name] = np.asarray(fields[name], np.float64)
+            for name in ("pair_variances", "grid"):
+                if fields.get(name) is not None:
+                    fields[name] = np.asarray(fields[name], np.float64)
+            for name in ("costs", "warnings"):
+                fields[name] = tuple(fields[name])
+            for name in ("flops", "seconds"):
+                if fields.get(name) is not None:
+                    fields[name] = tuple(fields[name])
+            return cls(**fields)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(
+                f"not a valid calibration ({type(e).__name__}: {e})"
+            ) from None
+
 
 def calibrate(
     levels: Levels,
@@ -910,7 +958,8 @@ def calibrate(
         raise ValueError(
             f"calibrate: `num_bins` must be a positive int; got {num_bins!r}."
         )
-    if not (isinstance(num_steps, int) and num_steps >= num_bins):
+    num_steps = check_num_steps("calibrate", num_steps)
+    if num_steps < num_bins:
         raise ValueError(
             "calibrate: `num_steps` must be an int at least `num_bins` "
             f"({num_bins}); got {num_steps!r}."
@@ -1272,17 +1321,8 @@ def _fit_gamma(costs, errors, top_is_reference):
     if top_is_reference:
         costs, errors = costs[:-1], errors[:-1]
     keep = errors > 0
-    costs, errors = costs[keep], errors[keep]
-    if len(costs) < 2:
-        return math.nan, math.nan
-    x, y = np.log(errors), np.log(costs)
-    slope, intercept = np.polyfit(x, y, 1)
-    if len(costs) < 3:
-        return float(-slope), math.nan
-    residuals = y - (slope * x + intercept)
-    s2 = residuals @ residuals / (len(x) - 2)
-    stderr = math.sqrt(s2 / np.sum((x - x.mean()) ** 2))
-    return float(-slope), float(stderr)
+    fit = fit_cost_exponent(errors[keep], costs[keep])
+    return fit.exponent, fit.stderr
 
 
 def _warnings(levels, variances, gamma, gamma_stderr):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from ._misc import check_num_steps
 
 
 def count_flops(fn: Callable[..., Any], *args: Any) -> float:
@@ -68,10 +72,7 @@ def time_in_scan(
     - `t`, `y`, `args`: example arguments (`y` with the batch you will sample).
     - `num_steps`: evaluations per timed scan; `repeats`: timed scans (median).
     """
-    if not (isinstance(num_steps, int) and num_steps > 0):
-        raise ValueError(
-            f"time_in_scan: `num_steps` must be a positive int; got {num_steps!r}."
-        )
+    num_steps = check_num_steps("time_in_scan", num_steps)
     if not (isinstance(repeats, int) and repeats > 0):
         raise ValueError(
             f"time_in_scan: `repeats` must be a positive int; got {repeats!r}."
@@ -98,7 +99,7 @@ def time_in_scan(
 
         return jax.lax.scan(body, (t, y), None, length=num_steps)[0][1]
 
-    return _median_seconds(lambda: loop(dynamic), repeats) / num_steps
+    return median_seconds(lambda: loop(dynamic), repeats) / num_steps
 
 
 def time_call(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> float:
@@ -111,10 +112,19 @@ def time_call(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> float:
         f, a = eqx.combine(dynamic, static)
         return f(*a)
 
-    return _median_seconds(lambda: call(dynamic), repeats)
+    return median_seconds(lambda: call(dynamic), repeats)
 
 
-def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
+def timed_run(run: Callable[[], Any]) -> tuple[Any, float]:
+    """`(run(), wall-clock seconds)` of one call of `run` (blocking on its result)
+    after one untimed call that compiles it (or finds it compiled)."""
+    jax.block_until_ready(run())
+    start = time.perf_counter()
+    out = jax.block_until_ready(run())
+    return out, time.perf_counter() - start
+
+
+def median_seconds(run: Callable[[], Any], repeats: int) -> float:
     """Median wall-clock of `run()` (blocking on its result) over `repeats` calls,
     after one untimed call that compiles it."""
     jax.block_until_ready(run())
@@ -124,3 +134,43 @@ def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
         jax.block_until_ready(run())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class CostExponent(NamedTuple):
+    """A fitted power law `log cost = −exponent · log error + intercept`."""
+
+    exponent: float
+    stderr: float
+    """Standard error of `exponent` (`nan` with fewer than 3 points)."""
+    intercept: float
+
+
+def fit_cost_exponent(errors, costs) -> CostExponent:
+    """Least-squares fit of `cost ∝ error^{−γ}` in log–log: the cost–accuracy
+    exponent `γ` of a ladder (`Calibration.gamma`), or of a solver's cost–error
+    frontier (`γ + 1` for Euler–Maruyama in the theory, `γ` for ML-EM).
+
+    **Arguments:**
+
+    - `errors`, `costs`: one positive entry per point, in matching order.
+
+    **Returns:** a `CostExponent`; every field `nan` with fewer than 2 points.
+    """
+    # The logs in the inputs' own precision (float32 errors stay float32), as the
+    # fits this one replaced computed them: refitting stored results reproduces them.
+    x = np.log(np.asarray(errors))
+    y = np.log(np.asarray(costs))
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(
+            "`errors` and `costs` must be 1-d with one entry per point; got shapes "
+            f"{x.shape} and {y.shape}."
+        )
+    if len(x) < 2:
+        return CostExponent(math.nan, math.nan, math.nan)
+    slope, intercept = np.polyfit(x, y, 1)
+    if len(x) < 3:
+        return CostExponent(float(-slope), math.nan, float(intercept))
+    residuals = y - (slope * x + intercept)
+    s2 = residuals @ residuals / (len(x) - 2)
+    stderr = math.sqrt(s2 / np.sum((x - x.mean()) ** 2))
+    return CostExponent(float(-slope), float(stderr), float(intercept))

@@ -1,4 +1,5 @@
-"""Learning the level probabilities `p_l(t)`: a learnable schedule, the log-probability
+"""Learning the level probabilities `p_l(t)` (the learnable `LogitProbabilities` lives
+with the other schedules in `_schedules.py`): the log-probability
 of a solve's level draws, unbiased schedule gradients and `learn_schedule`.
 
 The loss of an ML-EM solve depends on the schedule's parameters `θ` twice: through
@@ -28,126 +29,12 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._brownian import brownian_increments, split_key, step_uniforms
 from ._levels import Levels
-from ._misc import NumbersLike, check_key, concrete_or_none
-from ._schedules import AbstractSchedule, bin_lookup, binned_table
+from ._misc import NumbersLike, check_grid, check_key
+from ._schedules import AbstractSchedule, LogitProbabilities as LogitProbabilities
 from ._solve import em_solve, mlem_solve
 
 if TYPE_CHECKING:  # optax loads only when a schedule is learned
     import optax
-
-
-class LogitProbabilities(AbstractSchedule):
-    """Learnable time-dependent probabilities `p_l(t) = sigmoid(logits[i, l])` on time
-    bins `i`: the parameterisation `learn_schedule` optimises.
-
-    **Arguments:**
-
-    - `logits`: shape `(k,)` (constant in time) or `(m, k)` with `times`. `+inf`
-        means "every step" (`p = 1`, never learned), `-inf` "never".
-    - `times`: optional bin edges, shape `(m + 1,)`, strictly increasing; bin `i`
-        holds on `[times[i], times[i+1])`, times outside use the first or last bin,
-        and a step reads its bin at its midpoint `t + h/2` (as `Rates`).
-
-    Unlike `Rates`, the probabilities do not depend on the step size: a learned
-    schedule is tuned for the number of steps it was learned at.
-    """
-
-    logits: Float[Array, "m k"]
-    times: Float[Array, " m+1"] | None
-
-    def __init__(self, logits: NumbersLike, times: NumbersLike | None = None):
-        logits, times = binned_table(
-            logits, times, "logits", "logit", "LogitProbabilities"
-        )
-        value = concrete_or_none(logits)
-        if value is not None and np.any(np.isnan(value)):
-            raise ValueError("LogitProbabilities: `logits` contains NaN.")
-        self.logits = logits
-        self.times = times
-
-    @property
-    def num_levels(self) -> int:
-        return self.logits.shape[-1]
-
-    def logit(self, t: ArrayLike) -> Float[Array, " k"]:
-        """The logits at time `t`."""
-        return bin_lookup(self.logits, self.times, t)
-
-    def probabilities(self, t, h):
-        return jax.nn.sigmoid(self.logit(jnp.asarray(t) + jnp.asarray(h) / 2))
-
-    def always_fires(self, h):
-        del h
-        value = concrete_or_none(self.logits)
-        if value is None:
-            return super().always_fires(0.0)
-        return tuple(bool(np.all(value[:, l] == np.inf)) for l in range(value.shape[1]))
-
-    @classmethod
-    def from_schedule(
-        cls,
-        schedule: AbstractSchedule,
-        *,
-        t0: float,
-        t1: float,
-        num_steps: int,
-        times: NumbersLike | None = None,
-        num_bins: int = 8,
-        min_probability: float = 1e-4,
-    ) -> LogitProbabilities:
-        """The logits of `schedule`'s probabilities on the step grid, averaged per bin.
-
-        **Arguments:**
-
-        - `schedule`: any schedule, e.g. `Calibration.schedule(budget=...)`.
-        - `t0`, `t1`, `num_steps`: the grid it will be used on.
-        - `times`: bin edges (default: the schedule's own `times` if it has them,
-            else `num_bins` equal bins on the interval).
-        - `min_probability`: probabilities are clipped from below to this, so every
-            level can still be learned (a zero probability has zero gradient).
-
-        Levels firing at every step in a bin keep `p = 1` (logit `+inf`).
-        """
-        _check_grid("LogitProbabilities.from_schedule", t0, t1, num_steps)
-        if times is None:
-            times = getattr(schedule, "times", None)
-        if times is None:
-            times = np.linspace(min(t0, t1), max(t0, t1), num_bins + 1)
-        times = np.asarray(times, np.float64)
-        h = (t1 - t0) / num_steps
-        ts = t0 + h * np.arange(num_steps)
-        probs = np.asarray(
-            jax.vmap(lambda t: schedule.probabilities(t, h))(jnp.asarray(ts)),
-            np.float64,
-        )
-        bins = np.clip(
-            np.searchsorted(times, ts + h / 2, side="right") - 1, 0, len(times) - 2
-        )
-        logits = np.zeros((len(times) - 1, probs.shape[1]))
-        for b in range(len(times) - 1):
-            rows = probs[bins == b]
-            if rows.shape[0] == 0:  # a bin no step falls in: use the nearest step
-                rows = probs[
-                    [int(np.argmin(np.abs(ts + h / 2 - times[b : b + 2].mean())))]
-                ]
-            if not np.all(rows >= 0):
-                raise ValueError("LogitProbabilities.from_schedule: negative p.")
-            p = rows.mean(axis=0)
-            always = np.all(rows >= 1, axis=0)
-            p = np.clip(p, min_probability, 1 - 1e-7)
-            logits[b] = np.where(always, np.inf, np.log(p) - np.log1p(-p))
-        dtype = jnp.float32
-        return cls(jnp.asarray(logits, dtype), jnp.asarray(times, dtype))
-
-
-def _check_grid(name, t0, t1, num_steps):
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
-    if num_steps <= 0:
-        raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
-    t0c, t1c = concrete_or_none(jnp.asarray(t0)), concrete_or_none(jnp.asarray(t1))
-    if t0c is not None and t1c is not None and float(t0c) == float(t1c):
-        raise ValueError(f"{name}: `t0` and `t1` must differ; both are {float(t0c)}.")
 
 
 def _grid_probabilities(schedule, key, t0, t1, num_steps, dtype):
@@ -189,7 +76,7 @@ def draw_log_prob(
     **Returns:** a scalar.
     """
     check_key("draw_log_prob", key)
-    _check_grid("draw_log_prob", t0, t1, num_steps)
+    check_grid("draw_log_prob", t0, t1, num_steps)
     probs, fires = _grid_probabilities(schedule, key, t0, t1, num_steps, dtype)
     # Safe logs: a draw that fired has p > 0, one that did not has p < 1.
     log_fire = jnp.log(jnp.where(fires, probs, 1))
@@ -306,7 +193,7 @@ def schedule_gradient(
             'schedule_gradient: mode="forward" needs a `tangent_key` for the random '
             "tangent directions."
         )
-    _check_grid("schedule_gradient", t0, t1, num_steps)
+    check_grid("schedule_gradient", t0, t1, num_steps)
     mask = _trainable(schedule)
     params, static = eqx.partition(schedule, eqx.is_inexact_array)
     grid: dict[str, Any] = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
@@ -503,7 +390,7 @@ def learn_schedule(
         raise ValueError(
             f"{name}: `num_iterations` must be a non-negative int; got {num_iterations!r}."
         )
-    _check_grid(name, t0, t1, num_steps)
+    check_grid(name, t0, t1, num_steps)
     check_key(name, key)
     y0 = jnp.asarray(y0)
     dtype = y0.dtype

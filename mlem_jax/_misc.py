@@ -36,6 +36,31 @@ def concrete_or_none(x) -> np.ndarray | None:
         return None
 
 
+def check_num_steps(name: str, num_steps) -> int:
+    """`num_steps` as an `int`, the one rule for every grid of the package: a
+    positive Python or NumPy integer (`np.int64(8)` from an array of step counts is
+    fine; a bool, a float or `8.0` is not). Errors name `name`.
+
+    **Raises:** `TypeError` for a non-integer, `ValueError` for one below 1.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
+    num_steps = int(num_steps)
+    if num_steps <= 0:
+        raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
+    return num_steps
+
+
+def check_grid(name: str, t0, t1, num_steps) -> int:
+    """`check_num_steps`, and `t0 != t1` when both are concrete; returns
+    `num_steps` as an `int`."""
+    num_steps = check_num_steps(name, num_steps)
+    t0c, t1c = concrete_or_none(jnp.asarray(t0)), concrete_or_none(jnp.asarray(t1))
+    if t0c is not None and t1c is not None and float(t0c) == float(t1c):
+        raise ValueError(f"{name}: `t0` and `t1` must differ; both are {float(t0c)}.")
+    return num_steps
+
+
 def check_key(name: str, key) -> None:
     """Raise a clear error unless `key` is one PRNG key (typed or legacy uint32)."""
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):

@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
 
 from ._brownian import split_key, step_increment
-from ._misc import concrete_or_none
+from ._misc import check_num_steps, concrete_or_none
 
 # A time within this fraction of a step of a grid point counts as that grid point:
 # diffrax computes step times in its own (possibly negated) frame, a few ULPs off.
@@ -101,14 +101,7 @@ class StepBrownianPath(diffrax.AbstractBrownianPath):
                 "StepBrownianPath: `shape` must be a tuple of ints (e.g. y0.shape); "
                 f"got {shape!r}."
             ) from e
-        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-            raise TypeError(
-                f"StepBrownianPath: `num_steps` must be an int; got {num_steps!r}."
-            )
-        if num_steps <= 0:
-            raise ValueError(
-                f"StepBrownianPath: `num_steps` must be positive; got {num_steps}."
-            )
+        num_steps = check_num_steps("StepBrownianPath", num_steps)
         dtype = jnp.dtype(jnp.zeros((), dtype).dtype if dtype is None else dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(

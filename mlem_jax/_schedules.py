@@ -5,11 +5,12 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._misc import NumbersLike, concrete_or_none
+from ._misc import NumbersLike, check_grid, concrete_or_none
 
 
 class AbstractSchedule(eqx.Module):
@@ -19,6 +20,10 @@ class AbstractSchedule(eqx.Module):
     probabilities `p_l ∈ [0, 1]` with which each level's correction
     `(B_l / p_l)·Δ_l` is drawn. A level with `p_l = 0` never fires (its
     correction is dropped, which biases the solve); `p_l = 1` fires every step.
+
+    Every schedule is abstract or final (equinox's pattern): a new one subclasses
+    this class and implements all three of `num_levels`, `probabilities` and
+    `always_fires`; the concrete schedules here are not subclassed.
     """
 
     @property
@@ -30,14 +35,14 @@ class AbstractSchedule(eqx.Module):
     def probabilities(self, t: ArrayLike, h: ArrayLike) -> Float[Array, " k"]:
         """Probabilities `p_l` for the step from `t` to `t + h` (`h` may be < 0)."""
 
+    @abc.abstractmethod
     def always_fires(self, h: float) -> tuple[bool, ...]:
         """Which levels are known, before tracing, to fire at every step of size `h`.
 
-        Those levels skip the `lax.cond` and its small per-step overhead. The default
-        knows nothing (all `False`); it must never claim a level that can be skipped.
+        Those levels skip the `lax.cond` and its small per-step overhead. A schedule
+        that cannot tell (its arrays traced, say) answers `False` for every level;
+        it must never claim a level that can be skipped.
         """
-        del h
-        return (False,) * self.num_levels
 
 
 def _as_float_array(x, name: str, owner: str) -> Array:
@@ -146,8 +151,8 @@ class FixedProbabilities(AbstractSchedule):
     def always_fires(self, h):
         del h
         value = concrete_or_none(self.probs)
-        if value is None:
-            return super().always_fires(0.0)
+        if value is None:  # traced: nothing is known before tracing
+            return (False,) * self.num_levels
         return tuple(bool(p >= 1) for p in value)
 
 
@@ -216,8 +221,8 @@ class Rates(AbstractSchedule):
 
     def always_fires(self, h):
         value = concrete_or_none(self.rates)
-        if value is None:
-            return super().always_fires(h)
+        if value is None:  # traced: nothing is known before tracing
+            return (False,) * self.num_levels
         return tuple(
             bool(np.all(value[:, l] * abs(h) >= 1)) for l in range(value.shape[1])
         )
@@ -232,3 +237,107 @@ class Rates(AbstractSchedule):
             if self.times is not None
             else (Rates(self.rates[0] * factor))
         )
+
+
+class LogitProbabilities(AbstractSchedule):
+    """Learnable time-dependent probabilities `p_l(t) = sigmoid(logits[i, l])` on time
+    bins `i`: the parameterisation `learn_schedule` optimises.
+
+    **Arguments:**
+
+    - `logits`: shape `(k,)` (constant in time) or `(m, k)` with `times`. `+inf`
+        means "every step" (`p = 1`, never learned), `-inf` "never".
+    - `times`: optional bin edges, shape `(m + 1,)`, strictly increasing; bin `i`
+        holds on `[times[i], times[i+1])`, times outside use the first or last bin,
+        and a step reads its bin at its midpoint `t + h/2` (as `Rates`).
+
+    Unlike `Rates`, the probabilities do not depend on the step size: a learned
+    schedule is tuned for the number of steps it was learned at.
+    """
+
+    logits: Float[Array, "m k"]
+    times: Float[Array, " m+1"] | None
+
+    def __init__(self, logits: NumbersLike, times: NumbersLike | None = None):
+        logits, times = binned_table(
+            logits, times, "logits", "logit", "LogitProbabilities"
+        )
+        value = concrete_or_none(logits)
+        if value is not None and np.any(np.isnan(value)):
+            raise ValueError("LogitProbabilities: `logits` contains NaN.")
+        self.logits = logits
+        self.times = times
+
+    @property
+    def num_levels(self) -> int:
+        return self.logits.shape[-1]
+
+    def logit(self, t: ArrayLike) -> Float[Array, " k"]:
+        """The logits at time `t`."""
+        return bin_lookup(self.logits, self.times, t)
+
+    def probabilities(self, t, h):
+        return jax.nn.sigmoid(self.logit(jnp.asarray(t) + jnp.asarray(h) / 2))
+
+    def always_fires(self, h):
+        del h
+        value = concrete_or_none(self.logits)
+        if value is None:  # traced: nothing is known before tracing
+            return (False,) * self.num_levels
+        return tuple(bool(np.all(value[:, l] == np.inf)) for l in range(value.shape[1]))
+
+    @classmethod
+    def from_schedule(
+        cls,
+        schedule: AbstractSchedule,
+        *,
+        t0: float,
+        t1: float,
+        num_steps: int,
+        times: NumbersLike | None = None,
+        num_bins: int = 8,
+        min_probability: float = 1e-4,
+    ) -> LogitProbabilities:
+        """The logits of `schedule`'s probabilities on the step grid, averaged per bin.
+
+        **Arguments:**
+
+        - `schedule`: any schedule, e.g. `Calibration.schedule(budget=...)`.
+        - `t0`, `t1`, `num_steps`: the grid it will be used on.
+        - `times`: bin edges (default: the schedule's own `times` if it has them,
+            else `num_bins` equal bins on the interval).
+        - `min_probability`: probabilities are clipped from below to this, so every
+            level can still be learned (a zero probability has zero gradient).
+
+        Levels firing at every step in a bin keep `p = 1` (logit `+inf`).
+        """
+        check_grid("LogitProbabilities.from_schedule", t0, t1, num_steps)
+        if times is None:
+            times = getattr(schedule, "times", None)
+        if times is None:
+            times = np.linspace(min(t0, t1), max(t0, t1), num_bins + 1)
+        times = np.asarray(times, np.float64)
+        h = (t1 - t0) / num_steps
+        ts = t0 + h * np.arange(num_steps)
+        probs = np.asarray(
+            jax.vmap(lambda t: schedule.probabilities(t, h))(jnp.asarray(ts)),
+            np.float64,
+        )
+        bins = np.clip(
+            np.searchsorted(times, ts + h / 2, side="right") - 1, 0, len(times) - 2
+        )
+        logits = np.zeros((len(times) - 1, probs.shape[1]))
+        for b in range(len(times) - 1):
+            rows = probs[bins == b]
+            if rows.shape[0] == 0:  # a bin no step falls in: use the nearest step
+                rows = probs[
+                    [int(np.argmin(np.abs(ts + h / 2 - times[b : b + 2].mean())))]
+                ]
+            if not np.all(rows >= 0):
+                raise ValueError("LogitProbabilities.from_schedule: negative p.")
+            p = rows.mean(axis=0)
+            always = np.all(rows >= 1, axis=0)
+            p = np.clip(p, min_probability, 1 - 1e-7)
+            logits[b] = np.where(always, np.inf, np.log(p) - np.log1p(-p))
+        dtype = jnp.float32
+        return cls(jnp.asarray(logits, dtype), jnp.asarray(times, dtype))

@@ -31,13 +31,12 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._brownian import split_key
 from ._levels import Levels
-from ._misc import check_key
+from ._misc import check_key, check_num_steps
 from ._schedules import AbstractSchedule
 from ._solve import DiffusionFn, _solve, check_increments, check_ladder
 
@@ -273,8 +272,7 @@ def mlem_solve_sharded(
             f"by the number of devices on mesh axis {axis_name!r} ({devices}); "
             f"pad the batch to a multiple of {devices}."
         )
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
+    num_steps = check_num_steps(name, num_steps)
     is_array = brownian is not None and not isinstance(brownian, diffrax.AbstractPath)
     if is_array:
         brownian = check_increments(

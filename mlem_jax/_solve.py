@@ -24,7 +24,7 @@ from ._brownian import (
     tree_increment,
 )
 from ._levels import Levels
-from ._misc import check_key, concrete_or_none, time_dtype
+from ._misc import check_key, check_num_steps, concrete_or_none, time_dtype
 from ._schedules import AbstractSchedule
 from ._step import check_drift_tree, level_draws, level_value, mlem_drift
 
@@ -249,11 +249,7 @@ def _solve(
     checkpoint,
     shard: Any = None,
 ):
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
-    num_steps = int(num_steps)
-    if num_steps <= 0:
-        raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
+    num_steps = check_num_steps(name, num_steps)
     if not (isinstance(checkpoint, bool) or checkpoint == "sqrt"):
         raise ValueError(
             f'{name}: `checkpoint` must be True, False or "sqrt"; got {checkpoint!r}.'

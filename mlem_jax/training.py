@@ -17,7 +17,6 @@ import functools
 import io
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._env import versions
+from ._io import atomic_write as atomic_write, write_json as _write_json
 from .diffusion import VPSDE, distillation_loss, drift_flops, dsm_loss, reverse_drift
 from .nn import UNet, count_params
 
@@ -121,33 +122,6 @@ class TrainResult(eqx.Module):
     model: Any
     raw_model: Any
     losses: Float[Array, " steps"]
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode="wb"):
-    """Write a file atomically: `write(f)` into a temporary file in the same folder,
-    flush and fsync it, then `os.replace` it onto `path`. A reader (or a crash) never
-    sees a half-written file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shipped files private
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_json(path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
 
 
 def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -372,21 +346,6 @@ def _eval_loss(sde, model, data, key, batch_size=256, batches=4, teacher=None) -
     return total / batches
 
 
-def _versions() -> dict[str, str]:
-    import diffrax
-
-    out = {"python": platform.python_version(), "jax": jax.__version__}
-    for mod, name in ((eqx, "equinox"), (optax, "optax"), (diffrax, "diffrax")):
-        out[name] = getattr(mod, "__version__", "unknown")
-    try:
-        from importlib.metadata import version
-
-        out["mlem_jax"] = version("mlem_jax")
-    except Exception:
-        out["mlem_jax"] = "unknown"
-    return out
-
-
 def _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset):
     """The part of the manifest that must match for a resume to be valid."""
     return {
@@ -484,7 +443,7 @@ def train_ladder(
         manifest = {
             "format_version": FORMAT_VERSION,
             "spec": spec,
-            "versions": _versions(),
+            "versions": versions(),
             "num_train_images": int(data.shape[0]),
             "levels": [],
         }
@@ -752,7 +711,7 @@ def distill_ladder(
                 "different source or with different arguments; use a new directory."
             )
     else:
-        out = dict(manifest, distillation=record, versions=_versions())
+        out = dict(manifest, distillation=record, versions=versions())
         out["levels"] = [dict(lv) for lv in manifest["levels"]]
         _write_json(manifest_path, out)
     teacher = models[-1]

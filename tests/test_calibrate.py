@@ -367,7 +367,7 @@ def test_time_in_scan_bad_input_and_result():
     f = lambda t, y, args: jnp.tanh(y)
     seconds = mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), num_steps=4, repeats=2)
     assert np.isfinite(seconds) and seconds > 0
-    with pytest.raises(ValueError, match="`num_steps` must be a positive int"):
+    with pytest.raises(ValueError, match="time_in_scan: `num_steps` must be positive"):
         mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), num_steps=0)
     with pytest.raises(ValueError, match="`repeats` must be a positive int"):
         mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), repeats=0)
@@ -443,7 +443,7 @@ def test_restrict_and_choose_levels_bad_input(calibration):
 def test_cli_level_schedule_falls_back_to_every_level_without_pairs(
     calibration, capsys
 ):
-    from mlem_jax._commands import level_schedule
+    from mlem_jax.cli import level_schedule
 
     used, schedule = level_schedule(calibration, 64, 20.0, 0.0, levels="auto")
     assert used[-1] == 3 and schedule.num_levels == len(used)
@@ -451,3 +451,61 @@ def test_cli_level_schedule_falls_back_to_every_level_without_pairs(
     used, schedule = level_schedule(stored, 64, 20.0, 0.0, levels="auto")
     assert used == (0, 1, 2, 3) and schedule.num_levels == 4
     assert "cannot price ladders that skip levels" in capsys.readouterr().err
+
+
+def _assert_same_calibration(a, b):
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, np.ndarray):
+            assert isinstance(y, np.ndarray) and y.dtype == x.dtype, field.name
+            np.testing.assert_array_equal(x, y, err_msg=field.name)
+        elif isinstance(x, float) and math.isnan(x):
+            assert math.isnan(y), field.name
+        else:
+            assert x == y and type(x) is type(y), (field.name, x, y)
+
+
+def test_json_round_trip_keeps_every_field(calibration):
+    timed = calibration.with_seconds((0.5, 0.8, 2.0, 5.0))
+    grid = np.linspace(timed.t0, timed.t1, timed.num_steps + 1) ** 1.5
+    gridded = dataclasses.replace(timed, grid=grid, warnings=("a", "b"))
+    for cal in (calibration, timed, gridded):
+        back = mj.Calibration.from_json(cal.to_json())
+        _assert_same_calibration(cal, back)
+        # The same schedule and prediction from the copy as from the original.
+        a = cal.schedule(budget=20 * cal.costs[-1], num_steps=64)
+        b = back.schedule(budget=20 * back.costs[-1], num_steps=64)
+        np.testing.assert_array_equal(a.rates, b.rates)
+
+
+def test_json_of_older_calibrations_without_pairs_or_grid(calibration):
+    import json
+
+    fields = json.loads(calibration.to_json())
+    del fields["pair_variances"], fields["grid"]
+    back = mj.Calibration.from_json(json.dumps(fields))
+    assert back.pair_variances is None and back.grid is None
+    np.testing.assert_array_equal(back.variances, calibration.variances)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{not json", "JSONDecodeError"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"times": [0, 1]}', "KeyError: 'variances'"),
+    ],
+)
+def test_from_json_refuses_bad_text_with_a_reason(text, words):
+    with pytest.raises(ValueError, match="not a valid calibration") as e:
+        mj.Calibration.from_json(text)
+    assert words in str(e.value)
+
+
+def test_from_json_refuses_an_unknown_field(calibration):
+    import json
+
+    fields = json.loads(calibration.to_json())
+    fields["colour"] = "blue"
+    with pytest.raises(ValueError, match="colour"):
+        mj.Calibration.from_json(json.dumps(fields))

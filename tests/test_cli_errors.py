@@ -100,7 +100,6 @@ def test_damaged_ladder_is_named_by_every_command(
     for argv in (
         ["sample", "--out", str(out / "s.png"), "--steps", "8", "--num", "4"],
         ["demo", "--out", str(out), "--no-progress"],
-        ["bench", "--out", str(out), "--quick"],
         ["distill", "--out", str(out), "--no-progress"],
     ):
         err = _refused([*argv, "--ladder", path], capsys, tmp_path)
@@ -119,8 +118,6 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
         (["sample", "--out", str(a_file / "x.png")], "is a file, not a folder"),
         (["sample", "--out", "/proc/mlem-x.png"], "cannot write '/proc/mlem-x.png'"),
         (["demo", "--out", str(a_file)], "exists and is not a folder"),
-        (["bench", "--out", str(a_file)], "exists and is not a folder"),
-        (["bench", "--out", str(a_file), "--ladder", "shipped", "--quick"], "folder"),
         (["train", "--out", "/proc/mlem-x"], "--out: cannot write into '/proc/"),
         (["train", "--out", str(a_file / "x")], "--out: cannot write into"),
         (["distill", "--out", str(a_file)], "--out: .* exists and is not a folder"),
@@ -261,11 +258,12 @@ def test_ctrl_c_during_train_prints_one_line_with_the_resume_command(
     assert "resume with: mlem-jax distill" in capsys.readouterr().err
 
 
-def test_quick_bench_is_described_truthfully(capsys):
-    with pytest.raises(SystemExit):
-        main(["bench", "--help"])
-    help_text = " ".join(capsys.readouterr().out.split())
-    assert "with --ladder several minutes" in help_text
+def test_the_removed_bench_command_points_to_its_script(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--gamma", "3", "--quick"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "python benchmarks/cost_error.py" in err and "removed" in err
 
 
 # --------------------------------------------------------------------------- fuzz
@@ -332,7 +330,8 @@ def test_damaged_shipped_calibration_falls_back_to_pilots(monkeypatch, capsys):
     import jax
 
     import mlem_jax.pretrained as pretrained
-    from mlem_jax._commands import ladder_calibration, load_ladder_levels
+    from mlem_jax.cli import ladder_calibration
+    from mlem_jax.pretrained import load_ladder_levels
 
     def broken(path):
         raise ValueError(f"{path!r} is not a valid calibration (JSONDecodeError: x).")

@@ -1,4 +1,4 @@
-"""The `sample`, `bench` and `demo` commands of `mlem-jax` (mlem_jax._commands).
+"""The `sample` and `demo` commands of `mlem-jax` (mlem_jax.cli).
 
 Commands run in-process through `main([...])` so that compiled solves are shared.
 """
@@ -15,7 +15,7 @@ from mlem_jax.__main__ import main
 GRID_SIDE = 67
 
 
-@pytest.mark.parametrize("command", ["train", "distill", "sample", "bench", "demo"])
+@pytest.mark.parametrize("command", ["train", "distill", "sample", "demo"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -44,8 +44,6 @@ def test_help(command, capsys):
         (["demo", "--min-probability", "1.5"], "--min-probability"),
         (["distill", "--ladder", "/nonexistent/ladder", "--out", "x"], "--ladder"),
         (["distill", "--out", "x", "--steps", "0"], "--steps"),
-        (["bench", "--gamma", "0"], "--gamma"),
-        (["bench", "--ladder", "/nonexistent/ladder"], "--ladder"),
         (["train", "--dataset", "cifar", "--out", "x"], "--dataset"),
         (["nonsense"], "nonsense"),
     ],

@@ -1,7 +1,7 @@
 """The package's layers: the method (`mlem_jax`), the diffusion application on top of
-it, the benchmark harness, then the CLI. Each imports only from its own layer and the
-ones below, no module imports itself through a cycle, and `import mlem_jax` loads the
-method alone."""
+it, then the CLI; the benchmark harness lives outside the package, in `benchmarks/`.
+Each imports only from its own layer and the ones below, no module imports itself
+through a cycle, and `import mlem_jax` loads the method alone."""
 
 import ast
 import pathlib
@@ -14,17 +14,15 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mlem_jax"
 
 # Highest layer first; a module not named here belongs to the method (layer 0).
 LAYERS = {
-    "mlem_jax.cli": 3,
-    "mlem_jax._commands": 3,
-    "mlem_jax.__main__": 3,
-    "mlem_jax.benchmarking": 2,
+    "mlem_jax.cli": 2,
+    "mlem_jax.__main__": 2,
     "mlem_jax.data": 1,
     "mlem_jax.nn": 1,
     "mlem_jax.diffusion": 1,
     "mlem_jax.training": 1,
     "mlem_jax.pretrained": 1,
 }
-LAYER_NAMES = ("method", "application", "benchmark harness", "CLI")
+LAYER_NAMES = ("method", "application", "CLI")
 
 
 def _layer(module: str) -> int:
@@ -128,23 +126,28 @@ def test_no_import_cycle():
             visit(module)
 
 
+def test_the_benchmark_harness_is_not_installed():
+    assert not (PACKAGE / "benchmarking.py").exists()
+    assert (PACKAGE.parent / "benchmarks" / "_harness.py").exists()
+
+
 def test_graph_sees_known_imports():
     # The checks above mean something only if the parser finds real imports.
     graph = _graph()
     assert "mlem_jax._step" in graph["mlem_jax._solve"]
     assert "mlem_jax.nn" in graph["mlem_jax.training"]
-    assert "mlem_jax.pretrained" in graph["mlem_jax._commands"]
+    assert "mlem_jax.pretrained" in graph["mlem_jax.cli._common"]
     assert _layer("mlem_jax.diffusion._samplers") == 1
     # A higher layer importing a lower one is fine; the reverse would be flagged.
-    assert _layer("mlem_jax._commands") > _layer("mlem_jax.diffusion") > 0
+    assert _layer("mlem_jax.cli._sample") > _layer("mlem_jax.diffusion") > 0
 
 
 def test_import_mlem_jax_loads_the_method_only():
     code = (
         "import sys, mlem_jax\n"
         "heavy = ('mlem_jax.diffusion', 'mlem_jax.nn', 'mlem_jax.training', "
-        "'mlem_jax.data', 'mlem_jax.pretrained', 'mlem_jax.benchmarking', "
-        "'mlem_jax._commands', 'PIL', 'optax', 'matplotlib', 'sklearn')\n"
+        "'mlem_jax.data', 'mlem_jax.pretrained', "
+        "'mlem_jax.cli', 'PIL', 'optax', 'matplotlib', 'sklearn')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
         "mlem_jax.diffusion.VPSDE\n"  # still reachable, loaded on first access
         "print('diffusion' in dir(mlem_jax), 'mlem_jax.diffusion' in sys.modules)\n"

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -112,3 +113,32 @@ def test_rates_scale():
 def test_rates_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         mj.Rates(**kwargs)
+
+
+def test_always_fires_is_abstract_every_schedule_implements_it():
+    # Equinox's abstract-or-final pattern: no default for subclasses to extend.
+    class Partial(mj.AbstractSchedule):
+        @property
+        def num_levels(self):
+            return 2
+
+        def probabilities(self, t, h):
+            return jnp.ones(2)
+
+    with pytest.raises(TypeError, match="always_fires"):
+        Partial()
+    assert mj.LogitProbabilities is mj._schedules.LogitProbabilities
+    schedules = [
+        mj.FixedProbabilities(jnp.array([1.0, 0.5])),
+        mj.Rates(jnp.array([jnp.inf, 2.0])),
+        mj.LogitProbabilities(jnp.array([jnp.inf, 0.0])),
+    ]
+    for schedule in schedules:
+        assert schedule.always_fires(0.1) == (True, False)
+
+        @jax.jit
+        def traced(s):  # arrays unknown before tracing: no level claimed
+            assert s.always_fires(0.1) == (False, False)
+            return s.probabilities(0.0, 0.1)
+
+        traced(schedule)

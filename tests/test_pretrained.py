@@ -13,9 +13,9 @@ from mlem_jax.pretrained import (
     load_calibration,
     load_ladder,
     pretrained_path,
+    save_calibration,
 )
 from mlem_jax.training import sde_from_manifest
-
 
 # name -> (size limit in bytes, least FLOPs span from the cheapest to the top level)
 SHIPPED = {"digits": (4e6, 8), "digits_wide": (5e6, 100)}
@@ -86,3 +86,40 @@ def test_shipped_calibration_gives_schedules_at_a_budget():
     # More budget buys less added variance.
     assert rich["error"] < cheap["error"]
     assert load_calibration(os.path.join(pretrained_path(), "missing.json")) is None
+
+
+def test_shipped_calibration_reads_as_it_always_has(tmp_path):
+    # `load_calibration` reads through `Calibration.from_json`; the shipped file must
+    # give the fields the loader gave before (arrays as float64, tuples, no grid),
+    # and `save_calibration` must write back the same values.
+    import json
+
+    from mlem_jax import Calibration
+
+    path = os.path.join(pretrained_path(), CALIBRATION)
+    cal = load_calibration(path)
+    with open(path) as f:
+        fields = json.load(f)
+    for name in ("times", "variances", "sensitivity", "drift_errors"):
+        fields[name] = np.asarray(fields[name], np.float64)
+    fields["pair_variances"] = np.asarray(fields["pair_variances"], np.float64)
+    for name in ("costs", "warnings"):
+        fields[name] = tuple(fields[name])
+    before = Calibration(**fields)
+    assert cal is not None and cal.grid is None and before.grid is None
+    for name, value in vars(before).items():
+        np.testing.assert_array_equal(getattr(cal, name), value, err_msg=name)
+    save_calibration(
+        cal.with_seconds([1.0] * cal.num_levels), tmp_path / "c.json", cal.costs
+    )
+    again = load_calibration(tmp_path / "c.json")
+    assert again is not None and again.seconds is None and again.costs == cal.costs
+    np.testing.assert_array_equal(again.pair_variances, cal.pair_variances)
+
+
+def test_a_damaged_calibration_file_is_named_with_the_fix(tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text('{"times": [0, 1]}')
+    with pytest.raises(ValueError, match="KeyError") as e:
+        load_calibration(path)
+    assert str(path) in str(e.value) and "calibrate_shipped" in str(e.value)

@@ -144,10 +144,10 @@ def _parser():
     ],
 )
 def test_sample_devices_choice(monkeypatch, local, devices, num, expected):
-    from mlem_jax import _commands
+    from mlem_jax.cli import _sample
 
-    monkeypatch.setattr(_commands.jax, "local_device_count", lambda: local)
-    n, note = _commands.sample_devices(_parser(), devices, num)
+    monkeypatch.setattr(_sample.jax, "local_device_count", lambda: local)
+    n, note = _sample.sample_devices(_parser(), devices, num)
     assert n == expected[0]
     assert (note is None) == (expected[1] is None)
     if note is not None:
@@ -162,11 +162,11 @@ def test_sample_devices_choice(monkeypatch, local, devices, num, expected):
     ],
 )
 def test_sample_devices_errors(monkeypatch, capsys, local, devices, num, words):
-    from mlem_jax import _commands
+    from mlem_jax.cli import _sample
 
-    monkeypatch.setattr(_commands.jax, "local_device_count", lambda: local)
+    monkeypatch.setattr(_sample.jax, "local_device_count", lambda: local)
     with pytest.raises(SystemExit):
-        _commands.sample_devices(_parser(), devices, num)
+        _sample.sample_devices(_parser(), devices, num)
     err = capsys.readouterr().err
     for word in words:
         assert word in err, (word, err)
@@ -175,10 +175,10 @@ def test_sample_devices_errors(monkeypatch, capsys, local, devices, num, words):
 def test_devices_argument_parses_all_or_a_positive_int():
     import argparse
 
-    from mlem_jax._commands import _devices
+    from mlem_jax.cli._sample import parse_devices
 
-    assert _devices("all") == "all" and _devices("ALL") == "all"
-    assert _devices("4") == 4
+    assert parse_devices("all") == "all" and parse_devices("ALL") == "all"
+    assert parse_devices("4") == 4
     for bad in ("0", "-2", "two"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected `all` or"):
-            _devices(bad)
+            parse_devices(bad)

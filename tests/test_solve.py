@@ -741,7 +741,7 @@ def test_em_solve_bad_input():
 
 
 def test_brownian_helpers_bad_input():
-    with pytest.raises(ValueError, match="`num_steps` must be a positive int"):
+    with pytest.raises(ValueError, match="`num_steps` must be positive"):
         mj.brownian_increments(jax.random.key(0), (2,), t0=0.0, t1=1.0, num_steps=0)
     with pytest.raises(ValueError, match=r"\(10\) must be divisible by `factor` \(3\)"):
         mj.coarsen_increments(jnp.ones((10, 2)), 3)

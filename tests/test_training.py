@@ -125,19 +125,6 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path, reference):
         mt.load_checkpoint(path, UNet((1, 8, 8), 8, key=jr.key(0), **UNET))
 
 
-def test_atomic_write_never_leaves_a_half_written_file(tmp_path):
-    path = tmp_path / "file.bin"
-    mt.atomic_write(path, lambda f: f.write(b"old"))
-
-    def fails(f):
-        f.write(b"half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        mt.atomic_write(path, fails)
-    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["file.bin"]
-
-
 def test_train_ladder_writes_a_resumable_ladder_directory(tmp_path, data, reference):
     out = tmp_path / "ladder"
     test = mdata.digits(split="test")

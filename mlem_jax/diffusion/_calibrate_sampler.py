@@ -50,7 +50,7 @@ from .._calibrate import (
     with_amplification,
 )
 from .._levels import Levels
-from .._misc import concrete_or_none
+from .._misc import check_num_steps, concrete_or_none
 from .._schedules import FixedProbabilities
 from .._step import check_drift_output
 from ._param import AbstractParametrisation
@@ -115,7 +115,8 @@ def calibrate_sampler(
         raise ValueError(
             f"{name}: `num_bins` must be a positive int; got {num_bins!r}."
         )
-    if isinstance(num_steps, int) and num_steps < num_bins:
+    num_steps = check_num_steps(name, num_steps)
+    if num_steps < num_bins:
         raise ValueError(
             f"{name}: `num_steps` must be at least `num_bins` ({num_bins}); got "
             f"{num_steps}."

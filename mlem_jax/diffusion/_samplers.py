@@ -54,7 +54,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._brownian import split_key, step_increment, step_uniforms
 from .._levels import Levels
-from .._misc import check_key, concrete_or_none
+from .._misc import check_key, check_num_steps, concrete_or_none
 from .._schedules import AbstractSchedule
 from .._solve import SolveInfo, check_increments
 from .._step import check_drift_output, level_draws, mlem_drift
@@ -719,11 +719,7 @@ def _prepare(
         check_prediction("prediction", prediction)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
-    num_steps = int(num_steps)
-    if num_steps <= 0:
-        raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
+    num_steps = check_num_steps(name, num_steps)
     try:
         y0 = jnp.asarray(y0)
     except TypeError as e:

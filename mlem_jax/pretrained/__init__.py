@@ -41,13 +41,11 @@ manifest records each level's held-out distillation loss before and after).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import equinox as eqx
 import jax.random as jr
-import numpy as np
 
 PRETRAINED_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("digits", "digits_wide")
@@ -134,12 +132,42 @@ def load_ladder_levels(path: str | None, batch: int, drift: Any = None) -> Ladde
     )
 
 
+def calibrate_ladder(
+    ladder: Ladder, y0, *, key, pilot_steps: int, num_bins: int, pilot_keys: int
+):
+    """`mlem_jax.calibrate` on a loaded ladder's reverse SDE over the sampling
+    interval (`T0` to `T1`), with the manifest's FLOP costs (nothing measured).
+
+    **Arguments:**
+
+    - `ladder`: from `load_ladder_levels`.
+    - `y0`: the pilots' prior draws, shape `(batch, *ladder.shape)`.
+    - `key`, `pilot_steps`, `num_bins`, `pilot_keys`: `calibrate`'s `key`,
+      `num_steps`, `num_bins` and `pilot_keys`.
+    """
+    from .._calibrate import calibrate
+
+    return calibrate(
+        ladder.levels,
+        ladder.sde.diffusion,
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=pilot_steps,
+        key=key,
+        num_bins=num_bins,
+        pilot_keys=pilot_keys,
+        measure_costs=False,
+    )
+
+
 CALIBRATION = "calibration.json"
 
 
 def save_calibration(cal, path: str | os.PathLike, per_image_costs) -> None:
-    """Write a `mlem_jax.Calibration` as JSON (atomically), with costs per image so it
-    applies to any batch size (rates depend only on cost ratios).
+    """Write a `mlem_jax.Calibration` as JSON (`Calibration.to_json`, atomically),
+    with costs per image so it applies to any batch size (rates depend only on cost
+    ratios) and no measured FLOPs or seconds (they belong to one batch and device).
 
     **Arguments:**
 
@@ -149,24 +177,18 @@ def save_calibration(cal, path: str | os.PathLike, per_image_costs) -> None:
     """
     import dataclasses
 
-    from ..training import atomic_write
+    from .._io import atomic_write
 
-    fields = {}
-    for field in dataclasses.fields(cal):
-        value = getattr(cal, field.name)
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, tuple):
-            value = list(value)
-        fields[field.name] = value
-    fields["costs"] = [float(c) for c in per_image_costs]
-    fields["flops"] = fields["seconds"] = None
-    text = json.dumps(fields, indent=2) + "\n"
+    stored = dataclasses.replace(
+        cal, costs=tuple(float(c) for c in per_image_costs), flops=None, seconds=None
+    )
+    text = stored.to_json() + "\n"
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def load_calibration(path: str | os.PathLike):
-    """Read a `mlem_jax.Calibration` written by `save_calibration` (costs per image).
+    """Read a `mlem_jax.Calibration` written by `save_calibration` (costs per image;
+    `Calibration.from_json`).
 
     **Returns:** the `Calibration`, or `None` if `path` does not exist.
     """
@@ -176,20 +198,18 @@ def load_calibration(path: str | os.PathLike):
         return None
     try:
         with open(path) as f:
-            fields = json.load(f)
-        for name in ("times", "variances", "sensitivity", "drift_errors"):
-            fields[name] = np.asarray(fields[name], np.float64)
-        if fields.get("pair_variances") is not None:
-            fields["pair_variances"] = np.asarray(fields["pair_variances"], np.float64)
-        for name in ("costs", "warnings"):
-            fields[name] = tuple(fields[name])
-        return Calibration(**fields)
-    except Exception as e:  # bad JSON, a missing field, a field of the wrong type
-        raise ValueError(
-            f"{os.fspath(path)!r} is not a valid calibration ({type(e).__name__}: "
-            f"{e}); delete it (the calibration pilots then run instead) or rewrite it "
-            "with `mlem_jax.pretrained.calibrate_shipped()`."
-        ) from None
+            text = f.read()
+    except (OSError, ValueError) as e:  # unreadable, or not text
+        problem = f"not a valid calibration ({type(e).__name__}: {e})"
+    else:
+        try:
+            return Calibration.from_json(text)
+        except ValueError as e:
+            problem = str(e)
+    raise ValueError(
+        f"{os.fspath(path)!r} is {problem}; delete it (the calibration pilots then "
+        "run instead) or rewrite it with `mlem_jax.pretrained.calibrate_shipped()`."
+    )
 
 
 def calibrate_shipped(
@@ -200,23 +220,12 @@ def calibrate_shipped(
 
         python -c "from mlem_jax.pretrained import calibrate_shipped; calibrate_shipped()"
     """
-    from .._calibrate import calibrate
-
     path = pretrained_path(name)
     ladder = load_ladder_levels(path, batch)
     k_y0, k_cal = jr.split(jr.key(seed))
     y0 = ladder.sde.prior_sample(k_y0, (batch, *ladder.shape))
-    cal = calibrate(
-        ladder.levels,
-        ladder.sde.diffusion,
-        y0,
-        t0=T0,
-        t1=T1,
-        num_steps=pilot_steps,
-        key=k_cal,
-        num_bins=8,
-        pilot_keys=8,
-        measure_costs=False,
+    cal = calibrate_ladder(
+        ladder, y0, key=k_cal, pilot_steps=pilot_steps, num_bins=8, pilot_keys=8
     )
     print(cal)
     save_calibration(cal, os.path.join(path, CALIBRATION), ladder.flops_per_image)

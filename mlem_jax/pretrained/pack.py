@@ -9,7 +9,6 @@ written atomically.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -17,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._io import atomic_write, write_json
 from . import load_ladder
 
 
@@ -34,7 +34,7 @@ def pack(src: str, dest: str) -> None:
     - `src`: a ladder directory written by `mlem-jax train`.
     - `dest`: the directory to write (created if needed).
     """
-    from ..training import MANIFEST, atomic_write
+    from ..training import MANIFEST
 
     models, manifest = load_ladder(src)
     os.makedirs(dest, exist_ok=True)
@@ -45,8 +45,7 @@ def pack(src: str, dest: str) -> None:
             lambda f, half=half: eqx.tree_serialise_leaves(f, half),
         )
     manifest = dict(manifest, weights_dtype="float16")
-    text = json.dumps(manifest, indent=2) + "\n"
-    atomic_write(os.path.join(dest, MANIFEST), lambda f: f.write(text), mode="w")
+    write_json(os.path.join(dest, MANIFEST), manifest)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ and wall-clock. The "best EM" frontier is the cheapest Euler–Maruyama run, ove
 level and step count, reaching each error; ML-EM's frontier likewise over truncated
 ladders (levels 1..j), calibrated targets and step counts.
 
-Used by `benchmarks/cost_error.py` and `mlem-jax bench`.
+The benchmark scripts' harness (`cost_error.py`, `wall_clock.py`, `samplers.py`, ...);
+it sits beside them, outside the installed package, and imports `mlem_jax` like any
+user would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,12 +26,18 @@ import jax.numpy as jnp
 import lineax
 import numpy as np
 
-from ._brownian import coarsen_increments
-from ._calibrate import calibrate
-from ._cost import count_flops, time_in_scan
-from ._levels import Levels
-from ._solve import em_solve, mlem_solve
-from .pretrained import MIN_PROBABILITY
+from mlem_jax import (
+    Levels,
+    calibrate,
+    coarsen_increments,
+    count_flops,
+    em_solve,
+    mlem_solve,
+    time_in_scan,
+)
+from mlem_jax._cost import fit_cost_exponent, timed_run as _timed
+from mlem_jax.diffusion import strong_error
+from mlem_jax.pretrained import MIN_PROBABILITY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +94,7 @@ def synthetic_problem(
     the regime diffusion-model samplers live in, where the paper's speedup comes
     from. With `κ = 1` the same ladder needs so few steps that no method can gain
     much over the others at the errors reachable on a CPU."""
-    from .synthetic import random_feature_hierarchy
+    from mlem_jax.synthetic import random_feature_hierarchy
 
     key = jax.random.key(seed)
     levels, reference = random_feature_hierarchy(
@@ -115,17 +122,7 @@ def synthetic_problem(
 
 
 def _rms(y, ref) -> float:
-    d = (y - ref).reshape(y.shape[0], -1)
-    return float(jnp.sqrt(jnp.mean(jnp.sum(d**2, axis=1))))
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Result of `fn()` and its wall-clock, timed on a second call (the first
-    compiles)."""
-    jax.block_until_ready(fn())
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - start
+    return float(strong_error(y, ref))
 
 
 def pareto_frontier(points: Sequence[dict]) -> list[dict]:
@@ -142,16 +139,8 @@ def pareto_frontier(points: Sequence[dict]) -> list[dict]:
 def fit_exponent(points: Sequence[dict]) -> tuple[float, float]:
     """`(exponent, stderr)` of `cost ∝ error^{−exponent}` by least squares in log–log
     (`nan` with too few points)."""
-    if len(points) < 2:
-        return math.nan, math.nan
-    x = np.log([p["error"] for p in points])
-    y = np.log([p["cost"] for p in points])
-    slope, intercept = np.polyfit(x, y, 1)
-    if len(points) < 3:
-        return float(-slope), math.nan
-    resid = y - (slope * x + intercept)
-    stderr = math.sqrt(resid @ resid / (len(x) - 2) / np.sum((x - x.mean()) ** 2))
-    return float(-slope), float(stderr)
+    fit = fit_cost_exponent([p["error"] for p in points], [p["cost"] for p in points])
+    return fit.exponent, fit.stderr
 
 
 def cost_to_reach(points: Sequence[dict], error: float) -> float:
@@ -236,8 +225,8 @@ def ladder_problem(
     VP-SDE from `t = 1` to `1e-3`, the top level as the reference drift, level costs
     the networks' FLOPs for one batch, prior samples (`seed`) as `y0`.
     """
-    from .diffusion import ProbabilityFlowDrift, ReverseDrift
-    from .pretrained import T0, T1, load_ladder_levels
+    from mlem_jax.diffusion import ProbabilityFlowDrift, ReverseDrift
+    from mlem_jax.pretrained import T0, T1, load_ladder_levels
 
     ladder = load_ladder_levels(
         path, batch, ProbabilityFlowDrift if ode else ReverseDrift
@@ -516,6 +505,9 @@ def run_cost_error(
                     continue
                 pred = cal.predict(schedule, n)  # cost in FLOPs, as the runs'
 
+                # Known collision: j * 1000 + n repeats across levels once n >= 1000
+                # (j = 1, n = 1024 and j = 2, n = 24 would share keys). Left as is: a new
+                # layout would change every stored result under benchmarks/results/.
                 keys = jax.random.split(
                     jax.random.fold_in(level_key, j * 1000 + n), level_keys
                 )
@@ -688,7 +680,7 @@ def _matched_speedups(runs: Sequence[dict], unit: str) -> list[dict]:
 
 def speedup_lines(result: dict) -> list[str]:
     """ML-EM's matched-error speedups over the best Euler–Maruyama, each line saying
-    its criterion (which error, which cost): what `mlem-jax bench` prints and its
+    its criterion (which error, which cost): what `cost_error.py` prints and its
     plot's title shows."""
     lines = []
     for key, where in (
@@ -707,12 +699,11 @@ def speedup_lines(result: dict) -> list[str]:
 
 def plot_cost_error(result: dict, path: str) -> None:
     """A log–log cost–error plot of `result` (from `run_cost_error`) as a PNG."""
-    import matplotlib
+    # A bare `Figure` renders to files with no pyplot state and no GUI backend.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    fig = Figure(figsize=(7, 5), dpi=120)
+    ax = fig.subplots()
     runs = result["runs"]
     styles = {
         "em": ("tab:blue", "o", "Euler–Maruyama (best over levels)"),
@@ -757,4 +748,3 @@ def plot_cost_error(result: dict, path: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

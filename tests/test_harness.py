@@ -1,11 +1,15 @@
-"""The benchmark's bookkeeping: frontiers, exponent fits, matched-error costs."""
+"""The benchmark harness's bookkeeping (`benchmarks/_harness.py`, outside the
+package): frontiers, exponent fits, matched-error costs."""
 
 import math
+import pathlib
+import sys
 
 import numpy as np
 import pytest
 
-from mlem_jax.benchmarking import cost_to_reach, fit_exponent, pareto_frontier
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+from _harness import cost_to_reach, fit_exponent, pareto_frontier  # noqa: E402
 
 
 def test_pareto_frontier_keeps_only_unbeaten_runs():
@@ -46,7 +50,7 @@ def test_cost_to_reach_is_the_cheapest_run_below_the_error():
 
 
 def test_summarise_leaves_diverged_runs_out_of_frontiers_and_speedups():
-    from mlem_jax.benchmarking import speedup_lines, summarise
+    from _harness import speedup_lines, summarise
 
     cal = dict(
         target_added_error=1.0,
@@ -117,7 +121,7 @@ def test_summarise_leaves_diverged_runs_out_of_frontiers_and_speedups():
 
 
 def test_run_cost_error_match_em_steps_must_be_em_steps():
-    from mlem_jax.benchmarking import run_cost_error, synthetic_problem
+    from _harness import run_cost_error, synthetic_problem
 
     problem = synthetic_problem(3.0, num_levels=2, growth=4, batch=2)
     with pytest.raises(ValueError, match="`match_em_steps` must be among `em_steps`"):
@@ -125,7 +129,7 @@ def test_run_cost_error_match_em_steps_must_be_em_steps():
 
 
 def test_exponents_are_also_fitted_above_the_ladder_floor():
-    from mlem_jax.benchmarking import summarise
+    from _harness import summarise
 
     # EM on a power law cost = error^-4 down to 0.25, then the top level's run that
     # reaches its floor 0.1 at a disproportionate cost (the ladder's, not EM's).

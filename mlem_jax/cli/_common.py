@@ -1,0 +1,233 @@
+"""What the commands of the `mlem-jax` CLI share: argument types, the checks made
+before any compute (a readable ladder, writable outputs, enough memory), ladder
+loading, warnings and the Ctrl-C message of the training commands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..pretrained import Ladder, load_ladder_levels
+
+# --------------------------------------------------------------------------- types
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _parse_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _parse_float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _parse_int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = _parse_float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = _parse_int(text)
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer between -2**63 and 2**63 - 1, got {value}"
+        )
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = _parse_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = _parse_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"probabilities must lie in (0, 1], got {value}"
+        )
+    return value
+
+
+def comma_list(convert: Callable[[str], Any]) -> Callable[[str], tuple]:
+    """An argument type: comma-separated values, each read by `convert`."""
+
+    def parse(text: str) -> tuple:
+        items = [v for v in text.replace(" ", "").split(",") if v]
+        if not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list, got {text!r}"
+            )
+        return tuple(convert(v) for v in items)
+
+    return parse
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 8,16,32, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+# ------------------------------------------------------------------------ ladders
+
+
+def check_ladder(parser: argparse.ArgumentParser, path: str | None) -> None:
+    """Refuse a `--ladder` that is not a readable ladder (manifest and weight files
+    present and well formed), before any work."""
+    from ..training import read_manifest
+
+    if path is None:
+        return
+    try:
+        read_manifest(path)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(f"--ladder: {str(e).replace('`path`: ', '')}")
+
+
+def load_ladder(
+    parser: argparse.ArgumentParser, path: str | None, batch: int
+) -> Ladder:
+    """`load_ladder_levels`, a damaged ladder (truncated weights, say) being a usage
+    error that names the bad file."""
+    try:
+        return load_ladder_levels(path, batch)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(f"--ladder: {str(e).replace('`path`: ', '')}")
+
+
+# ------------------------------------------------------------------------ outputs
+
+
+def _unwritable(path: str) -> str | None:
+    """Why a file or folder cannot be created at `path` (its nearest existing
+    ancestor must be a writable folder), or None if it can."""
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe!r} is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".mlem-jax-write-test.")
+    except OSError as e:
+        return f"{probe!r} is not writable ({e.strerror})"
+    os.close(fd)
+    os.remove(tmp)
+    return None
+
+
+def check_output_file(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
+    """Refuse, before any compute, an output file that could not be written."""
+    if os.path.isdir(path):
+        parser.error(f"{flag}: {path!r} is a directory; give a file name")
+    reason = _unwritable(path)
+    if reason:
+        parser.error(f"{flag}: cannot write {path!r}: {reason}")
+
+
+def check_output_dir(
+    parser: argparse.ArgumentParser, flag: str, path: str, files: Sequence[str] = ()
+) -> None:
+    """Refuse, before any compute, an output folder that could not be created or
+    written, or in which one of `files` is a directory."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"{flag}: {path!r} exists and is not a folder")
+    reason = _unwritable(os.path.join(path, "x"))
+    if reason:
+        parser.error(f"{flag}: cannot write into {path!r}: {reason}")
+    for name in files:
+        if os.path.isdir(os.path.join(path, name)):
+            parser.error(f"{flag}: {os.path.join(path, name)!r} is a directory")
+
+
+# ------------------------------------------------------------------------- memory
+
+
+def available_memory() -> float:
+    """Bytes of memory available to a new allocation (Linux `MemAvailable`, else the
+    physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def check_memory(
+    parser: argparse.ArgumentParser, what: str, nbytes: float, advice: str
+) -> None:
+    """Refuse a run whose estimated memory `nbytes` exceeds half of what is
+    available (the rest is the networks, XLA's buffers and the OS)."""
+    available = available_memory()
+    if nbytes > available / 2:
+        parser.error(
+            f"{what} needs about {nbytes / 2**30:.3g} GiB of memory, more than half of "
+            f"the {available / 2**30:.3g} GiB available; {advice}"
+        )
+
+
+# ----------------------------------------------------------------------- messages
+
+
+def warn(message: str) -> None:
+    print(f"mlem-jax: warning: {message}", file=sys.stderr)
+
+
+def interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C during training: one line saying what is kept and how to resume."""
+    command = shlex.join(["mlem-jax", *args.argv])
+    ckpt = os.path.join(args.out, "checkpoints")
+    print(
+        f"\nmlem-jax: interrupted; finished levels are in {args.out} and the "
+        f"current level's last checkpoint in {ckpt}; resume with: {command}",
+        file=sys.stderr,
+    )
+    return 130

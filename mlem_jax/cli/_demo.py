@@ -1,0 +1,416 @@
+"""`mlem-jax demo`: ML-EM against Euler–Maruyama and a single-network sampler on
+one ladder, all on the same prior draws and Brownian paths."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._brownian import brownian_increments, coarsen_increments
+from .._io import write_json
+from ..pretrained import MIN_PROBABILITY, T0, T1, Ladder
+from ._budget import (
+    COSTS,
+    cost_unit,
+    describe_cost,
+    feasible_budget,
+    ladder_calibration,
+    level_schedule,
+    priced_calibration,
+)
+from ._common import (
+    check_ladder,
+    check_memory,
+    check_output_dir,
+    comma_list,
+    load_ladder,
+    positive_float,
+    positive_int,
+    seed,
+    unit_interval,
+    warn,
+)
+from ._demo_report import format_table, matched_cost_lines, plot_demo
+from ._solves import SINGLE_SAMPLER, run_em, run_mlem, run_sampler
+
+
+@jax.jit
+def _sw_distance(x, y, key):
+    from ..diffusion import sliced_wasserstein
+
+    return sliced_wasserstein(x, y, key)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="ML-EM vs Euler–Maruyama on the shipped digits diffusion model",
+        description=(
+            "Load a UNet ladder (default: the shipped digits ladder), draw a "
+            "fine-step reference solve, then run Euler–Maruyama with the top level "
+            "at several step counts and ML-EM with calibrated rates at several "
+            "scales, all on the same Brownian paths. Prints a table and writes a "
+            "sample grid and a log–log cost–error plot."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--ladder", help="ladder directory (default: the shipped digits ladder)"
+    )
+    p.add_argument("--out", default="mlem-jax-demo", help="output folder")
+    p.add_argument("--batch", type=positive_int, default=16, help="images per solve")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument(
+        "--ref-steps", type=positive_int, default=128, help="reference solve steps"
+    )
+    p.add_argument("--em-steps", type=comma_list(positive_int), default=(8, 16, 32, 64))
+    p.add_argument(
+        "--mlem-steps",
+        type=comma_list(positive_int),
+        default=(64,),
+        help="ML-EM step counts (each with every scale)",
+    )
+    p.add_argument(
+        "--scales",
+        type=comma_list(positive_float),
+        default=(1.0, 1.5, 2.0),
+        help="ML-EM budgets, as multiples of --budget",
+    )
+    p.add_argument(
+        "--budget",
+        type=positive_float,
+        default=22.0,
+        help="cost of the scale-1 ML-EM schedule, in top-level evaluations (of "
+        "seconds or FLOPs, as --cost says)",
+    )
+    p.add_argument(
+        "--cost",
+        choices=COSTS,
+        default="seconds",
+        help="what ML-EM's calibrated rates minimise and its budgets count: seconds "
+        "measured here per level on this batch, or FLOPs",
+    )
+    p.add_argument(
+        "--levels",
+        choices=("auto", "all"),
+        default="auto",
+        help="ML-EM over every level, or over the sub-ladder "
+        "`Calibration.choose_levels` picks for each budget",
+    )
+    p.add_argument(
+        "--level-keys",
+        type=positive_int,
+        default=4,
+        help="ML-EM solves per budget (level draws are shared by the batch, so one "
+        "solve's error varies a lot): errors are RMS over them, costs means",
+    )
+    p.add_argument(
+        "--min-probability",
+        type=unit_interval,
+        default=MIN_PROBABILITY,
+        help="floor on every level's firing probability per step (guards the "
+        "stiff end of the reverse SDE against blown-up corrections)",
+    )
+    p.add_argument(
+        "--pilot-steps", type=positive_int, default=32, help="calibration pilot steps"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run, parser=p)
+
+
+def _distance_data(ladder: Ladder, limit: int = 512):
+    from ..data import load_dataset
+
+    spec = ladder.dataset
+    try:
+        data = load_dataset(spec["name"], split="test", **spec.get("kwargs", {}))
+    except Exception:  # a folder dataset that moved, say: no distance column
+        return None
+    return jnp.asarray(data[:limit])
+
+
+def run_demo(
+    ladder: Ladder,
+    *,
+    batch: int,
+    seed: int,
+    ref_steps: int,
+    em_steps: Sequence[int],
+    mlem_steps: Sequence[int],
+    scales: Sequence[float],
+    budget: float,
+    min_probability: float = MIN_PROBABILITY,
+    level_keys: int = 4,
+    pilot_steps: int,
+    path: str | None = None,
+    progress: bool = True,
+    calibration=None,
+    cost: str = "seconds",
+    levels: str = "auto",
+) -> dict:
+    """The demo's measurements: one dict per run (method, steps, evaluations, cost,
+    FLOPs, seconds, strong error, sliced-Wasserstein distance) plus the samples.
+
+    All runs share one Brownian path per image (coarsened from the reference's
+    increments) and the same prior draws `y0`. `calibration`: the ladder's
+    calibration if already made (`demo_calibration`, priced for `cost`), else it is
+    made here. `cost`: what ML-EM's rates minimise and its budgets count, `"seconds"`
+    or `"flops"`. `levels`: `"auto"` (each budget on the sub-ladder
+    `Calibration.choose_levels` picks) or `"all"`.
+    """
+    from tqdm.auto import tqdm
+
+    from ..diffusion import strong_error
+
+    key = jax.random.key(seed)
+    k_y0, k_path, k_cal, k_level, k_sw = jax.random.split(key, 5)
+    shape = (batch, *ladder.shape)
+    y0 = ladder.sde.prior_sample(k_y0, shape)
+    fine = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=ref_steps)
+    held_out = _distance_data(ladder)
+    top = ladder.levels.costs[-1]
+    total = 2 + 2 * len(em_steps) + len(scales) * len(mlem_steps)
+    bar = tqdm(total=total, desc="mlem-jax demo", disable=not progress, unit="solve")
+    runs: list[dict] = []
+    samples: dict[str, np.ndarray] = {}
+
+    def record(method, steps, x, evaluations, secs, label, repeats=None, **extra):
+        # `repeats`: more solves of the same configuration (other level keys); the
+        # error is then the RMS over all of them, evaluations, cost and seconds
+        # their means.
+        xs = [x] + [r[0] for r in repeats or []]
+        evaluations = np.asarray(  # one mean count per level
+            np.mean(
+                [evaluations] + [r[1] for r in repeats or []], axis=0, dtype=np.float64
+            )
+        )
+        secs = float(np.mean([secs] + [r[2] for r in repeats or []]))
+        flops = float(np.dot(evaluations, ladder.levels.costs))
+        err = (
+            math.sqrt(np.mean([float(strong_error(z, y_ref)) ** 2 for z in xs]))
+            if method != "reference"
+            else 0.0
+        )
+        sw = (
+            float(_sw_distance(x, held_out, k_sw)) if held_out is not None else math.nan
+        )
+        runs.append(
+            dict(
+                method=method,
+                label=label,
+                steps=steps,
+                evaluations=[
+                    int(e) if float(e).is_integer() else round(float(e), 2)
+                    for e in evaluations
+                ],
+                level_keys=len(xs),
+                top_equivalent=flops / top,
+                flops=flops,
+                seconds=secs,
+                strong_error=err,
+                distance=sw,
+                **extra,
+            )
+        )
+        samples[label] = np.asarray(x)
+
+    bar.set_postfix_str("reference")
+    y_ref, info, secs = run_em(ladder, y0, fine, k_level, ref_steps)
+    k = ladder.levels.num_levels
+    evals = [0] * (k - 1) + [int(info.evaluations[0])]
+    record("reference", ref_steps, y_ref, evals, secs, "reference")
+    bar.update()
+    for n in em_steps:
+        bar.set_postfix_str(f"EM {n} steps")
+        x, info, secs = run_em(
+            ladder, y0, coarsen_increments(fine, ref_steps // n), k_level, n
+        )
+        record("em", n, x, [0] * (k - 1) + [int(info.evaluations[0])], secs, f"EM {n}")
+        bar.update()
+    for n in em_steps:
+        # The single-network sampler a user would pick, on the same path.
+        bar.set_postfix_str(f"{SINGLE_SAMPLER} {n} steps")
+        x, info, secs = run_sampler(
+            ladder, y0, coarsen_increments(fine, ref_steps // n), n
+        )
+        evals = [0] * (k - 1) + [int(info.evaluations[0])]
+        record("sampler", n, x, evals, secs, f"SDE-DPM {n}", sampler=SINGLE_SAMPLER)
+        bar.update()
+    bar.set_postfix_str("calibrate")
+    cal = calibration
+    if cal is None:
+        cal = ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
+        cal = priced_calibration(cal, ladder, y0, cost)
+    bar.update()
+    unit = cost_unit(cost)
+    for n in mlem_steps:
+        dw = coarsen_increments(fine, ref_steps // n)
+        for s in scales:
+            bar.set_postfix_str(f"ML-EM {n} steps x{s:g}")
+            used, schedule = level_schedule(
+                cal, n, s * budget, min_probability, cost, levels
+            )
+            x, evals, secs = run_mlem(ladder, schedule, y0, dw, k_level, n, used)
+            repeats = []
+            for extra_key in jax.random.split(
+                jax.random.fold_in(k_level, 1), level_keys - 1
+            ):
+                repeats.append(run_mlem(ladder, schedule, y0, dw, extra_key, n, used))
+            pred = cal.restrict(used).predict(schedule, n, unit)
+            record(
+                "mlem",
+                n,
+                x,
+                evals,
+                secs,
+                f"ML-EM {n} x{s:g}",
+                repeats=repeats,
+                scale=s,
+                cost=cost,
+                levels=[i + 1 for i in used],
+                predicted_top_equivalent=pred["cost"] / cal.level_costs(unit)[-1],
+            )
+            bar.update()
+    bar.close()
+    return dict(
+        runs=runs,
+        samples=samples,
+        calibration=dict(
+            gamma=float(cal.gamma),
+            drift_errors=[float(e) for e in cal.drift_errors],
+            warnings=list(cal.warnings),
+        ),
+        config=dict(
+            batch=batch,
+            seed=seed,
+            ref_steps=ref_steps,
+            em_steps=list(em_steps),
+            mlem_steps=list(mlem_steps),
+            cost=cost,
+            levels=levels,
+            scales=list(scales),
+            budget=budget,
+            min_probability=min_probability,
+            level_keys=level_keys,
+            pilot_steps=pilot_steps,
+            level_flops_per_image=list(ladder.flops_per_image),
+            t0=T0,
+            t1=T1,
+        ),
+    )
+
+
+def demo_calibration(
+    ladder: Ladder,
+    *,
+    batch: int,
+    seed: int,
+    pilot_steps: int,
+    path,
+    cost: str = "seconds",
+):
+    """The calibration `run_demo` uses for these arguments (same draws), priced for
+    `cost` (`priced_calibration`), so that a caller can check budgets against it
+    first."""
+    k_y0, _, k_cal, _, _ = jax.random.split(jax.random.key(seed), 5)
+    y0 = ladder.sde.prior_sample(k_y0, (batch, *ladder.shape))
+    cal = ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
+    return priced_calibration(cal, ladder, y0, cost)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    check_ladder(parser, args.ladder)
+    for n in (*args.em_steps, *args.mlem_steps):
+        if args.ref_steps % n:
+            parser.error(
+                f"--ref-steps ({args.ref_steps}) must be a multiple of every step count "
+                f"in --em-steps and --mlem-steps; {n} does not divide it"
+            )
+    if args.pilot_steps < 8:
+        parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    check_output_dir(
+        parser, "--out", args.out, ("cost_error.png", "samples.png", "results.json")
+    )
+    start = time.perf_counter()
+    ladder = load_ladder(parser, args.ladder, args.batch)
+    # The reference's increments, their coarsenings (together at most as large) and
+    # the saved samples of every run.
+    check_memory(
+        parser,
+        f"--ref-steps {args.ref_steps} with --batch {args.batch}",
+        3.0 * 4 * args.batch * math.prod(ladder.shape) * args.ref_steps,
+        "lower --ref-steps or --batch.",
+    )
+    cal = demo_calibration(
+        ladder,
+        batch=args.batch,
+        seed=args.seed,
+        pilot_steps=args.pilot_steps,
+        path=args.ladder,
+        cost=args.cost,
+    )
+    print(describe_cost(cal, args.cost, args.batch))
+    for n in args.mlem_steps:
+        for scale in args.scales:
+            budget = scale * args.budget
+            try:
+                _, note = feasible_budget(
+                    cal, n, budget, args.min_probability, args.cost
+                )
+            except ValueError as e:
+                parser.error(
+                    f"--budget x --scales: {e}".replace(
+                        "`budget`", f"{args.budget:g} x {scale:g} =", 1
+                    )
+                )
+            if note:
+                warn(
+                    f"ML-EM {n} steps x{scale:g}: "
+                    + note.replace("`budget`", "budget", 1)
+                )
+    result = run_demo(
+        ladder,
+        batch=args.batch,
+        seed=args.seed,
+        ref_steps=args.ref_steps,
+        em_steps=args.em_steps,
+        mlem_steps=args.mlem_steps,
+        scales=args.scales,
+        budget=args.budget,
+        min_probability=args.min_probability,
+        level_keys=args.level_keys,
+        pilot_steps=args.pilot_steps,
+        path=args.ladder,
+        progress=not args.no_progress,
+        calibration=cal,
+        cost=args.cost,
+        levels=args.levels,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    cost_path, samples_path = plot_demo(result, args.out)
+    record = {k: v for k, v in result.items() if k != "samples"}
+    record["total_seconds"] = time.perf_counter() - start
+    json_path = os.path.join(args.out, "results.json")
+    write_json(json_path, record)
+    print(format_table(result["runs"]))
+    print(
+        f"SDE-DPM: {SINGLE_SAMPLER} with the top level (mlem_jax.diffusion.sample; "
+        "the reference is Euler–Maruyama's, whose own discretisation error this "
+        "distance counts against SDE-DPM only). "
+        "top-eq: FLOPs, in evaluations of the top level; strong err: RMS distance to "
+        f"the {args.ref_steps}-step reference on the same Brownian paths; SW dist: "
+        "sliced Wasserstein distance to held-out data; wall s: one solve after "
+        "compilation (ML-EM: the mean over its level keys)."
+    )
+    for line in matched_cost_lines(result["runs"]):
+        print(line)
+    print(f"wrote {cost_path}, {samples_path} and {json_path}")
+    return 0

@@ -1,0 +1,301 @@
+"""`mlem-jax sample`: draw samples from a ladder with ML-EM or Euler–Maruyama."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._brownian import brownian_increments
+from .._io import atomic_write
+from .._schedules import FixedProbabilities
+from ..pretrained import T0, T1
+from ._budget import (
+    COSTS,
+    describe_cost,
+    feasible_budget,
+    ladder_calibration,
+    level_schedule,
+    priced_calibration,
+)
+from ._common import (
+    check_ladder,
+    check_memory,
+    check_output_file,
+    comma_list,
+    load_ladder,
+    positive_float,
+    positive_int,
+    probability,
+    seed,
+    warn,
+)
+from ._images import image_grid, save_png
+from ._solves import run_em, run_mlem, run_sharded
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="sample a trained ladder with ML-EM or Euler–Maruyama",
+        description=(
+            "Draw samples from a UNet ladder by solving the reverse VP-SDE from t=1 "
+            "to t=1e-3, with ML-EM over every level or Euler–Maruyama with the top "
+            "level. Writes a PNG grid and an .npz of the arrays; prints evaluations "
+            "per level, FLOPs and wall-clock."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--ladder", help="ladder directory (default: the shipped digits ladder)"
+    )
+    p.add_argument("--method", choices=("mlem", "em"), default="mlem")
+    p.add_argument("--steps", type=positive_int, default=128, help="solver steps")
+    p.add_argument("--num", type=positive_int, default=64, help="number of samples")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument(
+        "--out", default="samples.png", help="PNG grid; the .npz goes next to it"
+    )
+    p.add_argument(
+        "--probs",
+        type=comma_list(probability),
+        help="mlem: fixed per-level probabilities in (0, 1], e.g. 1,0.5,0.3,0.2,0.1 "
+        "(default: rates from `calibrate`)",
+    )
+    p.add_argument(
+        "--budget",
+        type=positive_float,
+        help="mlem with calibrated rates: expected cost in top-level evaluations, "
+        "of seconds or FLOPs as --cost says (default: steps / 4)",
+    )
+    p.add_argument(
+        "--cost",
+        choices=COSTS,
+        default="seconds",
+        help="mlem with calibrated rates: what the rates minimise; seconds are "
+        "measured here, per level, on this batch (a few seconds before the solve; "
+        "the rates then vary with the timings: --level-ms fixes them)",
+    )
+    p.add_argument(
+        "--levels",
+        choices=("auto", "all"),
+        default="auto",
+        help="mlem with calibrated rates: every level of the ladder, or the levels "
+        "`Calibration.choose_levels` predicts to add the least error for the "
+        "budget (a sub-ladder; skipping a level keeps the estimate unbiased)",
+    )
+    p.add_argument(
+        "--level-ms",
+        type=comma_list(positive_float),
+        help="with --cost seconds: milliseconds per evaluation of each level, "
+        "instead of measuring them (the values a previous run printed reproduce it "
+        "exactly)",
+    )
+    p.add_argument(
+        "--pilot-steps", type=positive_int, default=32, help="calibration pilot steps"
+    )
+    p.add_argument(
+        "--devices",
+        type=parse_devices,
+        default="all",
+        help="split the batch over this many local devices (`all`: every local "
+        "device, or the most that divide --num); with more than one, each device "
+        "draws its own levels (mlem_jax.mlem_solve_sharded, independent draws), "
+        "which lowers the ML-EM noise of the batch at the same cost",
+    )
+    p.set_defaults(func=run, parser=p)
+
+
+def parse_devices(text: str) -> int | str:
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"expected `all` or {e}") from None
+
+
+def sample_devices(parser: argparse.ArgumentParser, devices: int | str, num: int):
+    """`(devices to split the --num samples over, a note or None)`: `all` takes the
+    most local devices that divide `num`; a number must be available and divide it."""
+    local = jax.local_device_count()
+    if devices == "all":
+        n = max(d for d in range(1, local + 1) if num % d == 0)
+        note = None
+        if n < local:
+            note = (
+                f"--devices all: using {n} of the {local} local devices, the most that "
+                f"divide --num {num}"
+            )
+        return n, note
+    assert isinstance(devices, int)
+    if devices > local:
+        parser.error(
+            f"--devices {devices}: only {local} local device(s); on a CPU, set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before "
+            "starting for host devices"
+        )
+    if num % devices:
+        parser.error(f"--devices {devices} must divide --num ({num})")
+    return devices, None
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    check_ladder(parser, args.ladder)
+    if not args.out.lower().endswith(".png"):
+        parser.error(f"--out must name a .png file, got {args.out!r}")
+    npz = os.path.splitext(args.out)[0] + ".npz"
+    check_output_file(parser, "--out", args.out)
+    check_output_file(parser, "--out (its .npz)", npz)
+    if args.pilot_steps < 8:
+        parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    if args.probs is not None and args.method != "mlem":
+        parser.error("--probs only applies to --method mlem")
+    if args.steps >= 2**31:
+        parser.error(f"--steps must be below 2**31, got {args.steps}")
+    ladder = load_ladder(parser, args.ladder, args.num)
+    k = ladder.levels.num_levels
+    if args.probs is not None and len(args.probs) != k:
+        parser.error(f"--probs needs {k} values (one per level), got {len(args.probs)}")
+    size = args.num * math.prod(ladder.shape)
+    # The Brownian increments of every step are drawn up front and kept (4 bytes
+    # each), plus XLA's copy of them as the scan's input.
+    check_memory(
+        parser,
+        f"--steps {args.steps} with --num {args.num}",
+        2.0 * 4 * size * args.steps,
+        "lower --steps or --num.",
+    )
+    key = jax.random.key(args.seed)
+    k_y0, k_path, k_cal, k_level = jax.random.split(key, 4)
+    shape = (args.num, *ladder.shape)
+    y0 = ladder.sde.prior_sample(k_y0, shape)
+    schedule = None
+    level_seconds = None
+    used = None
+    if args.method == "mlem":
+        if args.probs is not None:
+            schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
+        else:
+            cal = ladder_calibration(
+                ladder,
+                y0[: min(args.num, 32)],
+                k_cal,
+                pilot_steps=args.pilot_steps,
+                path=args.ladder,
+            )
+            if args.level_ms is not None:
+                if args.cost != "seconds":
+                    parser.error("--level-ms only applies to --cost seconds")
+                if len(args.level_ms) != k:
+                    parser.error(
+                        f"--level-ms needs {k} values (one per level), got "
+                        f"{len(args.level_ms)}"
+                    )
+                level_seconds = [ms / 1e3 for ms in args.level_ms]
+            cal = priced_calibration(cal, ladder, y0, args.cost, level_seconds)
+            if args.cost == "seconds":
+                level_seconds = list(cal.level_costs("seconds"))
+            print(describe_cost(cal, args.cost, args.num))
+            budget = args.budget or args.steps / 4
+            try:
+                budget, note = feasible_budget(cal, args.steps, budget, cost=args.cost)
+            except ValueError as e:
+                parser.error(f"--budget: {str(e).replace('`budget` ', '', 1)}")
+            if note:
+                given = "--budget" if args.budget else "--budget (default steps/4)"
+                warn(note.replace("`budget`", given, 1))
+            used, schedule = level_schedule(
+                cal, args.steps, budget, cost=args.cost, levels=args.levels
+            )
+            print("levels used: " + ",".join(str(i + 1) for i in used))
+    devices, note = sample_devices(parser, args.devices, args.num)
+    if note:
+        warn(note)
+    dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
+    top = ladder.levels.costs[-1]
+    per_device = None
+    if devices > 1:
+        x, evaluations, per_device, secs = run_sharded(
+            ladder, schedule, y0, dw, k_level, args.steps, used, devices
+        )
+        if schedule is not None and evaluations[-1] == 0:
+            warn(
+                "the top level was never evaluated in this solve (0 evaluations): "
+                "the samples carry the cheaper levels' error and ML-EM's noise; "
+                "raise --steps or --budget."
+            )
+    elif schedule is None:
+        x, info, secs = run_em(ladder, y0, dw, k_level, args.steps)
+        evaluations = np.zeros(k, np.int64)
+        evaluations[-1] = int(info.evaluations[0])
+    else:
+        x, evaluations, secs = run_mlem(
+            ladder, schedule, y0, dw, k_level, args.steps, used
+        )
+        if evaluations[-1] == 0:
+            warn(
+                "the top level was never evaluated in this solve (0 evaluations): "
+                "the samples carry the cheaper levels' error and ML-EM's noise; "
+                "raise --steps or --budget."
+            )
+    flops = float(np.dot(evaluations, ladder.levels.costs))
+    x = np.asarray(x)
+    peak = float(np.max(np.abs(x))) if np.all(np.isfinite(x)) else math.inf
+    if peak > 2.0:
+        warn(
+            f"the samples leave the data range [-1, 1] by far (max |x| = {peak:.3g}): "
+            "too few --steps (or too small a --budget) for this ladder; they are "
+            "likely noise."
+        )
+    save_png(image_grid(x), args.out)
+    atomic_write(
+        npz,
+        lambda f: np.savez(
+            f,
+            samples=x,
+            y0=np.asarray(y0),
+            evaluations=evaluations,
+            flops=flops,
+            seconds=secs,
+            method=args.method,
+            steps=args.steps,
+            seed=args.seed,
+            cost=args.cost,
+            level_seconds=np.asarray(level_seconds or [], np.float64),
+            devices=devices,
+            device_evaluations=np.asarray(
+                per_device if per_device is not None else [evaluations]
+            ),
+        ),
+    )
+    print(f"{args.method}: {args.steps} steps, {args.num} samples, seed {args.seed}")
+    if per_device is None:
+        print(f"devices: 1 of {jax.local_device_count()} local")
+        print("evaluations per level: " + " ".join(str(int(e)) for e in evaluations))
+    else:
+        print(
+            f"devices: {devices} of {jax.local_device_count()} local, "
+            f"{args.num // devices} samples each"
+            + (
+                ", independent level draws (device d: key fold_in(level key, d))"
+                if args.method == "mlem"
+                else ""
+            )
+        )
+        for d, counts in enumerate(per_device):
+            print(f"  device {d} evaluations: " + " ".join(str(int(e)) for e in counts))
+        print(
+            "evaluations per level (whole-batch equivalent, mean over devices): "
+            + " ".join(f"{e:g}" for e in evaluations)
+        )
+    print(f"top-level-equivalent evaluations (by FLOPs): {flops / top:.1f}")
+    print(f"FLOPs: {flops:.3g}")
+    print(f"wall-clock: {secs:.2f} s (one solve, after compilation)")
+    print(f"wrote {args.out} and {npz}")
+    return 0

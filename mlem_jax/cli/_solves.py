@@ -1,0 +1,175 @@
+"""The solves the `sample` and `demo` commands time: Euler–Maruyama and the
+single-network sampler with the top level, ML-EM over a ladder, and ML-EM split over
+local devices.
+
+Each is an `eqx.filter_jit` function of the `Levels` and the SDE: the networks'
+weights are arguments of the compiled program, never constants folded into it (which
+would cost XLA minutes per compile), and a second call with the same shapes reuses
+the program equinox compiled for the first. Every solve keeps the level draws
+unbatched (DESIGN §2): the batch of images lives in `y0`, with one level key per solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._cost import timed_run
+from .._levels import Levels
+from .._schedules import FixedProbabilities
+from .._shard import mlem_solve_sharded
+from .._solve import em_solve, mlem_solve
+from ..pretrained import T0, T1, Ladder
+
+SINGLE_SAMPLER = "SDE-DPM++(1)"
+"""The single-network sampler the demo runs beside Euler–Maruyama: on the shipped
+ladder's reverse SDE it beats Euler–Maruyama with the top network at every step
+count (`benchmarks/samplers.py`)."""
+
+
+class _EpsNet(eqx.Module):
+    """A per-image ε-network as the batched `f(t, y, args)` samplers take."""
+
+    model: Any
+
+    def __call__(self, t, y, args):
+        del args
+        return jax.vmap(self.model, in_axes=(None, 0))(t, y)
+
+
+@eqx.filter_jit
+def _em(levels: Levels, sde, y0, dw, key, num_steps: int):
+    return em_solve(
+        levels.top,
+        sde.diffusion,
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=num_steps,
+        key=key,
+        brownian=dw,
+        cost=levels.costs[-1],
+    )
+
+
+@eqx.filter_jit
+def _mlem(levels: Levels, sde, schedule, y0, dw, key, num_steps: int):
+    return mlem_solve(
+        levels,
+        schedule,
+        sde.diffusion,
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=num_steps,
+        key=key,
+        brownian=dw,
+    )
+
+
+@eqx.filter_jit
+def _sampler(levels: Levels, sde, y0, dw, num_steps: int):
+    from ..diffusion import SDEDPMSolverPP1, VPLinear, sample
+
+    top: Any = levels.top  # a `ReverseDrift` of an `EpsilonScore`
+    return sample(
+        _EpsNet(top.score.model),
+        VPLinear(beta_min=sde.beta_min, beta_max=sde.beta_max),
+        SDEDPMSolverPP1(),
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=num_steps,
+        brownian=dw,
+        cost=levels.costs[-1],
+    )
+
+
+@eqx.filter_jit
+def _sharded(levels: Levels, sde, schedule, y0, dw, key, num_steps: int, mesh):
+    return mlem_solve_sharded(
+        levels,
+        schedule,
+        sde.diffusion,
+        y0,
+        mesh=mesh,
+        t0=T0,
+        t1=T1,
+        num_steps=num_steps,
+        key=key,
+        brownian=dw,
+    )
+
+
+def _timed(solve: Callable[..., Any], *args) -> tuple[Any, float]:
+    """`(solve(*args), wall-clock seconds of one run after compilation)`."""
+    return timed_run(lambda: solve(*args))
+
+
+def _sub_ladder(ladder: Ladder, levels: Sequence[int] | None) -> Levels:
+    if levels is None:
+        return ladder.levels
+    return Levels(
+        tuple(ladder.levels.fns[i] for i in levels),
+        tuple(ladder.levels.costs[i] for i in levels),
+    )
+
+
+def run_em(ladder: Ladder, y0, dw, key, num_steps: int):
+    """Euler–Maruyama with the top level; returns `(y1, info, seconds)`."""
+    (y1, info), secs = _timed(_em, ladder.levels, ladder.sde, y0, dw, key, num_steps)
+    return y1, info, secs
+
+
+def run_sampler(ladder: Ladder, y0, dw, num_steps: int):
+    """`SINGLE_SAMPLER` (SDE-DPM-Solver++(1)) with the top network on the
+    increments `dw` (uniform grid, as Euler–Maruyama's); returns `(y1, info,
+    seconds)`. Needs a ladder of ε-networks (`ReverseDrift` of `EpsilonScore`)."""
+    (y1, info), secs = _timed(_sampler, ladder.levels, ladder.sde, y0, dw, num_steps)
+    return y1, info, secs
+
+
+def run_mlem(ladder: Ladder, schedule, y0, dw, key, num_steps: int, levels=None):
+    """ML-EM over the ladder's `levels` (0-based indices; default every level);
+    returns `(y1, evaluations of every level of the ladder, seconds)`."""
+    (y1, info), secs = _timed(
+        _mlem, _sub_ladder(ladder, levels), ladder.sde, schedule, y0, dw, key, num_steps
+    )
+    evaluations = np.zeros(ladder.levels.num_levels, np.int64)
+    idx = list(range(ladder.levels.num_levels) if levels is None else levels)
+    evaluations[idx] = np.asarray(info.evaluations)
+    return y1, evaluations, secs
+
+
+def run_sharded(
+    ladder: Ladder, schedule, y0, dw, key, num_steps: int, levels, devices: int
+):
+    """The solve of `sample` split over `devices` local devices with
+    `mlem_solve_sharded` (independent level draws); Euler–Maruyama (`schedule` None)
+    as its one-level case with `p = 1`. Returns `(y1, evaluations of every level of
+    the ladder in whole-batch units (the mean over devices), per-device counts
+    (devices, k), seconds)`."""
+    k = ladder.levels.num_levels
+    if schedule is None:
+        levels, schedule = [k - 1], FixedProbabilities(jnp.ones((1,), jnp.float32))
+    idx = list(range(k) if levels is None else levels)
+    mesh = jax.make_mesh((devices,), ("batch",), devices=jax.local_devices()[:devices])
+    (y1, info), secs = _timed(
+        _sharded,
+        _sub_ladder(ladder, idx),
+        ladder.sde,
+        schedule,
+        y0,
+        dw,
+        key,
+        num_steps,
+        mesh,
+    )
+    per_device = np.zeros((devices, k), np.int64)
+    per_device[:, idx] = np.asarray(info.evaluations)
+    return np.asarray(y1), per_device.mean(axis=0), per_device, secs

@@ -1,0 +1,142 @@
+"""`mlem-jax train`: train a UNet ladder on a dataset and write a ladder directory."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import (
+    check_output_dir,
+    int_list,
+    interrupted,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    seed,
+    unit_interval,
+)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a UNet ladder on a dataset",
+        description=(
+            "Train every level of a UNet ladder (one width per level) with denoising "
+            "score matching on a VP-SDE, and write a ladder directory (weights + "
+            "manifest.json). Rerunning the same command resumes an interrupted run."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = p.add_argument_group("data")
+    d.add_argument(
+        "--dataset", choices=("digits", "patches", "folder"), default="digits"
+    )
+    d.add_argument("--data-dir", help="image folder, for --dataset folder")
+    d.add_argument(
+        "--size", type=positive_int, help="image side (default: 8 digits, 16 others)"
+    )
+    d.add_argument("--grey", action="store_true", help="greyscale (patches, folder)")
+    d.add_argument("--num", type=positive_int, default=10_000, help="patches count")
+    d.add_argument(
+        "--pad", type=nonnegative_int, default=0, help="digits: border padding"
+    )
+    d.add_argument("--limit", type=positive_int, help="folder: max images read")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--widths", type=int_list, default=(8, 12, 16, 24, 32))
+    m.add_argument("--channel-mults", type=int_list, default=(1, 2))
+    m.add_argument("--num-res-blocks", type=positive_int, default=1)
+    m.add_argument("--attn-resolutions", type=int_list, default=None)
+    m.add_argument("--beta-min", type=positive_float, default=0.1)
+    m.add_argument("--beta-max", type=positive_float, default=20.0)
+
+    t = p.add_argument_group("training")
+    t.add_argument("--out", required=True, help="ladder directory to write")
+    t.add_argument("--steps", type=positive_int, default=2000)
+    t.add_argument("--batch-size", type=positive_int, default=128)
+    t.add_argument("--lr", type=positive_float, default=2e-3)
+    t.add_argument("--warmup-steps", type=nonnegative_int, default=100)
+    t.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
+    t.add_argument(
+        "--grad-clip",
+        type=positive_float,
+        default=1.0,
+        help="global-norm gradient clipping threshold (> 0)",
+    )
+    t.add_argument("--ema-decay", type=unit_interval, default=0.999)
+    t.add_argument("--checkpoint-every", type=nonnegative_int, default=250)
+    t.add_argument("--seed", type=seed, default=0)
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run, parser=p)
+
+
+def _dataset_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    if args.dataset == "digits":
+        if args.size is not None and args.size != 8:
+            return {"size": args.size, "pad": args.pad}
+        return {"pad": args.pad}
+    if args.dataset == "patches":
+        return {"size": args.size or 16, "num": args.num, "grey": args.grey}
+    if args.data_dir is None:
+        parser.error(
+            "--dataset folder needs --data-dir PATH (a folder of PNG/JPEG images)"
+        )
+    kwargs = {"path": args.data_dir, "size": args.size or 64, "grey": args.grey}
+    if args.limit is not None:
+        kwargs["limit"] = args.limit
+    return kwargs
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .. import data as mdata
+    from ..diffusion import VPSDE
+    from ..training import TrainConfig, train_ladder
+
+    kwargs = _dataset_kwargs(args, parser)
+    check_output_dir(parser, "--out", args.out)
+    try:
+        config = TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+            ema_decay=args.ema_decay,
+            checkpoint_every=args.checkpoint_every,
+        )
+        sde = VPSDE(beta_min=args.beta_min, beta_max=args.beta_max)
+        train_data = mdata.load_dataset(args.dataset, split="train", **kwargs)
+        test_data = mdata.load_dataset(args.dataset, split="test", **kwargs)
+        unet = {
+            "channel_mults": list(args.channel_mults),
+            "num_res_blocks": args.num_res_blocks,
+        }
+        if args.attn_resolutions:
+            unet["attn_resolutions"] = list(args.attn_resolutions)
+        _, manifest = train_ladder(
+            args.out,
+            train_data,
+            widths=args.widths,
+            unet_kwargs=unet,
+            config=config,
+            sde=sde,
+            seed=args.seed,
+            dataset={"name": args.dataset, "kwargs": kwargs},
+            eval_data=test_data,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        return interrupted(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        parser.error(str(e).replace("`out_dir`", "--out"))
+    for lv in manifest["levels"]:
+        print(
+            f"level {lv['level']}: width {lv['width']}, {lv['params']} params, "
+            f"{lv['flops_per_image']:.3g} FLOPs/image, final loss {lv['final_loss']:.4f}"
+            + (f", held-out loss {lv['eval_loss']:.4f}" if "eval_loss" in lv else "")
+        )
+    print(f"ladder written to {args.out}")
+    return 0
