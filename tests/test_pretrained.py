@@ -1,5 +1,6 @@
 """The shipped pretrained ladders (mlem_jax.pretrained)."""
 
+import dataclasses
 import os
 
 import jax
@@ -123,3 +124,39 @@ def test_a_damaged_calibration_file_is_named_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="KeyError") as e:
         load_calibration(path)
     assert str(path) in str(e.value) and "calibrate_shipped" in str(e.value)
+
+
+def test_a_shipped_ladder_is_named_and_a_directory_of_that_name_wins(
+    tmp_path, monkeypatch
+):
+    from mlem_jax.pretrained import resolve_ladder
+
+    assert resolve_ladder(None) == (pretrained_path("digits"), "digits")
+    assert resolve_ladder("digits_wide") == (
+        pretrained_path("digits_wide"),
+        "digits_wide",
+    )
+    assert resolve_ladder(str(tmp_path)) == (str(tmp_path), None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits_wide").mkdir()
+    assert resolve_ladder("digits_wide") == ("digits_wide", None)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_calibration_gives_the_clis_verdict(name):
+    # Both shipped ladders store a calibration with Euler–Maruyama's own error,
+    # so `sample` can say whether ML-EM is worth it at its step count.
+    from mlem_jax.cli._budget import ladder_verdict
+
+    cal = load_calibration(os.path.join(pretrained_path(name), CALIBRATION))
+    assert cal is not None and cal.em_error is not None and cal.em_error > 0
+    assert 0.25 <= cal.em_order <= 2.0
+    seconds = cal.with_seconds(np.asarray(cal.costs) / cal.costs[-1])
+    verdict = ladder_verdict(seconds, "seconds", 64)
+    assert verdict is not None and set(verdict.speedups) == {"seconds", "flops"}
+    # With seconds proportional to FLOPs both costs give the same speedups.
+    np.testing.assert_allclose(
+        verdict.speedups["seconds"], verdict.speedups["flops"], rtol=1e-6
+    )
+    assert "over Euler–Maruyama with the top level" in str(verdict)
+    assert ladder_verdict(dataclasses.replace(cal, em_error=None), "flops", 64) is None

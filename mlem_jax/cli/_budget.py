@@ -5,6 +5,7 @@ the rates (over every level, or the sub-ladder `Calibration.choose_levels` picks
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -44,13 +45,15 @@ def calibrated_schedule(
 
 
 def ladder_calibration(ladder: Ladder, y0, key, *, pilot_steps: int, path=None):
-    """The calibration `calibrated_schedule` scales: the stored one of the shipped
-    ladder (`path=None`), else `calibrate`'s pilots on `y0`."""
+    """The calibration `calibrated_schedule` scales: the stored one of a shipped
+    ladder (`path=None` or a shipped ladder's name), else `calibrate`'s pilots on
+    `y0`."""
     cal = None
-    if path is None:
+    directory, name = pretrained.resolve_ladder(path)
+    if name is not None:
         try:
             cal = pretrained.load_calibration(
-                os.path.join(pretrained.pretrained_path(), pretrained.CALIBRATION)
+                os.path.join(directory, pretrained.CALIBRATION)
             )
         except ValueError as e:  # a damaged installation: calibrate here instead
             warn(f"{e} Running the calibration pilots instead.")
@@ -90,6 +93,22 @@ def priced_calibration(cal, ladder: Ladder, y, cost: str, seconds=None):
             time_in_scan(f, t, y, num_steps=4, repeats=3) for f in ladder.levels.fns
         ]
     return cal.with_seconds(seconds)
+
+
+def ladder_verdict(cal, cost: str, num_steps: int):
+    """`Calibration.verdict` at Euler–Maruyama's error at `num_steps` steps, in the
+    cost the rates minimise (and FLOPs), at the CLI's probability floor; `None`
+    when the calibration has no measurement of Euler–Maruyama's own error (the
+    CLI's pilots on a ladder without a stored calibration skip it)."""
+    if cal.em_error is None:
+        return None
+    # The CLI's level costs are FLOPs: name them so.
+    cal = dataclasses.replace(cal, flops=cal.costs)
+    return cal.verdict(
+        cost="seconds" if cost == "seconds" else "flops",
+        min_probability=MIN_PROBABILITY,
+        error=float(cal.em_error_at(num_steps)),
+    )
 
 
 def describe_cost(cal, cost: str, batch: int) -> str:

@@ -117,12 +117,13 @@ def int_list(text: str) -> tuple[int, ...]:
 def check_ladder(parser: argparse.ArgumentParser, path: str | None) -> None:
     """Refuse a `--ladder` that is not a readable ladder (manifest and weight files
     present and well formed), before any work."""
+    from ..pretrained import resolve_ladder
     from ..training import read_manifest
 
     if path is None:
         return
     try:
-        read_manifest(path)
+        read_manifest(resolve_ladder(path)[0])
     except (ValueError, FileNotFoundError) as e:
         parser.error(f"--ladder: {str(e).replace('`path`: ', '')}")
 

@@ -63,7 +63,9 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--ladder", help="ladder directory (default: the shipped digits ladder)"
+        "--ladder",
+        help="ladder directory, or a shipped ladder's name: digits (the default), "
+        "digits_wide",
     )
     p.add_argument("--out", default="mlem-jax-demo", help="output folder")
     p.add_argument("--batch", type=positive_int, default=16, help="images per solve")

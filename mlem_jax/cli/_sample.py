@@ -20,6 +20,7 @@ from ._budget import (
     describe_cost,
     feasible_budget,
     ladder_calibration,
+    ladder_verdict,
     level_schedule,
     priced_calibration,
 )
@@ -52,7 +53,9 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--ladder", help="ladder directory (default: the shipped digits ladder)"
+        "--ladder",
+        help="ladder directory, or a shipped ladder's name: digits (the default), "
+        "digits_wide",
     )
     p.add_argument("--method", choices=("mlem", "em"), default="mlem")
     p.add_argument("--steps", type=positive_int, default=128, help="solver steps")
@@ -214,6 +217,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 cal, args.steps, budget, cost=args.cost, levels=args.levels
             )
             print("levels used: " + ",".join(str(i + 1) for i in used))
+            verdict = ladder_verdict(cal, args.cost, args.steps)
+            if verdict is not None:
+                print(f"verdict: {verdict}")
     devices, note = sample_devices(parser, args.devices, args.num)
     if note:
         warn(note)

@@ -78,11 +78,19 @@ def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str,
     """
     from .. import training
 
+    return training.load_ladder(resolve_ladder(path)[0])
+
+
+def resolve_ladder(path: str | os.PathLike | None) -> tuple[str, str | None]:
+    """`(directory, name)`: the directory of the ladder `path` names and, if it is
+    a shipped ladder, its name (`None` gives the shipped `digits`; a name in
+    `NAMES` gives that shipped ladder unless a directory of that name exists here;
+    anything else is a directory, name `None`)."""
     if path is None:
-        path = pretrained_path()
-    elif isinstance(path, str) and path in NAMES and not os.path.isdir(path):
-        path = pretrained_path(path)
-    return training.load_ladder(os.fspath(path))
+        return pretrained_path(), "digits"
+    if isinstance(path, str) and path in NAMES and not os.path.isdir(path):
+        return pretrained_path(path), path
+    return os.fspath(path), None
 
 
 T0, T1 = 1.0, 1e-3
