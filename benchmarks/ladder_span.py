@@ -45,6 +45,7 @@ the `ladder_span` markers. `--quick`: a smoke run (small sizes, no README).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -60,6 +61,7 @@ from samplers import (  # noqa: E402
     RESULTS,
     SDE_SAMPLERS,
     Bench,
+    _best_single_cost,
     _per_sample,
     matched,
 )
@@ -404,33 +406,6 @@ def measure(settings: dict, seed: int, ladder: str | None) -> dict:
             "flops": _quality_matched(points, "flops", lo, hi, top_flops),
             "seconds": _quality_matched(points, "seconds", lo, hi, top_seconds),
         }
-        # The verdict's prediction next to the measured ML-EM / EM-top speedups.
-        comparison = []
-        for entry in result["matched"]:
-            if entry["sampler"] != "EM":
-                continue
-            for unit, vu in (("flops", "flops"), ("seconds", "seconds")):
-                v = verdicts[vu]
-                for s in entry[f"interpolated_same_sampler_{unit}"]:
-                    predicted = float(
-                        np.exp(
-                            np.interp(
-                                np.log(s["error"]),
-                                np.log(v.errors),
-                                np.log(v.speedups[vu]),
-                            )
-                        )
-                    )
-                    comparison.append(
-                        dict(
-                            unit=unit,
-                            error=s["error"],
-                            steps=s["steps"],
-                            fraction=s["fraction"],
-                            measured=s["speedup"],
-                            predicted=predicted,
-                        )
-                    )
         result["verdict"] = {
             u: dict(
                 text=str(v),
@@ -440,7 +415,7 @@ def measure(settings: dict, seed: int, ladder: str | None) -> dict:
             )
             for u, v in verdicts.items()
         }
-        result["verdict_vs_measured"] = comparison
+        result["verdict_vs_measured"] = verdict_comparison(result)
         result["wall_seconds"] = time.perf_counter() - t_start
         results.append(result)
         print(summary_line(result), flush=True)
@@ -454,9 +429,68 @@ def measure(settings: dict, seed: int, ladder: str | None) -> dict:
     )
 
 
+def verdict_comparison(result: dict) -> list[dict]:
+    """At each ML-EM point spending `range_top_equivalent` top-level evaluations:
+    the measured speedup over Euler–Maruyama with the truncation's *top* network
+    (its cost–error curve interpolated log–log, as `samplers.matched` does), next
+    to the verdict's predicted speedup at the point's RMS error (interpolated
+    log–log on the verdict's errors; `None` outside them)."""
+    m = result["truncation"]
+    lo, hi = result["settings"]["range_top_equivalent"]
+    em_top = [
+        p
+        for p in result["points"]
+        if p["kind"] == "single" and p["sampler"] == "EM" and p["level"] == m
+    ]
+    top_flops = result["level_flops"][-1]
+    top_seconds = statistics.median(
+        p["seconds"] / sum(p["evaluations"]) for p in em_top
+    )
+    out = []
+    for p in result["points"]:
+        if p["kind"] != "multilevel" or p["sampler"] != "EM":
+            continue
+        for unit, top in (("flops", top_flops), ("seconds", top_seconds)):
+            if not lo <= p[unit] / top <= hi:
+                continue
+            cost, _ = _best_single_cost(em_top, p["error"], unit)
+            v = result["verdict"][unit]
+            errors = np.asarray(v["errors"])
+            inside = errors[0] <= p["error"] <= errors[-1]
+            predicted = (
+                float(
+                    np.exp(
+                        np.interp(
+                            np.log(p["error"]),
+                            np.log(errors),
+                            np.log(np.maximum(v["speedups"][unit], 1e-12)),
+                        )
+                    )
+                )
+                if inside
+                else None
+            )
+            out.append(
+                dict(
+                    unit=unit,
+                    error=p["error"],
+                    steps=p["steps"],
+                    fraction=p["fraction"],
+                    levels=p["levels"],
+                    measured=None if cost is None else cost / p[unit],
+                    predicted=predicted,
+                )
+            )
+    return out
+
+
 def _best(entries, key="speedup"):
     vals = [e[key] for e in entries if e.get(key) is not None]
     return max(vals) if vals else None
+
+
+def _num(x):
+    return "—" if x is None else f"{x:.2f}"
 
 
 def _fmt(x):
@@ -476,28 +510,31 @@ def summary_line(r: dict) -> str:
                 for u in ("flops", "cpu_seconds", "seconds")
             )
         )
-    em = [c for c in r["verdict_vs_measured"]]
 
-    def pair(unit):
-        rows = [c for c in em if c["unit"] == unit and c["measured"] is not None]
+    def pairs(unit):
+        rows = [
+            c
+            for c in r["verdict_vs_measured"]
+            if c["unit"] == unit and c["measured"] is not None
+        ]
         if not rows:
             return "—"
-        best = max(rows, key=lambda c: c["measured"])
-        return f"{best['measured']:.2f}× / {best['predicted']:.2f}× (error {best['error']:.3g})"
+        return ", ".join(
+            f"{c['measured']:.2f}/{_num(c['predicted'])} ({c['steps']}, {c['error']:.2g})"
+            for c in sorted(rows, key=lambda c: -c["error"])
+        )
 
-    q = r["quality_matched"]
     return (
         f"| {r['truncation']} | {r['span_flops']:.0f}× / {r['span_seconds']:.1f}× | "
-        f"{r['gamma']:.2f} ± {r['gamma_stderr']:.2f} | {cells[0]} | {cells[1]} | "
-        f"{pair('flops')} | {pair('seconds')} | "
-        f"{_fmt(_best(q['flops']))} / {_fmt(_best(q['seconds']))} |"
+        f"{r['gamma']:.2f} | {cells[0]} | {cells[1]} | "
+        f"{pairs('flops')} | {pairs('seconds')} |"
     )
 
 
 def table(result: dict) -> str:
     lines = [
-        "| levels | top/base: FLOPs / seconds | γ (FLOPs) | ML-SDE-DPM++(1) vs best single-network sampler, matched RMS: FLOPs / CPU s / wall s | ML-EM vs best single-network sampler: FLOPs / CPU s / wall s | ML-EM vs EM (top), FLOPs: measured / verdict | ML-EM vs EM (top), seconds: measured / verdict | matched KID, best multilevel point: FLOPs / seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| levels | top/base: FLOPs / seconds | γ (FLOPs) | ML-SDE-DPM++(1) vs best single-network sampler, matched RMS: FLOPs / CPU s / wall s | ML-EM vs best single-network sampler: FLOPs / CPU s / wall s | ML-EM vs EM with the top network, FLOPs: measured/verdict (steps, RMS error) | same in wall seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [summary_line(r) for r in result["truncations"]]
     q = result["per_level_quality"]
@@ -513,6 +550,11 @@ def table(result: dict) -> str:
             for e in q[:-1]
         )
         + f"; held-out digits {result['floor']['kid']:.3f} ± {result['floor']['stderr']:.3f}."
+        + " Verdicts (seconds, 2% floor, at Euler–Maruyama's error at 64 steps): "
+        + " ".join(
+            f"{r['truncation']} levels: {r['verdict']['seconds']['text']}"
+            for r in result["truncations"]
+        )
     )
     return "\n".join(lines)
 
@@ -523,8 +565,29 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument(
+        "--reanalyse",
+        action="store_true",
+        help="recompute the analysis and the README table from the stored result",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else SETTINGS
+    name = os.path.basename(os.path.normpath(args.ladder or "shipped"))
+    path = os.path.join(
+        args.out, f"ladder_span_{name}" + ("_quick" if args.quick else "") + ".json"
+    )
+    if args.reanalyse:
+        with open(path) as f:
+            result = json.load(f)
+        for r in result["truncations"]:
+            r.pop("quality_matched", None)
+            r["matched"] = matched(r)
+            r["verdict_vs_measured"] = verdict_comparison(r)
+        write_json(path, result)
+        print(table(result), flush=True)
+        if not args.quick and args.out == RESULTS:
+            replace_readme_block(README, "ladder_span", table(result))
+        return 0
     env = environment(args.seed)
     start = time.perf_counter()
     result = measure(settings, args.seed, args.ladder)
@@ -533,10 +596,6 @@ def main(argv=None) -> int:
     }
     result["environment"] = env
     result["wall_seconds"] = time.perf_counter() - start
-    name = os.path.basename(os.path.normpath(args.ladder or "shipped"))
-    path = os.path.join(
-        args.out, f"ladder_span_{name}" + ("_quick" if args.quick else "") + ".json"
-    )
     write_json(path, result)
     print(table(result), flush=True)
     if not args.quick and args.out == RESULTS:
