@@ -175,33 +175,25 @@ def test_em_error_matches_a_fine_reference():
 
 def test_calibrate_measures_em_error():
     levels = mj.Levels((lambda t, y, a: -y, lambda t, y, a: -1.1 * y), (1.0, 8.0))
-    cal = mj.calibrate(
-        levels,
-        lambda t, y, a: 0.5 * jnp.ones_like(y),
-        jnp.ones((16, 2)),
-        t0=0.0,
-        t1=1.0,
-        num_steps=16,
-        key=jax.random.key(0),
-        num_bins=2,
-        pilot_keys=2,
-        measure_costs=False,
-    )
+
+    def calibrated(pilot_keys):
+        return mj.calibrate(
+            levels,
+            lambda t, y, a: 0.5 * jnp.ones_like(y),
+            jnp.ones((16, 2)),
+            t0=0.0,
+            t1=1.0,
+            num_steps=16,
+            key=jax.random.key(0),
+            num_bins=2,
+            pilot_keys=pilot_keys,
+            measure_costs=False,
+        )
+
+    cal = calibrated(2)
     assert cal.em_error is not None and cal.em_error > 0
-    assert 0.25 <= cal.em_order <= 2.0
+    assert cal.em_order is not None and 0.25 <= cal.em_order <= 2.0
     assert cal.em_error_at(32) == pytest.approx(
         cal.em_error * 0.5**cal.em_order, rel=1e-12
     )
-    no_pilots = mj.calibrate(
-        levels,
-        lambda t, y, a: 0.5 * jnp.ones_like(y),
-        jnp.ones((16, 2)),
-        t0=0.0,
-        t1=1.0,
-        num_steps=16,
-        key=jax.random.key(0),
-        num_bins=2,
-        pilot_keys=0,
-        measure_costs=False,
-    )
-    assert no_pilots.em_error is None
+    assert calibrated(0).em_error is None  # no pilots, no measurement
