@@ -75,10 +75,18 @@ def test_digits_quality_classifies_and_separates(quality):
     assert np.isfinite(quality(np.full_like(test, np.nan))[0])
 
 
-def test_digits_quality_is_deterministic(quality):
-    again = md.digits_quality()
+def test_feature_net_training_is_deterministic():
+    from mlem_jax.data import digits, digits_labels
+
+    images, labels = digits(split="test"), digits_labels(split="test")
+    a, b = (
+        md.train_feature_net(images, labels, key=jax.random.key(3), steps=20)
+        for _ in range(2)
+    )
     x = np.asarray(jax.random.normal(jax.random.key(0), (64, 1, 8, 8)))
-    assert quality(x) == again(x)
+    np.testing.assert_array_equal(a.features(x), b.features(x))
+    c = md.train_feature_net(images, labels, key=jax.random.key(4), steps=20)
+    assert not np.array_equal(a.features(x), c.features(x))
 
 
 def test_feature_net_bad_input(quality):
