@@ -418,8 +418,7 @@ class Calibration:
         self.level_costs(cost)
         k = self.num_levels
         best, best_value = None, math.inf
-        for mask in range(2 ** (k - 1)):
-            idx = tuple(i for i in range(k - 1) if mask >> i & 1) + (k - 1,)
+        for idx in _sub_ladders(k):
             sub = self.restrict(idx)
             if len(idx) == 1:
                 schedule = FixedProbabilities(np.ones(1, np.float32))
@@ -603,15 +602,11 @@ class Calibration:
         probs = np.asarray(
             _probabilities_on_grid(schedule, jnp.asarray(ts), jnp.asarray(hs))
         )
-        probs = probs.astype(np.float64)
-        nxt = np.concatenate([probs[:, 1:], np.zeros((num_steps, 1))], axis=1)
-        evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=0)
-        spent = float(np.dot(evaluations, self.level_costs(cost)))
         bins = _bin_index(self.times, ts + hs / 2)
-        variances = self._weighted_variances()[bins]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_step = np.where(variances > 0, variances * (1 / probs - 1), 0.0)
-        mse = np.sum(hs**2 * per_step.sum(axis=1))
+        evaluations, mse = _price(
+            probs.astype(np.float64), hs, self._weighted_variances()[bins]
+        )
+        spent = float(np.dot(evaluations, self.level_costs(cost)))
         return {
             "evaluations": evaluations,
             "cost": spent,
@@ -631,39 +626,27 @@ class Calibration:
         n = np.asarray(num_steps, np.float64)
         return self.em_error * (self.num_steps / n) ** self.em_order
 
-    def _frontier(self, levels, num_steps, cost, min_probability):
-        """`(cost, error)` arrays over a grid of rate scales: the predicted expected
-        cost and added RMS error of the calibrated schedule on the sub-ladder
-        `levels` at `num_steps` steps (as `predict(schedule(...))`, vectorised over
-        the scale, in float64), plus the per-level expected evaluations."""
-        sub = self.restrict(levels)
-        ts, hs = sub.steps(num_steps)
+    def _frontier(self, num_steps, cost, min_probability):
+        """`(cost, error, evaluations)` over a grid of rate scales: the expected
+        cost, added RMS error and per-level evaluations of this calibration's
+        schedule at `num_steps` steps, as `predict(schedule(...))` prices it
+        (`_price`), vectorised over the scale, in float64."""
+        ts, hs = self.steps(num_steps)
         bins = _bin_index(self.times, ts + hs / 2)
-        shape = sub.rate_shape(cost)[bins]  # (n, k)
-        weighted = sub._weighted_variances()[bins]
-        c = sub.level_costs(cost)
-        floor = self._floor_rate(num_steps, min_probability)
+        shape = self.rate_shape(cost)[bins]  # (n, k)
         h = np.abs(hs)[:, None]
-        finite = shape[:, 1:][np.isfinite(shape[:, 1:]) & (shape[:, 1:] > 0)]
-        if finite.size == 0:  # one level, or nothing to randomise
+        inner = shape[:, 1:] * h  # probabilities at scale 1
+        positive = inner[np.isfinite(inner) & (inner > 0)]
+        if positive.size == 0:  # one level, or nothing to randomise
             scales = np.ones(1)
         else:
-            centre = 1.0 / np.median(
-                finite
-                * np.broadcast_to(h, shape[:, 1:].shape)[
-                    np.isfinite(shape[:, 1:]) & (shape[:, 1:] > 0)
-                ]
-            )
-            scales = centre * np.logspace(-6, 3, 241)
+            scales = np.logspace(-6, 3, 241) / np.median(positive)
+        floor = self._floor_rate(num_steps, min_probability)
         rates = np.maximum(shape[None] * scales[:, None, None], floor)
         rates[..., 0] = np.inf
         probs = np.minimum(1.0, rates * h[None])
-        nxt = np.concatenate([probs[..., 1:], np.zeros(probs.shape[:-1] + (1,))], -1)
-        evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=1)  # (S, k)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per = np.where(weighted[None] > 0, weighted[None] * (1 / probs - 1), 0.0)
-        mse = np.sum(hs[None] ** 2 * per.sum(axis=2), axis=1)
-        return evaluations @ c, np.sqrt(mse), evaluations
+        evaluations, mse = _price(probs, hs, self._weighted_variances()[bins])
+        return evaluations @ self.level_costs(cost), np.sqrt(mse), evaluations
 
     def verdict(
         self,
@@ -749,10 +732,7 @@ class Calibration:
                 "`calibrate` again."
             )
         k = self.num_levels
-        ladders = [
-            tuple(i for i in range(k - 1) if mask >> i & 1) + (k - 1,)
-            for mask in range(1, 2 ** (k - 1))
-        ]
+        ladders = [(idx, self.restrict(idx)) for idx in _sub_ladders(k)[1:]]
         n_em = n0 * (em_e0 / judged) ** (1 / em_order)
         out: dict[str, dict] = {}
         for unit in units:
@@ -764,10 +744,8 @@ class Calibration:
                 budget = judged**2 - e_n**2  # δ² left for the telescope
                 if not np.any(budget > 0):
                     continue
-                for idx in ladders:
-                    spent, added, evaluations = self._frontier(
-                        idx, n, unit, min_probability
-                    )
+                for idx, sub in ladders:
+                    spent, added, evaluations = sub._frontier(n, unit, min_probability)
                     for j in np.flatnonzero(budget > 0):
                         ok = np.flatnonzero(added <= np.sqrt(budget[j]))
                         if ok.size == 0:
@@ -1369,6 +1347,29 @@ def _warn(message: str) -> None:
     import warnings
 
     warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _sub_ladders(k: int) -> list[tuple[int, ...]]:
+    """Every sub-ladder of `k` levels that keeps the top one (0-based indices,
+    increasing), the top level alone first."""
+    return [
+        tuple(i for i in range(k - 1) if mask >> i & 1) + (k - 1,)
+        for mask in range(2 ** (k - 1))
+    ]
+
+
+def _price(probs, hs, weighted):
+    """`(evaluations, mse)` of firing probabilities `probs` (`(..., n, k)`, any
+    leading axes) on steps of lengths `hs`: expected evaluations per level (level
+    `l` runs if it or level `l + 1` fires) and the added mean square
+    `Σ_n h_n² Σ_l (1/p − 1) W_l` for the weighted variances `weighted` (`(n, k)`;
+    a level with `W_l = 0` adds nothing, even at `p = 0`)."""
+    zero = np.zeros(probs.shape[:-1] + (1,))
+    nxt = np.concatenate([probs[..., 1:], zero], axis=-1)
+    evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(weighted > 0, weighted * (1 / probs - 1), 0.0)
+    return evaluations, np.sum(hs**2 * per.sum(axis=-1), axis=-1)
 
 
 @eqx.filter_jit
