@@ -28,15 +28,15 @@ level about 14×, 31× and 123× the base's FLOPs). On each:
   (`mlem_jax.diffusion.digits_quality`, reference the training split) with its
   standard error; per level alone (SDE-DPM-Solver++(1), `quality_steps` steps,
   `quality_samples` samples), the held-out split (the metric's floor), and every
-  run's samples (batch × keys; noisier).
+  run's samples (batch × keys: far too few for KID to compare runs, about ±0.2;
+  `ladder_quality.py` compares the runs that matter at matched quality).
 * **Cost:** FLOPs from the manifest; wall-clock and process CPU seconds of each
   compiled solve, median of `repeats` interleaved passes, in this process.
 * **Matched:** `samplers.matched` — at each multilevel point spending 4–32
   top-level evaluations, the cheapest single-network cost reaching its RMS error
   (each sampler–network curve interpolated log–log), in FLOPs, CPU s and wall s;
   ML-EM against Euler–Maruyama with the top network, measured, beside the
-  verdict's prediction at the same error; at matched quality, the cheapest
-  single-network run whose KID is at most the point's.
+  verdict's prediction at the same error (`verdict_comparison`).
 
 Writes `benchmarks/results/ladder_span_<name>.json` and the README table between
 the `ladder_span` markers. `--quick`: a smoke run (small sizes, no README).
@@ -177,33 +177,6 @@ def _level_quality(bench: Bench, quality, settings, seed):
             f"level {entry['level']}: KID {entry['kid']:.4f} ± {entry['stderr']:.4f}; "
             f"minus the top level's {diff:.4f} ± {diff_se:.4f}",
             flush=True,
-        )
-    return out
-
-
-def _quality_matched(points, unit, lo, hi, top_cost):
-    """Per multilevel point in range: the cheapest single-network run whose KID is
-    at most the point's, its cost over the point's."""
-    singles = [p for p in points if p["kind"] == "single"]
-    out = []
-    for p in points:
-        if p["kind"] != "multilevel" or not lo <= p[unit] / top_cost <= hi:
-            continue
-        ok = [s for s in singles if s["kid"] <= p["kid"]]
-        best = min(ok, key=lambda s: s[unit]) if ok else None
-        out.append(
-            dict(
-                sampler=p["sampler"],
-                steps=p["steps"],
-                fraction=p["fraction"],
-                kid=p["kid"],
-                kid_stderr=p["kid_stderr"],
-                single=None
-                if best is None
-                else f"{best['sampler']} level {best['level']} x{best['steps']}",
-                single_kid=None if best is None else best["kid"],
-                speedup=None if best is None else best[unit] / p[unit],
-            )
         )
     return out
 
@@ -395,17 +368,6 @@ def measure(settings: dict, seed: int, ladder: str | None) -> dict:
             points=points,
         )
         result["matched"] = matched(result)
-        top_flops = float(flops[-1])
-        top_seconds = statistics.median(
-            p["seconds"] / sum(p["evaluations"])
-            for p in points
-            if p["kind"] == "single" and p["level"] == m
-        )
-        lo, hi = settings["range_top_equivalent"]
-        result["quality_matched"] = {
-            "flops": _quality_matched(points, "flops", lo, hi, top_flops),
-            "seconds": _quality_matched(points, "seconds", lo, hi, top_seconds),
-        }
         result["verdict"] = {
             u: dict(
                 text=str(v),
@@ -482,11 +444,6 @@ def verdict_comparison(result: dict) -> list[dict]:
                 )
             )
     return out
-
-
-def _best(entries, key="speedup"):
-    vals = [e[key] for e in entries if e.get(key) is not None]
-    return max(vals) if vals else None
 
 
 def _num(x):
@@ -580,7 +537,7 @@ def main(argv=None) -> int:
         with open(path) as f:
             result = json.load(f)
         for r in result["truncations"]:
-            r.pop("quality_matched", None)
+            r.pop("quality_matched", None)  # from the first run's analysis
             r["matched"] = matched(r)
             r["verdict_vs_measured"] = verdict_comparison(r)
         write_json(path, result)
