@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, write_json  # noqa: E402
+from ladder_span import prior_and_path  # noqa: E402
 from samplers import RESULTS, SDE_SAMPLERS, Bench  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
@@ -70,45 +71,18 @@ def main(argv=None) -> int:
     quality = md.digits_quality(num_blocks=args.keys)
     n_blk = args.samples // args.keys
     key = jax.random.fold_in(jax.random.key(args.seed), 202)
-    sde = md.VPSDE(beta_min=bench.param.beta_min, beta_max=bench.param.beta_max)
-    prior = sde.prior_sample(key, (args.samples, *bench.y0.shape[1:]))
-    fine = 64
-    dw = mj.brownian_increments(
-        jax.random.fold_in(key, 1),
-        prior.shape,
-        t0=bench.t0,
-        t1=bench.t1,
-        num_steps=fine,
-    )
+    prior, dw = prior_and_path(bench, key, args.samples, 64)
     per_image = np.asarray(bench.flops) / settings["batch"]
     top = per_image[-1]
 
     runs = []
     for sampler_name, level, n in SINGLES:
-        sampler, grid = SDE_SAMPLERS[sampler_name]
-        w = mj.coarsen_increments(dw, fine // n)
-        if sampler is None:
-            y = Bench._em(
-                bench.drifts[level - 1],
-                bench.diffusion,
-                prior,
-                w,
-                bench.level_key,
-                bench.t0,
-                bench.t1,
-            )[0]
-        else:
-            y = Bench._sample(
-                bench.nets[level - 1],
-                bench.param,
-                sampler,
-                grid,
-                prior,
-                w,
-                n,
-                bench.t0,
-                bench.t1,
-            )[0]
+        per_step = SDE_SAMPLERS[sampler_name][0]
+        per_step = 1 if per_step is None else per_step.evaluations_per_step
+        _, thunk = bench.single(
+            sampler_name, level - 1, n * per_step, y0=prior, dw_fine=dw
+        )
+        y = thunk()[0]
         runs.append(
             dict(
                 kind="single",
@@ -129,40 +103,20 @@ def main(argv=None) -> int:
         schedule = cal.restrict(idx).schedule(
             budget=budget, num_steps=n, min_probability=p_min, cost="seconds"
         )
-        sampler, grid = SDE_SAMPLERS[sampler_name]
-        w = mj.coarsen_increments(dw, fine // n)
         ys, evaluations = [], np.zeros(k)
         for j in range(args.keys):
             rows = slice(j * n_blk, (j + 1) * n_blk)
             key_j = jax.random.fold_in(bench.level_key, j)
-            costs = tuple(float(bench.flops[i]) for i in idx)
-            if sampler is None:
-                lv = mj.Levels(tuple(bench.drifts[i] for i in idx), costs)
-                y, info = Bench._mlem_em(
-                    lv,
-                    schedule,
-                    bench.diffusion,
-                    prior[rows],
-                    w[:, rows],
-                    key_j,
-                    bench.t0,
-                    bench.t1,
-                )
-            else:
-                lv = mj.Levels(tuple(bench.nets[i] for i in idx), costs)
-                y, info = Bench._mlem_sample(
-                    lv,
-                    schedule,
-                    bench.param,
-                    sampler,
-                    grid,
-                    prior[rows],
-                    w[:, rows],
-                    key_j,
-                    n,
-                    bench.t0,
-                    bench.t1,
-                )
+            thunk = bench.multilevel(
+                sampler_name,
+                idx,
+                schedule,
+                n,
+                key_j,
+                y0=prior[rows],
+                dw_fine=dw[:, rows],
+            )
+            y, info = thunk()
             ys.append(np.asarray(y))
             evaluations[list(idx)] += np.asarray(info.evaluations) / args.keys
         runs.append(

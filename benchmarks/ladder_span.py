@@ -133,34 +133,31 @@ def _timed(thunks, repeats):
     )
 
 
-def _level_quality(bench: Bench, quality, settings, seed):
-    """KID of each level alone (SDE-DPM-Solver++(1)), with its standard error."""
-    n = settings["quality_samples"]
-    key = jax.random.fold_in(jax.random.key(seed), 101)
-    y0 = bench.problem.y0
+def prior_and_path(bench: Bench, key, samples: int, num_steps: int):
+    """`samples` prior draws of the bench's VP-SDE (`key`) and their Brownian
+    increments on `num_steps` steps (`fold_in(key, 1)`), for quality runs larger
+    than the bench's batch."""
     sde = md.VPSDE(beta_min=bench.param.beta_min, beta_max=bench.param.beta_max)
-    prior = sde.prior_sample(key, (n, *y0.shape[1:]))
+    prior = sde.prior_sample(key, (samples, *bench.y0.shape[1:]))
     dw = mj.brownian_increments(
         jax.random.fold_in(key, 1),
         prior.shape,
         t0=bench.t0,
         t1=bench.t1,
-        num_steps=settings["quality_steps"],
+        num_steps=num_steps,
     )
-    sampler = SDE_SAMPLERS["SDE-DPM++(1)"][0]
+    return prior, dw
+
+
+def _level_quality(bench: Bench, quality, settings, seed):
+    """KID of each level alone (SDE-DPM-Solver++(1)), with its standard error."""
+    steps = settings["quality_steps"]
+    key = jax.random.fold_in(jax.random.key(seed), 101)
+    prior, dw = prior_and_path(bench, key, settings["quality_samples"], steps)
     out, ys = [], []
-    for level, net in enumerate(bench.nets):
-        y, _ = Bench._sample(
-            net,
-            bench.param,
-            sampler,
-            "uniform",
-            prior,
-            dw,
-            settings["quality_steps"],
-            bench.t0,
-            bench.t1,
-        )
+    for level in range(len(bench.nets)):
+        _, thunk = bench.single("SDE-DPM++(1)", level, steps, y0=prior, dw_fine=dw)
+        y = thunk()[0]
         kid, se = _kid(quality, y)
         ys.append(y)
         out.append(dict(level=level + 1, kid=kid, stderr=se))

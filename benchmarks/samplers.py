@@ -211,10 +211,13 @@ class Bench:
         )
         self.held_out, self.data_mid, self.data_half = _held_out(ladder=ladder)
 
-    def dw(self, n: int):
-        if self.dw_fine is None:
+    def dw(self, n: int, fine=None):
+        """The Brownian path (`fine`: increments at any multiple of `n` steps;
+        default this bench's fine path) coarsened to `n` steps."""
+        fine = self.dw_fine if fine is None else fine
+        if fine is None:
             return None
-        return mj.coarsen_increments(self.dw_fine, self.fine // n)
+        return mj.coarsen_increments(fine, fine.shape[0] // n)
 
     # ----------------------------------------------------------- compiled solves
     @staticmethod
@@ -270,17 +273,20 @@ class Bench:
             brownian=dw,
         )
 
-    def single(self, name: str, level: int, evaluations: int):
-        """A thunk for one single-network solve (`level` 0-based)."""
+    def single(self, name: str, level: int, evaluations: int, y0=None, dw_fine=None):
+        """A thunk for one single-network solve (`level` 0-based), from this
+        bench's prior draws and path or from `y0` and the fine increments
+        `dw_fine`."""
         samplers = ODE_SAMPLERS if self.ode else SDE_SAMPLERS
         sampler, grid = samplers[name]
+        y0 = self.y0 if y0 is None else y0
         if sampler is None:
-            dw = self.dw(evaluations)
+            dw = self.dw(evaluations, dw_fine)
             return evaluations, functools.partial(
                 self._em,
                 self.drifts[level],
                 self.diffusion,
-                self.y0,
+                y0,
                 dw,
                 self.level_key,
                 self.t0,
@@ -293,17 +299,20 @@ class Bench:
             self.param,
             sampler,
             grid,
-            self.y0,
-            self.dw(n) if sampler.stochastic else None,
+            y0,
+            self.dw(n, dw_fine) if sampler.stochastic else None,
             n,
             self.t0,
             self.t1,
         )
 
-    def multilevel(self, name: str, idx, schedule, n: int, key):
+    def multilevel(self, name: str, idx, schedule, n: int, key, y0=None, dw_fine=None):
+        """A thunk for one multilevel solve on the levels `idx` (0-based); `y0`
+        and `dw_fine` as in `single`."""
         samplers = ODE_SAMPLERS if self.ode else SDE_SAMPLERS
         sampler, grid = samplers[name]
         costs = tuple(float(self.flops[i]) for i in idx)
+        y0 = self.y0 if y0 is None else y0
         if sampler is None:
             levels = mj.Levels(tuple(self.drifts[i] for i in idx), costs)
             return functools.partial(
@@ -311,8 +320,8 @@ class Bench:
                 levels,
                 schedule,
                 self.diffusion,
-                self.y0,
-                self.dw(n),
+                y0,
+                self.dw(n, dw_fine),
                 key,
                 self.t0,
                 self.t1,
@@ -325,8 +334,8 @@ class Bench:
             self.param,
             sampler,
             grid,
-            self.y0,
-            self.dw(n) if sampler.stochastic else None,
+            y0,
+            self.dw(n, dw_fine) if sampler.stochastic else None,
             key,
             n,
             self.t0,
