@@ -48,6 +48,10 @@ def test_kernel_distance_bad_input():
         md.kernel_distance(x, np.zeros((16, 2)))
     with pytest.raises(ValueError, match="at least 2 samples per block"):
         md.kernel_distance(x, np.zeros((8, 3)), num_blocks=8)
+    with pytest.raises(ValueError, match="`x1` and `x2` must have the same shape"):
+        md.kernel_distance_difference(x, np.zeros((8, 3)), x)
+    with pytest.raises(ValueError, match="`x1` and `y` must have the same feature"):
+        md.kernel_distance_difference(x, x, np.zeros((16, 2)))
 
 
 @pytest.fixture(scope="module")

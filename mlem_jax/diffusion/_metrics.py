@@ -158,25 +158,25 @@ def kernel_distance(
 
     **Returns:** `(kid, standard_error)` as Python floats.
     """
-    xf, yf = _flat(x, "x"), _flat(y, "y")
-    if xf.shape[1] != yf.shape[1]:
-        raise ValueError(
-            f"`x` and `y` must have the same feature dimension, got {xf.shape[1]} and "
-            f"{yf.shape[1]}."
-        )
-    if not (isinstance(num_blocks, int) and num_blocks >= 2):
-        raise ValueError(f"`num_blocks` must be an int >= 2, got {num_blocks!r}.")
-    values = _kid_blocks(xf, yf, num_blocks)
+    values = _kid_blocks(_flat(x, "x"), _flat(y, "y"), num_blocks, "x")
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(num_blocks))
 
 
-def _kid_blocks(xf: Array, yf: Array, num_blocks: int) -> np.ndarray:
-    """Unbiased cubic-kernel MMD² of each of `num_blocks` (x-block, y-block) pairs."""
+def _kid_blocks(xf: Array, yf: Array, num_blocks: int, name: str) -> np.ndarray:
+    """Unbiased cubic-kernel MMD² of each of `num_blocks` (x-block, y-block) pairs,
+    after checking the arguments (`name`: what the error messages call `xf`)."""
+    if xf.shape[1] != yf.shape[1]:
+        raise ValueError(
+            f"`{name}` and `y` must have the same feature dimension, got "
+            f"{xf.shape[1]} and {yf.shape[1]}."
+        )
+    if not (isinstance(num_blocks, int) and num_blocks >= 2):
+        raise ValueError(f"`num_blocks` must be an int >= 2, got {num_blocks!r}.")
     n, m = xf.shape[0] // num_blocks, yf.shape[0] // num_blocks
     if n < 2 or m < 2:
         raise ValueError(
-            f"`x` and `y` need at least 2 samples per block ({num_blocks} blocks); got "
-            f"{xf.shape[0]} and {yf.shape[0]} samples."
+            f"`{name}` and `y` need at least 2 samples per block ({num_blocks} "
+            f"blocks); got {xf.shape[0]} and {yf.shape[0]} samples."
         )
     d = xf.shape[1]
     xb = xf[: n * num_blocks].reshape(num_blocks, n, d)
@@ -214,14 +214,7 @@ def kernel_distance_difference(
         raise ValueError(
             f"`x1` and `x2` must have the same shape, got {f1.shape} and {f2.shape}."
         )
-    if f1.shape[1] != yf.shape[1]:
-        raise ValueError(
-            f"`x1` and `y` must have the same feature dimension, got {f1.shape[1]} "
-            f"and {yf.shape[1]}."
-        )
-    if not (isinstance(num_blocks, int) and num_blocks >= 2):
-        raise ValueError(f"`num_blocks` must be an int >= 2, got {num_blocks!r}.")
-    diff = _kid_blocks(f1, yf, num_blocks) - _kid_blocks(f2, yf, num_blocks)
+    diff = _kid_blocks(f1, yf, num_blocks, "x1") - _kid_blocks(f2, yf, num_blocks, "x2")
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(num_blocks))
 
 
