@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._brownian import brownian_increments, split_key, step_uniforms
+from ._brownian import brownian_increments, split_key
 from ._levels import Levels
 from ._misc import NumbersLike, check_grid, check_key
 from ._schedules import AbstractSchedule, LogitProbabilities as LogitProbabilities
 from ._solve import em_solve, mlem_solve
+from ._step import expected_evaluations, step_fires
 
 if TYPE_CHECKING:  # optax loads only when a schedule is learned
     import optax
@@ -43,13 +44,9 @@ def _grid_probabilities(schedule, key, t0, t1, num_steps, dtype):
     t1 = jnp.asarray(t1, dtype)
     h = (t1 - t0) / num_steps
     _, level_key = split_key(key)
-    k = schedule.num_levels
 
     def one(n):
-        t = t0 + n.astype(dtype) * h
-        probs = schedule.probabilities(t, h).astype(dtype)
-        uniforms = step_uniforms(level_key, n, k, dtype)
-        return probs, uniforms < probs
+        return step_fires(schedule, level_key, n, t0 + n.astype(dtype) * h, h, dtype)
 
     return jax.vmap(one)(jnp.arange(num_steps))
 
@@ -104,8 +101,7 @@ def expected_cost(
     h = (t1 - t0) / num_steps
     ts = t0 + jnp.arange(num_steps, dtype=dtype) * h
     probs = jax.vmap(lambda t: schedule.probabilities(t, h).astype(dtype))(ts)
-    nxt = jnp.concatenate([probs[:, 1:], jnp.zeros_like(probs[:, :1])], axis=1)
-    evaluations = jnp.sum(1 - (1 - probs) * (1 - nxt), axis=0)
+    evaluations = jnp.sum(expected_evaluations(probs), axis=0)
     return evaluations @ jnp.asarray(levels.costs, dtype)
 
 

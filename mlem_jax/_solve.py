@@ -16,17 +16,11 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from ._brownian import (
-    leaf_keys,
-    split_key,
-    step_increment,
-    step_uniforms,
-    tree_increment,
-)
+from ._brownian import leaf_keys, split_key, step_increment, tree_increment
 from ._levels import Levels
 from ._misc import check_key, check_num_steps, concrete_or_none, time_dtype
 from ._schedules import AbstractSchedule
-from ._step import check_drift_tree, level_draws, level_value, mlem_drift
+from ._step import check_drift_tree, level_value, mlem_drift, step_draws
 
 DiffusionFn = Callable[[Any, Any, Any], Any]
 
@@ -489,7 +483,6 @@ def _integrate(
         # shard_map): the Brownian stream is the global batch's, cut to this shard;
         # the level stream is the whole key's (shared draws) or the device's own.
         level_key = shard.level_key(key)
-    k = len(fns)
     is_path = isinstance(brownian, diffrax.AbstractPath)
     steps = jnp.arange(num_steps)
     xs = (steps, brownian if (brownian is not None and not is_path) else None)
@@ -503,9 +496,7 @@ def _integrate(
             drift = level_value(fns[0], "`drift`", t, y, args)
             needed = jnp.ones((1,), bool)
         else:
-            probs = schedule.probabilities(t, h).astype(tdtype)
-            uniforms = step_uniforms(level_key, n, k, tdtype)
-            _, needed, weights = level_draws(uniforms, probs)
+            needed, weights = step_draws(schedule, level_key, n, t, h, tdtype, always)
             drift = mlem_drift(fns, needed, weights, t, y, args, always)
         y_next = tree_map(lambda yi, d: yi + h.astype(yi.dtype) * d, y, drift)
         if diffusion is not None:

@@ -20,10 +20,10 @@ from diffrax._term import AdjointTerm, WrapTerm
 from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Int, PRNGKeyArray
 
-from ._brownian import split_key, step_uniforms
+from ._brownian import split_key
 from ._misc import check_key, time_dtype
 from ._schedules import AbstractSchedule
-from ._step import level_draws, mlem_drift
+from ._step import mlem_drift, step_draws
 from ._term import MultilevelTerm
 
 ADAPTIVE_MESSAGE = (
@@ -230,27 +230,24 @@ class MLEMSolver(diffrax.AbstractItoSolver):
     def step(self, terms, t0, t1, y0, args, solver_state: MLEMState, made_jump):
         del made_jump
         fns, ladder, direction, others = self._ladder(terms, y0)
-        k = len(fns)
         dtype = time_dtype(y0)
         # diffeqsolve runs reverse-time solves in negated time; undo it for the
         # levels and the schedule, which see the real time and signed step.
         t = jnp.asarray(t0) * direction
         h = (jnp.asarray(t1) * direction - t).astype(dtype)
         always = self.schedule.always_fires(_ANY_STEP)
-        if all(always):
-            # Every level fires every step: nothing to draw (and nothing that a
-            # batched loop could batch).
-            needed = jnp.ones((k,), bool)
-            weights = jnp.ones((k,), dtype)
-        else:
-            probs = self.schedule.probabilities(t, h).astype(dtype)
-            # Checked on a boolean of the probabilities: custom_vmap on a float would
-            # break reverse-mode linearization.
-            _unbatched_probabilities(jnp.isnan(probs))
-            _, level_key = split_key(self.key)
-            n = _shared_step_count(solver_state.step)
-            uniforms = step_uniforms(level_key, n, k, dtype)
-            _, needed, weights = level_draws(uniforms, probs)
+        # Checked on a boolean of the probabilities: custom_vmap on a float would
+        # break reverse-mode linearization.
+        needed, weights = step_draws(
+            self.schedule,
+            split_key(self.key)[1],
+            _shared_step_count(solver_state.step),
+            t,
+            h,
+            dtype,
+            always,
+            check_probabilities=lambda p: _unbatched_probabilities(jnp.isnan(p)),
+        )
         drift = mlem_drift(fns, needed, weights, t, y0, args, always)
         # The sum of every term's increment, in the terms' order, added to y0: as
         # diffrax.Euler on a MultiTerm (so one level at p = 1 is Euler bit for bit).

@@ -1,13 +1,21 @@
-"""One ML-EM drift estimate, shared by the functional solver and `MLEMSolver`."""
+"""The level draws and the ML-EM drift estimate of one step: the one place that
+implements them, called by every integrator (`mlem_solve`/`em_solve`, `MLEMSolver`,
+the diffusion samplers) and by everything that rebuilds or prices the draws
+(`draw_log_prob`, `expected_cost`, `Calibration.predict`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_batching import custom_vmap
-from jaxtyping import Array, Bool, Float, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
+
+from ._brownian import step_uniforms
 
 BATCHED_DRAWS_MESSAGE = (
     "mlem_jax: the ML-EM level draws are batched under jax.vmap (the solve's `key`, "
@@ -45,12 +53,87 @@ def level_draws(
 
     Raises a clear error if the draws would be batched under `jax.vmap`.
     """
-    fires = uniforms < probs
+    return _draws_from_fires(uniforms < probs, probs)
+
+
+def _draws_from_fires(fires, probs):
     fires = _unbatched(fires)
     needed = fires | jnp.concatenate([fires[1:], jnp.zeros((1,), bool)])
     safe_p = jnp.where(fires, probs, 1)
     weights = jnp.where(fires, 1 / safe_p, 0)
     return fires, needed, weights
+
+
+def step_fires(
+    schedule,
+    level_key: PRNGKeyArray,
+    n: ArrayLike,
+    t,
+    h,
+    dtype,
+    check_probabilities: Callable[[Array], object] | None = None,
+) -> tuple[Float[Array, " k"], Bool[Array, " k"]]:
+    """`(probs, fires)` of step `n` at time `t` with signed step `h`: the documented
+    draws `B_l = U_l < p_l` with `p = schedule.probabilities(t, h)` and
+    `U = step_uniforms(level_key, n, k)`, both in `dtype`.
+
+    The contract every user of the draws shares (`step_draws` for the integrators,
+    `draw_log_prob` and `schedule_gradient` to rebuild them). No batching check:
+    vmapping this over steps or keys is fine. `check_probabilities(probs)`, if
+    given, runs on the probabilities before the draw (`MLEMSolver` names batched
+    probabilities in its error with it).
+    """
+    probs = schedule.probabilities(t, h).astype(dtype)
+    if check_probabilities is not None:
+        check_probabilities(probs)
+    uniforms = step_uniforms(level_key, n, schedule.num_levels, dtype)
+    return probs, uniforms < probs
+
+
+class StepDraws(NamedTuple):
+    """What an integrator needs of step `n`'s draws (see `level_draws`)."""
+
+    needed: Bool[Array, " k"]
+    weights: Float[Array, " k"]
+
+
+def step_draws(
+    schedule,
+    level_key: PRNGKeyArray,
+    n: ArrayLike,
+    t,
+    h,
+    dtype,
+    always: Sequence[bool] | None = None,
+    check_probabilities: Callable[[Array], object] | None = None,
+) -> StepDraws:
+    """`(needed, weights)` of step `n`, for `mlem_drift`: `step_fires` then
+    `level_draws`, with the fast path shared by every integrator: when the static
+    `always` says every level fires at every step, nothing is drawn (all needed,
+    weights 1: the values the draws give with every `p_l = 1`)."""
+    k = schedule.num_levels
+    if always is not None and all(always):
+        return StepDraws(jnp.ones((k,), bool), jnp.ones((k,), dtype))
+    probs, fires = step_fires(schedule, level_key, n, t, h, dtype, check_probabilities)
+    _, needed, weights = _draws_from_fires(fires, probs)
+    return StepDraws(needed, weights)
+
+
+def expected_evaluations(probs):
+    """The probability that each level is evaluated at a step, `1 − (1 − p_l)(1 −
+    p_{l+1})` (level `l` runs when `B_l` or `B_{l+1}` fires; `p_{k+1} = 0`), for
+    firing probabilities `probs` with the levels on the last axis (any leading
+    axes). NumPy in, NumPy out (`Calibration.predict` prices in float64); JAX arrays
+    give JAX arrays (`expected_cost` is differentiable)."""
+    xp = np if isinstance(probs, np.ndarray) else jnp
+    nxt = xp.concatenate([probs[..., 1:], xp.zeros_like(probs[..., :1])], axis=-1)
+    return 1 - (1 - probs) * (1 - nxt)
+
+
+@eqx.filter_jit
+def probabilities_on_grid(schedule, ts, hs) -> Float[Array, "n k"]:
+    """`schedule.probabilities(t_n, h_n)` at every step of a grid, shape `(n, k)`."""
+    return jax.vmap(schedule.probabilities)(ts, hs)
 
 
 def mlem_drift(

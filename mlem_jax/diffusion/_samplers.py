@@ -52,12 +52,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._brownian import split_key, step_increment, step_uniforms
+from .._brownian import split_key, step_increment
 from .._levels import Levels
 from .._misc import check_key, check_num_steps, concrete_or_none
 from .._schedules import AbstractSchedule
 from .._solve import SolveInfo, check_increments
-from .._step import check_drift_output, level_draws, mlem_drift
+from .._step import check_drift_output, level_draws, mlem_drift, step_draws
 from ._param import AbstractParametrisation, check_prediction
 
 GRIDS = ("uniform", "quadratic", "logsnr", "edm")
@@ -837,9 +837,9 @@ def _integrate(
             )
             predict = _Constant(sum(stored[1:], stored[0]))
         else:
-            probs = schedule.probabilities(t, dt).astype(ts.dtype)
-            uniforms = step_uniforms(level_key, n, k, ts.dtype)
-            _, needed, weights = level_draws(uniforms, probs)
+            needed, weights = step_draws(
+                schedule, level_key, n, t, dt, ts.dtype, always
+            )
 
             def telescope(tt, yy):
                 return mlem_drift(x0_fns, needed, weights, tt, yy, args, always)
