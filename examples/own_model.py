@@ -192,9 +192,9 @@ def main(argv=None):
     schedule = sub_cal.schedule(target_error=target)
     pred = sub_cal.predict(schedule)
     print(
-        f"levels {[i + 1 for i in used]}: predicted cost {pred['cost']:.1f} "
-        f"({top_cost / pred['cost']:.2f}x cheaper than the top network alone) at "
-        f"added RMS error {pred['error']:.4f}"
+        f"levels {[i + 1 for i in used]}: predicted cost {pred.cost:.1f} "
+        f"({top_cost / pred.cost:.2f}x cheaper than the top network alone) at "
+        f"added RMS error {pred.error:.4f}"
     )
 
     @jax.jit
@@ -216,7 +216,7 @@ def main(argv=None):
         f"realised over {keys} keys: cost {spent:.1f} "
         f"({top_cost / spent:.2f}x cheaper), added RMS error {err:.4f} ± {err_se:.4f}"
     )
-    if err > 1.5 * pred["error"]:
+    if err > 1.5 * pred.error:
         print(
             "The realised error exceeds the linearised prediction: calibrate with "
             "more `pilot_keys`, or ask for a smaller `target_error`."

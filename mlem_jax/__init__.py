@@ -17,6 +17,7 @@ from ._brownian import (
 )
 from ._calibrate import (
     Calibration as Calibration,
+    Prediction as Prediction,
     Verdict as Verdict,
     calibrate as calibrate,
 )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Sequence
 
 import diffrax
@@ -41,10 +42,41 @@ from ._levels import Levels
 from ._misc import check_num_steps, concrete_or_none
 from ._schedules import AbstractSchedule, FixedProbabilities, Rates
 from ._solve import em_solve, mlem_solve
-from ._step import check_drift_output
+from ._step import check_drift_output, expected_evaluations, probabilities_on_grid
 
 COSTS = ("costs", "flops", "seconds")
 """What `Calibration.schedule(cost=...)` can minimise."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """A schedule's expected cost and added error (`Calibration.predict`).
+
+    **Fields:**
+
+    - `evaluations`: expected evaluations of each level over the solve, shape `(k,)`.
+    - `cost`: expected cost, in the units `Calibration.predict(cost=...)` names.
+    - `error`: predicted RMS pathwise distance to Euler–Maruyama with the top level
+        (`inf` if a level whose correction has variance has probability 0).
+
+    Indexing by field name (`prediction["cost"]`), the dict this used to be, still
+    works and warns: use the attributes.
+    """
+
+    evaluations: np.ndarray
+    cost: float
+    error: float
+
+    def __getitem__(self, name: str):
+        warnings.warn(
+            "Calibration.predict now returns a Prediction record: use "
+            f"`prediction.{name}` instead of `prediction[{name!r}]`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if name not in ("evaluations", "cost", "error"):
+            raise KeyError(name)
+        return getattr(self, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,12 +467,12 @@ class Calibration:
                     continue
             pred = sub.predict(schedule, num_steps, cost)
             if target_error is not None:
-                ok = pred["error"] <= target_error * (1 + 1e-6)
-                value = pred["cost"] if ok else math.inf
+                ok = pred.error <= target_error * (1 + 1e-6)
+                value = pred.cost if ok else math.inf
             else:
                 assert budget is not None
-                ok = pred["cost"] <= budget * (1 + 1e-6)
-                value = pred["error"] if ok else math.inf
+                ok = pred.cost <= budget * (1 + 1e-6)
+                value = pred.error if ok else math.inf
             if value < best_value:
                 best, best_value = idx, value
         if best is None:
@@ -525,11 +557,12 @@ class Calibration:
 
             # Added error falls with the scale: find where it meets the target.
             def miss_error(log_s):
-                err = self.predict(scaled(math.exp(log_s)), num_steps)["error"]
+                err = self.predict(scaled(math.exp(log_s)), num_steps).error
                 return _log(err) - math.log(target_error)
 
             miss, sign = miss_error, -1.0
         else:
+            assert budget is not None
             floor = self.min_cost(num_steps, min_probability, cost)
             if not budget > floor:
                 raise ValueError(
@@ -546,7 +579,7 @@ class Calibration:
             assert budget is not None
 
             def miss_cost(log_s, budget: float = budget):
-                spent = self.predict(scaled(math.exp(log_s)), num_steps, cost)["cost"]
+                spent = self.predict(scaled(math.exp(log_s)), num_steps, cost).cost
                 return _log(spent) - math.log(budget)
 
             miss, sign = miss_cost, 1.0
@@ -564,9 +597,7 @@ class Calibration:
         probability `min_probability`."""
         num_steps = self.num_steps if num_steps is None else num_steps
         floor_rate = self._floor_rate(num_steps, min_probability)
-        return self.predict(self._scaled(0.0, floor_rate, cost), num_steps, cost)[
-            "cost"
-        ]
+        return self.predict(self._scaled(0.0, floor_rate, cost), num_steps, cost).cost
 
     def _floor_rate(self, num_steps: int, min_probability: float) -> float:
         # p = λ |h| with |h| = |t1 − t0| / num_steps (on a non-uniform `grid`, the
@@ -587,12 +618,12 @@ class Calibration:
         schedule: AbstractSchedule,
         num_steps: int | None = None,
         cost: str = "costs",
-    ) -> dict:
+    ) -> Prediction:
         """Predicted cost and added error of `schedule` on this calibration's interval.
 
-        **Returns:** a dict with `evaluations` (expected per level), `cost` (expected,
-        in the units `cost` names: see `level_costs`) and `error`: the predicted RMS pathwise distance to
-        Euler–Maruyama with the top level,
+        **Returns:** a `Prediction` with `evaluations` (expected per level), `cost`
+        (expected, in the units `cost` names: see `level_costs`) and `error`: the
+        predicted RMS pathwise distance to Euler–Maruyama with the top level,
         `sqrt(Σ_n h_n² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the sensitivity
         and `A_l` the pilots' correction (`inf` if a level with `V_l > 0` has
         `p_l = 0`, which drops its correction).
@@ -600,18 +631,17 @@ class Calibration:
         num_steps = self.num_steps if num_steps is None else num_steps
         ts, hs = self.steps(num_steps)
         probs = np.asarray(
-            _probabilities_on_grid(schedule, jnp.asarray(ts), jnp.asarray(hs))
+            probabilities_on_grid(schedule, jnp.asarray(ts), jnp.asarray(hs))
         )
         bins = _bin_index(self.times, ts + hs / 2)
         evaluations, mse = _price(
             probs.astype(np.float64), hs, self._weighted_variances()[bins]
         )
-        spent = float(np.dot(evaluations, self.level_costs(cost)))
-        return {
-            "evaluations": evaluations,
-            "cost": spent,
-            "error": float(np.sqrt(mse)) if np.isfinite(mse) else math.inf,
-        }
+        return Prediction(
+            evaluations=evaluations,
+            cost=float(np.dot(evaluations, self.level_costs(cost))),
+            error=float(np.sqrt(mse)) if np.isfinite(mse) else math.inf,
+        )
 
     def em_error_at(self, num_steps) -> np.ndarray:
         """The RMS error of Euler–Maruyama with the top level at `num_steps` steps
@@ -1203,30 +1233,39 @@ def perturbation_growth(final, num_steps: int, y0, key, probes: int = 4):
 
 def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int = 4):
     """Per step `n`, how much a perturbation added to the state at the end of step
-    `n` of the pilot Euler–Maruyama solve grows by its end (`perturbation_growth`)."""
-    from ._brownian import brownian_increments
+    `n` of the pilot Euler–Maruyama solve grows by its end (`perturbation_growth`).
 
+    The pilot is `em_solve` itself on `key`'s Brownian path, the perturbation `z_n`
+    entering step `n` as the extra drift `z_n / h` (so the step adds `z_n`)."""
     dtype = y0.dtype
-    h = jnp.asarray((t1 - t0) / num_steps, dtype)
-    dw = (
-        brownian_increments(
+    h = (t1 - t0) / num_steps
+    dw = None
+    if diffusion is not None:
+        dw = brownian_increments(
             key, y0.shape, t0=t0, t1=t1, num_steps=num_steps, dtype=dtype
         )
-        if diffusion is not None
-        else jnp.zeros((num_steps, *y0.shape), dtype)
-    )
+        diffusion_of_zs = lambda t, y, zs: diffusion(t, y, args)
+    else:
+        diffusion_of_zs = None
+
+    def perturbed(t, y, zs):
+        n = jnp.rint((t - t0) / h).astype(jnp.int32)  # t = t0 + n·h on the grid
+        return jnp.asarray(top(t, y, args)).astype(dtype) + zs[n] / jnp.asarray(
+            h, dtype
+        )
 
     def final(zs):
-        def step(y, x):
-            n, z, dwn = x
-            t = jnp.asarray(t0, dtype) + n.astype(dtype) * h
-            y_next = y + h * jnp.asarray(top(t, y, args)).astype(dtype) + z
-            if diffusion is not None:
-                y_next = y_next + jnp.asarray(diffusion(t, y, args)).astype(dtype) * dwn
-            return y_next, None
-
-        steps = jnp.arange(num_steps)
-        return jax.lax.scan(jax.checkpoint(step), y0, (steps, zs, dw))[0]
+        return em_solve(
+            perturbed,
+            diffusion_of_zs,
+            y0,
+            t0=t0,
+            t1=t1,
+            num_steps=num_steps,
+            key=key,
+            args=zs,
+            brownian=dw,
+        )[0]
 
     growth = jax.jit(lambda k: perturbation_growth(final, num_steps, y0, k, probes))
     return np.asarray(growth(key), np.float64)
@@ -1286,7 +1325,7 @@ def with_amplification(cal: Calibration, mean_added, level_key, n: int) -> Calib
         one_level = dataclasses.replace(
             cal, amplification=np.eye(k)[l], warnings=()
         )  # A_l = 1 for level l, 0 for the others: the prediction for level l alone
-        predicted = one_level.predict(FixedProbabilities(probs))["error"] ** 2
+        predicted = one_level.predict(FixedProbabilities(probs)).error ** 2
         measured = float(mean_added(jnp.asarray(probs), keys))
         if predicted > 0 and np.isfinite(predicted) and measured > 0:
             amplification[l] = measured / predicted
@@ -1360,21 +1399,14 @@ def _sub_ladders(k: int) -> list[tuple[int, ...]]:
 
 def _price(probs, hs, weighted):
     """`(evaluations, mse)` of firing probabilities `probs` (`(..., n, k)`, any
-    leading axes) on steps of lengths `hs`: expected evaluations per level (level
-    `l` runs if it or level `l + 1` fires) and the added mean square
+    leading axes) on steps of lengths `hs`: expected evaluations per level
+    (`expected_evaluations` summed over the steps) and the added mean square
     `Σ_n h_n² Σ_l (1/p − 1) W_l` for the weighted variances `weighted` (`(n, k)`;
     a level with `W_l = 0` adds nothing, even at `p = 0`)."""
-    zero = np.zeros(probs.shape[:-1] + (1,))
-    nxt = np.concatenate([probs[..., 1:], zero], axis=-1)
-    evaluations = (1 - (1 - probs) * (1 - nxt)).sum(axis=-2)
+    evaluations = expected_evaluations(probs).sum(axis=-2)
     with np.errstate(divide="ignore", invalid="ignore"):
         per = np.where(weighted > 0, weighted * (1 / probs - 1), 0.0)
     return evaluations, np.sum(hs**2 * per.sum(axis=-1), axis=-1)
-
-
-@eqx.filter_jit
-def _probabilities_on_grid(schedule, ts, hs):
-    return jax.vmap(schedule.probabilities)(ts, hs)
 
 
 def _log(x: float) -> float:

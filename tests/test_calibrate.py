@@ -106,13 +106,13 @@ def test_rate_rule_is_the_closed_form(calibration):
     sched = calibration.schedule(budget=0.3 * em_cost)
     assert isinstance(sched, mj.Rates)
     np.testing.assert_allclose(
-        calibration.predict(sched)["cost"], 0.3 * em_cost, rtol=1e-6
+        calibration.predict(sched).cost, 0.3 * em_cost, rtol=1e-6
     )
     ratio = np.asarray(sched.rates[:, 1:]) / shape[:, 1:]
     np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-5)
     # Scaled to an error target: the predicted added error is the target.
     sched = calibration.schedule(target_error=0.05)
-    np.testing.assert_allclose(calibration.predict(sched)["error"], 0.05, rtol=1e-6)
+    np.testing.assert_allclose(calibration.predict(sched).error, 0.05, rtol=1e-6)
 
 
 def test_predicted_evaluations_are_the_closed_form(calibration):
@@ -121,9 +121,20 @@ def test_predicted_evaluations_are_the_closed_form(calibration):
     p = np.array([1.0, 16 / 64, 8 / 64, 2 / 64])
     nxt = np.append(p[1:], 0.0)
     np.testing.assert_allclose(
-        pred["evaluations"], 64 * (1 - (1 - p) * (1 - nxt)), rtol=1e-6
+        pred.evaluations, 64 * (1 - (1 - p) * (1 - nxt)), rtol=1e-6
     )
-    np.testing.assert_allclose(pred["cost"], pred["evaluations"] @ np.array(COSTS))
+    np.testing.assert_allclose(pred.cost, pred.evaluations @ np.array(COSTS))
+
+
+def test_prediction_dict_access_is_deprecated(calibration):
+    # `predict` returned a dict before it returned a `Prediction`: indexing by field
+    # name still works, with a DeprecationWarning that names the attribute to use.
+    pred = calibration.predict(mj.Rates((jnp.inf, 16.0, 8.0, 2.0)))
+    assert isinstance(pred, mj.Prediction)
+    with pytest.warns(DeprecationWarning, match=r"prediction\.cost"):
+        assert pred["cost"] == pred.cost
+    with pytest.warns(DeprecationWarning), pytest.raises(KeyError, match="costs"):
+        pred["costs"]
 
 
 def test_amplification_is_one_without_feedback(calibration):
@@ -294,7 +305,7 @@ def test_min_probability_floors_every_level_and_keeps_the_budget(calibration):
     assert np.all(rates[:, 1:] >= p_min * n * (1 - 1e-6))
     assert np.any(np.asarray(plain.rates)[:, 1:] < p_min * n)  # the floor binds
     for s in (plain, floored):
-        assert calibration.predict(s, n)["cost"] == pytest.approx(budget, rel=1e-3)
+        assert calibration.predict(s, n).cost == pytest.approx(budget, rel=1e-3)
     # Rates above the floor keep the rule's proportions sqrt(aV/C).
     shape = calibration.rate_shape()[:, 1:]
     free = rates[:, 1:] > p_min * n * (1 + 1e-6)
@@ -328,8 +339,8 @@ def test_seconds_cost_uses_the_rule_with_seconds_in_place_of_costs(calibration):
     budget = 0.3 * 64 * seconds[-1]
     sched = timed.schedule(budget=budget, cost="seconds")
     pred = timed.predict(sched, cost="seconds")
-    np.testing.assert_allclose(pred["cost"], budget, rtol=1e-6)
-    np.testing.assert_allclose(pred["cost"], pred["evaluations"] @ s, rtol=1e-9)
+    np.testing.assert_allclose(pred.cost, budget, rtol=1e-6)
+    np.testing.assert_allclose(pred.cost, pred.evaluations @ s, rtol=1e-9)
     ratio = np.asarray(sched.rates[:, 1:]) / shape[:, 1:]
     np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-5)
     # The seconds-optimal rates differ from the cost-optimal ones in the ratio
@@ -409,7 +420,7 @@ def test_choose_levels_skips_a_level_that_saves_no_seconds(calibration):
         sub = timed.restrict(idx)
         return sub.predict(
             sub.schedule(target_error=target, cost="seconds"), cost="seconds"
-        )["cost"]
+        ).cost
 
     assert cost_of(chosen) <= cost_of((0, 1, 2, 3)) * (1 + 1e-9)
     assert cost_of(chosen) <= 64 * 64.0
@@ -419,7 +430,7 @@ def test_choose_levels_skips_a_level_that_saves_no_seconds(calibration):
     sub = timed.restrict(chosen)
     err = sub.predict(sub.schedule(budget=budget, cost="seconds"), cost="seconds")
     full = timed.predict(timed.schedule(budget=budget, cost="seconds"), cost="seconds")
-    assert err["error"] <= full["error"] * (1 + 1e-9)
+    assert err.error <= full.error * (1 + 1e-9)
 
 
 def test_restrict_and_choose_levels_bad_input(calibration):

@@ -82,10 +82,10 @@ def test_shipped_calibration_gives_schedules_at_a_budget():
     top = cal.costs[-1]
     cheap = cal.predict(cal.schedule(budget=10 * top, num_steps=64), 64)
     rich = cal.predict(cal.schedule(budget=40 * top, num_steps=64), 64)
-    np.testing.assert_allclose(cheap["cost"], 10 * top, rtol=1e-3)
-    np.testing.assert_allclose(rich["cost"], 40 * top, rtol=1e-3)
+    np.testing.assert_allclose(cheap.cost, 10 * top, rtol=1e-3)
+    np.testing.assert_allclose(rich.cost, 40 * top, rtol=1e-3)
     # More budget buys less added variance.
-    assert rich["error"] < cheap["error"]
+    assert rich.error < cheap.error
     assert load_calibration(os.path.join(pretrained_path(), "missing.json")) is None
 
 

@@ -652,14 +652,14 @@ def test_calibrated_rates_predict_cost_and_error(name, sampler_calibrations):
     num_keys = 400
     mse, evaluations = run(jax.random.split(jax.random.key(2), num_keys))
     mse = np.asarray(mse, np.float64)
-    assert abs(mse.mean() - pred["error"] ** 2) <= 5 * mse.std() / np.sqrt(num_keys)
+    assert abs(mse.mean() - pred.error**2) <= 5 * mse.std() / np.sqrt(num_keys)
     probs = np.asarray(
         jax.vmap(schedule.probabilities)(ts[:-1], jnp.diff(ts)), np.float64
     )
     nxt = np.concatenate([probs[:, 1:], np.zeros((CAL_STEPS, 1))], axis=1)
     q = 1 - (1 - probs) * (1 - nxt)
-    np.testing.assert_allclose(pred["evaluations"], q.sum(0), rtol=1e-6)
-    assert 0 < pred["evaluations"][2] < CAL_STEPS - 1  # really randomised
+    np.testing.assert_allclose(pred.evaluations, q.sum(0), rtol=1e-6)
+    assert 0 < pred.evaluations[2] < CAL_STEPS - 1  # really randomised
     stderr = np.sqrt((q * (1 - q)).sum(0) / num_keys)
     mean = np.asarray(evaluations, np.float64).mean(0)
     assert np.all(np.abs(mean - q.sum(0)) <= 5 * stderr + 1e-9), (mean, q.sum(0))

@@ -137,7 +137,7 @@ def budget_range(
     top = cal.level_costs(unit)[-1]
     low = 1.25 * cal.min_cost(num_steps, p_min, unit) / top
     every = FixedProbabilities(np.ones(cal.num_levels, np.float32))
-    high = 0.999 * cal.predict(every, num_steps, unit)["cost"] / top
+    high = 0.999 * cal.predict(every, num_steps, unit).cost / top
     return low, high
 
 

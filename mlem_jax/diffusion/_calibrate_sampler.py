@@ -93,7 +93,7 @@ def calibrate_sampler(
         them, taking amplification 1).
     - `measure_costs`: measure FLOPs and wall-clock of each level on `y0`.
 
-    **Returns:** a `mlem_jax.Calibration` whose `predict(schedule)["error"]` is the
+    **Returns:** a `mlem_jax.Calibration` whose `predict(schedule).error` is the
     predicted RMS distance of `mlem_sample` to `sample` with the top network on the
     same noise (linearised along the pilot trajectory, corrected per level by the
     amplification pilots), and whose `schedule(...)` gives rates for `mlem_sample`
