@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 import jax
@@ -15,6 +16,41 @@ from jaxtyping import ArrayLike
 # sequence of numbers, e.g. `(1.0, 0.5)` or `[[1.0, 0.5], [1.0, 0.2]]`. jaxtyping's
 # `ArrayLike` alone refuses tuples and lists under runtime type checking.
 NumbersLike = ArrayLike | Sequence[ArrayLike] | Sequence[Sequence[ArrayLike]]
+
+
+EXTRAS = {"diffusion": ("PIL", "sklearn", "tqdm"), "cli": ("matplotlib",)}
+"""The optional extras of the package and the top-level modules each installs
+(`pip install 'mlem_jax[diffusion]'`, `'mlem_jax[cli]'`, which includes diffusion)."""
+
+
+def missing_extra(error: ModuleNotFoundError, extra: str, what: str) -> Exception:
+    """The error to raise when `error` is a missing module of the optional `extra`:
+    a `ModuleNotFoundError` saying that `what` needs it and how to install it. Use
+    as `except ModuleNotFoundError as e: raise missing_extra(e, "diffusion", ...)
+    from e`; a module that is not the extra's is re-raised as it was."""
+    top = (error.name or "").partition(".")[0]
+    if top not in EXTRAS[extra]:
+        return error
+    return ModuleNotFoundError(
+        f"mlem_jax: {what} needs {top!r}, which the `{extra}` extra installs: "
+        f"pip install 'mlem_jax[{extra}]'.",
+        name=error.name,
+    )
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Raise `missing_extra`'s error now unless every module of `extra` (and, for
+    `cli`, of `diffusion`) is installed: for entry points that would otherwise fail
+    only at their end (the CLI writes its PNG after sampling)."""
+    extras = ("diffusion", extra) if extra == "cli" else (extra,)
+    for name in extras:
+        for module in EXTRAS[name]:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise missing_extra(ModuleNotFoundError(name=module), name, what)
 
 
 def concrete_or_none(x) -> np.ndarray | None:

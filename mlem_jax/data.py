@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 from jaxtyping import Float
-from PIL import Image
+
+from ._misc import missing_extra
+
+try:
+    from PIL import Image
+except ModuleNotFoundError as e:
+    raise missing_extra(e, "diffusion", "mlem_jax.data") from e
 
 __all__ = [
     "load_dataset",
@@ -88,7 +94,10 @@ def digits(
 
     A float32 array `(N, 1, H, W)` in `[−1, 1]`.
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", "mlem_jax.data") from e
 
     if size is not None and int(size) < 1:
         raise ValueError(f"`size` must be a positive int or None, got {size}.")
@@ -107,14 +116,20 @@ def digits(
 def digits_labels(split: str = "all", test_fraction: float = 0.1) -> np.ndarray:
     """The class (0–9) of each image `digits(split=split, test_fraction=...)` returns,
     in the same order: an int array `(N,)`."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", "mlem_jax.data") from e
 
     target = np.asarray(load_digits().target)  # type: ignore[attr-defined]
     return target[_split_indices(target.shape[0], split, test_fraction, seed=0)]
 
 
 def _sample_photos() -> list[np.ndarray]:
-    from sklearn.datasets import load_sample_images
+    try:
+        from sklearn.datasets import load_sample_images
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", "mlem_jax.data") from e
 
     return [np.asarray(img) for img in load_sample_images().images]
 

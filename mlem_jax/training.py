@@ -32,6 +32,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._env import versions
 from ._io import atomic_write as atomic_write, write_json as _write_json
+from ._misc import missing_extra
 from .diffusion import VPSDE, distillation_loss, drift_flops, dsm_loss, reverse_drift
 from .nn import UNet, count_params
 
@@ -278,7 +279,10 @@ def train(
 
     A [`mlem_jax.training.TrainResult`][] with the EMA model, last iterate and losses.
     """
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", "mlem_jax.training") from e
 
     sde = VPSDE() if sde is None else sde
     data = jnp.asarray(data)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._brownian import brownian_increments, coarsen_increments
 from .._io import write_json
+from .._misc import missing_extra
 from ..pretrained import MIN_PROBABILITY, T0, T1, Ladder
 from ._budget import (
     COSTS,
@@ -168,7 +169,10 @@ def run_demo(
     or `"flops"`. `levels`: `"auto"` (each budget on the sub-ladder
     `Calibration.choose_levels` picks) or `"all"`.
     """
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", "mlem-jax demo") from e
 
     from ..diffusion import strong_error
 
@@ -278,7 +282,7 @@ def run_demo(
                 scale=s,
                 cost=cost,
                 levels=[i + 1 for i in used],
-                predicted_top_equivalent=pred["cost"] / cal.level_costs(unit)[-1],
+                predicted_top_equivalent=pred.cost / cal.level_costs(unit)[-1],
             )
             bar.update()
     bar.close()

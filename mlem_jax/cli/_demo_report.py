@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._misc import missing_extra
 from ._images import image_grid, save_figure
 from ._solves import SINGLE_SAMPLER
 
@@ -90,7 +91,11 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
     """Write `cost_error.png` (log–log) and `samples.png` (EM and ML-EM side by side)
     into `out`; returns their paths."""
     # A bare `Figure` renders to files with no pyplot state and no GUI backend.
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FormatStrFormatter, LogLocator
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "cli", "mlem-jax demo's plots") from e
 
     runs = result["runs"]
     em = [r for r in runs if r["method"] == "em"]
@@ -98,8 +103,6 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
     top_seconds = next((r["seconds"] / r["steps"] for r in em), None)
     fig = Figure(figsize=(11, 4.6), dpi=120)
     axes = fig.subplots(1, 2)
-    from matplotlib.ticker import FormatStrFormatter, LogLocator
-
     for ax, unit, xlabel in (
         (axes[0], "flops", "cost in FLOPs (top-level-equivalent evaluations)"),
         (

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .._io import atomic_write
+from .._misc import missing_extra
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -37,7 +38,10 @@ def image_grid(
 
 def save_png(array: np.ndarray, path: str) -> None:
     """Write a uint8 picture as a PNG, atomically."""
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", "writing PNG files") from e
 
     image = Image.fromarray(array)
     atomic_write(path, lambda f: image.save(f, format="PNG"))
