@@ -356,7 +356,7 @@ def run_cost_error(
                     num_steps=n,
                     key=key,
                     brownian=b,
-                    cost=levels.costs[l],
+                    cost=levels.costs[l],  # noqa: B023
                 )[0]
             )
             y, secs = _timed(lambda solve=solve, n=n: solve(y0, dw(n)))
@@ -505,13 +505,8 @@ def run_cost_error(
                     continue
                 pred = cal.predict(schedule, n)  # cost in FLOPs, as the runs'
 
-                # Known collision: j * 1000 + n repeats across levels once n >= 1000
-                # (j = 1, n = 1024 and j = 2, n = 24 would share keys). Left as is: a new
-                # layout would change every stored result under benchmarks/results/.
-                keys = jax.random.split(
-                    jax.random.fold_in(level_key, j * 1000 + n), level_keys
-                )
-                (y, info), secs = _timed(lambda: solve(y0, keys[0], dw(n), schedule))
+                keys = jax.random.split(_run_key(level_key, j, n), level_keys)
+                (y, info), secs = _timed(lambda: solve(y0, keys[0], dw(n), schedule))  # noqa: B023
                 outs = [(y, info)] + [solve(y0, k, dw(n), schedule) for k in keys[1:]]
                 mse = np.mean([_rms(o[0], y_ref) ** 2 for o in outs])
                 added = np.mean([_rms(o[0], em_j) ** 2 for o in outs])
@@ -529,8 +524,8 @@ def run_cost_error(
                         cost=mean_cost,
                         seconds=secs,
                         evaluations=evals.tolist(),
-                        predicted_cost=pred["cost"],
-                        predicted_added_error=pred["error"],
+                        predicted_cost=pred.cost,
+                        predicted_added_error=pred.error,
                         measured_added_error=float(np.sqrt(added)),
                     )
                 )
@@ -748,3 +743,14 @@ def plot_cost_error(result: dict, path: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def _run_key(level_key, levels: int, steps: int):
+    """The level key of the ML-EM runs on `levels` levels at `steps` steps: distinct
+    for every pair. `fold_in(level_key, levels * 1000 + steps)` below 1000 steps, the
+    layout every stored result under `benchmarks/results/` was made with (all at
+    most 512 steps); from 1000 steps on, where that number would repeat across
+    levels (1 level at 1024 steps and 2 at 24), a second fold-in per argument."""
+    if steps < 1000:
+        return jax.random.fold_in(level_key, levels * 1000 + steps)
+    return jax.random.fold_in(jax.random.fold_in(level_key, levels), steps)

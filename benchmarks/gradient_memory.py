@@ -121,7 +121,7 @@ def main():
         tangent = jax.tree.map(jnp.ones_like, params)
         loss = core_loss(True, n)
         compiled = (
-            jax.jit(lambda p: jax.jvp(loss, (p,), (tangent,))).lower(params).compile()
+            jax.jit(lambda p: jax.jvp(loss, (p,), (tangent,))).lower(params).compile()  # noqa: B023
         )
         mem = compiled.memory_analysis()
         rows.append(

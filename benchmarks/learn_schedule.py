@@ -89,9 +89,9 @@ def evaluate(problem, schedules, *, num_steps, fine, paths, keys, seed):
                     t1=t1,
                     num_steps=num_steps,
                     key=k,
-                    brownian=dw,
+                    brownian=dw,  # noqa: B023
                 )
-                return _mse(y, y_ref), _mse(y, y_em), info.cost
+                return _mse(y, y_ref), _mse(y, y_em), info.cost  # noqa: B023
 
             lkeys = jax.random.split(jax.random.fold_in(pkey, 7), keys)
             e_ref, e_em, cost = jax.lax.map(run, lkeys)

@@ -89,14 +89,14 @@ def measure(name: str, settings: dict, seed: int, devices=DEVICES) -> dict:
                 t0=problem.t0,
                 t1=problem.t1,
                 num_steps=steps,
-                key=path_key,
+                key=path_key,  # noqa: B023
                 brownian=dw,
             )[0]
 
         def solve(key, draws, problem=problem, dw=dw, steps=steps, mesh=mesh):
             return mj.mlem_solve_sharded(
                 problem.levels,
-                schedule,
+                schedule,  # noqa: B023
                 problem.diffusion,
                 problem.y0,
                 mesh=mesh,

@@ -130,31 +130,31 @@ def cmd_evaluate(args):
 
         @eqx.filter_jit
         def em_step(f, t, y, dw):
-            return y + h * f(t, y, None) + sde.diffusion(t, y) * dw
+            return y + h * f(t, y, None) + sde.diffusion(t, y) * dw  # noqa: B023
 
         @eqx.filter_jit
         def sq_errors(fns, t, y):
             ref = fns[-1](t, y, None)
             return jnp.stack(
                 [
-                    jnp.mean(jnp.sum((f(t, y, None) - ref).reshape(batch, -1) ** 2, 1))
+                    jnp.mean(jnp.sum((f(t, y, None) - ref).reshape(batch, -1) ** 2, 1))  # noqa: B023
                     for f in fns
                 ]
             )
 
         def em_path(f, visit=None):
-            y = y0
-            for n in range(steps):
-                t = jnp.asarray(1.0 + n * h, y0.dtype)
+            y = y0  # noqa: B023
+            for n in range(steps):  # noqa: B023
+                t = jnp.asarray(1.0 + n * h, y0.dtype)  # noqa: B023
                 if visit is not None:
                     visit(t, y)
-                y = em_step(f, t, y, incs[n])
+                y = em_step(f, t, y, incs[n])  # noqa: B023
             return y
 
         # Drift error of every level against the top one, on the states visited by
         # the top level's reverse-SDE trajectories.
         acc = []
-        em_path(fns[-1], visit=lambda t, y: acc.append(sq_errors(fns, t, y)))
+        em_path(fns[-1], visit=lambda t, y: acc.append(sq_errors(fns, t, y)))  # noqa: B023
         errors = np.sqrt(np.mean(np.stack([np.asarray(a) for a in acc]), axis=0))
 
         # Sample quality of each level alone (same Brownian path) vs held-out data.

@@ -85,7 +85,7 @@ def measure(schedule, num_paths=4, num_keys=16):
             levels.top, diffusion, y0, key=path_key, brownian=dw, **grid
         )
 
-        def run(k):
+        def run(k, schedule=schedule, dw=dw, y_em=y_em):
             y, info = mj.mlem_solve(
                 levels, schedule, diffusion, y0, key=k, brownian=dw, **grid
             )

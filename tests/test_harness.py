@@ -9,7 +9,29 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-from _harness import cost_to_reach, fit_exponent, pareto_frontier  # noqa: E402
+from _harness import (  # noqa: E402
+    _run_key,
+    cost_to_reach,
+    fit_exponent,
+    pareto_frontier,
+)
+
+
+def test_run_keys_are_distinct_and_keep_the_stored_layout():
+    import jax
+
+    key = jax.random.key(3)
+    pairs = [(j, n) for j in range(1, 6) for n in (8, 24, 512, 999, 1000, 1024, 2048)]
+    data = {
+        tuple(np.asarray(jax.random.key_data(_run_key(key, j, n))).tolist())
+        for j, n in pairs
+    }
+    assert len(data) == len(pairs)  # (1, 1024) and (2, 24) no longer share a key
+    # Below 1000 steps, the layout the stored results were made with.
+    same = jax.random.fold_in(key, 3 * 1000 + 512)
+    assert np.array_equal(
+        jax.random.key_data(_run_key(key, 3, 512)), jax.random.key_data(same)
+    )
 
 
 def test_pareto_frontier_keeps_only_unbeaten_runs():

@@ -838,7 +838,7 @@ def test_pytree_key_layout():
         jax.random.split(brownian_key, 2), jax.tree.leaves(like), jax.tree.leaves(dw)
     ):
         z = jax.vmap(
-            lambda n: jax.random.normal(jax.random.fold_in(leaf_key, n), leaf.shape)
+            lambda n: jax.random.normal(jax.random.fold_in(leaf_key, n), leaf.shape)  # noqa: B023
         )(jnp.arange(3))
         np.testing.assert_allclose(leaf_dw, jnp.sqrt(1 / 3) * z, rtol=1e-6)
     one = mj.brownian_increments(
