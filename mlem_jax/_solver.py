@@ -23,7 +23,7 @@ from jaxtyping import Array, Int, PRNGKeyArray
 from ._brownian import split_key
 from ._misc import check_key, time_dtype
 from ._schedules import AbstractSchedule
-from ._step import mlem_drift, step_draws
+from ._step import mlem_drift, refuse_batching, step_draws
 from ._term import MultilevelTerm
 
 ADAPTIVE_MESSAGE = (
@@ -76,17 +76,7 @@ def _shared_step_count_rule(axis_size, in_batched, step):
     return step, False
 
 
-@custom_vmap
-def _unbatched_probabilities(probs):
-    return probs
-
-
-@_unbatched_probabilities.def_vmap
-def _unbatched_probabilities_rule(axis_size, in_batched, probs):
-    del axis_size
-    if in_batched[0]:
-        raise ValueError(BATCHED_PROBABILITIES_MESSAGE)
-    return probs, False
+_unbatched_probabilities = refuse_batching(BATCHED_PROBABILITIES_MESSAGE)
 
 
 class MLEMState(eqx.Module):

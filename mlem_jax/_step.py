@@ -29,17 +29,26 @@ BATCHED_DRAWS_MESSAGE = (
 )
 
 
-@custom_vmap
-def _unbatched(draws):
-    return draws
+def refuse_batching(message: str) -> Callable[[Array], Array]:
+    """The identity on an array, raising `ValueError(message)` if `jax.vmap` batches
+    its argument: a guard that keeps what decides a `lax.cond` unbatched. (Give it a
+    boolean array: `custom_vmap` on a float breaks reverse-mode linearization.)"""
+
+    @custom_vmap
+    def unbatched(x):
+        return x
+
+    @unbatched.def_vmap
+    def rule(axis_size, in_batched, x):
+        del axis_size
+        if in_batched[0]:
+            raise ValueError(message)
+        return x, False
+
+    return unbatched
 
 
-@_unbatched.def_vmap
-def _unbatched_rule(axis_size, in_batched, draws):
-    del axis_size
-    if in_batched[0]:
-        raise ValueError(BATCHED_DRAWS_MESSAGE)
-    return draws, False
+_unbatched = refuse_batching(BATCHED_DRAWS_MESSAGE)
 
 
 def level_draws(
