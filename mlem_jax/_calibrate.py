@@ -935,7 +935,10 @@ def calibrate(
     `(k − 1) · pilot_keys` Euler–Maruyama solves with every level; probability 1/2
     keeps the estimate's variance low (a pilot at small probabilities is dominated
     by a few rare corrections, and 8–32 of them scattered by 10× on the digits
-    ladder).
+    ladder). Keys: with `path_key, level_key = jax.random.split(key)`, the pilots'
+    Brownian path is `path_key`'s, the sensitivity's random probes come from
+    `jax.random.fold_in(path_key, 7)` and the ML-EM pilots' level keys from
+    `jax.random.split(level_key, pilot_keys)`.
 
     **Arguments:**
 

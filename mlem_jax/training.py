@@ -333,6 +333,13 @@ def train(
     )
 
 
+# The held-out losses' noise draws: fixed, not derived from `seed`, so that the
+# losses of every level, of every run and of a ladder before and after distillation
+# are measured on the same draws and compare directly.
+EVAL_KEY = 1234
+DISTILL_EVAL_KEY = 4321
+
+
 def _eval_loss(sde, model, data, key, batch_size=256, batches=4, teacher=None) -> float:
     """DSM loss of `model` (distillation loss towards `teacher`, if given) on fixed
     held-out batches (the same draws for every level)."""
@@ -406,7 +413,8 @@ def train_ladder(
     - `dataset`: a JSON-able description of the data, recorded in the manifest (e.g.
       `{"name": "digits", "kwargs": {}}`).
     - `eval_data`: held-out images; if given, each level's DSM loss on them (with the
-      same noise draws for every level) is recorded as `eval_loss`.
+      same noise draws for every level and run, from the fixed `jr.key(EVAL_KEY)`)
+      is recorded as `eval_loss`.
     - `flops_batch`: batch size at which FLOPs of one drift evaluation are measured
       and recorded (`flops`, and `flops_per_image`).
     - `progress`: show progress bars.
@@ -551,7 +559,7 @@ def _train_levels(
         }
         if eval_data is not None:
             entry["eval_loss"] = _eval_loss(
-                sde, model, jnp.asarray(eval_data, jnp.float32), jr.key(1234)
+                sde, model, jnp.asarray(eval_data, jnp.float32), jr.key(EVAL_KEY)
             )
         manifest["levels"].append(entry)
         _write_json(manifest_path, manifest)
@@ -669,7 +677,8 @@ def distill_ladder(
     - `data`: training images `(N, C, H, W)` (the source's dataset).
     - `config`: a [`TrainConfig`][] (a smaller learning rate than for training from
       scratch, e.g. `1e-3`, suits the warm start).
-    - `eval_data`: held-out images for `distill_eval_loss` (before and after).
+    - `eval_data`: held-out images for `distill_eval_loss` (before and after, on the
+      same noise draws, from the fixed `jr.key(DISTILL_EVAL_KEY)`).
     - `progress`: show progress bars.
 
     **Returns:** the new ladder's models, narrowest first, and its manifest.
@@ -730,7 +739,7 @@ def distill_ladder(
             result.append(eqx.tree_deserialise_leaves(weights, model))
             continue
         before = (
-            _eval_loss(sde, model, held_out, jr.key(4321), teacher=teacher)
+            _eval_loss(sde, model, held_out, jr.key(DISTILL_EVAL_KEY), teacher=teacher)
             if held_out is not None
             else None
         )
@@ -754,7 +763,7 @@ def distill_ladder(
         if held_out is not None:
             entry["distill_eval_loss_before"] = before
             entry["distill_eval_loss"] = _eval_loss(
-                sde, trained.model, held_out, jr.key(4321), teacher=teacher
+                sde, trained.model, held_out, jr.key(DISTILL_EVAL_KEY), teacher=teacher
             )
         _write_json(manifest_path, out)
         os.remove(ckpt)
