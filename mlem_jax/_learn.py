@@ -226,7 +226,8 @@ def schedule_gradient(
             leaves, treedef = jax.tree.flatten(params)
             subkeys = jax.random.split(tkey, len(leaves))
             v = [
-                jax.random.normal(k, x.shape, x.dtype) for k, x in zip(subkeys, leaves)
+                jax.random.normal(k, x.shape, x.dtype)
+                for k, x in zip(subkeys, leaves, strict=True)
             ]
             return _masked(jax.tree.unflatten(treedef, v), _params_of(mask, params))
 

@@ -342,7 +342,9 @@ def check_increments(
         paths = [jtu.keystr(p) for p, _ in jtu.tree_flatten_with_path(y0)[0]]
         leaves = [
             _check_leaf_increments(name, b, num_steps, yi, expected, f" at {p}")
-            for b, yi, p in zip(jax.tree.leaves(brownian), jax.tree.leaves(y0), paths)
+            for b, yi, p in zip(
+                jax.tree.leaves(brownian), jax.tree.leaves(y0), paths, strict=True
+            )
         ]
         return jax.tree.unflatten(structure, leaves)
     return _check_leaf_increments(name, brownian, num_steps, y0, expected, "")

@@ -227,7 +227,7 @@ def check_drift_tree(value, y, what: str) -> None:
             f"{jax.tree.structure(value)}, expected the structure of `y` "
             f"{structure}. Each level f(t, y, args) must return a PyTree like y."
         )
-    for v, yi in zip(jax.tree.leaves(value), jax.tree.leaves(y)):
+    for v, yi in zip(jax.tree.leaves(value), jax.tree.leaves(y), strict=True):
         check_drift_output(v, yi, what)
 
 

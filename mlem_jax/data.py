@@ -184,7 +184,7 @@ def patches(
         photos.append(arr[..., None] if arr.ndim == 2 else arr)
     out = []
     counts = [num // len(photos) + (i < num % len(photos)) for i in range(len(photos))]
-    for arr, count in zip(photos, counts):
+    for arr, count in zip(photos, counts, strict=True):
         h, w = arr.shape[:2]
         cut = int(round(h * (1.0 - test_fraction)))
         lo, hi = {"train": (0, cut), "test": (cut, h), "all": (0, h)}[split]
@@ -196,7 +196,7 @@ def patches(
             )
         ys = rng.integers(lo, hi - size + 1, count)
         xs = rng.integers(0, w - size + 1, count)
-        out.extend(arr[y : y + size, x : x + size] for y, x in zip(ys, xs))
+        out.extend(arr[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True))
     batch = np.stack(out).transpose(0, 3, 1, 2)
     return _to_unit_range(batch, 255.0)
 

@@ -45,7 +45,7 @@ def unet_ladder(
         raise ValueError(
             f"`widths` must be a non-empty list of positive ints, got {widths}."
         )
-    if any(b <= a for a, b in zip(widths, widths[1:])):
+    if any(b <= a for a, b in zip(widths, widths[1:], strict=False)):
         raise ValueError(f"`widths` must be strictly increasing, got {widths}.")
     return tuple(
         UNet(image_shape, w, key=jr.fold_in(key, i), **unet_kwargs)

@@ -55,7 +55,7 @@ def _materialise(tree: Any, key: PRNGKeyArray) -> Any:
     ]
     noise = np.asarray(jr.uniform(key, (max(sum(sizes), 1),), minval=-1.0, maxval=1.0))
     out, offset = [], 0
-    for (path, leaf), size in zip(with_path, sizes):
+    for (path, leaf), size in zip(with_path, sizes, strict=True):
         if not isinstance(leaf, jax.ShapeDtypeStruct):
             out.append(leaf)
             continue

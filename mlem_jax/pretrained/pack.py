@@ -38,7 +38,7 @@ def pack(src: str, dest: str) -> None:
 
     models, manifest = load_ladder(src)
     os.makedirs(dest, exist_ok=True)
-    for model, entry in zip(models, manifest["levels"]):
+    for model, entry in zip(models, manifest["levels"], strict=True):
         half = jax.tree_util.tree_map(_half, model)
         atomic_write(
             os.path.join(dest, entry["file"]),
