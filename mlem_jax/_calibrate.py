@@ -984,17 +984,9 @@ def calibrate(
     )
     ts, h = _grid(t0, t1, num_steps)
     fns = levels.fns + ((reference,) if reference is not None else ())
-
-    def measure(carry, x):
-        t, y = x
-        values = [jnp.asarray(f(t, y, args)).astype(y.dtype) for f in fns]
-        return carry, level_statistics(values, k)
-
-    per_step = jax.lax.scan(
-        measure,
-        None,
-        (jnp.asarray(ts, y0.dtype), states[:-1]),
-    )[1]
+    per_step = trajectory_statistics(
+        fns, jnp.asarray(ts, y0.dtype), states[:-1], args, k
+    )
     if not np.all(np.isfinite(np.asarray(states))):
         raise ValueError(
             "calibrate: the pilot Euler-Maruyama solve with the top level produced NaN "
@@ -1104,6 +1096,26 @@ def level_statistics(values, k: int):
     errors = jnp.stack([sq(v - ref) for v in values[:k]])
     pairs = jnp.stack([jnp.stack([sq(a - b) for b in with_zero]) for a in with_zero])
     return increments, errors, pairs
+
+
+@eqx.filter_jit
+def trajectory_statistics(fns, ts, ys, args, k: int, scales=None):
+    """The `level_statistics` at every visited state, stacked along a leading time
+    axis: `fns` the `k` level functions (optionally a reference after them), each
+    evaluated at `(ts[n], ys[n], args)`, cast to the state's dtype and, with
+    `scales`, multiplied by `scales[n]`. What `calibrate`, `calibrate_sampler` and
+    `diffusion.drift_errors` measure along a trajectory. The functions (and their
+    weights) are arguments of the compiled program, never closed-over constants:
+    XLA constant-folds captured network weights very slowly."""
+
+    def measure(carry, x):
+        t, y, scale = x
+        values = [jnp.asarray(f(t, y, args)).astype(y.dtype) for f in fns]
+        if scale is not None:
+            values = [scale * v for v in values]
+        return carry, level_statistics(values, k)
+
+    return jax.lax.scan(measure, None, (ts, ys, scales))[1]
 
 
 def assemble_calibration(
