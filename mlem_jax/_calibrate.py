@@ -1263,24 +1263,35 @@ def _em_added_error(cal, levels, diffusion, y0, y_em, pilot_key, args):
             dtype=y0.dtype,
         )
 
-    @jax.jit
-    def mean_added(probs, keys):  # compiled once: the probabilities are traced
-        def added(key):
-            y, _ = mlem_solve(
-                levels,
-                FixedProbabilities(probs),
-                diffusion,
-                y0,
-                key=key,
-                brownian=dw,
-                **kw,
-            )
-            d = (y - y_em).reshape(y.shape[0], -1)
-            return jnp.mean(jnp.sum(d**2, axis=1))
+    def run(operands, probs, key):
+        levels, y0, dw = operands
+        schedule = FixedProbabilities(probs)
+        y, _ = mlem_solve(levels, schedule, diffusion, y0, key=key, brownian=dw, **kw)
+        return y
 
-        return jnp.mean(jax.lax.map(added, keys))
+    return mean_added_error(run, (levels, y0, dw), y_em)
+
+
+def mean_added_error(run, operands, reference):
+    """`mean_added(probs, keys)` for `with_amplification`: the mean over `keys` of
+    the batch's mean-square distance of `run(operands, probs, key)` (a pilot
+    multilevel solve's final state at `FixedProbabilities(probs)`) to `reference`.
+    Compiled once: the probabilities are traced, and `operands` (the levels, their
+    weights) are arguments of the compiled program, not constants folded into it."""
+
+    def mean_added(probs, keys):
+        return _mean_added(run, operands, reference, probs, keys)
 
     return mean_added
+
+
+@eqx.filter_jit
+def _mean_added(run, operands, reference, probs, keys):
+    def added(key):
+        d = (run(operands, probs, key) - reference).reshape(reference.shape[0], -1)
+        return jnp.mean(jnp.sum(d**2, axis=1))
+
+    return jnp.mean(jax.lax.map(added, keys))
 
 
 def with_amplification(cal: Calibration, mean_added, level_key, n: int) -> Calibration:

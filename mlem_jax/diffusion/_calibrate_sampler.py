@@ -45,6 +45,7 @@ from .._brownian import split_key, step_increment
 from .._calibrate import (
     Calibration,
     assemble_calibration,
+    mean_added_error,
     perturbation_growth,
     trajectory_statistics,
     with_amplification,
@@ -213,30 +214,27 @@ def calibrate_sampler(
     )
     if pilot_keys > 0 and k > 1:
 
-        @jax.jit
-        def mean_added(probs, keys):  # compiled once: the probabilities are traced
-            def added(level_key):
-                y, _ = mlem_sample(
-                    levels,
-                    FixedProbabilities(probs),
-                    param,
-                    sampler,
-                    y0,
-                    t0=t0,
-                    t1=t1,
-                    num_steps=num_steps,
-                    key=level_key,
-                    prediction=prediction,
-                    grid=grid,
-                    rho=rho,
-                    args=args,
-                    brownian=dw,
-                )
-                d = (y - y1).reshape(y.shape[0], -1)
-                return jnp.mean(jnp.sum(d**2, axis=1))
+        def run(operands, probs, key):
+            levels, y0, dw = operands
+            schedule = FixedProbabilities(probs)
+            return mlem_sample(
+                levels,
+                schedule,
+                param,
+                sampler,
+                y0,
+                t0=t0,
+                t1=t1,
+                num_steps=num_steps,
+                key=key,
+                prediction=prediction,
+                grid=grid,
+                rho=rho,
+                args=args,
+                brownian=dw,
+            )[0]
 
-            return jnp.mean(jax.lax.map(added, keys))
-
+        mean_added = mean_added_error(run, (levels, y0, dw), y1)
         calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
     return calibration
 
