@@ -1017,17 +1017,9 @@ def calibrate(
     )
     ts, h = _grid(t0, t1, num_steps)
     fns = levels.fns + ((reference,) if reference is not None else ())
-
-    def measure(carry, x):
-        t, y = x
-        values = [jnp.asarray(f(t, y, args)).astype(y.dtype) for f in fns]
-        return carry, level_statistics(values, k)
-
-    per_step = jax.lax.scan(
-        measure,
-        None,
-        (jnp.asarray(ts, y0.dtype), states[:-1]),
-    )[1]
+    per_step = trajectory_statistics(
+        fns, jnp.asarray(ts, y0.dtype), states[:-1], args, k
+    )
     if not np.all(np.isfinite(np.asarray(states))):
         raise ValueError(
             "calibrate: the pilot Euler-Maruyama solve with the top level produced NaN "
@@ -1137,6 +1129,26 @@ def level_statistics(values, k: int):
     errors = jnp.stack([sq(v - ref) for v in values[:k]])
     pairs = jnp.stack([jnp.stack([sq(a - b) for b in with_zero]) for a in with_zero])
     return increments, errors, pairs
+
+
+@eqx.filter_jit
+def trajectory_statistics(fns, ts, ys, args, k: int, scales=None):
+    """The `level_statistics` at every visited state, stacked along a leading time
+    axis: `fns` the `k` level functions (optionally a reference after them), each
+    evaluated at `(ts[n], ys[n], args)`, cast to the state's dtype and, with
+    `scales`, multiplied by `scales[n]`. What `calibrate`, `calibrate_sampler` and
+    `diffusion.drift_errors` measure along a trajectory. The functions (and their
+    weights) are arguments of the compiled program, never closed-over constants:
+    XLA constant-folds captured network weights very slowly."""
+
+    def measure(carry, x):
+        t, y, scale = x
+        values = [jnp.asarray(f(t, y, args)).astype(y.dtype) for f in fns]
+        if scale is not None:
+            values = [scale * v for v in values]
+        return carry, level_statistics(values, k)
+
+    return jax.lax.scan(measure, None, (ts, ys, scales))[1]
 
 
 def assemble_calibration(
@@ -1293,24 +1305,35 @@ def _em_added_error(cal, levels, diffusion, y0, y_em, pilot_key, args):
             dtype=y0.dtype,
         )
 
-    @jax.jit
-    def mean_added(probs, keys):  # compiled once: the probabilities are traced
-        def added(key):
-            y, _ = mlem_solve(
-                levels,
-                FixedProbabilities(probs),
-                diffusion,
-                y0,
-                key=key,
-                brownian=dw,
-                **kw,
-            )
-            d = (y - y_em).reshape(y.shape[0], -1)
-            return jnp.mean(jnp.sum(d**2, axis=1))
+    def run(operands, probs, key):
+        levels, y0, dw = operands
+        schedule = FixedProbabilities(probs)
+        y, _ = mlem_solve(levels, schedule, diffusion, y0, key=key, brownian=dw, **kw)
+        return y
 
-        return jnp.mean(jax.lax.map(added, keys))
+    return mean_added_error(run, (levels, y0, dw), y_em)
+
+
+def mean_added_error(run, operands, reference):
+    """`mean_added(probs, keys)` for `with_amplification`: the mean over `keys` of
+    the batch's mean-square distance of `run(operands, probs, key)` (a pilot
+    multilevel solve's final state at `FixedProbabilities(probs)`) to `reference`.
+    Compiled once: the probabilities are traced, and `operands` (the levels, their
+    weights) are arguments of the compiled program, not constants folded into it."""
+
+    def mean_added(probs, keys):
+        return _mean_added(run, operands, reference, probs, keys)
 
     return mean_added
+
+
+@eqx.filter_jit
+def _mean_added(run, operands, reference, probs, keys):
+    def added(key):
+        d = (run(operands, probs, key) - reference).reshape(reference.shape[0], -1)
+        return jnp.mean(jnp.sum(d**2, axis=1))
+
+    return jnp.mean(jax.lax.map(added, keys))
 
 
 def with_amplification(cal: Calibration, mean_added, level_key, n: int) -> Calibration:

@@ -90,6 +90,22 @@ def test_drift_errors_and_gamma(calibration):
     assert calibration.warnings == ()
 
 
+def test_trajectory_statistics_is_level_statistics_at_each_state():
+    """The one scan behind `calibrate`, `calibrate_sampler` and `drift_errors`: per
+    state, `level_statistics` of the (scaled) values, a reference after the levels."""
+    from mlem_jax._calibrate import level_statistics, trajectory_statistics
+
+    fns = tuple(lambda t, y, a, c=c: c * t * y for c in (0.5, 0.9, 1.0, 1.2))
+    ts = jnp.linspace(1.0, 0.5, 3)
+    ys = jax.random.normal(jax.random.key(0), (3, 5, 2))
+    scales = jnp.array([1.0, 2.0, -0.5])
+    got = trajectory_statistics(fns, ts, ys, None, 3, scales)
+    for n in range(3):
+        values = [scales[n] * f(ts[n], ys[n], None) for f in fns]
+        for g, e in zip(got, level_statistics(values, 3)):
+            np.testing.assert_allclose(g[n], e, rtol=1e-6)
+
+
 def test_rate_rule_is_the_closed_form(calibration):
     c = np.array(COSTS)
     increment_cost = c + np.concatenate([[0.0], c[:-1]])

@@ -232,3 +232,51 @@ def interrupted(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 130
+
+
+def add_training_options(
+    group: Any,
+    *,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    ema_decay: float,
+    regularisation: bool = False,
+) -> None:
+    """The options `train` and `distill` share, with each command's defaults: the
+    ladder directory to write, the `TrainConfig` fields (`regularisation` adds
+    `--weight-decay` and `--grad-clip`, which `distill` leaves at their defaults),
+    the seed and the progress bars. Read back by `train_config`."""
+    group.add_argument("--out", required=True, help="ladder directory to write")
+    group.add_argument("--steps", type=positive_int, default=steps)
+    group.add_argument("--batch-size", type=positive_int, default=128)
+    group.add_argument("--lr", type=positive_float, default=lr)
+    group.add_argument("--warmup-steps", type=nonnegative_int, default=warmup_steps)
+    if regularisation:
+        group.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
+        group.add_argument(
+            "--grad-clip",
+            type=positive_float,
+            default=1.0,
+            help="global-norm gradient clipping threshold (> 0)",
+        )
+    group.add_argument("--ema-decay", type=unit_interval, default=ema_decay)
+    group.add_argument("--checkpoint-every", type=nonnegative_int, default=250)
+    group.add_argument("--seed", type=seed, default=0)
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def train_config(args: argparse.Namespace):
+    """The `TrainConfig` of the options `add_training_options` added."""
+    from ..training import TrainConfig
+
+    optional = ("weight_decay", "grad_clip")
+    return TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup_steps,
+        ema_decay=args.ema_decay,
+        checkpoint_every=args.checkpoint_every,
+        **{name: getattr(args, name) for name in optional if hasattr(args, name)},
+    )

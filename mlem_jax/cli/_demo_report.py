@@ -116,50 +116,48 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
             if unit == "flops"
             else (lambda r: r["seconds"])
         )
-        ax.plot(
-            [x(r) for r in em],
-            [r["strong_error"] for r in em],
-            "o-",
-            color="tab:blue",
-            label="Euler–Maruyama, top level",
-        )
-        sde_dpm = [r for r in runs if r["method"] == "sampler"]
-        if sde_dpm:
-            ax.plot(
-                [x(r) for r in sde_dpm],
-                [r["strong_error"] for r in sde_dpm],
-                "^-",
-                color="tab:green",
-                label=f"{SINGLE_SAMPLER}, top level",
-            )
-        for r in em:
-            ax.annotate(
-                f"{r['steps']} steps",
-                (x(r), r["strong_error"]),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize=8,
-                color="tab:blue",
-            )
-        for i, n in enumerate(sorted({r["steps"] for r in ml})):
-            mine = [r for r in ml if r["steps"] == n]
-            color = ("tab:red", "tab:orange", "tab:purple", "tab:brown")[i % 4]
+
+        def curve(mine, style, color, label, note=None, offset=(5, 4)):
+            """The runs `mine` as one line, each point labelled `note(run)`."""
             ax.plot(
                 [x(r) for r in mine],
                 [r["strong_error"] for r in mine],
-                "s--",
+                style,
                 color=color,
-                label=f"ML-EM, {n} steps, rates by {mine[0].get('cost', 'flops')}",
+                label=label,
             )
+            if note is None:
+                return
             for r in mine:
                 ax.annotate(
-                    f"×{r['scale']:g}",
+                    note(r),
                     (x(r), r["strong_error"]),
                     textcoords="offset points",
-                    xytext=(5, -10),
+                    xytext=offset,
                     fontsize=8,
                     color=color,
                 )
+
+        curve(
+            em,
+            "o-",
+            "tab:blue",
+            "Euler–Maruyama, top level",
+            note=lambda r: f"{r['steps']} steps",
+        )
+        sde_dpm = [r for r in runs if r["method"] == "sampler"]
+        if sde_dpm:
+            curve(sde_dpm, "^-", "tab:green", f"{SINGLE_SAMPLER}, top level")
+        for i, n in enumerate(sorted({r["steps"] for r in ml})):
+            mine = [r for r in ml if r["steps"] == n]
+            curve(
+                mine,
+                "s--",
+                ("tab:red", "tab:orange", "tab:purple", "tab:brown")[i % 4],
+                f"ML-EM, {n} steps, rates by {mine[0].get('cost', 'flops')}",
+                note=lambda r: f"×{r['scale']:g}",
+                offset=(5, -10),
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):

@@ -7,14 +7,11 @@ import os
 from typing import Any
 
 from ._common import (
+    add_training_options,
     check_ladder,
     check_output_dir,
     interrupted,
-    nonnegative_int,
-    positive_float,
-    positive_int,
-    seed,
-    unit_interval,
+    train_config,
 )
 
 
@@ -34,22 +31,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--ladder", default="shipped", help="source ladder directory, or 'shipped'"
     )
-    p.add_argument("--out", required=True, help="ladder directory to write")
-    p.add_argument("--steps", type=positive_int, default=1500)
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--warmup-steps", type=nonnegative_int, default=50)
-    p.add_argument("--ema-decay", type=unit_interval, default=0.995)
-    p.add_argument("--checkpoint-every", type=nonnegative_int, default=250)
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_training_options(p, steps=1500, lr=1e-3, warmup_steps=50, ema_decay=0.995)
     p.set_defaults(func=run, parser=p)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .. import data as mdata
     from ..pretrained import pretrained_path
-    from ..training import TrainConfig, distill_ladder, load_ladder
+    from ..training import distill_ladder, load_ladder
 
     source = pretrained_path() if args.ladder == "shipped" else args.ladder
     check_ladder(parser, source)
@@ -68,14 +57,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 "manifest.json), so there is nothing to distil on"
             )
         kwargs = dataset.get("kwargs", {})
-        config = TrainConfig(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            warmup_steps=args.warmup_steps,
-            ema_decay=args.ema_decay,
-            checkpoint_every=args.checkpoint_every,
-        )
+        config = train_config(args)
         _, out = distill_ladder(
             source,
             args.out,

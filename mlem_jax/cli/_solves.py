@@ -58,8 +58,12 @@ def _em(levels: Levels, sde, y0, dw, key, num_steps: int):
 
 
 @eqx.filter_jit
-def _mlem(levels: Levels, sde, schedule, y0, dw, key, num_steps: int):
-    return mlem_solve(
+def _mlem(levels: Levels, sde, schedule, y0, dw, key, num_steps: int, mesh=None):
+    """ML-EM over `levels`; split over `mesh`'s devices (`mlem_solve_sharded`,
+    independent level draws per device) when one is given."""
+    kwargs = {} if mesh is None else {"mesh": mesh}
+    solve = mlem_solve if mesh is None else mlem_solve_sharded
+    return solve(
         levels,
         schedule,
         sde.diffusion,
@@ -69,6 +73,7 @@ def _mlem(levels: Levels, sde, schedule, y0, dw, key, num_steps: int):
         num_steps=num_steps,
         key=key,
         brownian=dw,
+        **kwargs,
     )
 
 
@@ -87,22 +92,6 @@ def _sampler(levels: Levels, sde, y0, dw, num_steps: int):
         num_steps=num_steps,
         brownian=dw,
         cost=levels.costs[-1],
-    )
-
-
-@eqx.filter_jit
-def _sharded(levels: Levels, sde, schedule, y0, dw, key, num_steps: int, mesh):
-    return mlem_solve_sharded(
-        levels,
-        schedule,
-        sde.diffusion,
-        y0,
-        mesh=mesh,
-        t0=T0,
-        t1=T1,
-        num_steps=num_steps,
-        key=key,
-        brownian=dw,
     )
 
 
@@ -160,7 +149,7 @@ def run_sharded(
     idx = list(range(k) if levels is None else levels)
     mesh = jax.make_mesh((devices,), ("batch",), devices=jax.local_devices()[:devices])
     (y1, info), secs = _timed(
-        _sharded,
+        _mlem,
         _sub_ladder(ladder, idx),
         ladder.sde,
         schedule,

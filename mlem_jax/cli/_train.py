@@ -6,15 +6,14 @@ import argparse
 from typing import Any
 
 from ._common import (
+    add_training_options,
     check_output_dir,
     int_list,
     interrupted,
-    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
-    seed,
-    unit_interval,
+    train_config,
 )
 
 
@@ -53,22 +52,9 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--beta-max", type=positive_float, default=20.0)
 
     t = p.add_argument_group("training")
-    t.add_argument("--out", required=True, help="ladder directory to write")
-    t.add_argument("--steps", type=positive_int, default=2000)
-    t.add_argument("--batch-size", type=positive_int, default=128)
-    t.add_argument("--lr", type=positive_float, default=2e-3)
-    t.add_argument("--warmup-steps", type=nonnegative_int, default=100)
-    t.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
-    t.add_argument(
-        "--grad-clip",
-        type=positive_float,
-        default=1.0,
-        help="global-norm gradient clipping threshold (> 0)",
+    add_training_options(
+        t, steps=2000, lr=2e-3, warmup_steps=100, ema_decay=0.999, regularisation=True
     )
-    t.add_argument("--ema-decay", type=unit_interval, default=0.999)
-    t.add_argument("--checkpoint-every", type=nonnegative_int, default=250)
-    t.add_argument("--seed", type=seed, default=0)
-    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run, parser=p)
 
 
@@ -92,21 +78,12 @@ def _dataset_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser):
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .. import data as mdata
     from ..diffusion import VPSDE
-    from ..training import TrainConfig, train_ladder
+    from ..training import train_ladder
 
     kwargs = _dataset_kwargs(args, parser)
     check_output_dir(parser, "--out", args.out)
     try:
-        config = TrainConfig(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            warmup_steps=args.warmup_steps,
-            weight_decay=args.weight_decay,
-            grad_clip=args.grad_clip,
-            ema_decay=args.ema_decay,
-            checkpoint_every=args.checkpoint_every,
-        )
+        config = train_config(args)
         sde = VPSDE(beta_min=args.beta_min, beta_max=args.beta_max)
         train_data = mdata.load_dataset(args.dataset, split="train", **kwargs)
         test_data = mdata.load_dataset(args.dataset, split="test", **kwargs)

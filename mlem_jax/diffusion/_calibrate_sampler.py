@@ -45,8 +45,9 @@ from .._brownian import split_key, step_increment
 from .._calibrate import (
     Calibration,
     assemble_calibration,
-    level_statistics,
+    mean_added_error,
     perturbation_growth,
+    trajectory_statistics,
     with_amplification,
 )
 from .._levels import Levels
@@ -213,30 +214,27 @@ def calibrate_sampler(
     )
     if pilot_keys > 0 and k > 1:
 
-        @jax.jit
-        def mean_added(probs, keys):  # compiled once: the probabilities are traced
-            def added(level_key):
-                y, _ = mlem_sample(
-                    levels,
-                    FixedProbabilities(probs),
-                    param,
-                    sampler,
-                    y0,
-                    t0=t0,
-                    t1=t1,
-                    num_steps=num_steps,
-                    key=level_key,
-                    prediction=prediction,
-                    grid=grid,
-                    rho=rho,
-                    args=args,
-                    brownian=dw,
-                )
-                d = (y - y1).reshape(y.shape[0], -1)
-                return jnp.mean(jnp.sum(d**2, axis=1))
+        def run(operands, probs, key):
+            levels, y0, dw = operands
+            schedule = FixedProbabilities(probs)
+            return mlem_sample(
+                levels,
+                schedule,
+                param,
+                sampler,
+                y0,
+                t0=t0,
+                t1=t1,
+                num_steps=num_steps,
+                key=key,
+                prediction=prediction,
+                grid=grid,
+                rho=rho,
+                args=args,
+                brownian=dw,
+            )[0]
 
-            return jnp.mean(jax.lax.map(added, keys))
-
+        mean_added = mean_added_error(run, (levels, y0, dw), y1)
         calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
     return calibration
 
@@ -279,20 +277,15 @@ def _pilot(top, param, sampler, y0, ts, dts, dw, args, perturbation=None):
 
 @eqx.filter_jit
 def _measure(x0_fns, k, param, sampler, y0, ts, dts, dw, args, key):
-    """The pilot run with the top level; the `level_statistics` of
+    """The pilot run with the top level; the `trajectory_statistics` of
     `(c_n/h_n) x̂_0^l(t_n, y_n)` at every step; and the `perturbation_growth` of a
     perturbation of each step's prediction. One compiled program."""
     y1, states, coefficients = _pilot(
         x0_fns[k - 1], param, sampler, y0, ts, dts, dw, args
     )
 
-    def measure(carry, x):
-        t, dt, y, c = x
-        scale = (c / dt.astype(c.dtype)).astype(y.dtype)
-        values = [scale * f(t, y, args) for f in x0_fns]
-        return carry, level_statistics(values, k)
-
-    per_step = jax.lax.scan(measure, None, (ts[:-1], dts, states, coefficients))[1]
+    scales = (coefficients / dts.astype(coefficients.dtype)).astype(states.dtype)
+    per_step = trajectory_statistics(x0_fns, ts[:-1], states, args, k, scales)
 
     def final(p):
         return _pilot(x0_fns[k - 1], param, sampler, y0, ts, dts, dw, args, p)[0]

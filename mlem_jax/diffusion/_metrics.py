@@ -13,6 +13,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._calibrate import trajectory_statistics
+
 
 def _flat(x: Array, name: str) -> Array:
     x = jnp.asarray(x)
@@ -257,15 +259,7 @@ def drift_errors(
 
 @eqx.filter_jit
 def _drift_errors(fns, reference, ts, ys, args):
-    def per_time(ty):
-        t, y = ty
-        ref = reference(t, y, args)
-        return jnp.stack(
-            [
-                jnp.sum((f(t, y, args) - ref).reshape(y.shape[0], -1) ** 2, 1)
-                for f in fns
-            ]
-        )
-
-    sq = jax.lax.map(per_time, (ts, ys))
-    return jnp.sqrt(jnp.mean(sq, axis=(0, 2)))
+    # Compiled around `trajectory_statistics` so that the statistics not used here
+    # (increments, pairs) are dropped from the program.
+    errors = trajectory_statistics(fns + (reference,), ts, ys, args, len(fns))[1]
+    return jnp.sqrt(jnp.mean(errors, axis=0))

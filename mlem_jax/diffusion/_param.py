@@ -99,6 +99,17 @@ def _check_positive(owner: str, **values) -> None:
             )
 
 
+def _check_sigma_range(owner: str, sigma_min, sigma_max, **others) -> None:
+    """The noise range of a σ-parametrisation (`VE`, `EDM`): positive finite
+    `sigma_min < sigma_max` (and positive finite `others`)."""
+    _check_positive(owner, sigma_min=sigma_min, sigma_max=sigma_max, **others)
+    if not sigma_min < sigma_max:
+        raise ValueError(
+            f"{owner}: `sigma_min` ({sigma_min}) must be below `sigma_max` "
+            f"({sigma_max})."
+        )
+
+
 class VPLinear(AbstractParametrisation):
     """Variance preserving, linear `β(t) = β_min + t (β_max − β_min)`, `t ∈ [0, 1]`.
 
@@ -194,12 +205,7 @@ class VE(AbstractParametrisation):
     sigma_max: float = eqx.field(static=True, default=50.0)
 
     def __check_init__(self):
-        _check_positive("VE", sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-        if not self.sigma_min < self.sigma_max:
-            raise ValueError(
-                f"VE: `sigma_min` ({self.sigma_min}) must be below `sigma_max` "
-                f"({self.sigma_max})."
-            )
+        _check_sigma_range("VE", self.sigma_min, self.sigma_max)
 
     def log_alpha(self, t):
         return jnp.zeros_like(jnp.asarray(t, float))
@@ -234,17 +240,9 @@ class EDM(AbstractParametrisation):
     sigma_data: float = eqx.field(static=True, default=0.5)
 
     def __check_init__(self):
-        _check_positive(
-            "EDM",
-            sigma_min=self.sigma_min,
-            sigma_max=self.sigma_max,
-            sigma_data=self.sigma_data,
+        _check_sigma_range(
+            "EDM", self.sigma_min, self.sigma_max, sigma_data=self.sigma_data
         )
-        if not self.sigma_min < self.sigma_max:
-            raise ValueError(
-                f"EDM: `sigma_min` ({self.sigma_min}) must be below `sigma_max` "
-                f"({self.sigma_max})."
-            )
 
     def log_alpha(self, t):
         return jnp.zeros_like(jnp.asarray(t, float))
