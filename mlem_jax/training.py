@@ -429,7 +429,11 @@ def train_ladder(
     if data.ndim != 4:
         raise ValueError(f"`data` must have shape (N, C, H, W), got {data.shape}.")
     widths = tuple(int(w) for w in widths)
-    if not widths or any(b <= a for a, b in zip(widths, widths[1:])) or widths[0] < 1:
+    if (
+        not widths
+        or any(b <= a for a, b in zip(widths, widths[1:], strict=False))
+        or widths[0] < 1
+    ):
         raise ValueError(
             f"`widths` must be positive and strictly increasing, got {widths}."
         )
@@ -733,7 +737,9 @@ def distill_ladder(
     held_out = None if eval_data is None else jnp.asarray(eval_data, jnp.float32)
     data_j = jnp.asarray(data)
     result = []
-    for lvl, (model, entry) in enumerate(zip(models[:-1], out["levels"][:-1])):
+    for lvl, (model, entry) in enumerate(
+        zip(models[:-1], out["levels"][:-1], strict=True)
+    ):
         weights = os.path.join(out_dir, entry["file"])
         if entry.get("distilled"):
             result.append(eqx.tree_deserialise_leaves(weights, model))

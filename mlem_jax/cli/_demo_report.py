@@ -77,7 +77,7 @@ def _interpolate_error(em: Sequence[dict], cost: float, unit: str) -> float | No
     bracketing it; `None` outside their range."""
     em = sorted(em, key=lambda r: r[unit])
     c = math.log(cost)
-    for a, b in zip(em, em[1:]):
+    for a, b in zip(em, em[1:], strict=False):
         ca, cb = math.log(a[unit]), math.log(b[unit])
         if ca <= c <= cb and cb > ca:
             w = (c - ca) / (cb - ca)
@@ -117,7 +117,7 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
             else (lambda r: r["seconds"])
         )
 
-        def curve(mine, style, color, label, note=None, offset=(5, 4)):
+        def curve(mine, style, color, label, note=None, offset=(5, 4), ax=ax, x=x):
             """The runs `mine` as one line, each point labelled `note(run)`."""
             ax.plot(
                 [x(r) for r in mine],
@@ -198,7 +198,7 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
     ncol = int(math.ceil(math.sqrt(n)))
     fig = Figure(figsize=(3.2 * len(panels), 3.6), dpi=120)
     axes = fig.subplots(1, len(panels))
-    for ax, label in zip(np.atleast_1d(axes), panels):
+    for ax, label in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(
             image_grid(result["samples"][label][:n], ncol=ncol),
             cmap="gray",

@@ -93,7 +93,7 @@ def train_feature_net(
     init_key, train_key = jr.split(key)
     layers = tuple(
         eqx.nn.Linear(a, b, key=jr.fold_in(init_key, i))
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
     )
     net = FeatureNet(layers, tuple(images.shape[1:]))
     opt = optax.adam(learning_rate)

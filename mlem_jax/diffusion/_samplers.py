@@ -833,7 +833,7 @@ def _integrate(
             )
             stored = tuple(
                 jnp.where(fires[l], term, old)
-                for l, (term, old) in enumerate(zip(terms, stored))
+                for l, (term, old) in enumerate(zip(terms, stored, strict=True))
             )
             predict = _Constant(sum(stored[1:], stored[0]))
         else:
