@@ -1,5 +1,6 @@
 """The level schedules: `FixedProbabilities`, `Rates`, `LogitProbabilities`."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,3 +108,15 @@ def test_always_fires_is_abstract_every_schedule_implements_it():
             return s.probabilities(0.0, 0.1)
 
         traced(schedule)
+
+
+def test_traced_schedule_values_are_checked_at_run_time():
+    probs = eqx.filter_jit(lambda p: mj.FixedProbabilities(p).probs)
+    np.testing.assert_array_equal(probs(jnp.array([1.0, 0.5])), [1.0, 0.5])
+    with pytest.raises(Exception, match=r"must lie in \(0, 1\]"):
+        probs(jnp.array([1.0, 1.5]))
+    rates = eqx.filter_jit(lambda r: mj.Rates(r).rates)
+    assert rates(jnp.array([jnp.inf, 2.0])).shape == (1, 2)
+    for bad in ([1.0, jnp.nan], [1.0, -2.0]):
+        with pytest.raises(Exception, match="non-negative and not NaN"):
+            rates(jnp.array(bad))
