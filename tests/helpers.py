@@ -95,3 +95,12 @@ def affine_problem(dtype=None, d=3):
 
 # A PyTree state: two leaves of different shapes.
 TREE_Y0 = {"a": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": (jnp.ones(4),)}
+
+
+def png(path):
+    """`(size, pixels)` of a PNG file."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.size, np.asarray(im)
