@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import mlem_jax as mj
+
+if TYPE_CHECKING:  # the application is imported where it is used
+    import mlem_jax.diffusion as md
 
 
 def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8) -> bool:
@@ -104,3 +109,45 @@ def png(path):
     with Image.open(path) as im:
         im.load()
         return im.size, np.asarray(im)
+
+
+def gaussian_score(sde):
+    """Gaussian data N(mean, cov) in 2-D and its exact score under `sde`:
+    `(mean, cov, score)`."""
+    import mlem_jax.diffusion as md
+
+    mean = jnp.array([0.5, -1.0])
+    cov = jnp.array([[0.6, 0.2], [0.2, 0.3]])
+    return mean, cov, md.GaussianScore(sde, mean, cov)
+
+
+# Diffusion: exact networks for Gaussian data `N(mean, diag(var))`.
+
+
+class GaussianX0(eqx.Module):
+    """Exact data prediction for data `N(mean, diag(var))`, as f(t, y, args)."""
+
+    param: md.AbstractParametrisation
+    mean: jax.Array
+    var: jax.Array
+
+    def __call__(self, t, y, args=None):
+        a, s = self.param.alpha(t), self.param.sigma(t)
+        gain = a * self.var / (a**2 * self.var + s**2)
+        return (self.mean + gain * (y - a * self.mean)).astype(y.dtype)
+
+
+class AsEps(eqx.Module):
+    """The same network predicting ε."""
+
+    x0: GaussianX0
+
+    def __call__(self, t, y, args=None):
+        return self.x0.param.convert(self.x0(t, y), t, y, source="x0", target="eps")
+
+
+def grid_increments(key, ts, shape):
+    """Brownian increments with variance |t_{n+1} − t_n| on an arbitrary grid."""
+    dt = np.abs(np.diff(np.asarray(ts, np.float64)))
+    z = jax.random.normal(key, (len(dt), *shape))
+    return z * jnp.sqrt(jnp.asarray(dt, z.dtype)).reshape(-1, *[1] * len(shape))
