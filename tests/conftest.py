@@ -9,6 +9,14 @@ _CACHE_ENV = "MLEM_JAX_TEST_COMPILATION_CACHE"
 
 
 def pytest_configure(config):
+    # pytest-xdist (`-n 2`): a file's tests on one worker, so that its module-scoped
+    # fixtures (a trained network, a calibration, the sharded checks' subprocess) are
+    # built once rather than once per worker. An explicit `--dist` is kept.
+    args = config.invocation_params.args
+    if getattr(config.option, "dist", "no") == "load" and not any(
+        a == "-d" or a.startswith("--dist") for a in args
+    ):
+        config.option.dist = "loadfile"
     # One persistent compilation cache for the run, shared by pytest-xdist's workers
     # (they inherit the variable from the process that made the folder): a program
     # several tests compile (the same UNet's training step, the shipped ladder's
