@@ -1,5 +1,36 @@
+import os
+import shutil
+import tempfile
+
 import jax
 import pytest
+
+_CACHE_ENV = "MLEM_JAX_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+    # pytest-xdist (`-n 2`): a file's tests on one worker, so that its module-scoped
+    # fixtures (a trained network, a calibration, the sharded checks' subprocess) are
+    # built once rather than once per worker. An explicit `--dist` is kept.
+    args = config.invocation_params.args
+    if getattr(config.option, "dist", "no") == "load" and not any(
+        a == "-d" or a.startswith("--dist") for a in args
+    ):
+        config.option.dist = "loadfile"
+    # One persistent compilation cache for the run, shared by pytest-xdist's workers
+    # (they inherit the variable from the process that made the folder): a program
+    # several tests compile (the same UNet's training step, the shipped ladder's
+    # solves) is compiled once, not once per test and per worker. The folder is new
+    # for every run and removed after it, so no result depends on an earlier run.
+    if not os.environ.get(_CACHE_ENV):
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="mlem-jax-tests-")
+        config._mlem_jax_cache_owner = True
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_mlem_jax_cache_owner", False):
+        shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
 
 
 @pytest.fixture

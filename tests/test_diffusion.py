@@ -1,55 +1,20 @@
-"""Tests for mlem_jax.diffusion: VP-SDE closed forms, sampling drifts, loss, metrics."""
+"""mlem_jax.diffusion as a whole: reverse sampling recovers Gaussian data exactly as
+Euler–Maruyama predicts, and a network ladder as `Levels` (diffusion._levels). The
+parts: test_sde.py, test_score.py, test_metrics.py, test_param.py, test_samplers.py,
+test_quality.py."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import gaussian_score
 
 import mlem_jax as mj
 import mlem_jax.diffusion as md
 import mlem_jax.nn as mnn
 
 SDE = md.VPSDE()
-
-
-def test_closed_form_alpha_matches_quadrature_of_beta():
-    # log α(t) = −½ ∫_0^t β, checked against an independent trapezoid quadrature.
-    for t in (0.01, 0.3, 1.0):
-        s = np.linspace(0.0, t, 20_001)
-        integral = np.trapezoid(np.asarray(SDE.beta(s), np.float64), s)
-        np.testing.assert_allclose(SDE.log_alpha(t), -0.5 * integral, rtol=1e-5)
-    t = jnp.array([1e-4, 0.5, 1.0])
-    np.testing.assert_allclose(SDE.alpha(t) ** 2 + SDE.sigma(t) ** 2, 1.0, rtol=1e-6)
-    # Small t: σ² ≈ β_min t, computed without cancellation.
-    np.testing.assert_allclose(SDE.sigma(1e-6) ** 2, 0.1e-6, rtol=1e-3)
-
-
-def test_forward_noising_matches_closed_form_mean_and_variance():
-    """Simulate the forward SDE with Euler–Maruyama and compare with α(t) x0, σ(t)²."""
-    n, steps, t1 = 20_000, 400, 0.5
-    x0 = jnp.array([1.5, -0.5])
-    y0 = jnp.broadcast_to(x0, (n, 2))
-    y1, _ = mj.em_solve(
-        SDE.drift, SDE.diffusion, y0, t0=0.0, t1=t1, num_steps=steps, key=jr.key(0)
-    )
-    mean, var = SDE.marginal(x0, t1)[0], SDE.sigma(t1) ** 2
-    # Monte Carlo: std of the mean is σ/√n, of the variance σ²√(2/n); Euler–Maruyama
-    # has weak order 1 with h β_max ≈ 0.013 here, a bias well below the MC bound.
-    np.testing.assert_allclose(y1.mean(0), mean, atol=5 * np.sqrt(var / n) + 0.01)
-    np.testing.assert_allclose(y1.var(0), var, atol=5 * var * np.sqrt(2 / n) + 0.01)
-    # The noised sample x_t = α x0 + σ ε is what the loss uses: same moments.
-    eps = jr.normal(jr.key(1), (n, 2))
-    a, s = SDE.marginal(x0, t1)
-    xt = a + s * eps
-    np.testing.assert_allclose(xt.mean(0), mean, atol=5 * np.sqrt(var / n))
-
-
-def _gaussian_problem():
-    mean = jnp.array([0.5, -1.0])
-    cov = jnp.array([[0.6, 0.2], [0.2, 0.3]])
-    return mean, cov, md.GaussianScore(SDE, mean, cov)
 
 
 def _em_moments(coeffs, y0_mean, y0_cov, ts, with_noise):
@@ -101,7 +66,7 @@ def test_reverse_sampling_recovers_gaussian_data(kind):
     accuracy (5 standard errors for n samples), and the recursion must match the
     data moments up to the O(h) discretisation error, which halves when h halves.
     """
-    mean, cov, score = _gaussian_problem()
+    mean, cov, score = gaussian_score(SDE)
     n, steps, t1 = 20_000, 200, 1e-3
     if kind == "sde":
         drift, diffusion, scale = md.ReverseDrift(SDE, score), SDE.diffusion, 1.0
@@ -153,56 +118,6 @@ def test_reverse_sampling_recovers_gaussian_data(kind):
     np.testing.assert_array_less(np.abs(sample_cov - c_true), 5 * se_cov + bias)
 
 
-def test_dsm_loss_of_exact_score_matches_closed_form():
-    """With the exact score, the DSM loss at t is mean_i α²λ_i / (α²λ_i + σ²).
-
-    (ε* = E[ε | x_t] = −σ s, and the residual ε − ε* has covariance I − σ² P_t.)
-    The per-sample loss is at most χ²_d/d (variance ≤ 2/d = 1), so the batch mean is
-    within 5/√n of the integral over t of the closed form.
-    """
-    mean, cov, score = _gaussian_problem()
-    n = 20_000
-    x0 = jr.multivariate_normal(jr.key(0), mean, cov, (n,))
-    model = lambda t, x: -SDE.sigma(t) * score(t, x[None])[0]
-    loss = md.dsm_loss(SDE, model, x0, jr.key(1))
-    lam = np.linalg.eigvalsh(np.asarray(cov, np.float64))
-    ts = np.linspace(1e-5, 1.0, 20_001)
-    a2 = np.asarray(SDE.alpha(ts), np.float64)[:, None] ** 2
-    s2 = 1 - a2
-    exact = np.trapezoid(np.mean(a2 * lam / (a2 * lam + s2), 1), ts) / (1.0 - 1e-5)
-    assert abs(float(loss) - exact) < 5 / np.sqrt(n)
-    # A network predicting zero has loss E‖ε‖²/d = 1.
-    zero = md.dsm_loss(SDE, lambda t, x: jnp.zeros_like(x), x0, jr.key(1))
-    assert abs(float(zero) - 1.0) < 5 * np.sqrt(2 / (2 * n))
-
-
-def test_epsilon_score_and_drifts_of_a_network():
-    net = mnn.UNet((1, 8, 8), 4, (1, 2), 1, key=jr.key(0))
-    params, static = eqx.partition(net, eqx.is_inexact_array)
-    params = jax.tree.map(lambda p: p + 0.05, params)
-    net = eqx.combine(params, static)
-    y = jr.normal(jr.key(1), (2, 1, 8, 8))
-    t = jnp.asarray(0.4)
-
-    @eqx.filter_jit
-    def evaluate(net, t, y):
-        eps = jax.vmap(net, in_axes=(None, 0))(t, y)
-        score = md.EpsilonScore(net, SDE)(t, y)
-        f_sde = md.reverse_drift(SDE, net)(t, y, None)
-        f_ode = md.probability_flow_drift(SDE, net)(t, y, None)
-        return eps, score, f_sde, f_ode
-
-    eps, score, f_sde, f_ode = evaluate(net, t, y)
-    np.testing.assert_allclose(score, -eps / SDE.sigma(t), rtol=1e-5)
-    beta = SDE.beta(t)
-    np.testing.assert_allclose(
-        f_sde, -0.5 * beta * y - beta * score, rtol=1e-4, atol=1e-5
-    )
-    np.testing.assert_allclose(
-        f_ode, -0.5 * beta * y - 0.5 * beta * score, rtol=1e-4, atol=1e-5
-    )
-
-
 def test_make_levels_costs_and_mlem_sampling():
     ladder = mnn.unet_ladder((1, 8, 8), (4, 8), key=jr.key(0), num_res_blocks=1)
     y = jnp.zeros((2, 1, 8, 8))
@@ -224,72 +139,3 @@ def test_make_levels_costs_and_mlem_sampling():
     )
     x_em, _ = mj.em_solve(levels.fns[-1], SDE.diffusion, y0, **kw)
     np.testing.assert_allclose(x_ml, x_em, rtol=1e-4, atol=1e-4)
-
-
-def test_strong_error():
-    y = jnp.zeros((4, 2, 3))
-    ref = jnp.ones((4, 2, 3))
-    assert float(md.strong_error(y, ref)) == pytest.approx(np.sqrt(6.0))
-    with pytest.raises(ValueError, match="same shape"):
-        md.strong_error(y, ref[:2])
-
-
-def test_sliced_wasserstein_of_a_shift_is_exact():
-    """y = x + m: every projection is shifted by θ·m, so SW² = mean_θ (θ·m)².
-
-    Over θ uniform on the sphere, (θ·m)² = |m|² θ_1², θ_1² ~ Beta(1/2, (d−1)/2) with
-    mean 1/d and variance 2(d−1)/(d²(d+2)): the P-projection estimate of SW² is within
-    5 standard errors of |m|²/d.
-    """
-    d, p = 8, 2000
-    x = jr.normal(jr.key(0), (500, d))
-    m = jnp.arange(1.0, d + 1)
-    sw = float(md.sliced_wasserstein(x, x + m, jr.key(1), num_projections=p))
-    m2 = float(m @ m)
-    se = m2 * np.sqrt(2 * (d - 1) / (d**2 * (d + 2)) / p)
-    assert abs(sw**2 - m2 / d) < 5 * se
-    assert float(md.sliced_wasserstein(x, x, jr.key(1))) == 0.0
-    # Unequal sizes: an empirical measure and itself with every point duplicated.
-    assert float(md.sliced_wasserstein(x, jnp.concatenate([x, x]), jr.key(1))) < 1e-5
-    # Exact 1-D W2 for unequal sizes against a direct computation: {0, 1} vs {0, 0, 3}
-    # quantile functions differ on [1/3, 1/2] by 0, [1/2, 2/3] by 1, [2/3, 1] by 2.
-    a, b = jnp.array([[0.0], [1.0]]), jnp.array([[0.0], [0.0], [3.0]])
-    sw1 = float(md.sliced_wasserstein(a, b, jr.key(0), num_projections=4))
-    assert sw1**2 == pytest.approx((1 / 6) * 1 + (1 / 3) * 4, rel=1e-5)
-    with pytest.raises(ValueError, match="same sample shape"):
-        md.sliced_wasserstein(x, x[:, :3], jr.key(0))
-
-
-def test_mmd_against_closed_form():
-    """Gaussian kernel ℓ, X ~ N(0, I_d), Y ~ N(m, I_d):
-    MMD² = 2 (ℓ²/(ℓ²+2))^{d/2} (1 − exp(−|m|²/(2(ℓ²+2)))). The unbiased estimate's
-    standard deviation is below 4/√n (kernel values in [0, 1])."""
-    n, d, ell = 1500, 2, 1.0
-    x = jr.normal(jr.key(0), (n, d))
-    y = jr.normal(jr.key(1), (n, d)) + jnp.array([1.0, 0.0])
-    exact = (
-        2 * (ell**2 / (ell**2 + 2)) ** (d / 2) * (1 - np.exp(-1.0 / (2 * (ell**2 + 2))))
-    )
-    tol = 4 / np.sqrt(n)
-    assert abs(float(md.mmd(x, y, bandwidth=ell)) - exact) < tol
-    same = md.mmd(x, jr.normal(jr.key(2), (n, d)), bandwidth=ell)
-    assert abs(float(same)) < tol
-    assert np.isfinite(float(md.mmd(x, y)))  # median-heuristic bandwidth
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        md.mmd(x[:1], y)
-
-
-def test_drift_errors_of_scaled_drifts():
-    ys = jr.normal(jr.key(0), (5, 3, 4))
-    ts = jnp.linspace(1.0, 0.1, 5)
-    fns = tuple(lambda t, y, args, c=c: c * y for c in (0.5, 0.9, 1.0))
-    errs = md.drift_errors(fns, ts, ys)
-    rms_norm = np.sqrt(np.mean(np.sum(np.asarray(ys) ** 2, -1)))
-    np.testing.assert_allclose(errs, np.array([0.5, 0.1, 0.0]) * rms_norm, rtol=1e-5)
-    with pytest.raises(ValueError, match="same T"):
-        md.drift_errors(fns, ts[:3], ys)
-
-
-def test_vpsde_bad_parameters():
-    with pytest.raises(ValueError, match="beta_min"):
-        md.VPSDE(beta_min=5.0, beta_max=1.0)

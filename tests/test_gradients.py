@@ -2,36 +2,17 @@
 sub-linear-memory checkpointing, and diffrax's adjoints against the functional core."""
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import lineax
 import numpy as np
 import pytest
+from helpers import affine_problem
 
 import mlem_jax as mj
 
-D = 3
 NUM_STEPS = 11  # not a square: the two-level scan also runs a remainder block
-
-
-class Affine(eqx.Module):
-    w: jax.Array
-    b: jax.Array
-
-    def __call__(self, t, y, args):
-        return jnp.tanh(y @ self.w + self.b) * args - y
-
-
-def _problem(dtype):
-    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    coarse = Affine(0.3 * jax.random.normal(k1, (D, D), dtype), jnp.zeros(D, dtype))
-    fine = Affine(0.3 * jax.random.normal(k2, (D, D), dtype), 0.1 * jnp.ones(D, dtype))
-    levels = mj.Levels((coarse, fine), (1.0, 4.0))
-    y0 = jax.random.normal(k3, (2, D), dtype)
-    return levels, y0, jnp.asarray(1.5, dtype)
-
 
 SCHED = mj.FixedProbabilities((1.0, 0.4))
 KEY = jax.random.key(5)
@@ -65,7 +46,7 @@ def _loss(checkpoint, saveat=None):
 def test_gradients_match_central_differences_and_forward_mode(x64):
     # A loss on saved states (two grid times, the final one included, and every step).
     saveat = diffrax.SaveAt(ts=[1.0 - 3 / NUM_STEPS, 0.0], steps=True)
-    params = _problem(jnp.float64)
+    params = affine_problem(jnp.float64)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     grads = {
         c: jax.jit(jax.grad(lambda x, c=c: _loss(c, saveat)(unravel(x))))(flat)
@@ -94,7 +75,7 @@ def test_gradients_match_central_differences_and_forward_mode(x64):
 
 
 def test_sqrt_checkpointing_gives_the_same_solve():
-    levels, y0, args = _problem(jnp.float32)
+    levels, y0, args = affine_problem(jnp.float32)
     kw = dict(t0=0.0, t1=1.0, num_steps=NUM_STEPS, key=KEY, args=args)
     saveat = diffrax.SaveAt(t0=True, steps=True)
     a, ia = mj.mlem_solve(levels, SCHED, _diffusion, y0, saveat=saveat, **kw)
@@ -109,8 +90,8 @@ def test_diffeqsolve_gradients_match_mlem_solve(x64):
     # Gradients in the level parameters, y0, args and the schedule's logits (pathwise,
     # draws fixed) through diffeqsolve + MLEMSolver, with diffrax's checkpointed
     # reverse mode, agree with mlem_solve's two-level checkpointed ones. (ForwardMode
-    # and DirectAdjoint against finite differences: test_diffrax.py.)
-    levels, y0, args = _problem(jnp.float64)
+    # and DirectAdjoint against finite differences: test_solver.py.)
+    levels, y0, args = affine_problem(jnp.float64)
     sched = mj.LogitProbabilities(jnp.array([jnp.inf, -0.4]))
     t0, t1 = 1.0, 0.0
     path = mj.StepBrownianPath(
@@ -168,7 +149,7 @@ def test_diffeqsolve_gradients_match_mlem_solve(x64):
 
 
 def test_bad_checkpoint_value():
-    levels, y0, args = _problem(jnp.float32)
+    levels, y0, args = affine_problem(jnp.float32)
     with pytest.raises(ValueError, match='`checkpoint` must be True, False or "sqrt"'):
         mj.mlem_solve(
             levels,

@@ -160,3 +160,62 @@ def test_import_mlem_jax_loads_the_method_only():
     ).stdout.splitlines()
     assert out[0] == "", f"`import mlem_jax` loaded {out[0]}"
     assert out[1] == "True True"
+
+
+# Modules tested through other files, not a mirrored test file of their own.
+TESTED_ELSEWHERE = {
+    # `python -m mlem_jax` only calls the CLI's `main`, which every CLI test runs.
+    "mlem_jax.__main__": "test_cli_main.py",
+    # One small subpackage, one file: the UNet and the ladder built from it.
+    "mlem_jax.nn._unet": "test_nn.py",
+    "mlem_jax.nn._ladder": "test_nn.py",
+    # test_levels.py is mlem_jax._levels'; the ladder as `Levels` is tested beside
+    # reverse sampling.
+    "mlem_jax.diffusion._levels": "test_diffusion.py",
+    # The float16 packing of the shipped ladders, checked on the ladders it packed.
+    "mlem_jax.pretrained.pack": "test_pretrained.py",
+    # The CLI's shared parts, run by the commands that use them.
+    "mlem_jax.cli._common": "test_cli_errors.py",
+    "mlem_jax.cli._solves": "test_cli_sample.py",
+    "mlem_jax.cli._images": "test_cli_sample.py",
+    "mlem_jax.cli._demo_report": "test_cli_demo.py",
+    # Only its refusals are tested here; what it runs, `distill_ladder`, is tested
+    # in test_training.py.
+    "mlem_jax.cli._distill": "test_cli_errors.py",
+}
+
+
+def _mirrors(module: str) -> list[str]:
+    """The test files that would mirror `module`: `mlem_jax._x` and `mlem_jax.x` →
+    test_x.py; `mlem_jax.p._x` → test_x.py (unless `mlem_jax._x` or `mlem_jax.x`
+    takes that name) or test_p_x.py; a subpackage `mlem_jax.p` → test_p.py or
+    test_p_*.py."""
+    parts = module.split(".")[1:]
+    if len(parts) == 1:  # a subpackage's __init__ or a top-level module
+        name = parts[0].strip("_")
+        if (PACKAGE / parts[0]).is_dir():
+            return [f"test_{name}.py", f"test_{name}_*.py"]
+        return [f"test_{name}.py"]
+    package, name = parts[0], parts[-1].strip("_")
+    taken = any((PACKAGE / f"{p}{name}.py").exists() for p in ("", "_"))
+    return ([] if taken else [f"test_{name}.py"]) + [f"test_{package}_{name}.py"]
+
+
+def test_every_module_has_a_mirrored_test_file():
+    tests = pathlib.Path(__file__).resolve().parent
+    modules = sorted(_graph())
+    missing = [
+        f"{m} (expected {' or '.join(_mirrors(m))})"
+        for m in modules
+        if m != "mlem_jax"  # the public namespace: re-exports only
+        and m not in TESTED_ELSEWHERE
+        and not any(any(tests.glob(pattern)) for pattern in _mirrors(m))
+    ]
+    assert not missing, "modules without a mirrored test file:\n" + "\n".join(missing)
+    # The list stays honest: each entry is a module that exists and has no mirror of
+    # its own, and the file said to test it exists.
+    for module, test_file in TESTED_ELSEWHERE.items():
+        assert module in modules, f"{module} no longer exists"
+        mirrors = [p for p in _mirrors(module) if any(tests.glob(p))]
+        assert not mirrors, f"{module} has {mirrors}: drop it from TESTED_ELSEWHERE"
+        assert (tests / test_file).exists(), f"{test_file} (for {module}) is missing"

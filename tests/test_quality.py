@@ -1,57 +1,11 @@
-"""The kernel distance (KID) against its closed form and its own standard error, and
-the digits feature metric's power to tell samples apart."""
+"""The digits feature metric (mlem_jax.diffusion._quality): its power to tell samples
+apart, and its feature network. The kernel distance itself: test_metrics.py."""
 
 import jax
 import numpy as np
 import pytest
 
 from mlem_jax import diffusion as md
-
-
-def _cubic_mmd2_1d(mu):
-    """MMD² with k(a, b) = (ab + 1)³ between N(0, 1) and N(mu, 1): the kernel is
-    Σ_j C(3, j) (ab)^j, so MMD² = Σ_j C(3, j) (E a^j − E b^j)² with the Gaussian
-    moments E b = mu, E b² = 1 + mu², E b³ = mu³ + 3 mu."""
-    return 3 * mu**2 + 3 * (mu**2) ** 2 + (mu**3 + 3 * mu) ** 2
-
-
-@pytest.mark.parametrize("mu", [0.0, 0.3])
-def test_kernel_distance_is_the_closed_form_within_its_standard_error(mu):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4096, 1))
-    y = mu + rng.normal(size=(4096, 1))
-    kid, se = md.kernel_distance(x, y, num_blocks=16)
-    assert se > 0
-    assert abs(kid - _cubic_mmd2_1d(mu)) <= 5 * se
-
-
-def test_kernel_distance_standard_error_matches_its_spread():
-    # 40 independent estimates: their spread against the mean reported error
-    # (the ratio of variances of 40 draws lies in [0.4, 2.5] with > 99.9%).
-    rng = np.random.default_rng(1)
-    kids, ses = [], []
-    for _ in range(40):
-        x = rng.normal(size=(256, 3))
-        y = 0.2 + rng.normal(size=(256, 3))
-        kid, se = md.kernel_distance(x, y, num_blocks=8)
-        kids.append(kid)
-        ses.append(se)
-    ratio = np.var(kids, ddof=1) / np.mean(np.square(ses))
-    assert 0.4 <= ratio <= 2.5
-
-
-def test_kernel_distance_bad_input():
-    x = np.zeros((16, 3))
-    with pytest.raises(ValueError, match="`num_blocks` must be an int >= 2"):
-        md.kernel_distance(x, x, num_blocks=1)
-    with pytest.raises(ValueError, match="same feature dimension, got 3 and 2"):
-        md.kernel_distance(x, np.zeros((16, 2)))
-    with pytest.raises(ValueError, match="at least 2 samples per block"):
-        md.kernel_distance(x, np.zeros((8, 3)), num_blocks=8)
-    with pytest.raises(ValueError, match="`x1` and `x2` must have the same shape"):
-        md.kernel_distance_difference(x, np.zeros((8, 3)), x)
-    with pytest.raises(ValueError, match="`x1` and `y` must have the same feature"):
-        md.kernel_distance_difference(x, x, np.zeros((16, 2)))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Tests of the functional solvers `mlem_solve` and `em_solve`."""
 
-import collections
 from typing import Any
 
 import diffrax
@@ -9,61 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import fit_order
+from helpers import TREE_Y0, additive, affine_problem, fit_order, linear_levels
 
 import mlem_jax as mj
-from mlem_jax._brownian import split_key, step_uniforms
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
-def linear_levels(rates=(-0.5, -0.9, -1.0), costs=(1.0, 4.0, 16.0)):
-    """Levels f^l(y) = a_l · y: Δ_l are distinct and the top level is a·y."""
-    fns = tuple((lambda t, y, args, a=a: jnp.asarray(a, y.dtype) * y) for a in rates)
-    return mj.Levels(fns=fns, costs=costs)
-
-
-def additive(t, y, args):
-    return jnp.asarray(0.5, y.dtype)
-
-
 # ---------------------------------------------------------------------------------
 # Unbiasedness and the Euler–Maruyama limit
-
-
-@pytest.mark.parametrize(
-    "schedule",
-    [mj.FixedProbabilities((1.0, 0.3, 0.1)), mj.Rates((jnp.inf, 3.0, 0.5))],
-    ids=["fixed", "rates"],
-)
-def test_one_step_estimator_is_unbiased(schedule):
-    # Non-linear levels with distinct increments; one ODE step of size h = 0.5 gives
-    # the drift estimate D = (y1 − y0)/h. Its mean over keys must be f^k(y0).
-    fns = (
-        lambda t, y, a: -y,
-        lambda t, y, a: -y + 0.5 * jnp.sin(y),
-        lambda t, y, a: -y + 0.5 * jnp.sin(y) + 0.25 * jnp.cos(3 * y),
-    )
-    levels = mj.Levels(fns=fns, costs=(1.0, 2.0, 4.0))
-    y0 = jnp.array([0.3, -1.2, 2.0, 0.7])
-    h = 0.5
-
-    def estimate(key):
-        y1, _ = mj.mlem_solve(
-            levels, schedule, None, y0, t0=0.0, t1=h, num_steps=1, key=key
-        )
-        return (y1 - y0) / h
-
-    n = 20_000
-    keys = jax.random.split(jax.random.key(0), n)
-    samples = jax.lax.map(estimate, keys)  # sequential: keeps the level key unbatched
-    mean = samples.mean(axis=0)
-    stderr = samples.std(axis=0) / np.sqrt(n)
-    target = fns[-1](0.0, y0, None)
-    # 5 standard errors per component: a false failure has probability < 3e-6.
-    assert np.all(np.abs(mean - target) <= 5 * stderr + 1e-6), (mean, target, stderr)
-    # The estimator really is random (otherwise the test above proves nothing).
-    assert np.all(stderr > 1e-4)
 
 
 @pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 1e-3)], ids=["fwd", "rev"])
@@ -88,45 +41,6 @@ def test_all_ones_is_euler_maruyama(t0, t1):
 
 # ---------------------------------------------------------------------------------
 # Compute skipping: each level runs exactly when the draws say, never more
-
-
-def test_evaluations_follow_the_draws():
-    counts = collections.Counter()
-
-    def counted(level, a):
-        def fn(t, y, args):
-            jax.debug.callback(lambda: counts.update([level]))
-            return a * y
-
-        return fn
-
-    levels = mj.Levels(
-        fns=(counted(0, -0.5), counted(1, -0.9), counted(2, -1.0)), costs=(1, 4, 16)
-    )
-    probs = (1.0, 0.3, 0.05)
-    num_steps, key = 200, jax.random.key(7)
-    y1, info = mj.mlem_solve(
-        levels,
-        mj.FixedProbabilities(probs),
-        additive,
-        jnp.ones((8, 2)),
-        t0=0.0,
-        t1=1.0,
-        num_steps=num_steps,
-        key=key,
-    )
-    jax.block_until_ready(y1)
-    # Independent reference: the draws recomputed from the documented key layout.
-    _, level_key = split_key(key)
-    u = jnp.stack([step_uniforms(level_key, n, 3, jnp.float32) for n in range(200)])
-    fires = np.asarray(u) < np.asarray(probs)
-    needed = fires | np.concatenate([fires[:, 1:], np.zeros((200, 1), bool)], axis=1)
-    expected = needed.sum(axis=0)
-    observed = np.array([counts[0], counts[1], counts[2]])
-    np.testing.assert_array_equal(np.asarray(info.evaluations), expected)
-    np.testing.assert_array_equal(observed, expected)
-    assert observed[0] == num_steps and observed[2] < num_steps // 4
-    assert float(info.cost) == float(np.dot(expected, [1, 4, 16]))
 
 
 def test_expected_cost_of_rates_is_step_independent():
@@ -161,61 +75,6 @@ def test_expected_cost_of_rates_is_step_independent():
         p2, p3 = 20 / num_steps, 4 / num_steps
         expected2 = num_steps * (1 - (1 - p2) * (1 - p3))
         assert abs(mean[1] - expected2) < 5 * np.sqrt(expected2 / 400)
-
-
-def test_branches_stay_real_under_vmap_over_y0():
-    levels = linear_levels()
-    sched = mj.FixedProbabilities((1.0, 0.3, 0.1))
-    key = jax.random.key(0)
-
-    def solve(y0):
-        return mj.mlem_solve(
-            levels, sched, additive, y0, t0=0.0, t1=1.0, num_steps=5, key=key
-        )[0]
-
-    jaxpr = str(jax.make_jaxpr(jax.vmap(solve))(jnp.ones((6, 3))))
-    # Three levels: three conditionals with an unbatched predicate survive batching.
-    assert jaxpr.count("cond[") == 3
-    # And vmapping over y0 equals putting the batch in y0 for an ODE.
-    out_vmap = jax.vmap(
-        lambda y: mj.mlem_solve(
-            levels, sched, None, y, t0=0.0, t1=1.0, num_steps=5, key=key
-        )[0]
-    )(jnp.arange(6.0).reshape(2, 3))
-    out_batch, _ = mj.mlem_solve(
-        levels,
-        sched,
-        None,
-        jnp.arange(6.0).reshape(2, 3),
-        t0=0.0,
-        t1=1.0,
-        num_steps=5,
-        key=key,
-    )
-    np.testing.assert_allclose(out_vmap, out_batch, rtol=1e-6)
-
-
-def test_batched_key_is_refused_with_advice():
-    levels = linear_levels()
-    sched = mj.FixedProbabilities((1.0, 0.3, 0.1))
-
-    def solve(key):
-        return mj.mlem_solve(
-            levels, sched, additive, jnp.ones(3), t0=0.0, t1=1.0, num_steps=5, key=key
-        )[0]
-
-    keys = jax.random.split(jax.random.key(0), 4)
-    with pytest.raises(ValueError, match="level draws are batched under jax.vmap"):
-        jax.vmap(solve)(keys)
-    with pytest.raises(ValueError, match=r"put the batch inside `y0`"):
-        jax.jit(jax.vmap(solve))(keys)
-    # em_solve has no level draws: vmapping it over keys is fine.
-    ys = jax.vmap(
-        lambda k: mj.em_solve(
-            levels.top, additive, jnp.ones(3), t0=0.0, t1=1.0, num_steps=5, key=k
-        )[0]
-    )(keys)
-    assert ys.shape == (4, 3) and not np.allclose(ys[0], ys[1])
 
 
 # ---------------------------------------------------------------------------------
@@ -463,25 +322,6 @@ def test_float16_state_keeps_times_and_costs_in_float32():
     np.testing.assert_allclose(np.asarray(ys[-1], np.float32), np.exp(-10.0), atol=2e-4)
 
 
-def test_brownian_increments_match_the_default_stream():
-    key = jax.random.key(8)
-    y0 = jnp.zeros((2, 3))
-    default, _ = mj.em_solve(
-        lambda t, y, a: jnp.zeros_like(y),
-        lambda t, y, a: 1.0,
-        y0,
-        t0=1.0,
-        t1=0.0,
-        num_steps=10,
-        key=key,
-    )
-    dw = mj.brownian_increments(key, (2, 3), t0=1.0, t1=0.0, num_steps=10)
-    np.testing.assert_allclose(default, dw.sum(axis=0), rtol=1e-6, atol=1e-6)
-    # Increments have variance |h| (a loose check on their scale).
-    big = mj.brownian_increments(key, (20_000,), t0=0.0, t1=1.0, num_steps=4)
-    np.testing.assert_allclose(jnp.var(big, axis=1), 0.25, rtol=0.05)
-
-
 def test_diffrax_brownian_path_is_accepted_in_both_directions():
     # A diffrax path evaluated on the step grid: equals the same increments given
     # as an array, with diffrax's sign convention in reverse time.
@@ -527,23 +367,9 @@ def test_saveat():
 # Gradients
 
 
-class Affine(eqx.Module):
-    w: jax.Array
-    b: jax.Array
-
-    def __call__(self, t, y, args):
-        return jnp.tanh(y @ self.w + self.b) * args - y
-
-
 def _grad_problem():
-    key = jax.random.key(0)
-    k1, k2, k3 = jax.random.split(key, 3)
-    d = 3
-    coarse = Affine(0.3 * jax.random.normal(k1, (d, d)), jnp.zeros(d))
-    fine = Affine(0.3 * jax.random.normal(k2, (d, d)), 0.1 * jnp.ones(d))
-    levels = mj.Levels((coarse, fine), (1.0, 4.0))
+    levels, y0, _ = affine_problem()
     sched = mj.FixedProbabilities((1.0, 0.4))
-    y0 = jax.random.normal(k3, (2, d))
 
     def loss(levels, y0, args):
         y1, _ = mj.mlem_solve(
@@ -740,15 +566,6 @@ def test_em_solve_bad_input():
         mj.em_solve(lambda t, y, a: y, None, jnp.ones(2), **dict(kw, num_steps=-1))
 
 
-def test_brownian_helpers_bad_input():
-    with pytest.raises(ValueError, match="`num_steps` must be positive"):
-        mj.brownian_increments(jax.random.key(0), (2,), t0=0.0, t1=1.0, num_steps=0)
-    with pytest.raises(ValueError, match=r"\(10\) must be divisible by `factor` \(3\)"):
-        mj.coarsen_increments(jnp.ones((10, 2)), 3)
-    with pytest.raises(ValueError, match="`factor` must be a positive int"):
-        mj.coarsen_increments(jnp.ones((10, 2)), 0)
-
-
 def test_levy_area_path_gives_its_increments():
     # Paths built for stochastic Runge–Kutta solvers return Lévy area with `.W`.
     levy = diffrax.VirtualBrownianTree(
@@ -787,7 +604,6 @@ def _leaf_diffusion(t, x):
     return 0.3 * jnp.cos(x)
 
 
-_TREE_Y0 = {"a": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": (jnp.ones(4),)}
 _SCHEDULE = mj.FixedProbabilities((1.0, 0.5, 0.25))
 
 
@@ -798,16 +614,16 @@ def test_pytree_state_is_solved_leaf_by_leaf():
     # layout). Covers SaveAt with t0, ts, steps and t1, PyTree `brownian` increments
     # and a PyTree diffusion.
     key = jax.random.key(7)
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _TREE_Y0)
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), TREE_Y0)
     grid = dict(t0=1.0, t1=0.0, num_steps=6)
     dw = mj.brownian_increments(key, like, **grid)
     saveat = diffrax.SaveAt(t0=True, ts=jnp.array([0.5]), steps=True, t1=True)
     g_tree = lambda t, y, a: jax.tree.map(lambda x: _leaf_diffusion(t, x), y)  # noqa: E731
     ys, info = mj.mlem_solve(
-        _leaf_levels(True), _SCHEDULE, g_tree, _TREE_Y0, key=key, saveat=saveat, **grid
+        _leaf_levels(True), _SCHEDULE, g_tree, TREE_Y0, key=key, saveat=saveat, **grid
     )
     for leaf_y0, leaf_dw, leaf_ys in zip(
-        jax.tree.leaves(_TREE_Y0), jax.tree.leaves(dw), jax.tree.leaves(ys)
+        jax.tree.leaves(TREE_Y0), jax.tree.leaves(dw), jax.tree.leaves(ys)
     ):
         ref, ref_info = mj.mlem_solve(
             _leaf_levels(False), _SCHEDULE, lambda t, y, a: _leaf_diffusion(t, y),
@@ -819,32 +635,11 @@ def test_pytree_state_is_solved_leaf_by_leaf():
     np.testing.assert_array_equal(info.ts, ref_info.ts)
     # Given as a PyTree, with two-level checkpointing (forward values unchanged).
     given, _ = mj.mlem_solve(
-        _leaf_levels(True), _SCHEDULE, g_tree, _TREE_Y0,
+        _leaf_levels(True), _SCHEDULE, g_tree, TREE_Y0,
         key=key, brownian=dw, saveat=saveat, checkpoint="sqrt", **grid,
     )  # fmt: skip
     for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(ys)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-
-
-def test_pytree_key_layout():
-    # The documented layout: one key per leaf, split from the Brownian key in leaf
-    # order; a one-leaf state keeps the single-array layout (existing results hold).
-    key = jax.random.key(3)
-    grid = dict(t0=0.0, t1=1.0, num_steps=3)
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _TREE_Y0)
-    dw = mj.brownian_increments(key, like, **grid)
-    brownian_key, _ = split_key(key)
-    for leaf_key, leaf, leaf_dw in zip(
-        jax.random.split(brownian_key, 2), jax.tree.leaves(like), jax.tree.leaves(dw)
-    ):
-        z = jax.vmap(
-            lambda n: jax.random.normal(jax.random.fold_in(leaf_key, n), leaf.shape)  # noqa: B023
-        )(jnp.arange(3))
-        np.testing.assert_allclose(leaf_dw, jnp.sqrt(1 / 3) * z, rtol=1e-6)
-    one = mj.brownian_increments(
-        key, {"a": jax.ShapeDtypeStruct((2,), jnp.float32)}, **grid
-    )
-    np.testing.assert_array_equal(one["a"], mj.brownian_increments(key, (2,), **grid))
 
 
 class _TreePath(diffrax.AbstractPath):
@@ -873,7 +668,7 @@ def test_pytree_solve_equals_diffeqsolve(functional):
     knots = jnp.linspace(0.0, 1.0, 5)
     values = jax.tree.map(
         lambda x, k: 0.5 * jax.random.normal(k, (5, *x.shape)),
-        _TREE_Y0,
+        TREE_Y0,
         {"a": jax.random.key(1), "b": (jax.random.key(2),)},
     )
     path = _TreePath(
@@ -883,20 +678,20 @@ def test_pytree_solve_equals_diffeqsolve(functional):
     levels = _leaf_levels(True)
     if functional == "mlem":
         ys, info = mj.mlem_solve(
-            levels, _SCHEDULE, g, _TREE_Y0,
+            levels, _SCHEDULE, g, TREE_Y0,
             t0=1.0, t1=0.0, num_steps=4, key=key, brownian=path,
         )  # fmt: skip
         drift, solver = mj.MultilevelTerm(levels), mj.MLEMSolver(_SCHEDULE, key=key)
     else:
         ys, info = mj.em_solve(
-            levels.top, g, _TREE_Y0, t0=1.0, t1=0.0, num_steps=4, key=key, brownian=path
+            levels.top, g, TREE_Y0, t0=1.0, t1=0.0, num_steps=4, key=key, brownian=path
         )
         drift, solver = diffrax.ODETerm(levels.top), diffrax.Euler()
     noise = diffrax.ControlTerm(
         lambda t, y, a: lx.DiagonalLinearOperator(g(t, y, a)), path
     )
     sol = diffrax.diffeqsolve(
-        diffrax.MultiTerm(drift, noise), solver, 1.0, 0.0, -0.25, _TREE_Y0,
+        diffrax.MultiTerm(drift, noise), solver, 1.0, 0.0, -0.25, TREE_Y0,
         saveat=diffrax.SaveAt(t1=True, solver_state=True),
     )  # fmt: skip
     for a, b in zip(jax.tree.leaves(ys), jax.tree.leaves(sol.ys)):

@@ -125,18 +125,31 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path, reference):
         mt.load_checkpoint(path, UNet((1, 8, 8), 8, key=jr.key(0), **UNET))
 
 
-def test_train_ladder_writes_a_resumable_ladder_directory(tmp_path, data, reference):
-    out = tmp_path / "ladder"
+LADDER_KWARGS = dict(
+    widths=(4,),
+    unet_kwargs={"channel_mults": [1, 2], "num_res_blocks": 1},
+    config=CONFIG,
+    seed=3,
+    dataset={"name": "digits", "kwargs": {}},
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def one_level_ladder(tmp_path_factory, data):
+    """A one-level ladder directory, its models and manifest: written once, checked
+    by one test and refused as a distillation source by another."""
+    out = tmp_path_factory.mktemp("one_level") / "ladder"
     test = mdata.digits(split="test")
-    kwargs = dict(
-        widths=(4,),
-        unet_kwargs={"channel_mults": [1, 2], "num_res_blocks": 1},
-        config=CONFIG,
-        seed=3,
-        dataset={"name": "digits", "kwargs": {}},
-        progress=False,
+    models, manifest = mt.train_ladder(
+        out, np.asarray(data), eval_data=test, **LADDER_KWARGS
     )
-    models, manifest = mt.train_ladder(out, np.asarray(data), eval_data=test, **kwargs)
+    return out, models, manifest
+
+
+def test_train_ladder_writes_a_resumable_ladder_directory(data, one_level_ladder):
+    out, models, manifest = one_level_ladder
+    kwargs = LADDER_KWARGS
     assert sorted(os.listdir(out)) == ["level_0.eqx", "manifest.json"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest))
@@ -223,14 +236,7 @@ def test_distill_ladder_brings_levels_towards_the_top(tmp_path, data):
         mt.distill_ladder(source, tmp_path / "x", np.zeros((4, 1, 6, 6)), **kwargs)
 
 
-def test_distill_ladder_needs_two_levels(tmp_path, data):
-    mt.train_ladder(
-        tmp_path / "one",
-        np.asarray(data),
-        widths=(4,),
-        unet_kwargs={"channel_mults": [1, 2], "num_res_blocks": 1},
-        config=CONFIG,
-        progress=False,
-    )
+def test_distill_ladder_needs_two_levels(tmp_path, data, one_level_ladder):
+    one, _, _ = one_level_ladder
     with pytest.raises(ValueError, match="has a single level: nothing to distil"):
-        mt.distill_ladder(tmp_path / "one", tmp_path / "out", np.asarray(data))
+        mt.distill_ladder(one, tmp_path / "out", np.asarray(data))

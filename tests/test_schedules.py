@@ -1,46 +1,12 @@
+"""The level schedules: `FixedProbabilities`, `Rates`, `LogitProbabilities`."""
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mlem_jax as mj
-
-
-def f(t, y, args):
-    return -y
-
-
-def test_levels_fields():
-    levels = mj.Levels(fns=[f, f], costs=[1, 4.5])
-    assert levels.num_levels == 2
-    assert levels.costs == (1.0, 4.5)
-    assert levels.top is f
-
-
-@pytest.mark.parametrize(
-    "fns, costs, error, match",
-    [
-        ((), (), ValueError, "`fns` is empty"),
-        ((f, f), (1.0,), ValueError, "`costs` has 1 entries but `fns` has 2"),
-        ((f,), (0.0,), ValueError, r"`costs\[0\]` is 0.0; expected a positive finite"),
-        ((f, f), (1.0, -2.0), ValueError, r"`costs\[1\]` is -2.0"),
-        ((f,), (float("inf"),), ValueError, r"`costs\[0\]` is inf"),
-        ((f,), (float("nan"),), ValueError, r"`costs\[0\]` is nan"),
-        ((f, 3), (1.0, 2.0), TypeError, r"`fns\[1\]` is int, expected a callable"),
-        ((f,), ("a",), TypeError, r"`costs\[0\]` is 'a' \(str\); expected a number"),
-        ((f, f), ("1", "8"), TypeError, r"`costs\[0\]` is '1' \(str\)"),
-        ((f, f), (1.0, True), TypeError, r"`costs\[1\]` is True \(bool\)"),
-        ((f,), 3.0, TypeError, "`costs` must be a sequence of numbers"),
-    ],
-)
-def test_levels_validation(fns, costs, error, match):
-    with pytest.raises(error, match=match):
-        mj.Levels(fns=fns, costs=costs)
-
-
-def test_levels_single_function_refused():
-    with pytest.raises(TypeError, match="not a single function"):
-        mj.Levels(fns=f, costs=(1.0,))
 
 
 def test_fixed_probabilities():
@@ -142,3 +108,15 @@ def test_always_fires_is_abstract_every_schedule_implements_it():
             return s.probabilities(0.0, 0.1)
 
         traced(schedule)
+
+
+def test_traced_schedule_values_are_checked_at_run_time():
+    probs = eqx.filter_jit(lambda p: mj.FixedProbabilities(p).probs)
+    np.testing.assert_array_equal(probs(jnp.array([1.0, 0.5])), [1.0, 0.5])
+    with pytest.raises(Exception, match=r"must lie in \(0, 1\]"):
+        probs(jnp.array([1.0, 1.5]))
+    rates = eqx.filter_jit(lambda r: mj.Rates(r).rates)
+    assert rates(jnp.array([jnp.inf, 2.0])).shape == (1, 2)
+    for bad in ([1.0, jnp.nan], [1.0, -2.0]):
+        with pytest.raises(Exception, match="non-negative and not NaN"):
+            rates(jnp.array(bad))

@@ -1,4 +1,4 @@
-"""Tests for the `mlem-jax` command line (mlem_jax.cli, mlem_jax.__main__)."""
+"""The `train` command of `mlem-jax` (mlem_jax.cli._train)."""
 
 import json
 
@@ -67,10 +67,3 @@ def test_train_command_bad_input(tmp_path, capsys):
     assert "the following arguments are required: --out" in err
     err = _error([], capsys)
     assert "required: command" in err
-
-
-def test_help_lists_train(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    assert info.value.code == 0
-    assert "train" in capsys.readouterr().out

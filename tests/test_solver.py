@@ -1,4 +1,6 @@
-"""MultilevelTerm, MLEMSolver and StepBrownianPath inside diffrax.diffeqsolve."""
+"""`MLEMSolver` inside diffrax.diffeqsolve: Euler at p = 1, the functional
+`mlem_solve` reproduced, vmap, PyTree and complex states, refusals, the statistics
+of one step, gradients."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import pytest
+from helpers import DIRECTIONS, nonlinear_levels
 
 import mlem_jax as mj
 from mlem_jax._brownian import split_key, step_uniforms
@@ -18,30 +21,7 @@ KEY = jax.random.key(42)
 SHAPE = (2, 3)
 PROBS = (1.0, 0.5, 0.2)
 NUM_STEPS = 8
-# Times as arrays, so that forward and reverse solves share one compilation.
-DIRECTIONS = {
-    "forward": (jnp.float32(0.0), jnp.float32(1.0)),
-    "reverse": (jnp.float32(1.0), jnp.float32(0.0)),
-}
-
-
-def _levels():
-    # Three levels converging to the top one; they depend on t, y and args (a scalar
-    # parameter, for gradients), so every place where time or direction could go
-    # wrong shows in the result.
-    def f1(t, y, args):
-        return -args * y
-
-    def f2(t, y, args):
-        return -args * y + 0.3 * jnp.sin(3 * t) * jnp.tanh(y)
-
-    def f3(t, y, args):
-        return -args * y + 0.3 * jnp.sin(3 * t) * jnp.tanh(y) + 0.1 * jnp.cos(y + t)
-
-    return mj.Levels((f1, f2, f3), (1.0, 4.0, 16.0))
-
-
-LEVELS = _levels()
+LEVELS = nonlinear_levels()
 
 
 def _g(t, y, args):
@@ -517,47 +497,6 @@ def test_constructor_errors():
         mj.MLEMSolver((1.0, 0.5), key=KEY)
     with pytest.raises(ValueError, match="`key` must be a single PRNG key"):
         mj.MLEMSolver(mj.FixedProbabilities(PROBS), key=jax.random.split(KEY, 2))
-    with pytest.raises(TypeError, match="`levels` must be a mlem_jax.Levels"):
-        mj.MultilevelTerm(lambda t, y, a: y)
-    with pytest.raises(ValueError, match="`num_steps` must be positive"):
-        mj.StepBrownianPath(SHAPE, KEY, t0=0.0, t1=1.0, num_steps=0)
-    with pytest.raises(ValueError, match="must be finite and differ"):
-        mj.StepBrownianPath(SHAPE, KEY, t0=1.0, t1=1.0, num_steps=4)
-
-
-# --- StepBrownianPath ---------------------------------------------------------------
-
-
-@eqx.filter_jit
-def _evaluate(path, s, u):
-    return path.evaluate(s) if u is None else path.evaluate(s, u)
-
-
-@pytest.mark.parametrize("direction", ["forward", "reverse"])
-def test_step_path_increments(direction):
-    t0, t1 = DIRECTIONS[direction]
-    n = 6
-    path = mj.StepBrownianPath(SHAPE, KEY, t0=t0, t1=t1, num_steps=n)
-    dws = mj.brownian_increments(KEY, SHAPE, t0=t0, t1=t1, num_steps=n)
-    grid = jnp.linspace(t0, t1, n + 1)
-    evaluate = lambda s, u: _evaluate(path, s, u)
-    for i in range(n):
-        # W(t_{i+1}) − W(t_i) is the core's increment of step i, in either direction.
-        np.testing.assert_allclose(evaluate(grid[i], grid[i + 1]), dws[i], rtol=1e-6)
-        np.testing.assert_allclose(evaluate(grid[i + 1], grid[i]), -dws[i], rtol=1e-6)
-    # A query spanning several steps is the sum of their increments.
-    np.testing.assert_allclose(
-        evaluate(grid[1], grid[5]), dws[1:5].sum(0), rtol=1e-5, atol=1e-6
-    )
-    # W(t) alone is the increment from the earlier end of the grid.
-    w = _evaluate(path, grid[4], None)
-    expected = dws[:4].sum(0) if direction == "forward" else -dws[4:].sum(0)
-    np.testing.assert_allclose(w, expected, rtol=1e-5, atol=1e-6)
-    # Off the grid: linear interpolation within a step (the documented restriction).
-    mid = 0.5 * (grid[2] + grid[3])
-    np.testing.assert_allclose(
-        evaluate(grid[1], mid), dws[1] + 0.5 * dws[2], rtol=1e-5, atol=1e-6
-    )
 
 
 # --- statistics of one ML-EM step ---------------------------------------------------
