@@ -28,6 +28,29 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
 
 
+# The test files that take longest (each over ~30 s of one core, mostly compiling):
+# run first, so that under pytest-xdist the short files fill in around them instead
+# of one worker finishing a long file alone at the end.
+SLOW_FIRST = (
+    "test_training.py",
+    "test_cli_sample.py",
+    "test_cli_budget.py",
+    "test_cli_demo.py",
+    "test_shard.py",
+    "test_cli_errors.py",
+    "test_pretrained.py",
+    "test_diffusion.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 def pytest_unconfigure(config):
     if getattr(config, "_mlem_jax_cache_owner", False):
         shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
