@@ -33,7 +33,6 @@ from _common import environment, write_json  # noqa: E402
 from ladder_span import prior_and_path  # noqa: E402
 from samplers import RESULTS, SDE_SAMPLERS, Bench  # noqa: E402
 
-import mlem_jax as mj  # noqa: E402
 from mlem_jax import diffusion as md  # noqa: E402
 
 SINGLES = (("SDE-DPM++(1)", 5, 16), ("SDE-DPM++(1)", 5, 32), ("SDE-DPM++(1)", 5, 64))
@@ -56,18 +55,9 @@ def main(argv=None) -> int:
     bench = Bench(dict(settings, sde_level_keys=1), args.seed, False, args.ladder)
     k = len(bench.nets)
     seconds = tuple(span["level_seconds"])
-    levels = mj.Levels(tuple(bench.drifts), tuple(float(c) for c in bench.flops))
-    cal = mj.calibrate(
-        levels,
-        bench.diffusion,
-        bench.y0,
-        t0=bench.t0,
-        t1=bench.t1,
-        num_steps=settings["pilot_steps"],
-        key=jax.random.fold_in(jax.random.key(args.seed), 7 + k),
-        pilot_keys=settings["pilot_keys"],
-        measure_costs=False,
-    ).with_seconds(seconds)
+    cal = bench.calibrate_truncation(k, args.seed, measure_costs=False).with_seconds(
+        seconds
+    )
     quality = md.digits_quality(num_blocks=args.keys)
     n_blk = args.samples // args.keys
     key = jax.random.fold_in(jax.random.key(args.seed), 202)

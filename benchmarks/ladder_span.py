@@ -237,18 +237,9 @@ def measure(settings: dict, seed: int, ladder: str | None) -> dict:
         flops = bench.flops[:m]
         _, ref_thunk = bench.single("SDE-DPM++(1)", m - 1, settings["fine_steps"])
         reference = np.asarray(ref_thunk()[0])
-        levels = mj.Levels(tuple(bench.drifts[:m]), tuple(float(c) for c in flops))
-        cal = mj.calibrate(
-            levels,
-            bench.diffusion,
-            bench.y0,
-            t0=bench.t0,
-            t1=bench.t1,
-            num_steps=settings["pilot_steps"],
-            key=jax.random.fold_in(jax.random.key(seed), 7 + m),
-            pilot_keys=settings["pilot_keys"],
-            measure_costs=True,
-        ).with_seconds(tuple(float(s) for s in bench.level_seconds[:m]))
+        cal = bench.calibrate_truncation(m, seed).with_seconds(
+            tuple(float(s) for s in bench.level_seconds[:m])
+        )
         verdicts = {
             u: cal.verdict(cost=u, min_probability=settings["min_probability"])
             for u in ("seconds", "flops")

@@ -219,6 +219,28 @@ class Bench:
             return None
         return mj.coarsen_increments(fine, fine.shape[0] // n)
 
+    def calibrate_truncation(
+        self, m: int, seed: int, *, measure_costs: bool = True
+    ) -> mj.Calibration:
+        """`calibrate` on the ladder's `m` cheapest levels (FLOPs as costs), with
+        the pilots of `settings` and the key `fold_in(key(seed), 7 + m)`: the one
+        calibration of a truncation that `ladder_span.py` and `ladder_quality.py`
+        both use. Seconds are the caller's to set (`with_seconds`)."""
+        levels = mj.Levels(
+            tuple(self.drifts[:m]), tuple(float(c) for c in self.flops[:m])
+        )
+        return mj.calibrate(
+            levels,
+            self.diffusion,
+            self.y0,
+            t0=self.t0,
+            t1=self.t1,
+            num_steps=self.settings["pilot_steps"],
+            key=jax.random.fold_in(jax.random.key(seed), 7 + m),
+            pilot_keys=self.settings["pilot_keys"],
+            measure_costs=measure_costs,
+        )
+
     # ----------------------------------------------------------- compiled solves
     @staticmethod
     @eqx.filter_jit
