@@ -663,7 +663,8 @@ class Calibration:
         (`_price`), vectorised over the scale, in float64."""
         ts, hs = self.steps(num_steps)
         bins = _bin_index(self.times, ts + hs / 2)
-        inner = self.rate_shape(cost)[bins][:, 1:] * np.abs(hs)[:, None]
+        rate_shape = self.rate_shape(cost)  # (bins, k)
+        inner = rate_shape[bins][:, 1:] * np.abs(hs)[:, None]
         positive = inner[np.isfinite(inner) & (inner > 0)]  # probabilities at scale 1
         if positive.size == 0:  # one level, or nothing to randomise
             scales = np.ones(1)
@@ -679,7 +680,7 @@ class Calibration:
             return_counts=True,
         )
         bins, hs = bins[first], hs[first]
-        shape = self.rate_shape(cost)[bins]  # (groups, k)
+        shape = rate_shape[bins]  # (groups, k)
         h = np.abs(hs)[:, None]
         floor = self._floor_rate(num_steps, min_probability)
         rates = np.maximum(shape[None] * scales[:, None, None], floor)
