@@ -40,6 +40,7 @@ from ._schedules import (
     FixedProbabilities as FixedProbabilities,
     LogitProbabilities as LogitProbabilities,
     Rates as Rates,
+    Stitch as Stitch,
 )
 from ._shard import (
     ShardedPath as ShardedPath,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 
 import equinox as eqx
 import jax
@@ -341,3 +342,174 @@ class LogitProbabilities(AbstractSchedule):
             logits[b] = np.where(always, np.inf, np.log(p) - np.log1p(-p))
         dtype = jnp.float32
         return cls(jnp.asarray(logits, dtype), jnp.asarray(times, dtype))
+
+
+class Stitch(AbstractSchedule):
+    """Trajectory stitching (T-Stitch): one level alone on each segment of the solve.
+
+    Level `levels[i]` (0-based) runs alone — no correction, no draw — from the
+    `i`-th switch time to the next, in the order the solve from `t0` to `t1` passes
+    them. With `levels=(0, 4)`, `switch_times=(0.5,)`, `t0=1.0`, `t1=0.0`, a
+    reverse-time solve runs level 1 while `t > 0.5` and level 5 after: T-Stitch's
+    small network for the early, noisy steps and the large one for the rest. Any
+    order is allowed (`(4, 0)` runs the large network first) and so are several
+    switches. A step belongs to the segment holding its midpoint `t + h/2`.
+
+    It is the `p ∈ {0, 1}` corner of the step's base level (see
+    `mlem_jax.Levels` and the step's draws): on segment `i` the probabilities are
+    `one_hot(levels[i])`, so the levels below it are not evaluated and every
+    correction above it is dropped. It works with every solver and sampler that
+    takes a schedule (`mlem_solve`, `MLEMSolver`, `mlem_jax.diffusion.mlem_sample`);
+    no `key` is needed by the draws (a solve still wants one for its noise).
+
+    Reference: Pan et al., "T-Stitch: Accelerating Sampling in Pre-trained Diffusion
+    Models with Trajectory Stitching" (2024).
+
+    **Arguments:**
+
+    - `num_levels`: the number of levels of the ladder.
+    - `levels`: the level (0-based index) of each segment, in solve order.
+    - `switch_times`: `len(levels) − 1` times where the solve moves to the next
+        segment, in the order the solve passes them, within `[t0, t1]`.
+    - `t0`, `t1`: the solve's interval (`t1 < t0` for reverse time).
+
+    Use `Stitch.from_fractions` to switch after a fraction of a grid's steps.
+    """
+
+    size: int = eqx.field(static=True)
+    levels: tuple[int, ...] = eqx.field(static=True)
+    switch_times: Float[Array, " s"]
+    direction: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_levels: int,
+        levels,
+        switch_times: NumbersLike = (),
+        *,
+        t0: float,
+        t1: float,
+    ):
+        if isinstance(num_levels, bool) or not (
+            isinstance(num_levels, (int, np.integer)) and num_levels >= 1
+        ):
+            raise ValueError(
+                f"Stitch: `num_levels` must be a positive int; got {num_levels!r}."
+            )
+        self.size = int(num_levels)
+        self.levels = _stitch_levels(levels, self.size)
+        t0c, t1c = _interval(t0, t1)
+        switch = _as_float_array(switch_times, "switch_times", "Stitch").reshape(-1)
+        if switch.shape[0] != len(self.levels) - 1:
+            raise ValueError(
+                f"Stitch: `switch_times` must hold len(levels) - 1 = "
+                f"{len(self.levels) - 1} times (one per switch); got "
+                f"{switch.shape[0]}."
+            )
+        value = concrete_or_none(switch)
+        if value is not None:
+            lo, hi = min(t0c, t1c), max(t0c, t1c)
+            if not (
+                np.all(np.isfinite(value)) and np.all((value >= lo) & (value <= hi))
+            ):
+                raise ValueError(
+                    f"Stitch: `switch_times` must lie in the interval [{lo:g}, {hi:g}] "
+                    f"from t0 = {t0c:g} to t1 = {t1c:g}; got {value.tolist()}."
+                )
+            order = np.diff(value) * np.sign(t1c - t0c)
+            if not np.all(order >= 0):
+                raise ValueError(
+                    "Stitch: `switch_times` must be in the order the solve from t0 "
+                    f"= {t0c:g} to t1 = {t1c:g} passes them; got {value.tolist()}."
+                )
+        self.switch_times = switch
+        self.direction = float(np.sign(t1c - t0c))
+
+    @classmethod
+    def from_fractions(
+        cls, num_levels: int, levels, fractions: NumbersLike, *, grid: NumbersLike
+    ) -> Stitch:
+        """The stitch that moves to `levels[i + 1]` after `round(fractions[i]·N)` of
+        the `N` steps of `grid` (the `N + 1` step times from `t0` to `t1`: e.g.
+        `mlem_jax.diffusion.time_grid(...)`, or `jnp.linspace(t0, t1, N + 1)` for
+        `mlem_solve`'s uniform grid). T-Stitch's "first 40% of the steps with the
+        small network" is `Stitch.from_fractions(k, (0, k - 1), (0.4,), grid=ts)`.
+
+        **Arguments:** `num_levels` and `levels` as `Stitch`; `fractions`:
+        `len(levels) − 1` fractions in `[0, 1]`, non-decreasing; `grid`: the step
+        times, strictly monotone.
+        """
+        ts = np.asarray(_as_float_array(grid, "grid", "Stitch.from_fractions"))
+        if ts.ndim != 1 or ts.shape[0] < 2:
+            raise ValueError(
+                "Stitch.from_fractions: `grid` must be the 1-D step times t_0, ..., "
+                f"t_N (at least 2); got shape {ts.shape}."
+            )
+        steps = np.diff(ts)
+        if not (np.all(np.isfinite(ts)) and (np.all(steps > 0) or np.all(steps < 0))):
+            raise ValueError(
+                "Stitch.from_fractions: `grid` must be finite and strictly monotone; "
+                f"got {ts.tolist()}."
+            )
+        f = np.asarray(
+            _as_float_array(fractions, "fractions", "Stitch.from_fractions")
+        ).reshape(-1)
+        if not (np.all(np.isfinite(f)) and np.all((f >= 0) & (f <= 1))) or np.any(
+            np.diff(f) < 0
+        ):
+            raise ValueError(
+                "Stitch.from_fractions: `fractions` must be non-decreasing fractions "
+                f"of the steps, in [0, 1]; got {f.tolist()}."
+            )
+        n = ts.shape[0] - 1
+        switch = ts[np.rint(f * n).astype(int)]
+        return cls(num_levels, levels, switch, t0=float(ts[0]), t1=float(ts[-1]))
+
+    @property
+    def num_levels(self) -> int:
+        return self.size
+
+    def segment(self, t: ArrayLike) -> Array:
+        """The index of the segment holding time `t`."""
+        t = jnp.asarray(t, self.switch_times.dtype)
+        passed = (t - self.switch_times) * self.direction > 0
+        return jnp.sum(passed.astype(jnp.int32))
+
+    def probabilities(self, t, h):
+        h = jnp.asarray(h)
+        level = jnp.asarray(self.levels)[self.segment(jnp.asarray(t) + h / 2)]
+        return jax.nn.one_hot(level, self.size, dtype=self.switch_times.dtype)
+
+    def always_fires(self, h):
+        del h
+        return tuple(all(s == l for s in self.levels) for l in range(self.size))
+
+
+def _stitch_levels(levels, k: int) -> tuple[int, ...]:
+    try:
+        values = tuple(levels)
+    except TypeError:
+        values = None
+    if not values or not all(
+        isinstance(l, (int, np.integer)) and not isinstance(l, bool) and 0 <= l < k
+        for l in values
+    ):
+        raise ValueError(
+            f"Stitch: `levels` must be a non-empty sequence of level indices in "
+            f"[0, {k}) (0-based, one per segment); got {levels!r}."
+        )
+    return tuple(int(l) for l in values)
+
+
+def _interval(t0, t1) -> tuple[float, float]:
+    try:
+        t0c, t1c = float(t0), float(t1)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"Stitch: `t0` and `t1` must be numbers; got {t0!r}, {t1!r}."
+        ) from None
+    if not (math.isfinite(t0c) and math.isfinite(t1c)) or t0c == t1c:
+        raise ValueError(
+            f"Stitch: `t0` and `t1` must be finite and differ; got {t0c}, {t1c}."
+        )
+    return t0c, t1c

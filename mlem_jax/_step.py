@@ -60,14 +60,36 @@ def level_draws(
     own increment and the coarse half of the next one) and `weights[l] = B_l / p_l`
     (zero where `B_l = 0`, so `p_l = 0` is safe).
 
+    **The step's base level.** The levels below the lowest one with `p_l > 0` are out
+    of the step's ladder: they are never evaluated, and the lowest level `b` with
+    `p_b > 0` (the *base*) has no coarse half, its increment is `f^b` itself. So
+    with `p = (0, …, 0, 1, 0, …, 0)` the step runs level `b` alone (a T-Stitch
+    segment), with `p = (0, 1, p_3, …)` it is the telescope of the ladder from level
+    2 up, unbiased for the top level; a `p_l = 0` above the base drops that
+    correction (a bias). With `p_1 > 0`, the usual case, the base is level 1.
+
     Raises a clear error if the draws would be batched under `jax.vmap`.
     """
     return _draws_from_fires(uniforms < probs, probs)
 
 
+def ladder_draws(
+    fires: Bool[Array, " k"],
+) -> tuple[Bool[Array, " k"], Bool[Array, " k"], Float[Array, " k"]]:
+    """`(fires, needed, weights)` of levels that fire where `fires` says, with weight
+    1 and every level in the ladder (no base level: a level that does not fire is
+    still the coarse half of the next one). The deterministic draws of
+    `mlem_jax.diffusion.Periodic`."""
+    return _draws_from_fires(fires, jnp.ones(fires.shape))
+
+
 def _draws_from_fires(fires, probs):
     fires = _unbatched(fires)
-    needed = fires | jnp.concatenate([fires[1:], jnp.zeros((1,), bool)])
+    # Level l is the coarse half of level l + 1 unless l + 1 is the base level (no
+    # level at or below l has p > 0): the levels below the base are never needed.
+    in_ladder = jnp.cumsum((probs > 0).astype(jnp.int32)) > 0
+    coarse = fires[1:] & in_ladder[:-1]
+    needed = fires | jnp.concatenate([coarse, jnp.zeros((1,), bool)])
     safe_p = jnp.where(fires, probs, 1)
     weights = jnp.where(fires, 1 / safe_p, 0)
     return fires, needed, weights
@@ -132,10 +154,14 @@ def expected_evaluations(probs):
     """The probability that each level is evaluated at a step, `1 − (1 − p_l)(1 −
     p_{l+1})` (level `l` runs when `B_l` or `B_{l+1}` fires; `p_{k+1} = 0`), for
     firing probabilities `probs` with the levels on the last axis (any leading
-    axes). NumPy in, NumPy out (`Calibration.predict` prices in float64); JAX arrays
-    give JAX arrays (`expected_cost` is differentiable)."""
+    axes); below the step's base level (the lowest with `p > 0`, see `level_draws`)
+    nothing runs, and the base level is not the coarse half of anything. NumPy in,
+    NumPy out (`Calibration.predict` prices in float64); JAX arrays give JAX arrays
+    (`expected_cost` is differentiable)."""
     xp = np if isinstance(probs, np.ndarray) else jnp
+    in_ladder = xp.cumsum((probs > 0).astype(xp.int32), axis=-1) > 0
     nxt = xp.concatenate([probs[..., 1:], xp.zeros_like(probs[..., :1])], axis=-1)
+    nxt = xp.where(in_ladder, nxt, xp.zeros_like(nxt))
     return 1 - (1 - probs) * (1 - nxt)
 
 

@@ -176,3 +176,96 @@ def test_bad_drift_return_names_the_level(bad, match):
     schedule = mj.FixedProbabilities((1.0, 0.5))
     with pytest.raises((TypeError, ValueError), match="level 2 " + match):
         mj.mlem_solve(levels, schedule, None, Y0, t0=0.0, t1=1.0, num_steps=2, key=KEY)
+
+
+# ---------------------------------------------------------------------------------
+# The step's base level: the lowest level with p > 0
+
+
+def _three_levels():
+    fns = (
+        lambda t, y, a: -y,
+        lambda t, y, a: -y + 0.5 * jnp.sin(y),
+        lambda t, y, a: -y + 0.5 * jnp.sin(y) + 0.25 * jnp.cos(3 * y),
+    )
+    return mj.Levels(fns, (1.0, 4.0, 16.0))
+
+
+def _solve(levels, schedule, fn_em, num_steps=12):
+    """`mlem_solve` and `em_solve` of drift `fn_em` on the same Brownian path."""
+    kw = dict(t0=1.0, t1=0.0, num_steps=num_steps, key=KEY)
+    y, info = mj.mlem_solve(levels, schedule, additive, Y0, **kw)
+    y_em, _ = mj.em_solve(fn_em, additive, Y0, **kw)
+    return y, y_em, info
+
+
+def test_levels_below_the_base_are_never_evaluated():
+    # p = (0, 1, 1): the base is level 2, so the step is f^2 + (f^3 − f^2) = f^3 and
+    # level 1 never runs.
+    levels = _three_levels()
+    y, y_em, info = _solve(levels, mj.Rates((0.0, jnp.inf, jnp.inf)), levels.top)
+    np.testing.assert_allclose(y, y_em, rtol=1e-6, atol=1e-6)
+    assert info.evaluations.tolist() == [0, 12, 12]
+
+
+def test_base_level_alone_is_that_level():
+    # p = (0, 1, 0): level 2 alone (a stitching segment), bit for bit.
+    levels = _three_levels()
+    y, y_em, info = _solve(levels, mj.Rates((0.0, jnp.inf, 0.0)), levels.fns[1])
+    np.testing.assert_array_equal(y, y_em)
+    assert info.evaluations.tolist() == [0, 12, 0]
+
+
+def test_probability_zero_above_the_base_drops_exactly_that_correction():
+    # p = (1, 0, 1): f^1 + (f^3 − f^2): the correction f^2 − f^1 is dropped.
+    levels = _three_levels()
+    f1, f2, f3 = levels.fns
+
+    def dropped(t, y, a):
+        return f1(t, y, a) + (f3(t, y, a) - f2(t, y, a))
+
+    y, y_em, info = _solve(levels, mj.Rates((jnp.inf, 0.0, jnp.inf)), dropped)
+    np.testing.assert_allclose(y, y_em, rtol=1e-6, atol=1e-6)
+    assert info.evaluations.tolist() == [12, 12, 12]
+
+
+def test_randomised_telescope_above_a_base_is_unbiased_and_skips_below():
+    # p = (0, 1, 0.3): one ODE step's drift estimate averages to f^3, level 1 never
+    # runs, and level 3 runs at about 30% of the keys.
+    levels = _three_levels()
+    sched = mj.Rates((0.0, jnp.inf, 0.6))  # h = 0.5: p = (0, 1, 0.3)
+    h = 0.5
+
+    def one(key):
+        y, info = mj.mlem_solve(
+            levels, sched, None, Y0, t0=0.0, t1=h, num_steps=1, key=key
+        )
+        return (y - Y0) / h, info.evaluations
+
+    keys = jax.random.split(jax.random.key(5), 4000)
+    drifts, evaluations = jax.lax.map(one, keys)
+    drifts = np.asarray(drifts, np.float64)
+    target = np.asarray(levels.top(0.0, Y0, None), np.float64)
+    stderr = drifts.std(0) / np.sqrt(len(keys))
+    assert np.all(np.abs(drifts.mean(0) - target) <= 5 * stderr + 1e-6)
+    evaluations = np.asarray(evaluations)
+    assert np.all(evaluations[:, 0] == 0) and np.all(evaluations[:, 1] == 1)
+    p3 = evaluations[:, 2].mean()
+    assert abs(p3 - 0.3) <= 5 * np.sqrt(0.3 * 0.7 / len(keys))
+
+
+@pytest.mark.parametrize(
+    "probs, expected",
+    [
+        ((1.0, 0.5, 0.25), (1.0, 1 - 0.5 * 0.75, 0.25)),
+        ((0.0, 0.5, 1.0), (0.0, 1.0, 1.0)),  # level 1 is below the base
+        ((1.0, 0.0, 0.5), (1.0, 0.5, 0.5)),  # a dropped correction is still coarse
+        ((0.0, 0.0, 1.0), (0.0, 0.0, 1.0)),
+    ],
+)
+def test_expected_evaluations_know_the_base(probs, expected):
+    from mlem_jax._step import expected_evaluations
+
+    for xp in (np, jnp):
+        out = expected_evaluations(xp.asarray(probs))
+        np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-6)

@@ -57,7 +57,7 @@ from .._levels import Levels
 from .._misc import check_key, check_num_steps, concrete_or_none
 from .._schedules import AbstractSchedule
 from .._solve import SolveInfo, check_increments
-from .._step import check_drift_output, level_draws, mlem_drift, step_draws
+from .._step import check_drift_output, ladder_draws, mlem_drift, step_draws
 from ._param import AbstractParametrisation, check_prediction
 
 GRIDS = ("uniform", "quadratic", "logsnr", "edm")
@@ -376,8 +376,8 @@ class Periodic(eqx.Module):
     computed afresh at the steps `n ≡ 0 (mod periods[l])` and otherwise is the value
     from the last such step. With two levels and `periods = (1, m)`: the top network
     every `m`-th step, and in between the cheap network plus the last top-level
-    correction `x̂_0^2 − x̂_0^1`. The draws are `mlem_jax`'s (`level_draws` with
-    probabilities 0 or 1, compute skipping by `mlem_drift`), so `info.evaluations`
+    correction `x̂_0^2 − x̂_0^1`. The draws are `mlem_jax`'s (`ladder_draws`, compute
+    skipping by `mlem_drift`), so `info.evaluations`
     counts what ran: level `l` at the steps where it or level `l + 1` is due.
 
     Unlike the randomized telescope it is biased: by the change of the stale
@@ -825,8 +825,9 @@ def _integrate(
         elif periodic:
             # The same draws with probabilities 0 or 1: level l fires at the steps
             # n ≡ 0 (mod periods[l]), with weight 1.
-            probs = (n % jnp.asarray(schedule.periods) == 0).astype(ts.dtype)
-            fires, needed, weights = level_draws(jnp.full((k,), 0.5, ts.dtype), probs)
+            fires, needed, weights = ladder_draws(
+                n % jnp.asarray(schedule.periods) == 0
+            )
             # Affine samplers evaluate the prediction once, at (t, y).
             _, terms = mlem_drift(
                 x0_fns, needed, weights, t, y, args, always, increments=True
