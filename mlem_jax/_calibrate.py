@@ -40,7 +40,7 @@ from ._brownian import brownian_increments, coarsen_increments
 from ._cost import count_flops, fit_cost_exponent, time_in_scan
 from ._levels import Levels
 from ._misc import check_num_steps, concrete_or_none
-from ._schedules import AbstractSchedule, FixedProbabilities, Rates
+from ._schedules import AbstractSchedule, FixedProbabilities, Rates, Stitch
 from ._solve import em_solve, mlem_solve
 from ._step import check_drift_output, expected_evaluations, probabilities_on_grid
 
@@ -57,7 +57,7 @@ class Prediction:
     - `evaluations`: expected evaluations of each level over the solve, shape `(k,)`.
     - `cost`: expected cost, in the units `Calibration.predict(cost=...)` names.
     - `error`: predicted RMS pathwise distance to Euler–Maruyama with the top level
-        (`inf` if a level whose correction has variance has probability 0).
+        (dropped corrections priced as bias, randomised ones as variance).
 
     Indexing by field name (`prediction["cost"]`), the dict this used to be, still
     works and warns: use the attributes.
@@ -316,6 +316,32 @@ class Calibration:
             np.maximum(self.variances, 0.0)
             * self.sensitivity[:, None]
             * self.amplification[None, :]
+        )
+
+    def _weighted_own(self) -> np.ndarray | None:
+        """`A_l a(t) E‖f^l‖²` per bin, shape `(m, k)`: the weighted variance of level
+        `l`'s increment when it is the step's base level (`f^l` itself), or `None`
+        without `pair_variances`."""
+        if self.pair_variances is None:
+            return None
+        own = np.maximum(self.pair_variances[:, 0, 1:], 0.0)
+        return own * self.sensitivity[:, None] * self.amplification[None, :]
+
+    def _weighted_pairs(self) -> np.ndarray | None:
+        """`a(t) E‖f^j − f^i‖²` per bin, shape `(m, k + 1, k + 1)`: what a dropped
+        block of corrections moves the final state by (see `_price_steps`), or
+        `None` without `pair_variances`."""
+        if self.pair_variances is None:
+            return None
+        return np.maximum(self.pair_variances, 0.0) * self.sensitivity[:, None, None]
+
+    def _pricing(self, bins):
+        """`_price`'s `(weighted, own, pairs)` for steps in calibration bins `bins`."""
+        own, pairs = self._weighted_own(), self._weighted_pairs()
+        return (
+            self._weighted_variances()[bins],
+            None if own is None else own[bins],
+            None if pairs is None else pairs[bins],
         )
 
     def level_costs(self, cost: str = "costs") -> np.ndarray:
@@ -586,6 +612,201 @@ class Calibration:
         log_s = _bisect(miss, sign)
         return scaled(math.exp(log_s))
 
+    def hybrid(
+        self,
+        *,
+        target_error: float | None = None,
+        budget: float | None = None,
+        num_steps: int | None = None,
+        min_probability: float = 0.0,
+        cost: str = "costs",
+    ) -> AbstractSchedule:
+        """The cheapest schedule for `target_error` (or the most accurate for
+        `budget`) over stitching, telescoping and their mixtures, as this
+        calibration prices them.
+
+        In each time bin the step's base level `b` (see `mlem_jax.Stitch` and the
+        step's draws) and what happens above it are chosen: either every
+        correction above `b` is dropped (level `b` alone, a bias: what T-Stitch
+        does, and with `b` the top level the top level alone), or they are
+        randomised with Giles's rates `λ_l ∝ sqrt(A_l a(t) V_l(t)/C_l)` at a
+        per-bin scale (unbiased, a variance). The error model is `bias² +
+        variance` (`_price_steps`): a dropped correction adds up coherently over
+        the steps, weighted by the sensitivity, a randomised one as a variance.
+        The choice per bin minimises `cost + μ_b·bias + μ_v·variance` over a grid
+        of multipliers; the T-Stitch schedules (every cheaper level, both orders,
+        switching after 5%, 10%, …, 95% of the steps), the top level alone and
+        `schedule`'s ML-EM rates are priced beside it, and the best of all is
+        returned: so the result is never predicted worse than the best stitch or
+        the top level alone.
+
+        **Arguments:** as `schedule` (`min_probability` floors the randomised
+        corrections only: a dropped one has `p = 0`).
+
+        **Returns:** a `Rates` table on this calibration's bins (rate `inf` at the
+        base, `0` below it and for dropped corrections) or a `Stitch`.
+        """
+        self.level_costs(cost)
+        if (target_error is None) == (budget is None):
+            raise ValueError(
+                "Calibration.hybrid: give exactly one of `target_error` or `budget`."
+            )
+        value = target_error if target_error is not None else budget
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(
+                "Calibration.hybrid: `"
+                + ("target_error" if target_error is not None else "budget")
+                + f"` must be a positive number; got {value!r}."
+            )
+        if not 0.0 <= min_probability <= 1.0:
+            raise ValueError(
+                "Calibration.hybrid: `min_probability` must lie in [0, 1]; got "
+                f"{min_probability}."
+            )
+        num_steps = self.num_steps if num_steps is None else num_steps
+        candidates = self._hybrid_candidates(num_steps, cost, min_probability)
+        candidates += [
+            (sched, self.predict(sched, num_steps, cost))
+            for sched in self.stitches(num_steps)
+        ]
+        try:
+            telescope = self.schedule(
+                target_error=target_error,
+                budget=budget,
+                num_steps=num_steps,
+                min_probability=min_probability,
+                cost=cost,
+            )
+            candidates.append((telescope, self.predict(telescope, num_steps, cost)))
+        except ValueError:  # the plain telescope cannot meet it
+            pass
+        if target_error is not None:
+            ok = [c for c in candidates if c[1].error <= target_error * (1 + 1e-9)]
+            key = "cost"
+        else:
+            assert budget is not None
+            ok = [c for c in candidates if c[1].cost <= budget * (1 + 1e-9)]
+            key = "error"
+        if not ok:
+            raise ValueError(
+                "Calibration.hybrid: no schedule is predicted to meet the "
+                + ("target error" if target_error is not None else "budget")
+                + f" at {num_steps} steps (not even the top level alone)."
+            )
+        best = min(ok, key=lambda c: getattr(c[1], key))[0]
+        if isinstance(best, Rates):
+            best = self._rescaled(best, target_error, budget, num_steps, cost)
+        return best
+
+    def _rescaled(self, sched, target_error, budget, num_steps, cost) -> Rates:
+        """`sched` with its randomised rates (finite and non-zero) scaled by one
+        factor so that it meets `target_error` or `budget` exactly: the
+        candidates of `hybrid` are a discrete set, usually more accurate (or
+        cheaper) than asked."""
+        table = np.asarray(sched.rates, np.float64)
+        random = np.isfinite(table) & (table > 0)
+        if not random.any():
+            return sched
+
+        def scaled(log_s):
+            out = np.where(random, table * math.exp(log_s), table)
+            return Rates(jnp.asarray(out, jnp.float32), sched.times)
+
+        if target_error is not None:
+
+            def miss(log_s):
+                err = self.predict(scaled(log_s), num_steps, cost).error
+                return _log(err) - math.log(target_error)
+
+            sign = -1.0
+        else:
+
+            def miss(log_s):
+                spent = self.predict(scaled(log_s), num_steps, cost).cost
+                return _log(spent) - math.log(budget)
+
+            sign = 1.0
+        try:
+            log_s = _bisect(miss, sign, lo=-10.0, hi=10.0, iters=40)
+        except ValueError:  # already at the target (or cannot move): keep it
+            return sched
+        return scaled(log_s)
+
+    def stitches(self, num_steps: int | None = None) -> list[Stitch]:
+        """The T-Stitch schedules `hybrid` and `verdict` compare with, on the grid
+        of `num_steps` steps: the top level alone, and every cheaper level `j`
+        with the top level, in both orders, switching after 5%, 10%, …, 95% of
+        the steps (`Stitch.from_fractions`)."""
+        num_steps = self.num_steps if num_steps is None else num_steps
+        k = self.num_levels
+        starts, lengths = self.steps(num_steps)
+        grid = np.append(starts, starts[-1] + lengths[-1])
+        out = [Stitch(k, (k - 1,), t0=float(grid[0]), t1=float(grid[-1]))]
+        fractions = np.round(np.arange(1, 20) / 20, 2)
+        for j in range(k - 1):
+            for order in ((j, k - 1), (k - 1, j)):
+                for f in fractions:
+                    out.append(Stitch.from_fractions(k, order, (f,), grid=grid))
+        return out
+
+    def _hybrid_candidates(self, num_steps, cost, min_probability):
+        """`[(Rates, Prediction)]`: per-step choices of base level and of dropping
+        or randomising the corrections above it, one per pair of multipliers
+        `(μ_b, μ_v)` on a grid (see `hybrid`); each a `Rates` table with one bin
+        per step of the `num_steps` grid."""
+        ts, hs = self.steps(num_steps)
+        bins = _bin_index(self.times, ts + hs / 2)
+        k = self.num_levels
+        c = self.level_costs(cost)
+        shape = self.rate_shape(cost)[bins]  # (steps, k)
+        shape[:, 0] = 0.0  # the base is set per option
+        floor = self._floor_rate(num_steps, min_probability)
+        h = np.abs(hs)
+        positive = (shape * h[:, None])[shape > 0]
+        ref = np.median(positive) if positive.size else 1.0
+        scales = np.logspace(-3, 4, 36) / ref
+        # Options: level b alone, or level b with the corrections above it
+        # randomised at rates `scale · shape` (floored).
+        options = []  # (base, scale or None)
+        for b in range(k):
+            options.append((b, None))
+            if b < k - 1:
+                options += [(b, float(sc)) for sc in scales]
+        rates = np.zeros((len(options), num_steps, k))
+        for o, (b, sc) in enumerate(options):
+            rates[o, :, b] = np.inf
+            if sc is not None:
+                rates[o, :, b + 1 :] = np.maximum(shape[:, b + 1 :] * sc, floor)
+        probs = np.minimum(1.0, rates * h[None, :, None])
+        weighted, own, pairs = self._pricing(bins)
+        evaluations, variance, bias = _price_steps(probs, hs, weighted, own, pairs)
+        spent = evaluations @ c  # (options, steps)
+        # Normalise so the multipliers' grid is scale-free: cost by the top level
+        # at every step, errors by the largest bias (the cheapest level alone).
+        c_ref = num_steps * c[-1]
+        e_ref = max(float(bias.sum(-1).max()), 1e-30)
+        # Rates read a step's bin at its midpoint: one bin per step, edges
+        # increasing (reversed for a reverse-time grid).
+        edges = np.append(ts, ts[-1] + hs[-1])
+        order = np.argsort(ts + hs / 2)
+        edges = np.sort(edges)
+        steps = np.arange(num_steps)
+        out, seen = [], set()
+        grid = np.logspace(-4, 4, 33)
+        for mu_b in grid:
+            for mu_v in grid:
+                score = spent / c_ref + mu_b * bias / e_ref + mu_v * variance / e_ref**2
+                choice = tuple(np.argmin(score, axis=0).tolist())
+                if choice in seen:
+                    continue
+                seen.add(choice)
+                table = rates[list(choice), steps][order]
+                sched = Rates(
+                    jnp.asarray(table, jnp.float32), jnp.asarray(edges, jnp.float32)
+                )
+                out.append((sched, self.predict(sched, num_steps, cost)))
+        return out
+
     def min_cost(
         self,
         num_steps: int | None = None,
@@ -624,9 +845,13 @@ class Calibration:
         **Returns:** a `Prediction` with `evaluations` (expected per level), `cost`
         (expected, in the units `cost` names: see `level_costs`) and `error`: the
         predicted RMS pathwise distance to Euler–Maruyama with the top level,
-        `sqrt(Σ_n h_n² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the sensitivity
-        and `A_l` the pilots' correction (`inf` if a level with `V_l > 0` has
-        `p_l = 0`, which drops its correction).
+        `sqrt(bias² + Σ_n h_n² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the
+        sensitivity and `A_l` the pilots' correction. Levels below a step's base
+        level (the lowest with `p > 0`) are out of its ladder; a correction with
+        `p_l = 0` above the base is dropped, and `bias = Σ_n |h_n| sqrt(a(t_n)
+        E‖dropped‖²)` adds up what the dropped corrections move the final state
+        by, as norms (they are the same at every step, not independent draws; an
+        upper bound). `Stitch` and the `hybrid` schedules are priced so.
         """
         num_steps = self.num_steps if num_steps is None else num_steps
         ts, hs = self.steps(num_steps)
@@ -634,8 +859,9 @@ class Calibration:
             probabilities_on_grid(schedule, jnp.asarray(ts), jnp.asarray(hs))
         )
         bins = _bin_index(self.times, ts + hs / 2)
+        weighted, own, pairs = self._pricing(bins)
         evaluations, mse = _price(
-            probs.astype(np.float64), hs, self._weighted_variances()[bins]
+            probs.astype(np.float64), hs, weighted, own=own, pairs=pairs
         )
         return Prediction(
             evaluations=evaluations,
@@ -686,8 +912,9 @@ class Calibration:
         rates = np.maximum(shape[None] * scales[:, None, None], floor)
         rates[..., 0] = np.inf
         probs = np.minimum(1.0, rates * h[None])
+        weighted, own, pairs = self._pricing(bins)
         evaluations, mse = _price(
-            probs, hs, self._weighted_variances()[bins], counts.astype(np.float64)
+            probs, hs, weighted, counts.astype(np.float64), own=own, pairs=pairs
         )
         return evaluations @ self.level_costs(cost), np.sqrt(mse), evaluations
 
@@ -1436,19 +1663,81 @@ def _sub_ladders(k: int) -> list[tuple[int, ...]]:
     ]
 
 
-def _price(probs, hs, weighted, counts=None):
+def _price(probs, hs, weighted, counts=None, own=None, pairs=None):
     """`(evaluations, mse)` of firing probabilities `probs` (`(..., n, k)`, any
     leading axes) on steps of lengths `hs`: expected evaluations per level
     (`expected_evaluations` summed over the steps) and the added mean square
-    `Σ_n h_n² Σ_l (1/p − 1) W_l` for the weighted variances `weighted` (`(n, k)`;
-    a level with `W_l = 0` adds nothing, even at `p = 0`). `counts` (`(n,)`): how
-    many steps each row stands for (default one each)."""
+    `bias² + variance` (see `_price_steps`); `counts` (`(n,)`): how many steps each
+    row stands for (default one each)."""
     if counts is None:
         counts = np.ones(np.shape(hs))
-    evaluations = (expected_evaluations(probs) * counts[:, None]).sum(axis=-2)
+    evaluations, variance, bias = _price_steps(probs, hs, weighted, own, pairs)
+    evaluations = (evaluations * counts[:, None]).sum(axis=-2)
+    variance = np.sum(counts * variance, axis=-1)
+    bias = np.sum(counts * bias, axis=-1)
+    return evaluations, bias**2 + variance
+
+
+def _price_steps(probs, hs, weighted, own=None, pairs=None):
+    """Per step: `(evaluations, variance, bias)` of firing probabilities `probs`
+    (`(..., n, k)`) on steps of signed lengths `hs` (`(n,)`).
+
+    - `evaluations` (`(..., n, k)`): `expected_evaluations`, which knows the step's
+        base level (the lowest with `p > 0`; the levels below it are out).
+    - `variance` (`(..., n)`): `h² Σ_l (1/p_l − 1) W_l` over the randomised levels
+        at or above the base, with `W_l = weighted[:, l]` (`A_l a(t) V_l(t)`) and,
+        for the base `b`, whose increment is `f^b` itself, `own[:, b]`
+        (`A_b a(t) E‖f^b‖²`; `own[:, 0] = weighted[:, 0]`).
+    - `bias` (`(..., n)`): what the dropped corrections (`p_l = 0` above the base)
+        move the final state by, `|h| sqrt(a(t) E‖Σ_dropped Δ_l‖²)`, one
+        contiguous block of dropped levels `i+1..j` at a time
+        (`E‖f^j − f^i‖²`, summed as norms: an upper bound). A dropped correction
+        is the same at every step of a solve, not an independent draw, so the
+        bias of the steps adds up as norms (`Σ_n`), not as variances: the total
+        mean square is `(Σ_n bias_n)² + Σ_n variance_n`.
+
+    `pairs` (`(n, k + 1, k + 1)`, index 0 for `f^0 = 0`): `a(t) E‖f^j − f^i‖²` per
+    step; without `own` and `pairs` (a calibration without `pair_variances`) a
+    dropped correction with `W_l > 0`, or a randomised base above level 1, is
+    priced `inf`. A level with `W_l = 0` adds nothing, even at `p = 0`.
+    """
+    probs = np.asarray(probs, np.float64)
+    k = probs.shape[-1]
+    active = probs > 0
+    in_ladder = np.cumsum(active, axis=-1) > 0
+    base = in_ladder & ~np.concatenate(
+        [np.zeros_like(in_ladder[..., :1]), in_ladder[..., :-1]], axis=-1
+    )
+    dropped = in_ladder & ~active
+    h2 = np.asarray(hs, np.float64) ** 2
+    w = np.broadcast_to(weighted, probs.shape)
+    if own is None:  # only level 1's own variance is known: V_1 = E‖f^1‖²
+        own = np.where(np.arange(k) == 0, weighted, np.inf)
+    w = np.where(base, np.broadcast_to(own, probs.shape), w)
     with np.errstate(divide="ignore", invalid="ignore"):
-        per = np.where(weighted > 0, weighted * (1 / probs - 1), 0.0)
-    return evaluations, np.sum(counts * hs**2 * per.sum(axis=-1), axis=-1)
+        per = np.where(active & (w > 0), w * (1 / probs - 1), 0.0)
+    variance = h2 * per.sum(axis=-1)
+    bias = np.zeros(probs.shape[:-1])
+    if np.any(dropped):
+        if pairs is None:
+            lost = np.any(dropped & (w > 0), axis=-1)
+            bias = np.where(lost, np.inf, 0.0)
+        else:
+            for i in range(k):  # dropped block i..j (0-based levels), maximal
+                starts = dropped[..., i] & (
+                    ~dropped[..., i - 1] if i > 0 else np.ones_like(dropped[..., i])
+                )
+                inside = starts
+                for j in range(i, k):
+                    if j > i:
+                        inside = inside & dropped[..., j]
+                    ends = inside & (
+                        ~dropped[..., j + 1] if j + 1 < k else np.ones_like(inside)
+                    )
+                    block = np.sqrt(np.maximum(pairs[:, i, j + 1], 0.0))
+                    bias = bias + np.where(ends, block, 0.0)
+            bias = np.sqrt(h2) * bias
+    return expected_evaluations(probs), variance, bias
 
 
 def _log(x: float) -> float:

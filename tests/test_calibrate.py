@@ -536,3 +536,108 @@ def test_from_json_refuses_an_unknown_field(calibration):
     fields["colour"] = "blue"
     with pytest.raises(ValueError, match="colour"):
         mj.Calibration.from_json(json.dumps(fields))
+
+
+# ---------------------------------------------------------------------------------
+# Stitching and the hybrid: dropped corrections priced as bias
+
+
+def _stitch_bias_closed_form(level, switch_steps, n=64):
+    # f^j − f^k = −(1 + t) Σ_{l>j} a_l u_l does not depend on y and keeps its
+    # direction, and a perturbation after step n is multiplied by (1 − h)^(63 − n):
+    # the stitch moves the final state by Σ_{n<switch} h (1 − h)^(63 − n) (1 + t_n)
+    # ‖Σ_{l>j} a_l u_l‖.
+    a, _ = _amplitudes()
+    h = 1 / n
+    steps = np.arange(switch_steps)
+    norm = np.sqrt(np.sum(a[level + 1 :] ** 2))
+    return float(np.sum(h * (1 - h) ** (n - 1 - steps) * (1 + h * steps)) * norm)
+
+
+@pytest.mark.parametrize("level, fraction", [(0, 0.5), (2, 0.25), (1, 1.0)])
+def test_stitch_bias_is_predicted_and_realised(calibration, level, fraction):
+    levels = known_hierarchy()
+    grid = np.linspace(0.0, 1.0, 65)
+    sched = mj.Stitch.from_fractions(4, (level, 3), (fraction,), grid=grid)
+    exact = _stitch_bias_closed_form(level, int(64 * fraction))
+    y0 = jax.random.normal(jax.random.key(4), (8, DIM))
+    kw = dict(t0=0.0, t1=1.0, num_steps=64, key=jax.random.key(5))
+    y, info = mj.mlem_solve(levels, sched, lambda t, y, a: 0.3, y0, **kw)
+    y_top, _ = mj.em_solve(levels.top, lambda t, y, a: 0.3, y0, **kw)
+    realised = np.sqrt(np.mean(np.sum((np.asarray(y) - np.asarray(y_top)) ** 2, -1)))
+    np.testing.assert_allclose(realised, exact, rtol=1e-4)
+    pred = calibration.predict(sched)
+    # The calibration's a(t) and V(t) are averages over 4 bins; the bias is their
+    # product's square root summed over the steps: exact to within the bins'
+    # Cauchy–Schwarz gap (well under 2% here).
+    np.testing.assert_allclose(pred.error, exact, rtol=0.02)
+    switch = int(64 * fraction)
+    expected = np.zeros(4)
+    expected[level] += switch
+    expected[3] += 64 - switch
+    np.testing.assert_array_equal(info.evaluations, expected)
+    np.testing.assert_allclose(pred.evaluations, expected)
+
+
+def test_hybrid_is_never_predicted_worse_than_stitching_or_the_top_level(
+    calibration,
+):
+    top = 64 * COSTS[-1]
+    for target in (0.02, 0.05, 0.1):
+        sched = calibration.hybrid(target_error=target)
+        pred = calibration.predict(sched)
+        assert pred.error <= target * (1 + 1e-6)
+        stitches = [calibration.predict(s) for s in calibration.stitches()]
+        best = min(p.cost for p in stitches if p.error <= target)
+        assert pred.cost <= best * (1 + 1e-9) and pred.cost <= top
+    budget = 0.3 * top
+    sched = calibration.hybrid(budget=budget)
+    pred = calibration.predict(sched)
+    stitches = [calibration.predict(s) for s in calibration.stitches()]
+    assert pred.cost <= budget * (1 + 1e-6)
+    assert pred.error <= min(p.error for p in stitches if p.cost <= budget)
+
+
+def test_hybrid_realised_error_and_cost_match_the_prediction(calibration):
+    # A target between what stitching alone and ML-EM alone do well, so that the
+    # hybrid randomises some corrections and drops others. Its error is the same
+    # for every sample (the increments do not depend on y): over 512 level keys the
+    # mean square has relative sd about sqrt(2/512) = 0.06 from the variance part;
+    # the band is 4 sd on the RMS (12%), and the bins' gap 2% (as above).
+    levels = known_hierarchy()
+    target = 0.05
+    sched = calibration.hybrid(target_error=target)
+    pred = calibration.predict(sched)
+    y0 = jax.random.normal(jax.random.key(4), (2, DIM))
+    kw = dict(t0=0.0, t1=1.0, num_steps=64)
+    y_top, _ = mj.em_solve(
+        levels.top, lambda t, y, a: 0.3, y0, key=jax.random.key(5), **kw
+    )
+    dw = mj.brownian_increments(
+        jax.random.key(5), jax.ShapeDtypeStruct(y0.shape, y0.dtype), **kw
+    )
+
+    def one(key):
+        y, info = mj.mlem_solve(
+            levels, sched, lambda t, y, a: 0.3, y0, key=key, brownian=dw, **kw
+        )
+        return y, info.cost
+
+    keys = jax.random.split(jax.random.key(6), 512)
+    ys, costs = jax.jit(lambda k: jax.lax.map(one, k))(keys)
+    errors = np.sum((np.asarray(ys, np.float64) - np.asarray(y_top)) ** 2, -1)
+    realised = float(np.sqrt(errors.mean()))
+    assert realised == pytest.approx(pred.error, rel=0.14)
+    costs = np.asarray(costs, np.float64)
+    assert abs(costs.mean() - pred.cost) <= 5 * costs.std() / np.sqrt(512) + 1e-6
+
+
+def test_hybrid_bad_input(calibration):
+    with pytest.raises(ValueError, match="exactly one of `target_error` or `budget`"):
+        calibration.hybrid()
+    with pytest.raises(ValueError, match="`target_error` must be a positive number"):
+        calibration.hybrid(target_error=-1.0)
+    with pytest.raises(ValueError, match="`min_probability` must lie in"):
+        calibration.hybrid(budget=100.0, min_probability=2.0)
+    with pytest.raises(ValueError, match="no schedule is predicted to meet the budget"):
+        calibration.hybrid(budget=1.0)
