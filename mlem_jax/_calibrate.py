@@ -81,16 +81,27 @@ class Prediction:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """Whether a calibrated ladder is worth ML-EM (`Calibration.verdict`).
+    """Whether a calibrated ladder is worth multilevel sampling
+    (`Calibration.verdict`), against the best a user has without it.
 
     **Fields:** (arrays over `errors`)
 
     - `cost`: the cost that decides (`"flops"`, `"seconds"` or `"costs"`).
     - `errors`: RMS pathwise errors judged at (against the exact solution of the
         top level's equation).
+    - `gains`: per cost unit, the best alternative's cost over the multilevel
+        method's (the least of ML-EM's and the hybrid's predicted costs): what
+        `worth_above`, `best` and the sentence read.
+    - `alternative_costs`, `alternatives`: per cost unit, the cost of the best
+        alternative without randomisation — the top level alone
+        (Euler–Maruyama) or the best T-Stitch schedule (`Calibration.stitches`)
+        — and, for the deciding cost, which one it is, in words.
+    - `hybrid_costs`: per cost unit, the least predicted cost of the hybrid
+        (stitching and telescoping chosen per time bin, `Calibration.hybrid`).
     - `em_steps`: Euler–Maruyama steps with the top level to reach each error.
     - `speedups`, `mlem_costs`, `em_costs`: per cost unit, Euler–Maruyama's cost
-        over ML-EM's least predicted cost, and both costs.
+        over ML-EM's (the randomised telescope alone) least predicted cost, and
+        both costs.
     - `mlem_steps`, `mlem_levels`, `evaluations`: for the deciding cost, the ML-EM
         steps, sub-ladder (1-based levels) and expected evaluations per level at
         each error (`None` where ML-EM cannot reach it).
@@ -113,14 +124,18 @@ class Verdict:
     level_costs: np.ndarray
     min_probability: float
     quoted: int
+    alternative_costs: dict[str, np.ndarray]
+    alternatives: tuple[str, ...]
+    hybrid_costs: dict[str, np.ndarray]
+    gains: dict[str, np.ndarray]
 
     @property
     def worth_above(self) -> float | None:
-        """The least judged error from which, at every larger judged error, ML-EM
-        is predicted cheaper than Euler–Maruyama in the deciding cost (`None` if
-        not even at the largest)."""
-        speedup = self.speedups[self.cost]
-        good = np.nan_to_num(speedup, nan=0.0) > 1.0
+        """The least judged error from which, at every larger judged error, the
+        multilevel method is predicted cheaper than the best alternative in the
+        deciding cost (`None` if not even at the largest)."""
+        gain = self.gains[self.cost]
+        good = np.nan_to_num(gain, nan=0.0) > 1.0
         if not good[-1]:
             return None
         j = len(good) - 1
@@ -130,9 +145,9 @@ class Verdict:
 
     @property
     def best(self) -> int:
-        """Index (into `errors`) of the largest predicted speedup in the deciding
-        cost."""
-        return int(np.nanargmax(np.nan_to_num(self.speedups[self.cost], nan=0.0)))
+        """Index (into `errors`) of the largest predicted gain over the best
+        alternative in the deciding cost."""
+        return int(np.nanargmax(np.nan_to_num(self.gains[self.cost], nan=0.0)))
 
     def limiting_level(self, index: int | None = None) -> tuple[int, float]:
         """`(level, share)`: at `errors[index]` (default `quoted`), the level (1-based)
@@ -149,57 +164,66 @@ class Verdict:
         level = int(np.argmax(spent))
         return level + 1, float(spent[level] / spent.sum())
 
+    def _method(self, j: int) -> str:
+        """Which multilevel method is the cheaper at error `j`."""
+        c = self.cost
+        return (
+            "the hybrid" if self.hybrid_costs[c][j] < self.mlem_costs[c][j] else "ML-EM"
+        )
+
     def __str__(self) -> str:
         unit = {"flops": "FLOPs", "seconds": "seconds", "costs": "cost units"}
-        s = self.speedups
+        g = self.gains
 
-        def speedup(j):
-            return f"{s[self.cost][j]:.2f}× in {unit[self.cost]}" + "".join(
-                f" and {s[u][j]:.2f}× in {unit[u]}" for u in s if u != self.cost
+        def gain(j):
+            return f"{g[self.cost][j]:.2f}× in {unit[self.cost]}" + "".join(
+                f" and {g[u][j]:.2f}× in {unit[u]}" for u in g if u != self.cost
             )
 
         def where(j):
-            if self.mlem_steps[j] is None:
-                return f"EM {self.em_steps[j]:.0f} steps; ML-EM cannot reach it"
-            return (
-                f"EM {self.em_steps[j]:.0f} steps; ML-EM {self.mlem_steps[j]} steps, "
-                f"levels {','.join(map(str, self.mlem_levels[j] or ()))}"
-            )
+            text = f"the best alternative: {self.alternatives[j]}"
+            if self.mlem_steps[j] is not None:
+                text += (
+                    f"; ML-EM {self.mlem_steps[j]} steps, levels "
+                    f"{','.join(map(str, self.mlem_levels[j] or ()))}"
+                )
+            return text
 
         q, b = self.quoted, self.best
         worth = self.worth_above
         if worth is None:
             text = (
-                f"Not worth it: ML-EM is predicted to cost more {unit[self.cost]} "
-                "than Euler–Maruyama with the top level at every error from "
+                f"Not worth it: multilevel sampling (ML-EM or the hybrid) is "
+                f"predicted to cost more {unit[self.cost]} than the best of the top "
+                "level alone and stitching at every error from "
                 f"{self.errors[0]:.3g} to {self.errors[-1]:.3g}."
             )
         else:
             text = f"Worth it at errors above {worth:.3g}."
         text += (
-            f" At error {self.errors[q]:.3g} ({where(q)}): expected speedup "
-            f"{speedup(q)} over Euler–Maruyama with the top level."
+            f" At error {self.errors[q]:.3g} ({where(q)}): expected gain of "
+            f"{self._method(q)} {gain(q)}; ML-EM's speedup over Euler–Maruyama "
+            f"with the top level {self.speedups[self.cost][q]:.2f}×."
         )
         if self.evaluations[q] is not None:
             level, share = self.limiting_level(q)
             text += (
-                f" The level that limits it is {level} ({100 * share:.0f}% of "
-                f"ML-EM's {unit[self.cost]}"
+                f" The level that limits ML-EM is {level} ({100 * share:.0f}% of "
+                f"its {unit[self.cost]}"
                 + (", evaluated at every step)." if level == 1 else ").")
             )
         if b != q:
-            text += (
-                f" Largest at error {self.errors[b]:.3g}: {speedup(b)} ({where(b)})."
-            )
+            text += f" Largest at error {self.errors[b]:.3g}: {gain(b)} ({where(b)})."
         return text
 
     def table(self) -> str:
-        """Per judged error: Euler–Maruyama's steps, ML-EM's steps and levels, and
-        the predicted speedups."""
-        units = list(self.speedups)
+        """Per judged error: Euler–Maruyama's steps, ML-EM's steps and levels, the
+        gains over the best alternative and which alternative that is."""
+        units = list(self.gains)
         lines = [
             f"{'error':>9} {'EM steps':>9} {'ML steps':>9} {'levels':>10} "
             + " ".join(f"{'x ' + u:>10}" for u in units)
+            + "  best alternative"
         ]
         for j, e in enumerate(self.errors):
             levels = self.mlem_levels[j]
@@ -207,7 +231,8 @@ class Verdict:
                 f"{e:9.4g} {self.em_steps[j]:9.1f} "
                 f"{self.mlem_steps[j] if self.mlem_steps[j] is not None else '-':>9} "
                 f"{','.join(map(str, levels)) if levels else '-':>10} "
-                + " ".join(f"{self.speedups[u][j]:10.3g}" for u in units)
+                + " ".join(f"{self.gains[u][j]:10.3g}" for u in units)
+                + f"  {self.alternatives[j]}"
             )
         return "\n".join(lines)
 
@@ -749,30 +774,40 @@ class Calibration:
                     out.append(Stitch.from_fractions(k, order, (f,), grid=grid))
         return out
 
-    def _hybrid_candidates(self, num_steps, cost, min_probability):
-        """`[(Rates, Prediction)]`: per-step choices of base level and of dropping
-        or randomising the corrections above it, one per pair of multipliers
-        `(μ_b, μ_v)` on a grid (see `hybrid`); each a `Rates` table with one bin
-        per step of the `num_steps` grid."""
+    def _hybrid_options(self, num_steps, cost, min_probability, grouped=False):
+        """The per-step options of `hybrid`, priced: `(rates, spent, bias,
+        variance, rows, counts)`. Options are level `b` alone, or level `b` with
+        the corrections above it randomised at rates `scale · rate_shape`
+        (floored at `min_probability`); `rates` has shape `(options, rows, k)` and
+        the prices `(options, rows)`, a row per step (`rows`: the steps' order on
+        the grid), or with `grouped` per group of steps of one bin and one length
+        (`counts` steps each; the verdict prices hundreds of these)."""
         ts, hs = self.steps(num_steps)
         bins = _bin_index(self.times, ts + hs / 2)
+        counts = np.ones(num_steps)
+        if grouped:
+            _, first, counts = np.unique(
+                np.stack([bins.astype(np.float64), hs]),
+                axis=1,
+                return_index=True,
+                return_counts=True,
+            )
+            ts, hs, bins = ts[first], hs[first], bins[first]
+            counts = counts.astype(np.float64)
         k = self.num_levels
-        c = self.level_costs(cost)
-        shape = self.rate_shape(cost)[bins]  # (steps, k)
+        shape = self.rate_shape(cost)[bins]  # (rows, k)
         shape[:, 0] = 0.0  # the base is set per option
         floor = self._floor_rate(num_steps, min_probability)
         h = np.abs(hs)
         positive = (shape * h[:, None])[shape > 0]
         ref = np.median(positive) if positive.size else 1.0
         scales = np.logspace(-3, 4, 36) / ref
-        # Options: level b alone, or level b with the corrections above it
-        # randomised at rates `scale · shape` (floored).
         options = []  # (base, scale or None)
         for b in range(k):
             options.append((b, None))
             if b < k - 1:
                 options += [(b, float(sc)) for sc in scales]
-        rates = np.zeros((len(options), num_steps, k))
+        rates = np.zeros((len(options), len(hs), k))
         for o, (b, sc) in enumerate(options):
             rates[o, :, b] = np.inf
             if sc is not None:
@@ -780,32 +815,90 @@ class Calibration:
         probs = np.minimum(1.0, rates * h[None, :, None])
         weighted, own, pairs = self._pricing(bins)
         evaluations, variance, bias = _price_steps(probs, hs, weighted, own, pairs)
-        spent = evaluations @ c  # (options, steps)
-        # Normalise so the multipliers' grid is scale-free: cost by the top level
-        # at every step, errors by the largest bias (the cheapest level alone).
-        c_ref = num_steps * c[-1]
+        spent = evaluations @ self.level_costs(cost)
+        return rates, spent * counts, bias * counts, variance * counts, ts + hs / 2
+
+    @staticmethod
+    def _lagrangian_choices(spent, bias, variance, num_steps, top_cost, size=33):
+        """Per row, the option minimising `cost + μ_b·bias + μ_v·variance` for every
+        pair of multipliers on a grid: shape `(pairs, rows)`, duplicates removed.
+        Costs are normalised by the top level at every step and errors by the
+        largest bias (the cheapest level alone), so the grid is scale-free."""
+        c_ref = num_steps * top_cost
         e_ref = max(float(bias.sum(-1).max()), 1e-30)
+        grid = np.logspace(-4, 4, size)
+        mu_b, mu_v = np.meshgrid(grid, grid, indexing="ij")
+        score = (
+            spent[None] / c_ref
+            + mu_b.reshape(-1, 1, 1) * bias[None] / e_ref
+            + mu_v.reshape(-1, 1, 1) * variance[None] / e_ref**2
+        )
+        return np.unique(np.argmin(score, axis=1), axis=0)
+
+    def _hybrid_candidates(self, num_steps, cost, min_probability):
+        """`[(Rates, Prediction)]`: `hybrid`'s per-step choices, one per pair of
+        multipliers, each a `Rates` table with one bin per step of the grid."""
+        rates, spent, bias, variance, mids = self._hybrid_options(
+            num_steps, cost, min_probability
+        )
+        choices = self._lagrangian_choices(
+            spent, bias, variance, num_steps, self.level_costs(cost)[-1]
+        )
         # Rates read a step's bin at its midpoint: one bin per step, edges
         # increasing (reversed for a reverse-time grid).
-        edges = np.append(ts, ts[-1] + hs[-1])
-        order = np.argsort(ts + hs / 2)
-        edges = np.sort(edges)
+        ts, hs = self.steps(num_steps)
+        edges = np.sort(np.append(ts, ts[-1] + hs[-1]))
+        order = np.argsort(mids)
         steps = np.arange(num_steps)
-        out, seen = [], set()
-        grid = np.logspace(-4, 4, 33)
-        for mu_b in grid:
-            for mu_v in grid:
-                score = spent / c_ref + mu_b * bias / e_ref + mu_v * variance / e_ref**2
-                choice = tuple(np.argmin(score, axis=0).tolist())
-                if choice in seen:
-                    continue
-                seen.add(choice)
-                table = rates[list(choice), steps][order]
-                sched = Rates(
-                    jnp.asarray(table, jnp.float32), jnp.asarray(edges, jnp.float32)
-                )
-                out.append((sched, self.predict(sched, num_steps, cost)))
+        out = []
+        for choice in choices:
+            table = rates[choice, steps][order]
+            sched = Rates(
+                jnp.asarray(table, jnp.float32), jnp.asarray(edges, jnp.float32)
+            )
+            out.append((sched, self.predict(sched, num_steps, cost)))
         return out
+
+    def _stitch_prices(self, num_steps, cost):
+        """`(labels, cost, bias)` of `stitches(num_steps)` (the same schedules, in
+        the same order), priced as `predict` prices them, vectorised: a stitch
+        adds no variance, only the bias of the corrections it drops."""
+        k = self.num_levels
+        ts, hs = self.steps(num_steps)
+        bins = _bin_index(self.times, ts + hs / 2)
+        labels, rows = ["the top level alone"], [np.full(num_steps, k - 1)]
+        steps = np.arange(num_steps)
+        for j in range(k - 1):
+            for first, second in ((j, k - 1), (k - 1, j)):
+                for f in np.round(np.arange(1, 20) / 20, 2):
+                    switch = int(np.rint(f * num_steps))
+                    rows.append(np.where(steps < switch, first, second))
+                    labels.append(
+                        f"stitching level {first + 1} for the first {100 * f:.0f}% "
+                        f"of the steps, then level {second + 1}"
+                    )
+        probs = np.eye(k)[np.stack(rows)]  # (stitches, steps, k)
+        weighted, own, pairs = self._pricing(bins)
+        evaluations, _, bias = _price_steps(probs, hs, weighted, own, pairs)
+        spent = (evaluations @ self.level_costs(cost)).sum(-1)
+        return labels, spent, bias.sum(-1)
+
+    def _hybrid_frontier(self, num_steps, cost, min_probability):
+        """`(cost, error)` of `hybrid`'s choices made per group of steps (one bin,
+        one length) rather than per step, as `_price` prices them: for the
+        verdict."""
+        _, spent, bias, variance, _ = self._hybrid_options(
+            num_steps, cost, min_probability, grouped=True
+        )
+        choices = self._lagrangian_choices(
+            spent, bias, variance, num_steps, self.level_costs(cost)[-1], size=17
+        )
+        rows = np.arange(spent.shape[1])
+        total = spent[choices, rows].sum(-1)
+        error = np.sqrt(
+            bias[choices, rows].sum(-1) ** 2 + variance[choices, rows].sum(-1)
+        )
+        return total, error
 
     def min_cost(
         self,
@@ -1041,11 +1134,37 @@ class Calibration:
                             full = np.zeros(k)
                             full[list(idx)] = evaluations[i]
                             best_at[j] = (n, idx, full)
+            # The alternatives a user has without randomisation: the top level
+            # alone (Euler–Maruyama) and every stitch, whose error at n steps is
+            # sqrt(e(n)² + bias²) with the bias priced at the pilot's steps.
+            labels, stitch_cost, stitch_bias = self._stitch_prices(n0, unit)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                left = judged[:, None] ** 2 - stitch_bias[None, :] ** 2
+                steps_needed = n0 * (em_e0 / np.sqrt(left)) ** (1 / em_order)
+                alt = np.where(left > 0, steps_needed * stitch_cost / n0, np.inf)
+            pick = np.argmin(alt, axis=1)
+            alt_cost = alt[np.arange(judged.size), pick]
+            # The hybrid (per bin: stitch, telescope or both) at every step count.
+            hybrid_cost = np.full(judged.shape, np.inf)
+            for n in counts:
+                budget = judged**2 - float(self.em_error_at(n)) ** 2
+                if not np.any(budget > 0):
+                    continue
+                spent, added = self._hybrid_frontier(n, unit, min_probability)
+                for j in np.flatnonzero(budget > 0):
+                    ok = added <= np.sqrt(budget[j])
+                    if ok.any():
+                        hybrid_cost[j] = min(hybrid_cost[j], spent[ok].min())
+            multilevel = np.minimum(best_cost, hybrid_cost)
             out[unit] = dict(
                 em_cost=n_em * c_top,
                 mlem_cost=best_cost,
                 speedup=n_em * c_top / best_cost,
                 at=best_at,
+                alt_cost=alt_cost,
+                alternative=tuple(labels[i] for i in pick),
+                hybrid_cost=hybrid_cost,
+                gain=alt_cost / multilevel,
             )
         return Verdict(
             cost=cost,
@@ -1063,6 +1182,10 @@ class Calibration:
             level_costs=self.level_costs(cost),
             min_probability=min_probability,
             quoted=int(np.flatnonzero(judged == error)[0]),
+            alternative_costs={u: out[u]["alt_cost"] for u in units},
+            alternatives=out[cost]["alternative"],
+            hybrid_costs={u: out[u]["hybrid_cost"] for u in units},
+            gains={u: out[u]["gain"] for u in units},
         )
 
     def table(self) -> str:

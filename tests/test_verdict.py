@@ -72,25 +72,61 @@ def test_verdict_costs_are_the_closed_form(cost_top, variance):
         assert v.speedups["costs"][j] == pytest.approx(em / expected, rel=1e-2)
 
 
+@pytest.mark.parametrize("cost_top,variance", [(64.0, 0.5), (16.0, 4.0)])
+def test_verdict_alternative_is_the_best_stitch_or_the_top_level(cost_top, variance):
+    # Stitching level 1 for a fraction f of the 32 steps (rounded to whole steps)
+    # drops the correction sqrt(V) on them: bias f·sqrt(V) (sensitivity 1,
+    # interval 1), cost per step f + (1 − f)·cost_top; at error e it needs e(n)² +
+    # bias² = e², i.e. n = 32·0.1/sqrt(e² − bias²) steps. The top level alone is
+    # f = 0.
+    cal = two_levels(cost_top, variance)
+    errors = [0.02, 0.05, 0.1, 0.2, 1.0]
+    v = cal.verdict(errors=errors, steps=[8, 16, 32, 64, 128], error=0.1)
+    named = np.append(0.0, np.round(np.arange(1, 20) / 20, 2))
+    fractions = np.rint(named * 32) / 32
+    for j, e in enumerate(v.errors):
+        bias = fractions * math.sqrt(variance)
+        left = e**2 - bias**2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cost = np.where(
+                left > 0,
+                32 * 0.1 / np.sqrt(left) * (fractions + (1 - fractions) * cost_top),
+                np.inf,
+            )
+        assert v.alternative_costs["costs"][j] == pytest.approx(cost.min(), rel=1e-9)
+        best = int(np.argmin(cost))
+        expected = (
+            "the top level alone"
+            if best == 0
+            else f"stitching level 1 for the first {100 * named[best]:.0f}%"
+        )
+        assert v.alternatives[j].startswith(expected)
+        multilevel = min(v.mlem_costs["costs"][j], v.hybrid_costs["costs"][j])
+        assert v.gains["costs"][j] == pytest.approx(cost.min() / multilevel)
+
+
 def test_verdict_sentence_threshold_and_limiting_level():
-    # A top level 64× the base whose correction is small: worth it at every
-    # error judged, and the level that limits it is the top one.
+    # A top level 64× the base whose correction is small: worth it (against the
+    # best of stitching and the top level alone) at every error judged from 0.1
+    # up, and the level that limits it is the top one.
     cheap = two_levels(64.0, 0.01).verdict(error=0.1)
     assert cheap.worth_above is not None and cheap.worth_above < 0.1
     quoted = int(np.flatnonzero(cheap.errors == 0.1)[0])
     assert cheap.quoted == quoted and cheap.speedups["costs"][quoted] > 1
-    assert np.all(cheap.speedups["costs"][cheap.errors >= cheap.worth_above] > 1)
+    assert np.all(cheap.gains["costs"][cheap.errors >= cheap.worth_above] > 1)
     level, share = cheap.limiting_level()
     assert level in (1, 2) and 0.5 <= share <= 1.0
     text = str(cheap)
     assert text.startswith("Worth it at errors above")
-    assert f"The level that limits it is {level}" in text
+    assert f"The level that limits ML-EM is {level}" in text
+    assert f"the best alternative: {cheap.alternatives[quoted]}" in text
 
     # A top level barely dearer than the base, with a large correction: EM with
     # the top level is cheaper at every error, and the sentence says so.
     dear = two_levels(1.2, 50.0).verdict(error=0.1)
     assert dear.worth_above is None
     assert np.all(np.nan_to_num(dear.speedups["costs"]) < 1.0)
+    assert np.all(np.nan_to_num(dear.gains["costs"]) <= 1.0 + 1e-9)
     assert str(dear).startswith("Not worth it")
 
     # Between the two: the base level runs every step, so with a tiny correction
