@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import AsEps, GaussianX0, fit_order, grid_increments
+from helpers import AsEps, GaussianX0, fit_order, grid_increments, rms
 
 import mlem_jax as mj
 import mlem_jax.diffusion as md
@@ -443,6 +443,53 @@ def test_skipped_levels_are_not_run():
     )
     jax.effects_barrier()
     assert info.evaluations.tolist() == [10, 0] and calls == []
+
+
+@pytest.mark.parametrize("name", ["ddim0", "sde1", "dpm2m"])
+def test_stitch_is_the_single_network_samplers_glued(name):
+    # T-Stitch through mlem_sample: level 1 for the first 12 of 30 log-SNR steps,
+    # then the top network; the same as sampling the two segments one after the
+    # other (a multistep sampler carries its previous prediction across the
+    # switch, as T-Stitch does: compared with DDIM's one-step glue only there).
+    sampler = AFFINE[name]
+    levels = ladder()
+    y0 = jax.random.normal(jax.random.key(0), (6, 3))
+    ts = md.time_grid(P, 30, t0=T0, t1=T1, kind="logsnr")
+    dw = (
+        grid_increments(jax.random.key(3), ts, y0.shape) if sampler.stochastic else None
+    )
+    sched = mj.Stitch.from_fractions(3, (0, 2), (0.4,), grid=ts)
+    y, info = md.mlem_sample(
+        levels,
+        sched,
+        P,
+        sampler,
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=30,
+        grid=ts,
+        brownian=dw,
+        key=jax.random.key(1),
+    )
+    assert info.evaluations.tolist() == [12, 0, 18]
+    if isinstance(sampler, md.DPMSolverPP2M):
+        # Not the glue, but between the two networks' own samples.
+        y_a, _ = md.sample(
+            levels.fns[0], P, sampler, y0, t0=T0, t1=T1, num_steps=30, grid=ts
+        )
+        y_b, _ = md.sample(
+            levels.top, P, sampler, y0, t0=T0, t1=T1, num_steps=30, grid=ts
+        )
+        assert 0 < float(rms(y - y_b)) < float(rms(y_a - y_b))
+        return
+    kw1 = dict(t0=ts[0], t1=ts[12], num_steps=12, grid=ts[:13])
+    kw2 = dict(t0=ts[12], t1=ts[-1], num_steps=18, grid=ts[12:])
+    if sampler.stochastic:
+        kw1["brownian"], kw2["brownian"] = dw[:12], dw[12:]
+    y_mid, _ = md.sample(levels.fns[0], P, sampler, y0, **kw1)
+    y_end, _ = md.sample(levels.top, P, sampler, y_mid, **kw2)
+    np.testing.assert_allclose(y, y_end, rtol=1e-6, atol=1e-6)
 
 
 def test_jit_and_gradients():

@@ -167,6 +167,43 @@ def test_matches_mlem_solve(direction, noise, controller):
     assert int(info.evaluations[-1]) < NUM_STEPS
 
 
+@pytest.mark.parametrize("kind", ["stitch", "base_level"])
+def test_stitch_and_base_levels_match_mlem_solve(kind):
+    # The step's base level in diffrax's loop: a T-Stitch schedule (level 1, then
+    # level 3) and rates with level 1 out of the ladder (p = (0, 1, 0.5)).
+    t0, t1 = DIRECTIONS["reverse"]
+    if kind == "stitch":
+        grid = np.linspace(float(t0), float(t1), NUM_STEPS + 1)
+        schedule = mj.Stitch.from_fractions(3, (0, 2), (0.5,), grid=grid)
+        expected = [NUM_STEPS // 2, 0, NUM_STEPS // 2]
+    else:
+        h = abs(float(t1 - t0)) / NUM_STEPS
+        schedule = mj.Rates((0.0, jnp.inf, 0.5 / h))
+        expected = None
+    args = jnp.float32(1.3)
+    terms = _terms(LEVELS, _path("step", t0, t1))
+    sol = _solve(terms, mj.MLEMSolver(schedule, key=KEY), t0, t1, _y0(), args, CONSTANT)
+    ys, info = mj.mlem_solve(
+        LEVELS,
+        schedule,
+        _g,
+        _y0(),
+        t0=t0,
+        t1=t1,
+        num_steps=NUM_STEPS,
+        key=KEY,
+        args=args,
+        saveat=diffrax.SaveAt(t0=True, ts=_save_ts(t0, t1), steps=True),
+    )
+    np.testing.assert_allclose(jnp.concatenate(sol.ys), ys, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(sol.solver_state.evaluations, info.evaluations)
+    if expected is not None:
+        assert info.evaluations.tolist() == expected
+    else:
+        assert int(info.evaluations[0]) == 0
+        assert int(info.evaluations[1]) == NUM_STEPS
+
+
 def test_deterministic_and_key_dependent():
     t0, t1 = DIRECTIONS["forward"]
     path = mj.StepBrownianPath(SHAPE, KEY, t0=t0, t1=t1, num_steps=NUM_STEPS)
