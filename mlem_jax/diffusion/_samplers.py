@@ -55,7 +55,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from .._brownian import split_key, step_increment
 from .._levels import Levels
 from .._misc import check_key, check_num_steps, concrete_or_none
-from .._schedules import AbstractSchedule
+from .._schedules import AbstractSchedule, Stitch
 from .._solve import SolveInfo, check_increments
 from .._step import check_drift_output, ladder_draws, mlem_drift, step_draws
 from ._param import AbstractParametrisation, check_prediction
@@ -551,8 +551,8 @@ def mlem_sample(
     predicting `prediction`, cheapest first, and their costs) and `schedule`
     (`FixedProbabilities`, `Rates`, … — e.g. `calibrate_sampler(...).schedule(...)`
     — or the deterministic `Periodic`) in place of `model` and `cost`; `key` is
-    required (it drives the level draws) except with `Periodic` and a deterministic
-    sampler.
+    required (it drives the level draws) except with a deterministic sampler and a
+    schedule whose draws are fixed (`Periodic`, `mlem_jax.Stitch`).
 
     **Returns:** `(y1, info)` as `mlem_jax.mlem_solve`: `info.evaluations[l]` is the
     number of steps at which level `l` was evaluated.
@@ -580,7 +580,7 @@ def mlem_sample(
             "network's prediction, so the randomized telescope would bias it; use "
             "Euler, DDIM, DPMSolverPP2M, SDEDPMSolverPP1 or SDEDPMSolverPP2M."
         )
-    if key is None and not isinstance(schedule, Periodic):
+    if key is None and not isinstance(schedule, (Periodic, Stitch)):
         raise TypeError("mlem_sample: `key` is required (it drives the level draws).")
     return _run(
         "mlem_sample",
@@ -635,7 +635,7 @@ def _run(
     y0, ts, dts, x0_fns, key, brownian = _prepare(
         name,
         fns,
-        schedule is not None and not isinstance(schedule, Periodic),
+        schedule is not None and not isinstance(schedule, (Periodic, Stitch)),
         param,
         sampler,
         y0,
