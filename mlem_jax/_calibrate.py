@@ -650,16 +650,17 @@ class Calibration:
         `budget`) over stitching, telescoping and their mixtures, as this
         calibration prices them.
 
-        In each time bin the step's base level `b` (see `mlem_jax.Stitch` and the
-        step's draws) and what happens above it are chosen: either every
+        At each step the base level `b` (see `mlem_jax.Stitch` and the step's
+        draws) and what happens above it are chosen: either every
         correction above `b` is dropped (level `b` alone, a bias: what T-Stitch
         does, and with `b` the top level the top level alone), or they are
         randomised with Giles's rates `λ_l ∝ sqrt(A_l a(t) V_l(t)/C_l)` at a
-        per-bin scale (unbiased, a variance). The error model is `bias² +
+        per-step scale (unbiased, a variance). The error model is `bias² +
         variance` (`_price_steps`): a dropped correction adds up coherently over
         the steps, weighted by the sensitivity, a randomised one as a variance.
-        The choice per bin minimises `cost + μ_b·bias + μ_v·variance` over a grid
-        of multipliers; the T-Stitch schedules (every cheaper level, both orders,
+        The choice per step minimises `cost + μ_b·bias + μ_v·variance` for each
+        pair of multipliers on a grid, the randomised rates of the best are then
+        scaled to meet the target exactly; the T-Stitch schedules (every cheaper level, both orders,
         switching after 5%, 10%, …, 95% of the steps), the top level alone and
         `schedule`'s ML-EM rates are priced beside it, and the best of all is
         returned: so the result is never predicted worse than the best stitch or
@@ -668,8 +669,9 @@ class Calibration:
         **Arguments:** as `schedule` (`min_probability` floors the randomised
         corrections only: a dropped one has `p = 0`).
 
-        **Returns:** a `Rates` table on this calibration's bins (rate `inf` at the
-        base, `0` below it and for dropped corrections) or a `Stitch`.
+        **Returns:** a `Rates` table with one bin per step of the `num_steps` grid
+        (rate `inf` at the base, `0` below it and for dropped corrections; use it
+        at that step count and grid) or a `Stitch`.
         """
         self.level_costs(cost)
         if (target_error is None) == (budget is None):
@@ -766,34 +768,27 @@ class Calibration:
         k = self.num_levels
         starts, lengths = self.steps(num_steps)
         grid = np.append(starts, starts[-1] + lengths[-1])
-        out = [Stitch(k, (k - 1,), t0=float(grid[0]), t1=float(grid[-1]))]
-        fractions = np.round(np.arange(1, 20) / 20, 2)
-        for j in range(k - 1):
-            for order in ((j, k - 1), (k - 1, j)):
-                for f in fractions:
-                    out.append(Stitch.from_fractions(k, order, (f,), grid=grid))
-        return out
+        return [
+            Stitch(k, order, t0=float(grid[0]), t1=float(grid[-1]))
+            if len(order) == 1
+            else Stitch.from_fractions(k, order, (f,), grid=grid)
+            for order, f in _stitch_configs(k)
+        ]
 
     def _hybrid_options(self, num_steps, cost, min_probability, grouped=False):
         """The per-step options of `hybrid`, priced: `(rates, spent, bias,
-        variance, rows, counts)`. Options are level `b` alone, or level `b` with
-        the corrections above it randomised at rates `scale · rate_shape`
-        (floored at `min_probability`); `rates` has shape `(options, rows, k)` and
-        the prices `(options, rows)`, a row per step (`rows`: the steps' order on
-        the grid), or with `grouped` per group of steps of one bin and one length
-        (`counts` steps each; the verdict prices hundreds of these)."""
+        variance, midpoints)`. Options are level `b` alone, or level `b` with the
+        corrections above it randomised at rates `scale · rate_shape` (floored at
+        `min_probability`); `rates` has shape `(options, rows, k)` and the prices
+        `(options, rows)`, a row per step of the grid (`midpoints`: each row's
+        `t + h/2`), or with `grouped` per group of steps of one bin and one
+        length, priced for the whole group (`_step_groups`)."""
         ts, hs = self.steps(num_steps)
         bins = _bin_index(self.times, ts + hs / 2)
         counts = np.ones(num_steps)
         if grouped:
-            _, first, counts = np.unique(
-                np.stack([bins.astype(np.float64), hs]),
-                axis=1,
-                return_index=True,
-                return_counts=True,
-            )
+            first, counts = _step_groups(bins, hs)
             ts, hs, bins = ts[first], hs[first], bins[first]
-            counts = counts.astype(np.float64)
         k = self.num_levels
         shape = self.rate_shape(cost)[bins]  # (rows, k)
         shape[:, 0] = 0.0  # the base is set per option
@@ -866,17 +861,17 @@ class Calibration:
         k = self.num_levels
         ts, hs = self.steps(num_steps)
         bins = _bin_index(self.times, ts + hs / 2)
-        labels, rows = ["the top level alone"], [np.full(num_steps, k - 1)]
+        labels, rows = [], []
         steps = np.arange(num_steps)
-        for j in range(k - 1):
-            for first, second in ((j, k - 1), (k - 1, j)):
-                for f in np.round(np.arange(1, 20) / 20, 2):
-                    switch = int(np.rint(f * num_steps))
-                    rows.append(np.where(steps < switch, first, second))
-                    labels.append(
-                        f"stitching level {first + 1} for the first {100 * f:.0f}% "
-                        f"of the steps, then level {second + 1}"
-                    )
+        for order, f in _stitch_configs(k):
+            switch = int(np.rint(f * num_steps))
+            rows.append(np.where(steps < switch, order[0], order[-1]))
+            labels.append(
+                "the top level alone"
+                if len(order) == 1
+                else f"stitching level {order[0] + 1} for the first {100 * f:.0f}% "
+                f"of the steps, then level {order[1] + 1}"
+            )
         probs = np.eye(k)[np.stack(rows)]  # (stitches, steps, k)
         weighted, own, pairs = self._pricing(bins)
         evaluations, _, bias = _price_steps(probs, hs, weighted, own, pairs)
@@ -989,15 +984,7 @@ class Calibration:
             scales = np.ones(1)
         else:
             scales = np.logspace(-6, 3, 241) / np.median(positive)
-        # Steps of one bin and one length are priced alike: price each such group
-        # once, weighted by its size (8 groups instead of thousands of steps on a
-        # uniform grid; the verdict prices hundreds of frontiers).
-        _, first, counts = np.unique(
-            np.stack([bins.astype(np.float64), hs]),
-            axis=1,
-            return_index=True,
-            return_counts=True,
-        )
+        first, counts = _step_groups(bins, hs)
         bins, hs = bins[first], hs[first]
         shape = rate_shape[bins]  # (groups, k)
         h = np.abs(hs)[:, None]
@@ -1006,9 +993,7 @@ class Calibration:
         rates[..., 0] = np.inf
         probs = np.minimum(1.0, rates * h[None])
         weighted, own, pairs = self._pricing(bins)
-        evaluations, mse = _price(
-            probs, hs, weighted, counts.astype(np.float64), own=own, pairs=pairs
-        )
+        evaluations, mse = _price(probs, hs, weighted, counts, own=own, pairs=pairs)
         return evaluations @ self.level_costs(cost), np.sqrt(mse), evaluations
 
     def verdict(
@@ -1861,6 +1846,31 @@ def _price_steps(probs, hs, weighted, own=None, pairs=None):
                     bias = bias + np.where(ends, block, 0.0)
             bias = np.sqrt(h2) * bias
     return expected_evaluations(probs), variance, bias
+
+
+def _step_groups(bins, hs):
+    """`(first, counts)`: the first step of each group of steps with one bin and
+    one length, and the group's size (float). Such steps are priced alike: price
+    each group once, weighted by its size (8 groups instead of thousands of steps
+    on a uniform grid; the verdict prices hundreds of frontiers)."""
+    _, first, counts = np.unique(
+        np.stack([bins.astype(np.float64), hs]),
+        axis=1,
+        return_index=True,
+        return_counts=True,
+    )
+    return first, counts.astype(np.float64)
+
+
+def _stitch_configs(k: int) -> list[tuple[tuple[int, ...], float]]:
+    """`(levels, fraction)` of the T-Stitch schedules `Calibration.stitches` lists:
+    the top level alone, then every cheaper level `j` with the top one in both
+    orders, switching after 5%, 10%, …, 95% of the steps."""
+    out: list[tuple[tuple[int, ...], float]] = [((k - 1,), 1.0)]
+    for j in range(k - 1):
+        for order in ((j, k - 1), (k - 1, j)):
+            out += [(order, float(f)) for f in np.round(np.arange(1, 20) / 20, 2)]
+    return out
 
 
 def _log(x: float) -> float:
