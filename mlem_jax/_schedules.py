@@ -109,9 +109,13 @@ class FixedProbabilities(AbstractSchedule):
 
     **Arguments:**
 
-    - `probs`: one probability per level, each in `(0, 1]`. Usually `probs[0] = 1`:
-        the cheapest level then runs every step and carries the bulk of the drift.
-        All ones gives exactly Euler–Maruyama with the top level.
+    - `probs`: one probability per level, each in `[0, 1]`, cheapest first. Usually
+        `probs[0] = 1`: the cheapest level then runs every step and carries the
+        bulk of the drift. All ones gives exactly Euler–Maruyama with the top
+        level. Zeros are allowed only below the first non-zero entry (the base
+        level: the ladder then starts there, see the step's base level): the
+        schedule stays unbiased for the top level. To drop a correction on
+        purpose (a bias), give `Rates` a zero rate, or use `Stitch`.
 
     Note that with fixed probabilities the expected number of expensive-level
     evaluations grows with the number of steps; `Rates` keeps it fixed.
@@ -126,19 +130,40 @@ class FixedProbabilities(AbstractSchedule):
                 "FixedProbabilities: `probs` must be a non-empty 1-D sequence with one "
                 f"probability per level; got shape {table.shape}."
             )
+        # A zero above the first positive entry drops a correction.
+        above_base = jnp.cumsum((table > 0).astype(jnp.int32)) > 0
+        dropped = above_base & (table == 0)
         value = concrete_or_none(table)
         if value is None:
             # Traced (under jit, vmap or grad): checked when the program runs.
             table = eqx.error_if(
                 table,
-                ~jnp.all((table > 0) & (table <= 1)),
-                "FixedProbabilities: every entry of `probs` must lie in (0, 1].",
+                ~jnp.all((table >= 0) & (table <= 1)) | ~jnp.any(table > 0),
+                "FixedProbabilities: every entry of `probs` must lie in [0, 1], "
+                "one at least > 0.",
             )
-        elif not np.all((value > 0) & (value <= 1)):
-            raise ValueError(
-                "FixedProbabilities: every entry of `probs` must lie in (0, 1]; got "
-                f"{value.tolist()}."
+            table = eqx.error_if(
+                table,
+                jnp.any(dropped),
+                "FixedProbabilities: `probs` has a zero above the base level (a "
+                "dropped correction, which biases the solve).",
             )
+        else:
+            if not (np.all((value >= 0) & (value <= 1)) and np.any(value > 0)):
+                raise ValueError(
+                    "FixedProbabilities: every entry of `probs` must lie in [0, 1], "
+                    f"one at least > 0; got {value.tolist()}."
+                )
+            if np.any(np.asarray(dropped)):
+                level = int(np.flatnonzero(np.asarray(dropped))[0]) + 1
+                raise ValueError(
+                    f"FixedProbabilities: `probs` is 0 at level {level}, above the "
+                    f"base level {int(np.flatnonzero(value > 0)[0]) + 1} (the first "
+                    "non-zero): that drops its correction and biases the solve, and "
+                    "FixedProbabilities is unbiased for the top level. Give "
+                    "mlem_jax.Rates a zero rate (or use mlem_jax.Stitch) to drop a "
+                    f"correction on purpose; got {value.tolist()}."
+                )
         self.probs = table
 
     @property

@@ -15,10 +15,24 @@ def test_fixed_probabilities():
     np.testing.assert_array_equal(sched.probabilities(0.3, -0.01), [1.0, 0.5, 0.25])
 
 
-@pytest.mark.parametrize("probs", [(1.0, 0.0), (1.5,), (1.0, -0.1), (float("nan"),)])
+@pytest.mark.parametrize("probs", [(1.5,), (1.0, -0.1), (float("nan"),), (0.0, 0.0)])
 def test_fixed_probabilities_out_of_range(probs):
-    with pytest.raises(ValueError, match=r"`probs` must lie in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"`probs` must lie in \[0, 1\], one at"):
         mj.FixedProbabilities(probs)
+
+
+def test_fixed_probabilities_refuse_a_dropped_correction():
+    # Zeros below the first non-zero entry move the base level up (unbiased);
+    # a zero above it drops a correction, which FixedProbabilities refuses.
+    np.testing.assert_array_equal(
+        mj.FixedProbabilities((0.0, 1.0, 0.5)).probabilities(0.0, 0.1), [0, 1, 0.5]
+    )
+    with pytest.raises(
+        ValueError, match=r"`probs` is 0 at level 3, above the base level 2.*Rates"
+    ):
+        mj.FixedProbabilities((0.0, 1.0, 0.0))
+    with pytest.raises(Exception, match=r"zero above the base level"):
+        jax.jit(lambda p: mj.FixedProbabilities(p).probs)(jnp.array([1.0, 0.0]))
 
 
 def test_fixed_probabilities_shape():
@@ -113,7 +127,7 @@ def test_always_fires_is_abstract_every_schedule_implements_it():
 def test_traced_schedule_values_are_checked_at_run_time():
     probs = eqx.filter_jit(lambda p: mj.FixedProbabilities(p).probs)
     np.testing.assert_array_equal(probs(jnp.array([1.0, 0.5])), [1.0, 0.5])
-    with pytest.raises(Exception, match=r"must lie in \(0, 1\]"):
+    with pytest.raises(Exception, match=r"must lie in \[0, 1\], one at least > 0"):
         probs(jnp.array([1.0, 1.5]))
     rates = eqx.filter_jit(lambda r: mj.Rates(r).rates)
     assert rates(jnp.array([jnp.inf, 2.0])).shape == (1, 2)
