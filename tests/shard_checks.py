@@ -25,6 +25,7 @@ import sys
 
 
 def main() -> None:
+    import diffrax
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -34,6 +35,8 @@ def main() -> None:
     from mlem_jax._brownian import split_key, step_uniforms
 
     assert jax.device_count() == 8, jax.devices()
+    from mlem_jax._shard import DRAWS as DRAWS_MODES
+
     out: dict = {}
     N, B, DIM, P2 = 16, 16, 4, 0.3
     T0, T1 = 0.0, 1.0
@@ -112,7 +115,6 @@ def main() -> None:
 
     # 2b. The same through diffrax.diffeqsolve with MLEMSolver inside a shard_map of
     # one's own: device_key for the levels, ShardedPath for the global Brownian path.
-    import diffrax
     import lineax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -204,6 +206,35 @@ def main() -> None:
     out["shared_counts_equal"] = bool(
         jnp.all(info_shared.evaluations == info_one.evaluations[None])
     )
+
+    # 5b. Per-sample noise on 1, 2 and 4 devices: zero drift, unit noise, y0 = 0 and
+    # every state saved, so the saved path is the running sum of the solver's own
+    # increments; row i must be bit for bit that of a single-device batch of 64.
+    zero1 = mj.Levels((lambda t, y, a: jnp.zeros_like(y),), (1,))
+    zero2 = mj.Levels((lambda t, y, a: jnp.zeros_like(y),) * 2, (1, 2))
+    pw = dict(
+        t0=0.0,
+        t1=1.0,
+        num_steps=4,
+        key=key,
+        saveat=diffrax.SaveAt(steps=True),
+        checkpoint=False,
+    )
+    unit = lambda t, y, a: 1.0  # noqa: E731
+    p64 = np.asarray(mj.em_solve(zero1.top, unit, jnp.zeros((64, 3)), **pw)[0])
+    paths = {}
+    for n in (1, 2, 4):
+        for draws in DRAWS_MODES:
+            y, _ = mj.mlem_solve_sharded(
+                zero2, mixed, unit, jnp.zeros((64, 3)), mesh=mesh(n), draws=draws, **pw
+            )
+            paths[f"{n}/{draws}/64"] = bool(np.array_equal(np.asarray(y), p64))
+    y, _ = mj.mlem_solve_sharded(
+        zero2, mixed, unit, jnp.zeros((12, 3)), mesh=mesh(4), **pw
+    )
+    paths["4/independent/12"] = bool(np.array_equal(np.asarray(y), p64[:, :12]))
+    out["per_sample_paths"] = paths
+    out["per_sample_rows_differ"] = bool(np.all(p64[:, 0] != p64[:, 1]))
 
     # 5. Bad input: the messages.
     def message(fn):
