@@ -426,6 +426,13 @@ def process_rows(x: Array, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     n = x.shape[axis]
     blocks: dict[int, tuple[int, Any]] = {}
     for shard in x.addressable_shards:
+        others = [d for j, d in enumerate(shard.data.shape) if j != axis]
+        if others != [d for j, d in enumerate(x.shape) if j != axis]:
+            raise ValueError(
+                f"process_rows: `x` (shape {x.shape}) is split along axes other than "
+                f"`axis` ({axis}) too: a shard has shape {shard.data.shape}; expected "
+                "an array split along `axis` only."
+            )
         start, stop, _ = shard.index[axis].indices(n)
         blocks.setdefault(start, (stop, shard.data))
     starts = sorted(blocks)

@@ -35,7 +35,6 @@ def main() -> None:
     from mlem_jax._brownian import split_key, step_uniforms
 
     assert jax.device_count() == 8, jax.devices()
-    from mlem_jax._shard import DRAWS as DRAWS_MODES
 
     out: dict = {}
     N, B, DIM, P2 = 16, 16, 4, 0.3
@@ -223,18 +222,31 @@ def main() -> None:
     unit = lambda t, y, a: 1.0  # noqa: E731
     p64 = np.asarray(mj.em_solve(zero1.top, unit, jnp.zeros((64, 3)), **pw)[0])
     paths = {}
-    for n in (1, 2, 4):
-        for draws in DRAWS_MODES:
-            y, _ = mj.mlem_solve_sharded(
-                zero2, mixed, unit, jnp.zeros((64, 3)), mesh=mesh(n), draws=draws, **pw
-            )
-            paths[f"{n}/{draws}/64"] = bool(np.array_equal(np.asarray(y), p64))
-    y, _ = mj.mlem_solve_sharded(
-        zero2, mixed, unit, jnp.zeros((12, 3)), mesh=mesh(4), **pw
-    )
-    paths["4/independent/12"] = bool(np.array_equal(np.asarray(y), p64[:, :12]))
+    # The draws mode does not touch the Brownian stream: independent draws on 1, 2
+    # and 4 devices, shared draws once (a batch of 12 on 4 devices).
+    for n, draws, batch in (
+        (1, "independent", 64),
+        (2, "independent", 64),
+        (4, "independent", 64),
+        (4, "shared", 12),
+    ):
+        y, _ = mj.mlem_solve_sharded(
+            zero2, mixed, unit, jnp.zeros((batch, 3)), mesh=mesh(n), draws=draws, **pw
+        )
+        paths[f"{n}/{draws}/{batch}"] = bool(
+            np.array_equal(np.asarray(y), p64[:, :batch])
+        )
     out["per_sample_paths"] = paths
     out["per_sample_rows_differ"] = bool(np.all(p64[:, 0] != p64[:, 1]))
+
+    # process_rows on 4 devices, rows split over "a" and copied over "b": each row once.
+    m22 = jax.make_mesh((2, 2), ("a", "b"), devices=jax.devices()[:4])
+    x = jnp.arange(24.0).reshape(6, 4)
+    rows, values = mj.process_rows(jax.device_put(x, NamedSharding(m22, P("a", None))))
+    out["process_rows_copies"] = rows.tolist() == list(range(6)) and bool(
+        np.array_equal(values, x)
+    )
+    split_both = jax.device_put(x, NamedSharding(m22, P("a", "b")))
 
     # 5. Bad input: the messages.
     def message(fn):
@@ -255,6 +267,7 @@ def main() -> None:
         "mesh": message(lambda: solve(mesh=jax.devices())),
         "scalar": message(lambda: solve(y0=jnp.float32(1.0))),
         "pytree": message(lambda: solve(y0={"a": jnp.ones((8, 2))})),
+        "rows_2d": message(lambda: mj.process_rows(split_both)),
     }
     del eqx
     print(json.dumps(out))

