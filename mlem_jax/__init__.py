@@ -14,6 +14,7 @@ import typing
 from ._brownian import (
     brownian_increments as brownian_increments,
     coarsen_increments as coarsen_increments,
+    sample_increments as sample_increments,
 )
 from ._calibrate import (
     Calibration as Calibration,
@@ -47,6 +48,7 @@ from ._shard import (
     ShardedSolveInfo as ShardedSolveInfo,
     device_key as device_key,
     mlem_solve_sharded as mlem_solve_sharded,
+    process_rows as process_rows,
 )
 from ._solve import (
     SolveInfo as SolveInfo,

@@ -20,13 +20,40 @@ leaf `i` (in `jax.tree.leaves` order) from its own key:
 A state with one leaf (a single array) is not split: it uses `brownian_key` itself,
 as above. The level draws
 `U_n` are the same for any state: one per level per step for the whole state.
+
+**Per-sample noise.** Every draw above is JAX's counter-based threefry in its
+*partitionable* form (`jax.threefry_partitionable(True)`, JAX's default since 0.5 and
+pinned here, so a program that turns the flag off still gets these bits): the bits of
+element `j` of `jax.random.normal(k, shape)` are `threefry2x32(k, j)` of its flat
+(row-major) index `j` alone, whatever `shape`. For a state with the batch in its
+leading axis, `(batch, *sample_shape)`, sample `i` occupies the flat indices
+`[i·m, (i+1)·m)` (`m` = the size of `sample_shape`), so its standard normals
+
+    z_n[i] are a function of (key, n, i, sample_shape) only, bit for bit:
+
+sample `i` of a batch of 64 gets the normals of sample `i` of a batch of 13
+(`i < 13`), of a batch of one (`i = 0`), and of `sample_increments(key, [i], ...)`
+drawn alone; the sharded solves (every device draws the global batch's increment and
+keeps its rows) and several processes give the same bits. The same holds leaf by leaf
+for a PyTree state whose every leaf has the batch in its leading axis.
+`ΔW_n[i] = sqrt(|h|) · z_n[i]` is one multiply more: the same bits in every run of a
+given solve or sampler at any batch size or device count (the tests check this), and
+equal to one float rounding across different programs (XLA may fold the constant
+`sqrt(|h|)` into the normal's own scaling in one program and not in another). What
+differs between batch sizes is the drift's arithmetic (a network's batched matmuls
+round differently): the samples agree to that rounding, the noise exactly. The level
+draws `U_n` belong to the solve, not to the sample (one per level per step for the
+whole batch: that is what makes skipping a level real).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, PyTree
 
 from ._misc import check_num_steps, time_dtype
@@ -34,7 +61,8 @@ from ._misc import check_num_steps, time_dtype
 
 def split_key(key: PRNGKeyArray) -> tuple[PRNGKeyArray, PRNGKeyArray]:
     """`(brownian_key, level_key)`: the documented split of a solve's `key`."""
-    brownian_key, level_key = jax.random.split(key)
+    with jax.threefry_partitionable(True):
+        brownian_key, level_key = jax.random.split(key)
     return brownian_key, level_key
 
 
@@ -42,7 +70,8 @@ def step_increment(
     brownian_key: PRNGKeyArray, n: ArrayLike, shape: tuple[int, ...], h, dtype
 ) -> Array:
     """The Brownian increment of step `n` (variance `|h|` per component)."""
-    z = jax.random.normal(jax.random.fold_in(brownian_key, n), shape, dtype)
+    with jax.threefry_partitionable(True):
+        z = jax.random.normal(jax.random.fold_in(brownian_key, n), shape, dtype)
     return jnp.sqrt(jnp.abs(h)).astype(dtype) * z
 
 
@@ -54,7 +83,8 @@ def leaf_keys(brownian_key: PRNGKeyArray, like: PyTree) -> PyTree[PRNGKeyArray]:
     leaves, treedef = jtu.tree_flatten(like)
     if len(leaves) == 1:
         return jtu.tree_unflatten(treedef, [brownian_key])
-    keys = jax.random.split(brownian_key, len(leaves))
+    with jax.threefry_partitionable(True):
+        keys = jax.random.split(brownian_key, len(leaves))
     return jtu.tree_unflatten(treedef, list(keys))
 
 
@@ -72,7 +102,8 @@ def step_uniforms(level_key: PRNGKeyArray, n: ArrayLike, k: int, dtype) -> Array
     Always drawn in float32 (then cast to `dtype`), so float32 and float64 solves
     with the same key make the same level decisions.
     """
-    u = jax.random.uniform(jax.random.fold_in(level_key, n), (k,), jnp.float32)
+    with jax.threefry_partitionable(True):
+        u = jax.random.uniform(jax.random.fold_in(level_key, n), (k,), jnp.float32)
     return u.astype(dtype)
 
 
@@ -126,6 +157,85 @@ def brownian_increments(
     keys = leaf_keys(brownian_key, like)
     steps = jnp.arange(num_steps)
     return jax.vmap(lambda n: tree_increment(keys, n, like, h))(steps)
+
+
+def sample_increments(
+    key: PRNGKeyArray,
+    indices: Sequence[int] | np.ndarray,
+    sample_shape: tuple[int, ...],
+    *,
+    t0: float,
+    t1: float,
+    num_steps: int,
+    dtype: DTypeLike = jnp.float32,
+) -> Float[Array, " num_steps n *sample_shape"]:
+    """The Brownian increments of chosen samples of a batch, without the batch.
+
+    Row `r` of the result is row `indices[r]` of `brownian_increments(key, (batch,
+    *sample_shape), ...)` for any `batch > max(indices)` (the normals bit for bit, the
+    increments to the one rounding of their `sqrt(|h|)` scale; see the module
+    docstring): the noise that sample `indices[r]` gets in every solve and sampler
+    with this `key` and grid, whatever the batch size or device count. Pass it as `brownian=` to regenerate chosen samples alone, e.g. at
+    more steps (with `coarsen_increments` of a finer draw) or for a refinement:
+
+        dw = mj.sample_increments(key, [37], (8, 8, 1), t0=1.0, t1=1e-3,
+                                  num_steps=200)
+        y, _ = mj.em_solve(f, g, y0[37:38], t0=1.0, t1=1e-3, num_steps=200,
+                           key=key, brownian=dw)
+
+    equals sample 37 of the batch solve to the drift's batched rounding.
+
+    It draws, one step at a time, the rows up to `max(indices)` and keeps the ones
+    asked for: memory `max(indices) + 1` samples per step, cost that many samples'
+    normals per step (JAX exposes no offset into a threefry stream).
+
+    **Arguments:**
+
+    - `key`: the solve's key (not yet split).
+    - `indices`: the samples' indices in the batch, non-negative ints (concrete; a
+        list, tuple or NumPy array), in any order, repeats allowed.
+    - `sample_shape`: the shape of one sample (the state's shape without its
+        leading batch axis).
+    - `t0`, `t1`, `num_steps`, `dtype`: as `brownian_increments`.
+
+    **Returns:** an array of shape `(num_steps, len(indices), *sample_shape)`.
+    """
+    name = "sample_increments"
+    num_steps = check_num_steps(name, num_steps)
+    try:
+        idx = np.asarray(indices)
+    except Exception as e:  # a traced value cannot become a NumPy array
+        raise TypeError(
+            f"{name}: `indices` must be concrete ints (a list, tuple or NumPy array), "
+            f"not a traced value; got {type(indices).__name__}."
+        ) from e
+    if (
+        idx.ndim != 1
+        or idx.size == 0
+        or not (np.issubdtype(idx.dtype, np.integer) and not idx.dtype == np.bool_)
+        or (idx < 0).any()
+    ):
+        raise ValueError(
+            f"{name}: `indices` must be a non-empty 1-D sequence of non-negative ints "
+            f"(sample indices in the batch); got {indices!r}."
+        )
+    if not (
+        isinstance(sample_shape, (tuple, list))
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in sample_shape)
+    ):
+        raise TypeError(
+            f"{name}: `sample_shape` must be a tuple of ints (one sample's shape, "
+            f"without the batch axis); got {sample_shape!r}."
+        )
+    like = jax.ShapeDtypeStruct((int(idx.max()) + 1, *sample_shape), jnp.dtype(dtype))
+    tdtype = time_dtype(like)
+    h = (jnp.asarray(t1, tdtype) - jnp.asarray(t0, tdtype)) / num_steps
+    brownian_key, _ = split_key(key)
+    take = jnp.asarray(idx)
+    return jax.lax.map(
+        lambda n: step_increment(brownian_key, n, like.shape, h, like.dtype)[take],
+        jnp.arange(num_steps),
+    )
 
 
 def coarsen_increments(

@@ -20,6 +20,28 @@ this with `jax.shard_map`; `device_key` and `ShardedPath` do the same for
   stream `jax.random.split(jax.random.fold_in(key, d))[1]`.
 - Level draws, `draws="shared"`: every device uses `level_key`, the single-device
   draws, so the result equals `mlem_solve(..., key=key)` on one device.
+
+Sample `i`'s Brownian increments are therefore a function of `(key, i)` (and the
+grid and sample shape) only: the same whether it is solved alone, in a batch of any
+size, on any number of devices or processes (see `mlem_jax._brownian`). Each device
+draws the global batch's increment and keeps its rows, so the draws cost `devices`
+times their share; next to a network drift this is small, but at pod scale
+(hundreds of devices, large images) pass `brownian=` or keep `devices × batch`
+moderate.
+
+**Several processes.** Under `jax.distributed` (one process per host or per
+accelerator) the same call works on a mesh over every process's devices, e.g.
+`jax.make_mesh((jax.device_count(),), ("batch",))`: every process runs the same
+program with the same `key`, `y0` (the global batch, identical on every process, or
+a global `jax.Array` made with `jax.make_array_from_process_local_data`) and
+arguments. Each process then holds its own rows of `y1` (`process_rows(y1)` gives
+their indices and values, to write one file per process); to collect every row on
+every process use `jax.experimental.multihost_utils.process_allgather(y1,
+tiled=True)`. The per-device counts in `ShardedSolveInfo` are replicated: every
+process can read all of them. Shared draws give the single-process result (bit for
+bit on CPU in the tests: the per-element arithmetic is the same), independent draws
+one level stream per device of the global mesh (`fold_in(key, d)`, `d` the device's
+position on the mesh axis). See `docs/multihost.md`.
 """
 
 from __future__ import annotations
@@ -31,6 +53,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
@@ -374,6 +397,48 @@ def _sharded(
     evaluations = _place(evaluations, mesh, P())
     cost = _place(cost, mesh, P())
     return ys, evaluations, cost, ts
+
+
+def process_rows(x: Array, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """This process's rows of an array split along `axis` over a mesh (e.g. `y1` of
+    `mlem_solve_sharded` under `jax.distributed`), as NumPy arrays.
+
+    **Arguments:**
+
+    - `x`: a `jax.Array` (sharded or not; its rows may live on other processes).
+    - `axis`: the batch axis (0 for `y1`; 1 for the states saved with `saveat`,
+        shape `(saves, batch, ...)`).
+
+    **Returns:** `(indices, rows)`: the sorted global indices along `axis` of the
+    rows held by this process's devices (each once, also where other mesh axes hold
+    copies), and those rows, `rows.shape[axis] == len(indices)`. On one process this
+    is every row: `(np.arange(n), np.asarray(x))`.
+    """
+    if not isinstance(x, jax.Array):
+        raise TypeError(
+            f"process_rows: `x` must be a jax.Array; got {type(x).__name__}."
+        )
+    if isinstance(axis, bool) or not isinstance(axis, int) or not 0 <= axis < x.ndim:
+        raise ValueError(
+            f"process_rows: `axis` must be an int in [0, {x.ndim}) for an array of "
+            f"shape {x.shape}; got {axis!r}."
+        )
+    n = x.shape[axis]
+    blocks: dict[int, tuple[int, Any]] = {}
+    for shard in x.addressable_shards:
+        others = [d for j, d in enumerate(shard.data.shape) if j != axis]
+        if others != [d for j, d in enumerate(x.shape) if j != axis]:
+            raise ValueError(
+                f"process_rows: `x` (shape {x.shape}) is split along axes other than "
+                f"`axis` ({axis}) too: a shard has shape {shard.data.shape}; expected "
+                "an array split along `axis` only."
+            )
+        start, stop, _ = shard.index[axis].indices(n)
+        blocks.setdefault(start, (stop, shard.data))
+    starts = sorted(blocks)
+    indices = np.concatenate([np.arange(a, blocks[a][0]) for a in starts])
+    rows = np.concatenate([np.asarray(blocks[a][1]) for a in starts], axis=axis)
+    return indices, rows
 
 
 def _place(x: Array, mesh: Mesh, spec: P) -> Array:

@@ -25,6 +25,7 @@ import sys
 
 
 def main() -> None:
+    import diffrax
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -34,6 +35,7 @@ def main() -> None:
     from mlem_jax._brownian import split_key, step_uniforms
 
     assert jax.device_count() == 8, jax.devices()
+
     out: dict = {}
     N, B, DIM, P2 = 16, 16, 4, 0.3
     T0, T1 = 0.0, 1.0
@@ -112,7 +114,6 @@ def main() -> None:
 
     # 2b. The same through diffrax.diffeqsolve with MLEMSolver inside a shard_map of
     # one's own: device_key for the levels, ShardedPath for the global Brownian path.
-    import diffrax
     import lineax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -205,6 +206,48 @@ def main() -> None:
         jnp.all(info_shared.evaluations == info_one.evaluations[None])
     )
 
+    # 5b. Per-sample noise on 1, 2 and 4 devices: zero drift, unit noise, y0 = 0 and
+    # every state saved, so the saved path is the running sum of the solver's own
+    # increments; row i must be bit for bit that of a single-device batch of 64.
+    zero1 = mj.Levels((lambda t, y, a: jnp.zeros_like(y),), (1,))
+    zero2 = mj.Levels((lambda t, y, a: jnp.zeros_like(y),) * 2, (1, 2))
+    pw = dict(
+        t0=0.0,
+        t1=1.0,
+        num_steps=4,
+        key=key,
+        saveat=diffrax.SaveAt(steps=True),
+        checkpoint=False,
+    )
+    unit = lambda t, y, a: 1.0  # noqa: E731
+    p64 = np.asarray(mj.em_solve(zero1.top, unit, jnp.zeros((64, 3)), **pw)[0])
+    paths = {}
+    # The draws mode does not touch the Brownian stream: independent draws on 1, 2
+    # and 4 devices, shared draws once (a batch of 12 on 4 devices).
+    for n, draws, batch in (
+        (1, "independent", 64),
+        (2, "independent", 64),
+        (4, "independent", 64),
+        (4, "shared", 12),
+    ):
+        y, _ = mj.mlem_solve_sharded(
+            zero2, mixed, unit, jnp.zeros((batch, 3)), mesh=mesh(n), draws=draws, **pw
+        )
+        paths[f"{n}/{draws}/{batch}"] = bool(
+            np.array_equal(np.asarray(y), p64[:, :batch])
+        )
+    out["per_sample_paths"] = paths
+    out["per_sample_rows_differ"] = bool(np.all(p64[:, 0] != p64[:, 1]))
+
+    # process_rows on 4 devices, rows split over "a" and copied over "b": each row once.
+    m22 = jax.make_mesh((2, 2), ("a", "b"), devices=jax.devices()[:4])
+    x = jnp.arange(24.0).reshape(6, 4)
+    rows, values = mj.process_rows(jax.device_put(x, NamedSharding(m22, P("a", None))))
+    out["process_rows_copies"] = rows.tolist() == list(range(6)) and bool(
+        np.array_equal(values, x)
+    )
+    split_both = jax.device_put(x, NamedSharding(m22, P("a", "b")))
+
     # 5. Bad input: the messages.
     def message(fn):
         try:
@@ -224,6 +267,7 @@ def main() -> None:
         "mesh": message(lambda: solve(mesh=jax.devices())),
         "scalar": message(lambda: solve(y0=jnp.float32(1.0))),
         "pytree": message(lambda: solve(y0={"a": jnp.ones((8, 2))})),
+        "rows_2d": message(lambda: mj.process_rows(split_both)),
     }
     del eqx
     print(json.dumps(out))

@@ -641,3 +641,35 @@ def test_periodic_three_levels_evaluations_and_errors():
         md.mlem_sample(
             levels, md.Periodic((1, 2, 4)), P, md.SDEDPMSolverPP1(), y0, **kw
         )
+
+
+# ---------------------------------------------------------------------------------
+# Per-sample noise: sample i's noise depends on (key, i) only (mlem_jax._brownian)
+
+
+@pytest.mark.parametrize("multilevel", [False, True])
+def test_each_sample_keeps_its_noise_in_any_batch(multilevel):
+    # The Gaussian networks are elementwise, so a sample of a batch of 64 equals the
+    # same sample in a batch of 13 or alone to a few roundings; another sample and
+    # another key differ at the scale of the noise.
+    levels = ladder()
+    sampler = md.SDEDPMSolverPP2M()
+    kw = dict(t0=T0, t1=T1, num_steps=12, grid="logsnr")
+    sched = mj.FixedProbabilities(jnp.asarray([1.0, 0.5, 0.3]))
+    y0 = jax.random.normal(jax.random.key(0), (64, 3))
+
+    def run(y0, key):
+        if multilevel:
+            return md.mlem_sample(levels, sched, P, sampler, y0, key=key, **kw)[0]
+        return md.sample(levels.top, P, sampler, y0, key=key, **kw)[0]
+
+    key = jax.random.key(7)
+    y64 = np.asarray(run(y0, key))
+    for batch in (1, 13):
+        np.testing.assert_allclose(
+            run(y0[:batch], key), y64[:batch], rtol=1e-6, atol=1e-6
+        )
+    # Sample 0's noise is not sample 1's: the same start, different ends.
+    same_start = np.asarray(run(jnp.broadcast_to(y0[:1], (2, 3)), key))
+    assert np.min(np.abs(same_start[0] - same_start[1])) > 1e-3
+    assert not np.allclose(run(y0[:13], jax.random.key(8)), y64[:13], atol=1e-3)
