@@ -16,8 +16,8 @@ For each shipped ladder (`mlem_jax.pretrained`: `digits`, `digits_wide`) and bat
   reverse SDE (`mlem_jax.em_solve`), SDE-DPM-Solver++(1) (`mlem_jax.diffusion.sample`,
   uniform grid), and the top network with DPM-Solver++(2M) on the probability-flow
   ODE (log-SNR grid), each at `--steps` steps.
-* **T-Stitch**: see `stitch_runs`, a marked place for it (`mlem_jax.Stitch` is not in
-  this version); until it is filled in, each result records that it did not run.
+* **T-Stitch**: the cheapest network for the first half of the steps, the top one
+  after (`mlem_jax.Stitch`), with Euler–Maruyama and SDE-DPM-Solver++(1).
 * **Multilevel**: ML-EM (`mlem_jax.mlem_solve`) and the multilevel SDE-DPM-Solver++(1)
   (`mlem_jax.diffusion.mlem_sample`), every level of the ladder, rates from the
   ladder's shipped calibration at a budget of `steps/4` top-level evaluations in
@@ -64,7 +64,9 @@ SETTINGS = {
 }
 SINGLE = ("EM", "SDE-DPM++(1)", "DPM++(2M) ODE")
 MULTILEVEL = ("ML-EM", "ML SDE-DPM++(1)")
-METHODS = SINGLE + MULTILEVEL
+# T-Stitch with each solve: the multilevel solve it runs through.
+STITCH = {"T-Stitch EM": "ML-EM", "T-Stitch SDE-DPM++(1)": "ML SDE-DPM++(1)"}
+METHODS = SINGLE + tuple(STITCH) + MULTILEVEL
 
 
 class Eps(eqx.Module):
@@ -153,18 +155,24 @@ def _multilevel(method: str, lad: Ladder, schedule, y0, key, steps: int):
     return y, info.evaluations.astype(jnp.int32)
 
 
-STITCH_NOTE = "not run: benchmarks/accelerator.py does not run T-Stitch yet"
+STITCH_FRACTION = 0.5
 
 
-def stitch_runs(lad: Ladder, y0, key, steps: int, repeats: int) -> list[dict]:
-    """T-STITCH GOES HERE (a small network for the first, noisy part of the solve,
-    the top one after: Pan et al., "T-Stitch", 2024). The lead adds it as a schedule,
-    `mlem_jax.Stitch`; until this function runs it, it returns no rows and the
-    result records `STITCH_NOTE`. To add it: build the schedule switching from the
-    cheapest network to the top one at the midpoint, run it like `_multilevel`
-    (the schedule traced, so one compile), and return `[_row("T-Stitch", ...)]`."""
-    del lad, y0, key, steps, repeats
-    return []
+def stitch_runs(
+    lad: Ladder, y0, key, steps: int, repeats: int, methods=METHODS
+) -> list[dict]:
+    """T-Stitch (Pan et al., 2024): the cheapest network for the first half of the
+    steps, the top one after (`mlem_jax.Stitch`), with Euler–Maruyama and with
+    SDE-DPM-Solver++(1), run as the multilevel solves are (the schedule traced:
+    one compile per method)."""
+    k = len(lad.nets)
+    grid = np.linspace(pretrained.T0, pretrained.T1, steps + 1)
+    schedule = mj.Stitch.from_fractions(k, (0, k - 1), (STITCH_FRACTION,), grid=grid)
+    rows = []
+    for name in (m for m in STITCH if m in methods):
+        fn = lambda m=STITCH[name]: _multilevel(m, lad, schedule, y0, key, steps)  # noqa: E731
+        rows.append(_row(name, [0, k - 1], fn, lad, y0.shape[0], repeats))
+    return rows
 
 
 def _row(method, networks, fn, lad: Ladder, batch: int, repeats: int) -> dict:
@@ -213,8 +221,10 @@ def measure(
             print(
                 f"  {name} b{batch} {method} net {level}: {_fmt(rows[-1])}", flush=True
             )
-    stitched = stitch_runs(lad, y0, k_run, steps, repeats)
-    rows += stitched
+    rows += stitch_runs(lad, y0, k_run, steps, repeats, methods)
+    for row in rows:
+        if row["method"] in STITCH:
+            print(f"  {name} b{batch} {row['method']}: {_fmt(row)}", flush=True)
     budget = steps / 4
     schedule = budget_schedule(cal, steps, budget, cost="flops")
     for method in (m for m in MULTILEVEL if m in methods):
@@ -229,7 +239,7 @@ def measure(
         budget_top_evaluations=budget,
         min_probability=MIN_PROBABILITY,
         flops_per_image=list(lad.flops_per_image),
-        stitch="ran" if stitched else STITCH_NOTE,
+        stitch_fraction=STITCH_FRACTION,
         runs=rows,
     )
 
