@@ -938,8 +938,9 @@ class Calibration:
         level (the lowest with `p > 0`) are out of its ladder; a correction with
         `p_l = 0` above the base is dropped, and `bias = Σ_n |h_n| sqrt(a(t_n)
         E‖dropped‖²)` adds up what the dropped corrections move the final state
-        by, as norms (they are the same at every step, not independent draws; an
-        upper bound). `Stitch` and the `hybrid` schedules are priced so.
+        by, as norms (they are the same at every step, not independent draws),
+        amplified as the levels' corrections are (`A_l`). `Stitch` and the
+        `hybrid` schedules are priced so.
         """
         num_steps = self.num_steps if num_steps is None else num_steps
         ts, hs = self.steps(num_steps)
@@ -1797,9 +1798,12 @@ def _price_steps(probs, hs, weighted, own=None, pairs=None):
         for the base `b`, whose increment is `f^b` itself, `own[:, b]`
         (`A_b a(t) E‖f^b‖²`; `own[:, 0] = weighted[:, 0]`).
     - `bias` (`(..., n)`): what the dropped corrections (`p_l = 0` above the base)
-        move the final state by, `|h| sqrt(a(t) E‖Σ_dropped Δ_l‖²)`, one
-        contiguous block of dropped levels `i+1..j` at a time
-        (`E‖f^j − f^i‖²`, summed as norms: an upper bound). A dropped correction
+        move the final state by, `|h| sqrt(Ā a(t) E‖Σ_dropped Δ_l‖²)`, one
+        contiguous block of dropped levels `i+1..j` at a time (`E‖f^j − f^i‖²`,
+        summed as norms), with `Ā` the block's amplification: its levels' `A_l`
+        weighted by their `a(t) V_l(t)` (the pilots' correction of the isotropic
+        sensitivity for the directions of those levels' corrections, which a
+        dropped correction points in as a randomised one does). A dropped correction
         is the same at every step of a solve, not an independent draw, so the
         bias of the steps adds up as norms (`Σ_n`), not as variances: the total
         mean square is `(Σ_n bias_n)² + Σ_n variance_n`.
@@ -1842,7 +1846,13 @@ def _price_steps(probs, hs, weighted, own=None, pairs=None):
                     ends = inside & (
                         ~dropped[..., j + 1] if j + 1 < k else np.ones_like(inside)
                     )
-                    block = np.sqrt(np.maximum(pairs[:, i, j + 1], 0.0))
+                    # The block's amplification: its increments' A_l, weighted
+                    # by their (sensitivity-weighted) variances.
+                    adjacent = sum(pairs[:, l, l + 1] for l in range(i, j + 1))
+                    amplified = sum(weighted[:, l] for l in range(i, j + 1))
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        gain = np.where(adjacent > 0, amplified / adjacent, 1.0)
+                    block = np.sqrt(np.maximum(pairs[:, i, j + 1] * gain, 0.0))
                     bias = bias + np.where(ends, block, 0.0)
             bias = np.sqrt(h2) * bias
     return expected_evaluations(probs), variance, bias

@@ -566,11 +566,17 @@ def test_stitch_bias_is_predicted_and_realised(calibration, level, fraction):
     y_top, _ = mj.em_solve(levels.top, lambda t, y, a: 0.3, y0, **kw)
     realised = np.sqrt(np.mean(np.sum((np.asarray(y) - np.asarray(y_top)) ** 2, -1)))
     np.testing.assert_allclose(realised, exact, rtol=1e-4)
-    pred = calibration.predict(sched)
-    # The calibration's a(t) and V(t) are averages over 4 bins; the bias is their
+    # The increments do not depend on y, so the dynamics amplify none of them:
+    # with A_l = 1 (what the pilots measure here, up to their noise) the
+    # calibration's a(t) and V(t) are averages over 4 bins, and the bias is their
     # product's square root summed over the steps: exact to within the bins'
     # Cauchy–Schwarz gap (well under 2% here).
+    unamplified = dataclasses.replace(calibration, amplification=np.ones(4))
+    pred = unamplified.predict(sched)
     np.testing.assert_allclose(pred.error, exact, rtol=0.02)
+    # An amplification A on every dropped level scales the bias by sqrt(A).
+    amplified = dataclasses.replace(calibration, amplification=np.full(4, 4.0))
+    np.testing.assert_allclose(amplified.predict(sched).error, 2 * pred.error)
     switch = int(64 * fraction)
     expected = np.zeros(4)
     expected[level] += switch
