@@ -16,6 +16,7 @@ from jax.custom_batching import custom_vmap
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
 from ._brownian import step_uniforms
+from ._levels import Refinement
 
 BATCHED_DRAWS_MESSAGE = (
     "mlem_jax: the ML-EM level draws are batched under jax.vmap (the solve's `key`, "
@@ -75,15 +76,16 @@ def level_draws(
 
 def ladder_draws(
     fires: Bool[Array, " k"],
+    refines: Sequence[bool] | None = None,
 ) -> tuple[Bool[Array, " k"], Bool[Array, " k"], Float[Array, " k"]]:
     """`(fires, needed, weights)` of levels that fire where `fires` says, with weight
     1 and every level in the ladder (no base level: a level that does not fire is
     still the coarse half of the next one). The deterministic draws of
-    `mlem_jax.diffusion.Periodic`."""
-    return _draws_from_fires(fires, jnp.ones(fires.shape))
+    `mlem_jax.diffusion.Periodic`. `refines` as in `step_draws`."""
+    return _draws_from_fires(fires, jnp.ones(fires.shape), refines)
 
 
-def _draws_from_fires(fires, probs):
+def _draws_from_fires(fires, probs, refines=None):
     fires = _unbatched(fires)
     # Level l is the coarse half of level l + 1 unless l + 1 is the base level (no
     # level at or below l has p > 0): the levels below the base are never needed.
@@ -92,7 +94,24 @@ def _draws_from_fires(fires, probs):
     needed = fires | jnp.concatenate([coarse, jnp.zeros((1,), bool)])
     safe_p = jnp.where(fires, probs, 1)
     weights = jnp.where(fires, 1 / safe_p, 0)
+    if refines is not None and any(refines):
+        needed, weights = _with_refinements(needed, weights, in_ladder, refines)
     return fires, needed, weights
+
+
+def _with_refinements(needed, weights, in_ladder, refines):
+    """A `mlem_jax.Refinement` level takes the value of the level below it, so that
+    level is needed whenever the refinement is (top down: chains of refinements).
+    Where the level below is out of the step's ladder (the refinement is the base,
+    or below it), it is evaluated for the refinement's sake with the refinement's
+    weight: `w (f^{l−1} − 0) + w (f^l − f^{l−1}) = w f^l`, the base's own term."""
+    for l in reversed(range(1, len(refines))):  # noqa: E741
+        if refines[l]:
+            needed = needed.at[l - 1].set(needed[l - 1] | needed[l])
+            weights = weights.at[l - 1].set(
+                jnp.where(in_ladder[l - 1], weights[l - 1], weights[l])
+            )
+    return needed, weights
 
 
 def step_fires(
@@ -137,16 +156,20 @@ def step_draws(
     dtype,
     always: Sequence[bool] | None = None,
     check_probabilities: Callable[[Array], object] | None = None,
+    refines: Sequence[bool] | None = None,
 ) -> StepDraws:
     """`(needed, weights)` of step `n`, for `mlem_drift`: `step_fires` then
     `level_draws`, with the fast path shared by every integrator: when the static
     `always` says every level fires at every step, nothing is drawn (all needed,
-    weights 1: the values the draws give with every `p_l = 1`)."""
+    weights 1: the values the draws give with every `p_l = 1`). The static
+    `refines[l]` (`mlem_jax._levels.refinements(fns)`) says level `l` is a
+    `mlem_jax.Refinement`: the level below it is then needed whenever it is, so
+    `needed` counts what the step evaluates."""
     k = schedule.num_levels
     if always is not None and all(always):
         return StepDraws(jnp.ones((k,), bool), jnp.ones((k,), dtype))
     probs, fires = step_fires(schedule, level_key, n, t, h, dtype, check_probabilities)
-    _, needed, weights = _draws_from_fires(fires, probs)
+    _, needed, weights = _draws_from_fires(fires, probs, refines)
     return StepDraws(needed, weights)
 
 
@@ -192,6 +215,11 @@ def mlem_drift(
     of the same structure. The estimator is linear, so it is taken leaf by leaf with
     the same draws for the whole state.
 
+    A level that is a `mlem_jax.Refinement` is evaluated as `refine(t, y, args,
+    f^{l−1}(t, y, args))` with the value of the level below from this walk, never a
+    second evaluation of it: `needed` must then hold the level below wherever it
+    holds the refinement (`step_draws(..., refines=...)` makes it so).
+
     With `increments=True`, returns `(drift, terms)` with `terms[l]` the weighted
     increment `(B_l/p_l)(f^l − f^{l−1})(t, y)` of level `l` alone (zero where `B_l`
     is 0), e.g. to keep the last computed correction of each level.
@@ -205,7 +233,15 @@ def mlem_drift(
 
     def update(l, fn, carry):
         drift, previous, terms = carry
-        value = level_value(fn, f"level {l + 1}", t, y, args)
+        if isinstance(fn, Refinement):
+            # `previous` is f^{l−1}: the draws make level l − 1 needed with l.
+            value = fn.refine(t, y, args, previous)
+            check_drift_tree(value, y, f"level {l + 1} (a Refinement)")
+            value = jax.tree.map(
+                lambda v, yi: jnp.asarray(v).astype(yi.dtype), value, y
+            )
+        else:
+            value = level_value(fn, f"level {l + 1}", t, y, args)
         term = jax.tree.map(
             lambda v, p: weights[l].astype(v.dtype) * (v - p), value, previous
         )
