@@ -45,16 +45,27 @@ class Refinement(eqx.Module):
 
     - `refine`: `refine(t, y, args, coarse) -> value`, a PyTree like `y`.
     - `coarse`: the level below; leave it `None`, `Levels` sets it.
+    - `joint`: optional `joint(t, y, args) -> (coarse value, refined value)`, the
+        level below and this one in one call, used at the steps where both run
+        (e.g. CFG's conditional and unconditional predictions as one batch of twice
+        the size, as standard CFG implementations evaluate them). It must agree
+        with `coarse` and `refine`.
     """
 
     refine: RefineFn
     coarse: DriftFn | None = None
+    joint: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None
 
     def __check_init__(self):
         if not callable(self.refine):
             raise TypeError(
                 f"Refinement: `refine` must be a callable refine(t, y, args, coarse); "
                 f"got {type(self.refine).__name__}."
+            )
+        if self.joint is not None and not callable(self.joint):
+            raise TypeError(
+                f"Refinement: `joint` must be a callable joint(t, y, args) or None; "
+                f"got {type(self.joint).__name__}."
             )
         if self.coarse is not None and not callable(self.coarse):
             raise TypeError(
@@ -161,7 +172,7 @@ class Levels(eqx.Module):
                         "Levels: `fns[0]` is a Refinement, but a refinement needs a "
                         "level below it to refine; put it after that level."
                     )
-                fn = Refinement(fn.refine, bound[-1])
+                fn = Refinement(fn.refine, bound[-1], fn.joint)
             bound.append(fn)
         self.fns = tuple(bound)
         self.costs = costs

@@ -231,17 +231,8 @@ def mlem_drift(
     # Differences are taken before weighting: (f^l − f^{l−1}) is small, so a large
     # 1/p_l multiplies it without the cancellation of Σ (w_l − w_{l+1}) f^l.
 
-    def update(l, fn, carry):
+    def add(l, value, carry):
         drift, previous, terms = carry
-        if isinstance(fn, Refinement):
-            # `previous` is f^{l−1}: the draws make level l − 1 needed with l.
-            value = fn.refine(t, y, args, previous)
-            check_drift_tree(value, y, f"level {l + 1} (a Refinement)")
-            value = jax.tree.map(
-                lambda v, yi: jnp.asarray(v).astype(yi.dtype), value, y
-            )
-        else:
-            value = level_value(fn, f"level {l + 1}", t, y, args)
         term = jax.tree.map(
             lambda v, p: weights[l].astype(v.dtype) * (v - p), value, previous
         )
@@ -250,19 +241,60 @@ def mlem_drift(
             terms = terms[:l] + (term,) + terms[l + 1 :]
         return drift, value, terms
 
+    def update(l, fn, carry):
+        if isinstance(fn, Refinement):
+            # `previous` is f^{l−1}: the draws make level l − 1 needed with l.
+            value = _cast_like(
+                fn.refine(t, y, args, carry[1]), y, f"level {l + 1} (a Refinement)"
+            )
+        else:
+            value = level_value(fn, f"level {l + 1}", t, y, args)
+        return add(l, value, carry)
+
+    def update_pair(l, fine, carry):
+        # Levels l and l + 1 in one call of the refinement's `joint` (e.g. CFG's
+        # conditional and unconditional predictions as one batch).
+        coarse_value, value = fine.joint(t, y, args)
+        coarse_value = _cast_like(coarse_value, y, f"level {l + 2}'s joint (coarse)")
+        value = _cast_like(value, y, f"level {l + 2}'s joint")
+        return add(l + 1, value, add(l, coarse_value, carry))
+
+    def single(l, fn, carry):
+        if always is not None and always[l]:
+            return update(l, fn, carry)
+        return jax.lax.cond(needed[l], lambda c: update(l, fn, c), lambda c: c, carry)
+
     zeros = jax.tree.map(jnp.zeros_like, y)
     carry = (zeros, zeros, (zeros,) * len(fns) if increments else ())
-    for l, fn in enumerate(fns):  # noqa: E741
-        if always is not None and always[l]:
-            carry = update(l, fn, carry)
+    l = 0  # noqa: E741
+    while l < len(fns):
+        fn = fns[l]
+        fine = fns[l + 1] if l + 1 < len(fns) else None
+        if (
+            isinstance(fine, Refinement)
+            and fine.joint is not None
+            and not isinstance(fn, Refinement)
+        ):
+            # Where the refinement runs, level l runs too (`needed` says so).
+            if always is not None and always[l + 1]:
+                carry = update_pair(l, fine, carry)
+            else:
+                carry = jax.lax.cond(
+                    needed[l + 1],
+                    lambda c, l=l, fine=fine: update_pair(l, fine, c),
+                    lambda c, l=l, fn=fn: single(l, fn, c),
+                    carry,
+                )
+            l += 2  # noqa: E741
         else:
-            carry = jax.lax.cond(
-                needed[l],
-                lambda c, l=l, fn=fn: update(l, fn, c),
-                lambda c: c,
-                carry,
-            )
+            carry = single(l, fn, carry)
+            l += 1  # noqa: E741
     return (carry[0], carry[2]) if increments else carry[0]
+
+
+def _cast_like(value, y, what: str):
+    check_drift_tree(value, y, what)
+    return jax.tree.map(lambda v, yi: jnp.asarray(v).astype(yi.dtype), value, y)
 
 
 def level_value(fn, what: str, t, y: PyTree[Array], args) -> PyTree[Array]:

@@ -461,6 +461,25 @@ class _X0Refine(eqx.Module):
         return x0.astype(y.dtype)
 
 
+class _X0Joint(eqx.Module):
+    """A refinement's `joint(t, y, args) -> (coarse, refined)` on data predictions."""
+
+    joint: Callable
+    param: AbstractParametrisation
+    prediction: str = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        def x0(out):
+            out = jnp.asarray(out)
+            check_drift_output(out, y, "the refinement's joint")
+            return self.param.convert(
+                out.astype(y.dtype), t, y, source=self.prediction, target="x0"
+            ).astype(y.dtype)
+
+        coarse, refined = self.joint(t, y, args)
+        return x0(coarse), x0(refined)
+
+
 def as_x0_prediction(fn, param, prediction):
     """The level `fn` (predicting `prediction`) as a data predictor; a
     `mlem_jax.Refinement` stays one, on data predictions."""
@@ -468,6 +487,7 @@ def as_x0_prediction(fn, param, prediction):
         return Refinement(
             _X0Refine(fn.refine, param, prediction),
             as_x0_prediction(fn.coarse, param, prediction),
+            None if fn.joint is None else _X0Joint(fn.joint, param, prediction),
         )
     return _X0Prediction(fn, param, prediction)
 
