@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -75,7 +76,10 @@ def _check_scale(name: str, scale) -> Array:
     return value.astype(jnp.result_type(float))
 
 
-def _check_networks(name: str, networks, costs, extra: int):
+def _check_networks(
+    name: str, networks, costs, extra: int
+) -> tuple[tuple[Callable, ...], tuple[Any, ...]]:
+    """`(networks, costs)` as tuples; `Levels` checks the costs' values."""
     if callable(networks):
         networks = (networks,)
     try:
@@ -267,7 +271,7 @@ def cfg_levels(
     for an interval, a calibrated `Rates` for randomised guidance).
     """
     name = "cfg_levels"
-    networks, costs = _check_networks(name, networks, costs, 1)
+    nets, cost_list = _check_networks(name, networks, costs, 1)
     w = _check_scale(name, scale)
     if isinstance(num_classes, bool) or not (
         isinstance(num_classes, (int, np.integer)) and num_classes >= 1
@@ -285,13 +289,13 @@ def cfg_levels(
             "expected a label of its own (the default is `num_classes`)."
         )
     null = int(null)
-    conditional = tuple(_Conditional(f, num_classes, null) for f in networks)
+    conditional = tuple(_Conditional(f, num_classes, null) for f in nets)
     if not isinstance(batched, bool):
         raise TypeError(f"{name}: `batched` must be a bool; got {batched!r}.")
-    joint = _CFGJoint(networks[-1], w, num_classes, null) if batched else None
-    guided = Refinement(_CFGRefine(networks[-1], w, num_classes, null), None, joint)
-    extra = costs[-1] if guidance_cost is None else guidance_cost
-    return Levels(conditional + (guided,), costs + (extra,))
+    joint = _CFGJoint(nets[-1], w, num_classes, null) if batched else None
+    guided = Refinement(_CFGRefine(nets[-1], w, num_classes, null), None, joint)
+    extra = cost_list[-1] if guidance_cost is None else guidance_cost
+    return Levels(conditional + (guided,), cost_list + (extra,))
 
 
 def autoguidance_levels(
@@ -318,10 +322,10 @@ def autoguidance_levels(
     **Returns:** a `mlem_jax.Levels` with one level per network, the top one guided.
     """
     name = "autoguidance_levels"
-    networks, costs = _check_networks(name, networks, costs, 2)
+    nets, cost_list = _check_networks(name, networks, costs, 2)
     w = _check_scale(name, scale)
-    guided = Refinement(_AutoguidanceRefine(networks[-1], w))
-    return Levels(networks[:-1] + (guided,), costs)
+    guided = Refinement(_AutoguidanceRefine(nets[-1], w))
+    return Levels(nets[:-1] + (guided,), cost_list)
 
 
 def guidance_interval(
