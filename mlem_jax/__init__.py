@@ -34,7 +34,7 @@ from ._learn import (
     learn_schedule as learn_schedule,
     schedule_gradient as schedule_gradient,
 )
-from ._levels import Levels as Levels
+from ._levels import Levels as Levels, Refinement as Refinement
 from ._path import StepBrownianPath as StepBrownianPath
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,

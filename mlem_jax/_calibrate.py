@@ -27,7 +27,8 @@ import dataclasses
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -38,7 +39,7 @@ from jaxtyping import PRNGKeyArray
 
 from ._brownian import brownian_increments, coarsen_increments
 from ._cost import count_flops, fit_cost_exponent, time_in_scan
-from ._levels import Levels
+from ._levels import Levels, Refinement
 from ._misc import check_num_steps, concrete_or_none
 from ._schedules import AbstractSchedule, FixedProbabilities, Rates, Stitch
 from ._solve import em_solve, mlem_solve
@@ -1500,6 +1501,16 @@ def trajectory_statistics(fns, ts, ys, args, k: int, scales=None):
     return jax.lax.scan(measure, None, (ts, ys, scales))[1]
 
 
+class _RefineAt(eqx.Module):
+    """A refinement's own part as a level function, at a fixed coarse value."""
+
+    refine: Callable
+    coarse: Any
+
+    def __call__(self, t, y, args):
+        return self.refine(t, y, args, self.coarse)
+
+
 def assemble_calibration(
     name: str,
     levels: Levels,
@@ -1547,8 +1558,16 @@ def assemble_calibration(
     if costs_at is not None:
         t_mid, y, args = costs_at
         call = lambda f, t, y, a: f(t, y, a)
-        flops = tuple(count_flops(call, f, t_mid, y, args) for f in levels.fns)
-        seconds = tuple(time_in_scan(f, t_mid, y, args) for f in levels.fns)
+        # What the step pays for each level: a Refinement's own part, given the
+        # value of the level below (which is paid for as its own level).
+        own = tuple(
+            _RefineAt(f.refine, f.coarse(t_mid, y, args))
+            if isinstance(f, Refinement) and f.coarse is not None
+            else f
+            for f in levels.fns
+        )
+        flops = tuple(count_flops(call, f, t_mid, y, args) for f in own)
+        seconds = tuple(time_in_scan(f, t_mid, y, args) for f in own)
     gamma_costs = flops if flops is not None else levels.costs
     gamma, gamma_stderr = _fit_gamma(gamma_costs, drift_errors, top_is_reference)
     warnings = _warnings(levels, variances, gamma, gamma_stderr)

@@ -12,6 +12,79 @@ import jax
 import numpy as np
 
 DriftFn = Callable[[Any, Any, Any], Any]
+# (t, y, args, coarse) -> the refined value, shaped like y.
+RefineFn = Callable[[Any, Any, Any, Any], Any]
+
+
+class Refinement(eqx.Module):
+    """A level computed from the value of the level below it:
+    `f^l(t, y, args) = refine(t, y, args, f^{l−1}(t, y, args))`.
+
+    The ML-EM step evaluates the level below anyway (it is the coarse half of the
+    increment `f^l − f^{l−1}`), so a refinement level receives that value instead
+    of evaluating it a second time: guidance is the example. Classifier-free
+    guidance on a conditional network `f^{l−1} = x̂_c` is the refinement
+    `refine = x̂_c + (w − 1)(x̂_c − x̂_u(t, y))`, which evaluates only the
+    unconditional prediction (see `mlem_jax.diffusion.cfg_levels`).
+
+    Put it in `mlem_jax.Levels` after the level it refines, unbound:
+    `mj.Levels((f_c, mj.Refinement(g)), costs=(c_c, c_g))`. `Levels` binds it to the
+    level below (`coarse`), which makes it an ordinary level function `f(t, y, args)`
+    wherever a level is evaluated on its own (`levels.top`, `em_solve`, calibration);
+    the step of every multilevel integrator shares the value instead, and evaluates
+    the level below whenever the refinement runs, even where it is not in the
+    step's ladder (below the step's base level: then the pair counts as the base).
+    Its `cost` in `Levels.costs` is that of `refine` alone (the coarse level is paid
+    for as its own level, in `info.evaluations` too).
+
+    The bound `coarse` is a second reference to the level below in the `Levels`
+    PyTree: differentiate with respect to level parameters through `Levels.fns[l]`
+    of the unbound levels, or sum the two gradients.
+
+    **Arguments:**
+
+    - `refine`: `refine(t, y, args, coarse) -> value`, a PyTree like `y`.
+    - `coarse`: the level below; leave it `None`, `Levels` sets it.
+    - `joint`: optional `joint(t, y, args) -> (coarse value, refined value)`, the
+        level below and this one in one call, used at the steps where both run
+        (e.g. CFG's conditional and unconditional predictions as one batch of twice
+        the size, as standard CFG implementations evaluate them). It must agree
+        with `coarse` and `refine`.
+    """
+
+    refine: RefineFn
+    coarse: DriftFn | None = None
+    joint: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None
+
+    def __check_init__(self):
+        if not callable(self.refine):
+            raise TypeError(
+                f"Refinement: `refine` must be a callable refine(t, y, args, coarse); "
+                f"got {type(self.refine).__name__}."
+            )
+        if self.joint is not None and not callable(self.joint):
+            raise TypeError(
+                f"Refinement: `joint` must be a callable joint(t, y, args) or None; "
+                f"got {type(self.joint).__name__}."
+            )
+        if self.coarse is not None and not callable(self.coarse):
+            raise TypeError(
+                f"Refinement: `coarse` must be a level function f(t, y, args) or "
+                f"None; got {type(self.coarse).__name__}."
+            )
+
+    def __call__(self, t, y, args):
+        if self.coarse is None:
+            raise TypeError(
+                "Refinement: this refinement is not bound to a coarse level; put it in "
+                "mlem_jax.Levels after the level it refines."
+            )
+        return self.refine(t, y, args, self.coarse(t, y, args))
+
+
+def refinements(fns: Sequence) -> tuple[bool, ...]:
+    """Which of the level functions `fns` are `Refinement`s (static)."""
+    return tuple(isinstance(f, Refinement) for f in fns)
 
 
 class Levels(eqx.Module):
@@ -25,7 +98,8 @@ class Levels(eqx.Module):
     **Arguments:**
 
     - `fns`: the level functions, cheapest first. Each may be a plain function or an
-        `equinox.Module` (its arrays are then differentiable parameters).
+        `equinox.Module` (its arrays are then differentiable parameters), or (not
+        first) a `mlem_jax.Refinement` of the level below it.
     - `costs`: relative cost of one evaluation of each level (positive and finite;
         for example FLOPs of one batched evaluation). Increasing costs are typical
         but not required. Used for cost accounting (`SolveInfo.cost`) and
@@ -90,7 +164,17 @@ class Levels(eqx.Module):
                 raise ValueError(
                     f"Levels: `costs[{i}]` is {c}; expected a positive finite number."
                 )
-        self.fns = fns
+        bound = []
+        for i, fn in enumerate(fns):
+            if isinstance(fn, Refinement):
+                if i == 0:
+                    raise ValueError(
+                        "Levels: `fns[0]` is a Refinement, but a refinement needs a "
+                        "level below it to refine; put it after that level."
+                    )
+                fn = Refinement(fn.refine, bound[-1], fn.joint)
+            bound.append(fn)
+        self.fns = tuple(bound)
         self.costs = costs
 
     @property

@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
 from ._brownian import leaf_keys, split_key, step_increment, tree_increment
-from ._levels import Levels
+from ._levels import Levels, refinements
 from ._misc import check_key, check_num_steps, concrete_or_none, time_dtype
 from ._schedules import AbstractSchedule
 from ._step import check_drift_tree, level_value, mlem_drift, step_draws
@@ -489,6 +489,7 @@ def _integrate(
     steps = jnp.arange(num_steps)
     xs = (steps, brownian if (brownian is not None and not is_path) else None)
     tree_map = jax.tree.map
+    refines = refinements(fns)
 
     def step(carry, x):
         y, buf = carry
@@ -498,7 +499,9 @@ def _integrate(
             drift = level_value(fns[0], "`drift`", t, y, args)
             needed = jnp.ones((1,), bool)
         else:
-            needed, weights = step_draws(schedule, level_key, n, t, h, tdtype, always)
+            needed, weights = step_draws(
+                schedule, level_key, n, t, h, tdtype, always, refines=refines
+            )
             drift = mlem_drift(fns, needed, weights, t, y, args, always)
         y_next = tree_map(lambda yi, d: yi + h.astype(yi.dtype) * d, y, drift)
         if diffusion is not None:

@@ -21,6 +21,7 @@ from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Int, PRNGKeyArray
 
 from ._brownian import split_key
+from ._levels import refinements
 from ._misc import check_key, time_dtype
 from ._schedules import AbstractSchedule
 from ._step import mlem_drift, refuse_batching, step_draws
@@ -237,6 +238,7 @@ class MLEMSolver(diffrax.AbstractItoSolver):
             dtype,
             always,
             check_probabilities=lambda p: _unbatched_probabilities(jnp.isnan(p)),
+            refines=refinements(fns),
         )
         drift = mlem_drift(fns, needed, weights, t, y0, args, always)
         # The sum of every term's increment, in the terms' order, added to y0: as

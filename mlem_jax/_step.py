@@ -16,6 +16,7 @@ from jax.custom_batching import custom_vmap
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
 from ._brownian import step_uniforms
+from ._levels import Refinement
 
 BATCHED_DRAWS_MESSAGE = (
     "mlem_jax: the ML-EM level draws are batched under jax.vmap (the solve's `key`, "
@@ -75,15 +76,16 @@ def level_draws(
 
 def ladder_draws(
     fires: Bool[Array, " k"],
+    refines: Sequence[bool] | None = None,
 ) -> tuple[Bool[Array, " k"], Bool[Array, " k"], Float[Array, " k"]]:
     """`(fires, needed, weights)` of levels that fire where `fires` says, with weight
     1 and every level in the ladder (no base level: a level that does not fire is
     still the coarse half of the next one). The deterministic draws of
-    `mlem_jax.diffusion.Periodic`."""
-    return _draws_from_fires(fires, jnp.ones(fires.shape))
+    `mlem_jax.diffusion.Periodic`. `refines` as in `step_draws`."""
+    return _draws_from_fires(fires, jnp.ones(fires.shape), refines)
 
 
-def _draws_from_fires(fires, probs):
+def _draws_from_fires(fires, probs, refines=None):
     fires = _unbatched(fires)
     # Level l is the coarse half of level l + 1 unless l + 1 is the base level (no
     # level at or below l has p > 0): the levels below the base are never needed.
@@ -92,7 +94,24 @@ def _draws_from_fires(fires, probs):
     needed = fires | jnp.concatenate([coarse, jnp.zeros((1,), bool)])
     safe_p = jnp.where(fires, probs, 1)
     weights = jnp.where(fires, 1 / safe_p, 0)
+    if refines is not None and any(refines):
+        needed, weights = _with_refinements(needed, weights, in_ladder, refines)
     return fires, needed, weights
+
+
+def _with_refinements(needed, weights, in_ladder, refines):
+    """A `mlem_jax.Refinement` level takes the value of the level below it, so that
+    level is needed whenever the refinement is (top down: chains of refinements).
+    Where the level below is out of the step's ladder (the refinement is the base,
+    or below it), it is evaluated for the refinement's sake with the refinement's
+    weight: `w (f^{l−1} − 0) + w (f^l − f^{l−1}) = w f^l`, the base's own term."""
+    for l in reversed(range(1, len(refines))):  # noqa: E741
+        if refines[l]:
+            needed = needed.at[l - 1].set(needed[l - 1] | needed[l])
+            weights = weights.at[l - 1].set(
+                jnp.where(in_ladder[l - 1], weights[l - 1], weights[l])
+            )
+    return needed, weights
 
 
 def step_fires(
@@ -137,16 +156,20 @@ def step_draws(
     dtype,
     always: Sequence[bool] | None = None,
     check_probabilities: Callable[[Array], object] | None = None,
+    refines: Sequence[bool] | None = None,
 ) -> StepDraws:
     """`(needed, weights)` of step `n`, for `mlem_drift`: `step_fires` then
     `level_draws`, with the fast path shared by every integrator: when the static
     `always` says every level fires at every step, nothing is drawn (all needed,
-    weights 1: the values the draws give with every `p_l = 1`)."""
+    weights 1: the values the draws give with every `p_l = 1`). The static
+    `refines[l]` (`mlem_jax._levels.refinements(fns)`) says level `l` is a
+    `mlem_jax.Refinement`: the level below it is then needed whenever it is, so
+    `needed` counts what the step evaluates."""
     k = schedule.num_levels
     if always is not None and all(always):
         return StepDraws(jnp.ones((k,), bool), jnp.ones((k,), dtype))
     probs, fires = step_fires(schedule, level_key, n, t, h, dtype, check_probabilities)
-    _, needed, weights = _draws_from_fires(fires, probs)
+    _, needed, weights = _draws_from_fires(fires, probs, refines)
     return StepDraws(needed, weights)
 
 
@@ -192,6 +215,11 @@ def mlem_drift(
     of the same structure. The estimator is linear, so it is taken leaf by leaf with
     the same draws for the whole state.
 
+    A level that is a `mlem_jax.Refinement` is evaluated as `refine(t, y, args,
+    f^{l−1}(t, y, args))` with the value of the level below from this walk, never a
+    second evaluation of it: `needed` must then hold the level below wherever it
+    holds the refinement (`step_draws(..., refines=...)` makes it so).
+
     With `increments=True`, returns `(drift, terms)` with `terms[l]` the weighted
     increment `(B_l/p_l)(f^l − f^{l−1})(t, y)` of level `l` alone (zero where `B_l`
     is 0), e.g. to keep the last computed correction of each level.
@@ -203,9 +231,8 @@ def mlem_drift(
     # Differences are taken before weighting: (f^l − f^{l−1}) is small, so a large
     # 1/p_l multiplies it without the cancellation of Σ (w_l − w_{l+1}) f^l.
 
-    def update(l, fn, carry):
+    def add(l, value, carry):
         drift, previous, terms = carry
-        value = level_value(fn, f"level {l + 1}", t, y, args)
         term = jax.tree.map(
             lambda v, p: weights[l].astype(v.dtype) * (v - p), value, previous
         )
@@ -214,19 +241,60 @@ def mlem_drift(
             terms = terms[:l] + (term,) + terms[l + 1 :]
         return drift, value, terms
 
+    def update(l, fn, carry):
+        if isinstance(fn, Refinement):
+            # `previous` is f^{l−1}: the draws make level l − 1 needed with l.
+            value = _cast_like(
+                fn.refine(t, y, args, carry[1]), y, f"level {l + 1} (a Refinement)"
+            )
+        else:
+            value = level_value(fn, f"level {l + 1}", t, y, args)
+        return add(l, value, carry)
+
+    def update_pair(l, fine, carry):
+        # Levels l and l + 1 in one call of the refinement's `joint` (e.g. CFG's
+        # conditional and unconditional predictions as one batch).
+        coarse_value, value = fine.joint(t, y, args)
+        coarse_value = _cast_like(coarse_value, y, f"level {l + 2}'s joint (coarse)")
+        value = _cast_like(value, y, f"level {l + 2}'s joint")
+        return add(l + 1, value, add(l, coarse_value, carry))
+
+    def single(l, fn, carry):
+        if always is not None and always[l]:
+            return update(l, fn, carry)
+        return jax.lax.cond(needed[l], lambda c: update(l, fn, c), lambda c: c, carry)
+
     zeros = jax.tree.map(jnp.zeros_like, y)
     carry = (zeros, zeros, (zeros,) * len(fns) if increments else ())
-    for l, fn in enumerate(fns):  # noqa: E741
-        if always is not None and always[l]:
-            carry = update(l, fn, carry)
+    l = 0  # noqa: E741
+    while l < len(fns):
+        fn = fns[l]
+        fine = fns[l + 1] if l + 1 < len(fns) else None
+        if (
+            isinstance(fine, Refinement)
+            and fine.joint is not None
+            and not isinstance(fn, Refinement)
+        ):
+            # Where the refinement runs, level l runs too (`needed` says so).
+            if always is not None and always[l + 1]:
+                carry = update_pair(l, fine, carry)
+            else:
+                carry = jax.lax.cond(
+                    needed[l + 1],
+                    lambda c, l=l, fine=fine: update_pair(l, fine, c),
+                    lambda c, l=l, fn=fn: single(l, fn, c),
+                    carry,
+                )
+            l += 2  # noqa: E741
         else:
-            carry = jax.lax.cond(
-                needed[l],
-                lambda c, l=l, fn=fn: update(l, fn, c),
-                lambda c: c,
-                carry,
-            )
+            carry = single(l, fn, carry)
+            l += 1  # noqa: E741
     return (carry[0], carry[2]) if increments else carry[0]
+
+
+def _cast_like(value, y, what: str):
+    check_drift_tree(value, y, what)
+    return jax.tree.map(lambda v, yi: jnp.asarray(v).astype(yi.dtype), value, y)
 
 
 def level_value(fn, what: str, t, y: PyTree[Array], args) -> PyTree[Array]:

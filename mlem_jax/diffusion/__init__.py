@@ -24,6 +24,11 @@ x, info = mlem_jax.diffusion.mlem_sample(levels, schedule, param, SDEDPMSolverPP
 """
 
 from ._calibrate_sampler import calibrate_sampler as calibrate_sampler
+from ._guidance import (
+    autoguidance_levels as autoguidance_levels,
+    cfg_levels as cfg_levels,
+    guidance_interval as guidance_interval,
+)
 from ._levels import (
     drift_flops as drift_flops,
     ladder_drifts as ladder_drifts,

@@ -53,7 +53,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._brownian import split_key, step_increment
-from .._levels import Levels
+from .._levels import Levels, Refinement, refinements
 from .._misc import check_key, check_num_steps, concrete_or_none
 from .._schedules import AbstractSchedule, Stitch
 from .._solve import SolveInfo, check_increments
@@ -438,6 +438,60 @@ class _X0Prediction(eqx.Module):
         return x0.astype(y.dtype)
 
 
+class _X0Refine(eqx.Module):
+    """A refinement `refine(t, y, args, coarse)` of networks predicting `prediction`,
+    on data predictions: the coarse `x̂_0` is converted to `prediction` and the
+    refined value back (the conversion is affine in the prediction at fixed `(t,
+    y)`, so guidance combines the same in either)."""
+
+    refine: Callable
+    param: AbstractParametrisation
+    prediction: str = eqx.field(static=True)
+
+    def __call__(self, t, y, args, coarse):
+        if self.prediction != "x0":
+            coarse = self.param.convert(
+                coarse, t, y, source="x0", target=self.prediction
+            ).astype(y.dtype)
+        out = jnp.asarray(self.refine(t, y, args, coarse))
+        check_drift_output(out, y, "the refinement")
+        x0 = self.param.convert(
+            out.astype(y.dtype), t, y, source=self.prediction, target="x0"
+        )
+        return x0.astype(y.dtype)
+
+
+class _X0Joint(eqx.Module):
+    """A refinement's `joint(t, y, args) -> (coarse, refined)` on data predictions."""
+
+    joint: Callable
+    param: AbstractParametrisation
+    prediction: str = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        def x0(out):
+            out = jnp.asarray(out)
+            check_drift_output(out, y, "the refinement's joint")
+            return self.param.convert(
+                out.astype(y.dtype), t, y, source=self.prediction, target="x0"
+            ).astype(y.dtype)
+
+        coarse, refined = self.joint(t, y, args)
+        return x0(coarse), x0(refined)
+
+
+def as_x0_prediction(fn, param, prediction):
+    """The level `fn` (predicting `prediction`) as a data predictor; a
+    `mlem_jax.Refinement` stays one, on data predictions."""
+    if isinstance(fn, Refinement):
+        return Refinement(
+            _X0Refine(fn.refine, param, prediction),
+            as_x0_prediction(fn.coarse, param, prediction),
+            None if fn.joint is None else _X0Joint(fn.joint, param, prediction),
+        )
+    return _X0Prediction(fn, param, prediction)
+
+
 class _Constant(eqx.Module):
     """A data predictor returning `x0` (computed at the step's `(t, y)`)."""
 
@@ -783,7 +837,7 @@ def _prepare(
     for i, fn in enumerate(fns):
         out = eqx.filter_eval_shape(fn, ts[0], y0, args)
         check_drift_output(out, y0, "`model`" if name == "sample" else f"level {i + 1}")
-    x0_fns = tuple(_X0Prediction(fn, param, prediction) for fn in fns)
+    x0_fns = tuple(as_x0_prediction(fn, param, prediction) for fn in fns)
     if key is None:
         key = jax.random.key(0)  # unused: no draws and no noise
     return y0, ts, dts, x0_fns, key, brownian
@@ -811,6 +865,7 @@ def _integrate(
     xs = (jnp.arange(num_steps), ts[:-1], ts[1:], dts, brownian)
 
     periodic = isinstance(schedule, Periodic)
+    refines = refinements(x0_fns)
 
     def step(carry, x):
         y, state, stored = carry
@@ -826,7 +881,7 @@ def _integrate(
             # The same draws with probabilities 0 or 1: level l fires at the steps
             # n ≡ 0 (mod periods[l]), with weight 1.
             fires, needed, weights = ladder_draws(
-                n % jnp.asarray(schedule.periods) == 0
+                n % jnp.asarray(schedule.periods) == 0, refines
             )
             # Affine samplers evaluate the prediction once, at (t, y).
             _, terms = mlem_drift(
@@ -839,7 +894,7 @@ def _integrate(
             predict = _Constant(sum(stored[1:], stored[0]))
         else:
             needed, weights = step_draws(
-                schedule, level_key, n, t, dt, ts.dtype, always
+                schedule, level_key, n, t, dt, ts.dtype, always, refines=refines
             )
 
             def telescope(tt, yy):
