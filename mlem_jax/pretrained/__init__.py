@@ -49,6 +49,12 @@ import jax.random as jr
 
 PRETRAINED_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("digits", "digits_wide")
+MIXTURE = "mixture.npz"
+"""A ladder trained on a known distribution ships it next to its weights: the
+arrays of a `mlem_jax.diffusion.GaussianMixture`, its fit arguments and its
+negative-entropy estimate (`write_mixture`)."""
+MIXTURE_NAMES = ("digits_mixture",)
+"""Shipped ladders whose data distribution is known exactly (their `MIXTURE`)."""
 
 
 def pretrained_path(name: str = "digits") -> str:
@@ -238,3 +244,115 @@ def calibrate_shipped(
     print(cal)
     save_calibration(cal, os.path.join(path, CALIBRATION), ladder.flops_per_image)
     return cal
+
+
+def write_mixture(
+    path: str | os.PathLike,
+    mixture: Any,
+    *,
+    fit: dict[str, Any],
+    key: Any,
+    num: int = 1_000_000,
+) -> None:
+    """Write a `GaussianMixture` with its fit arguments and its negative entropy
+    `E log p`, estimated from `num` exact draws of `key`, as one `.npz` (atomically).
+
+    **Arguments:**
+
+    - `path`: the file (e.g. `<ladder>/mixture.npz`).
+    - `mixture`: the `mlem_jax.diffusion.GaussianMixture`.
+    - `fit`: JSON-able arguments that rebuild it (`mlem_jax.data.digits_mixture`'s).
+    - `key`, `num`: the entropy estimate's draws.
+    """
+    import io
+    import json
+
+    import numpy as np
+
+    from .._io import atomic_write
+
+    entropy, stderr = mixture.entropy(key, num)
+    arrays: dict[str, Any] = {
+        name: np.asarray(getattr(mixture, name))
+        for name in ("log_weights", "means", "basis", "variances", "floor")
+    }
+    info = {
+        "fit": fit,
+        "event_shape": list(mixture.event_shape),
+        "neg_entropy": -entropy,
+        "neg_entropy_stderr": stderr,
+        "entropy_samples": int(num),
+    }
+    buffer = io.BytesIO()
+    arrays["info"] = np.asarray(json.dumps(info))
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _read_mixture(path: str):
+    import json
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ..diffusion import GaussianMixture
+
+    try:
+        with np.load(path) as f:
+            info = json.loads(str(f["info"]))
+            arrays: dict[str, Any] = {
+                k: jnp.asarray(f[k])
+                for k in ("log_weights", "means", "basis", "variances", "floor")
+            }
+        mixture = GaussianMixture(**arrays, event_shape=tuple(info["event_shape"]))
+        return mixture, info
+    except Exception as e:  # numpy/zip/json raise assorted errors on bad files
+        raise ValueError(
+            f"{path!r} is not a mixture written by `write_mixture` "
+            f"({type(e).__name__}: {e}); restore it from a copy."
+        ) from None
+
+
+def mixture(name: str = "digits_mixture"):
+    """The exact data distribution of the shipped ladder `name` (one of
+    `MIXTURE_NAMES`): a `mlem_jax.diffusion.GaussianMixture` with exact sampling,
+    log-density and VP-SDE score (`MixtureEps` makes it an exact top level)."""
+    if name not in MIXTURE_NAMES:
+        raise ValueError(
+            f"`name`: no shipped ladder {name!r} with a known distribution; "
+            f"available: {', '.join(MIXTURE_NAMES)}."
+        )
+    return _read_mixture(os.path.join(PRETRAINED_DIR, name, MIXTURE))[0]
+
+
+def quality(name: str = "digits", **kwargs: Any):
+    """The sample-quality metric of a shipped ladder, the one its benchmarks use:
+    called on samples `(n, *shape)` it returns `(value, standard_error)` (lower is
+    better, about 0 for data), and `.difference(samples, other)` the paired
+    difference of two sample sets made from the same prior draws.
+
+    - `"digits"`, `"digits_wide"`: `mlem_jax.diffusion.digits_quality(**kwargs)`,
+      the KID in the features of a classifier trained on the digits (about ten
+      seconds to train it).
+    - `"digits_mixture"`: `mlem_jax.diffusion.MixtureQuality` of the exact mixture,
+      whose value is the log-density gap `E_p log p − mean log p(samples)` (nats),
+      with `mode_kl` and `report` besides; the negative entropy is the shipped
+      estimate (10⁶ exact draws). No keyword arguments.
+    """
+    if name in MIXTURE_NAMES:
+        if kwargs:
+            raise ValueError(
+                f"quality({name!r}) takes no keyword arguments, got {sorted(kwargs)}."
+            )
+        from ..diffusion import MixtureQuality
+
+        mix, info = _read_mixture(os.path.join(PRETRAINED_DIR, name, MIXTURE))
+        return MixtureQuality(mix, info["neg_entropy"], info["neg_entropy_stderr"])
+    if name in NAMES:
+        from ..diffusion import digits_quality
+
+        return digits_quality(**kwargs)
+    raise ValueError(
+        f"`name`: no shipped ladder {name!r}; available: "
+        f"{', '.join(NAMES + tuple(n for n in MIXTURE_NAMES if n not in NAMES))}."
+    )
