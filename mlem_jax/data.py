@@ -323,7 +323,9 @@ def digits_mixture(
     other eigenvalues as the isotropic floor `c_k` (at least `reg_covar`). With
     ~7 images per component the fitted covariances have rank below 8, so the default
     `rank` keeps them whole. Deterministic for given arguments and scikit-learn
-    version; cached in the process.
+    version; cached in the process. With the default arguments the shipped
+    `digits_mixture` ladder's mixture is read instead (`mlem_jax.pretrained.mixture()`,
+    the same arrays, checked when it was shipped).
 
     **Arguments:**
 
@@ -352,6 +354,15 @@ def digits_mixture(
 
 @functools.lru_cache(maxsize=4)
 def _fit_digits_mixture(n_components, rank, reg_covar, seed):
+    fit = {
+        "n_components": n_components,
+        "rank": rank,
+        "reg_covar": reg_covar,
+        "seed": seed,
+    }
+    shipped = _shipped_mixture(fit)
+    if shipped is not None:
+        return shipped
     try:
         from sklearn.mixture import GaussianMixture as SkMixture
     except ModuleNotFoundError as e:
@@ -378,6 +389,21 @@ def _fit_digits_mixture(n_components, rank, reg_covar, seed):
     return GaussianMixture.from_arrays(
         weights, means, evecs[:, :, :rank], variances, floor, (1, 8, 8)
     )
+
+
+def _shipped_mixture(fit: dict[str, Any]):
+    """The shipped ladder's mixture if it was fitted with these arguments (the same
+    arrays a fit gives with the scikit-learn version that shipped it, without the
+    ~15 s fit), else None."""
+    from . import pretrained
+
+    for name in pretrained.MIXTURE_NAMES:
+        path = os.path.join(pretrained.PRETRAINED_DIR, name, pretrained.MIXTURE)
+        if os.path.isfile(path):
+            mixture, info = pretrained.read_mixture(path)
+            if info.get("fit") == fit:
+                return mixture
+    return None
 
 
 def digits_mixture_samples(

@@ -19,7 +19,7 @@ from mlem_jax.pretrained import (
 from mlem_jax.training import sde_from_manifest
 
 # name -> (size limit in bytes, least FLOPs span from the cheapest to the top level)
-SHIPPED = {"digits": (4e6, 8), "digits_wide": (5e6, 100)}
+SHIPPED = {"digits": (4e6, 8), "digits_wide": (5e6, 100), "digits_mixture": (3e6, 100)}
 
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
@@ -162,7 +162,7 @@ def test_shipped_calibration_gives_the_clis_verdict(name):
     assert ladder_verdict(dataclasses.replace(cal, em_error=None), "flops", 64) is None
 
 
-def test_quality_of_every_shipped_ladder():
+def test_quality_of_every_shipped_ladder(tmp_path):
     import equinox as eqx
     import jax.random as jr
 
@@ -187,3 +187,7 @@ def test_quality_of_every_shipped_ladder():
         pretrained.quality("digits_mixture", steps=5)
     with pytest.raises(ValueError, match="no shipped ladder 'digits' with a known"):
         pretrained.mixture("digits")
+    bad = tmp_path / "mixture.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="mixture.npz' is not a mixture written by"):
+        pretrained.read_mixture(bad)

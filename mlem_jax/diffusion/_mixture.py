@@ -285,12 +285,18 @@ class GaussianMixture(eqx.Module):
         return float(-lp.mean()), float(lp.std(ddof=1) / math.sqrt(lp.size))
 
 
+@eqx.filter_jit
+def _draws_log_prob(mixture, key, n):
+    return mixture.log_prob(mixture.sample(key, n))
+
+
 def _log_prob_of_draws(mixture, key, n, batch) -> np.ndarray:
-    fn = eqx.filter_jit(lambda m, k, b: m.log_prob(m.sample(k, b)))
     out, done, i = [], 0, 0
     while done < n:
         b = min(batch, n - done)
-        out.append(np.asarray(fn(mixture, jr.fold_in(key, i), b), np.float64))
+        out.append(
+            np.asarray(_draws_log_prob(mixture, jr.fold_in(key, i), b), np.float64)
+        )
         done, i = done + b, i + 1
     return np.concatenate(out)
 
