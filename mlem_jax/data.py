@@ -12,6 +12,7 @@ Nothing needs the network. Every loader is deterministic given its arguments, an
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Any
@@ -32,6 +33,8 @@ __all__ = [
     "digits_labels",
     "patches",
     "folder",
+    "digits_mixture",
+    "digits_mixture_samples",
     "DATASETS",
     "IMAGE_EXTENSIONS",
 ]
@@ -303,11 +306,138 @@ def folder(
     return data[_split_indices(data.shape[0], split, test_fraction, seed=0)]
 
 
-DATASETS = {"digits": digits, "patches": patches, "folder": folder}
+_MIXTURE_DEFAULTS = {"n_components": 256, "rank": 8, "reg_covar": 1e-2, "seed": 0}
+
+
+def digits_mixture(
+    n_components: int = 256, rank: int = 8, reg_covar: float = 1e-2, seed: int = 0
+):
+    """A Gaussian mixture fitted to all 1797 8×8 digits, to serve as a TRUE data
+    distribution (`mlem_jax.diffusion.GaussianMixture`: exact samples, exact
+    log-density and exact score under the VP-SDE).
+
+    scikit-learn's `GaussianMixture` (full covariances, `reg_covar` added to each,
+    k-means initialisation with `random_state=seed`) is fitted to the flattened
+    images in `[−1, 1]`; each covariance is then replaced by its probabilistic-PCA
+    approximation of rank `rank`: the top `rank` eigenvectors, with the mean of the
+    other eigenvalues as the isotropic floor `c_k` (at least `reg_covar`). With
+    ~7 images per component the fitted covariances have rank below 8, so the default
+    `rank` keeps them whole. Deterministic for given arguments and scikit-learn
+    version; cached in the process. With the default arguments the shipped
+    `digits_mixture` ladder's mixture is read instead (`mlem_jax.pretrained.mixture()`,
+    the same arrays, checked when it was shipped).
+
+    **Arguments:**
+
+    - `n_components`: the number of components `K` (the difficulty dial).
+    - `rank`: the rank `r` of each covariance's low-rank part.
+    - `reg_covar`: the variance added to every covariance's diagonal (the floor).
+    - `seed`: scikit-learn's `random_state`.
+
+    **Returns:** a `GaussianMixture` of event shape `(1, 8, 8)`, float32.
+    """
+    for name, value in (("n_components", n_components), ("rank", rank)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    if rank > 64:
+        raise ValueError(f"`rank` must be at most the 64 pixels, got {rank}.")
+    if n_components > 1797:
+        raise ValueError(
+            f"`n_components` must be at most the 1797 digits, got {n_components}."
+        )
+    if not (isinstance(reg_covar, (int, float)) and 0 < reg_covar < np.inf):
+        raise ValueError(
+            f"`reg_covar` must be a positive finite number, got {reg_covar!r}."
+        )
+    return _fit_digits_mixture(int(n_components), int(rank), float(reg_covar), seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _fit_digits_mixture(n_components, rank, reg_covar, seed):
+    fit = {
+        "n_components": n_components,
+        "rank": rank,
+        "reg_covar": reg_covar,
+        "seed": seed,
+    }
+    shipped = _shipped_mixture(fit)
+    if shipped is not None:
+        return shipped
+    try:
+        from sklearn.mixture import GaussianMixture as SkMixture
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", "mlem_jax.data") from e
+    from .diffusion import GaussianMixture
+
+    x = digits().reshape(-1, 64).astype(np.float64)
+    fit = SkMixture(
+        n_components,
+        covariance_type="full",
+        reg_covar=reg_covar,
+        random_state=seed,
+        max_iter=200,
+    ).fit(x)
+    covariances: Any = fit.covariances_
+    weights: Any = fit.weights_
+    means: Any = fit.means_
+    evals, evecs = np.linalg.eigh(covariances)  # ascending
+    evals, evecs = evals[:, ::-1], evecs[:, :, ::-1]
+    floor = np.maximum(evals[:, rank:].mean(1), reg_covar) if rank < 64 else None
+    if floor is None:
+        floor = np.full(n_components, reg_covar)
+    variances = np.maximum(evals[:, :rank] - floor[:, None], 0.0)
+    return GaussianMixture.from_arrays(
+        weights, means, evecs[:, :, :rank], variances, floor, (1, 8, 8)
+    )
+
+
+def _shipped_mixture(fit: dict[str, Any]):
+    """The shipped ladder's mixture if it was fitted with these arguments (the same
+    arrays a fit gives with the scikit-learn version that shipped it, without the
+    ~15 s fit), else None."""
+    from . import pretrained
+
+    for name in pretrained.MIXTURE_NAMES:
+        path = os.path.join(pretrained.PRETRAINED_DIR, name, pretrained.MIXTURE)
+        if os.path.isfile(path):
+            mixture, info = pretrained.read_mixture(path)
+            if info.get("fit") == fit:
+                return mixture
+    return None
+
+
+def digits_mixture_samples(
+    num: int = 4096, split: str = "train", **mixture_kwargs: Any
+) -> Float[np.ndarray, " n 1 8 8"]:
+    """`num` exact draws from [`digits_mixture`][]`(**mixture_kwargs)`, as an image
+    array like `digits()` returns (values are not clipped to `[−1, 1]`).
+
+    The draws are a fixed function of `num`, `split` and the mixture: `"train"`,
+    `"test"` and `"all"` use three different keys, so held-out draws never repeat
+    training ones. For unlimited fresh training data pass the mixture itself to
+    `mlem_jax.training.train` / `train_ladder` instead.
+    """
+    import jax.random as jr
+
+    _check_split(split)
+    if not (isinstance(num, int) and not isinstance(num, bool) and num >= 1):
+        raise ValueError(f"`num` must be a positive int, got {num!r}.")
+    mixture = digits_mixture(**mixture_kwargs)
+    key = jr.fold_in(jr.key(20260), _SPLITS.index(split))
+    return np.asarray(mixture.sample(key, num), np.float32)
+
+
+DATASETS = {
+    "digits": digits,
+    "patches": patches,
+    "folder": folder,
+    "digits_mixture": digits_mixture_samples,
+}
 
 
 def load_dataset(name: str, **kwargs: Any) -> Float[np.ndarray, " n c h w"]:
-    """Load a dataset by name: `"digits"`, `"patches"` or `"folder"`.
+    """Load a dataset by name: `"digits"`, `"patches"`, `"folder"` or
+    `"digits_mixture"` (exact draws from [`digits_mixture`][]).
 
     **Arguments:**
 

@@ -206,7 +206,7 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
 def _train_step(
     state: _State,
     static: Any,
-    data: Array,
+    data: Any,
     key: PRNGKeyArray,
     optimizer: optax.GradientTransformation,
     sde: VPSDE,
@@ -220,7 +220,10 @@ def _train_step(
     # same architecture twice (a resume, a second run) compiles once: the UNet's
     # backward pass is by far the slowest thing to compile.
     k_batch, k_loss = jr.split(jr.fold_in(key, state.step))
-    x0 = data[jr.randint(k_batch, (batch_size,), 0, data.shape[0])]
+    if _is_source(data):  # fresh exact draws every step
+        x0 = data.sample(k_batch, batch_size)
+    else:
+        x0 = data[jr.randint(k_batch, (batch_size,), 0, data.shape[0])]
 
     def loss_fn(params):
         model = eqx.combine(params, static)
@@ -238,9 +241,25 @@ def _train_step(
     return _State(params, ema, opt_state, state.step + 1, losses)
 
 
+def _is_source(data) -> bool:
+    """Whether `data` is a data source (an `eqx.Module` with `sample(key, n)` and
+    `event_shape`, e.g. `mlem_jax.diffusion.GaussianMixture`) rather than images."""
+    return isinstance(data, eqx.Module) and callable(getattr(data, "sample", None))
+
+
+def _check_source(name: str, data) -> tuple[int, ...]:
+    shape = getattr(data, "event_shape", None)
+    if not (isinstance(shape, tuple) and len(shape) == 3):
+        raise ValueError(
+            f"`{name}`: a data source must have an `event_shape` (C, H, W); got "
+            f"{shape!r}."
+        )
+    return shape
+
+
 def train(
     model: eqx.Module,
-    data: Float[Array, " n *shape"],
+    data: Float[Array, " n *shape"] | Any,
     *,
     key: PRNGKeyArray,
     config: TrainConfig = TrainConfig(),
@@ -261,7 +280,9 @@ def train(
     **Arguments:**
 
     - `model`: the initial network `ε_θ(t, x)` (e.g. a `mlem_jax.nn.UNet`).
-    - `data`: training images `(N, *shape)`, e.g. from `mlem_jax.data`.
+    - `data`: training images `(N, *shape)`, e.g. from `mlem_jax.data`, drawn with
+      replacement; or a data source (an `eqx.Module` with `sample(key, n)`, e.g.
+      `mlem_jax.data.digits_mixture()`), which draws a fresh batch every step.
     - `key`: a JAX PRNG key for batches and noise.
     - `config`: a [`mlem_jax.training.TrainConfig`][].
     - `sde`: the forward SDE (default `VPSDE()`).
@@ -285,7 +306,8 @@ def train(
         raise missing_extra(e, "diffusion", "mlem_jax.training") from e
 
     sde = VPSDE() if sde is None else sde
-    data = jnp.asarray(data)
+    if not _is_source(data):
+        data = jnp.asarray(data)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = _optimizer(config)
     state = _initial_state(params, optimizer, config.steps)
@@ -381,7 +403,7 @@ def _build_unet(image_shape, width, unet_kwargs, key) -> UNet:
 
 def train_ladder(
     out_dir: str | os.PathLike,
-    data: Float[np.ndarray, " n c h w"],
+    data: Float[np.ndarray, " n c h w"] | Any,
     *,
     widths: Sequence[int] = (8, 12, 16, 24, 32),
     unet_kwargs: dict[str, Any] | None = None,
@@ -425,9 +447,13 @@ def train_ladder(
     """
     sde = VPSDE() if sde is None else sde
     out_dir = os.fspath(out_dir)
-    data = np.asarray(data, np.float32)
-    if data.ndim != 4:
-        raise ValueError(f"`data` must have shape (N, C, H, W), got {data.shape}.")
+    if _is_source(data):
+        image_shape = _check_source("data", data)
+    else:
+        data = np.asarray(data, np.float32)
+        if data.ndim != 4:
+            raise ValueError(f"`data` must have shape (N, C, H, W), got {data.shape}.")
+        image_shape = tuple(data.shape[1:])
     widths = tuple(int(w) for w in widths)
     if (
         not widths
@@ -438,7 +464,6 @@ def train_ladder(
             f"`widths` must be positive and strictly increasing, got {widths}."
         )
     unet_kwargs = dict(unet_kwargs or {})
-    image_shape = tuple(data.shape[1:])
     spec = _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset)
     # Everything that can be refused is refused before anything is written.
     _check_out_dir("out_dir", out_dir)
@@ -460,7 +485,8 @@ def train_ladder(
             "format_version": FORMAT_VERSION,
             "spec": spec,
             "versions": versions(),
-            "num_train_images": int(data.shape[0]),
+            # None: a data source, a fresh batch every step.
+            "num_train_images": None if _is_source(data) else int(data.shape[0]),
             "levels": [],
         }
         _write_json(manifest_path, manifest)
@@ -514,9 +540,11 @@ def _train_levels(
     progress,
 ):
     manifest_path = os.path.join(out_dir, MANIFEST)
-    image_shape = tuple(data.shape[1:])
+    image_shape = (
+        _check_source("data", data) if _is_source(data) else tuple(data.shape[1:])
+    )
     base = jr.key(seed)
-    data_j = jnp.asarray(data)
+    data_j = data if _is_source(data) else jnp.asarray(data)
     models = []
     for lvl, width in enumerate(widths):
         weights = f"level_{lvl}.eqx"
@@ -651,7 +679,7 @@ def _read_resumable(out_dir: str) -> dict[str, Any] | None:
 def distill_ladder(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
-    data: Float[np.ndarray, " n c h w"],
+    data: Float[np.ndarray, " n c h w"] | Any,
     *,
     config: TrainConfig = TrainConfig(),
     seed: int = 0,
@@ -691,14 +719,20 @@ def distill_ladder(
     models, manifest = load_ladder(source)
     if len(models) < 2:
         raise ValueError(f"`source` {source!r} has a single level: nothing to distil.")
-    data = np.asarray(data, np.float32)
-    if data.ndim != 4 or tuple(data.shape[1:]) != tuple(
-        manifest["spec"]["image_shape"]
-    ):
-        raise ValueError(
-            f"`data` must have shape (N, *{tuple(manifest['spec']['image_shape'])}), "
-            f"got {data.shape}."
-        )
+    expected = tuple(manifest["spec"]["image_shape"])
+    if _is_source(data):
+        shape = _check_source("data", data)
+        if shape != expected:
+            raise ValueError(
+                f"`data`: the source's event_shape {shape} is not the ladder's "
+                f"image shape {expected}."
+            )
+    else:
+        data = np.asarray(data, np.float32)
+        if data.ndim != 4 or tuple(data.shape[1:]) != expected:
+            raise ValueError(
+                f"`data` must have shape (N, *{expected}), got {data.shape}."
+            )
     sde = sde_from_manifest(manifest)
     record = {
         "source_levels": [lv.get("final_loss") for lv in manifest["levels"]],
@@ -735,7 +769,7 @@ def distill_ladder(
     top = out["levels"][-1]
     save_checkpoint(os.path.join(out_dir, top["file"]), teacher)
     held_out = None if eval_data is None else jnp.asarray(eval_data, jnp.float32)
-    data_j = jnp.asarray(data)
+    data_j = data if _is_source(data) else jnp.asarray(data)
     result = []
     for lvl, (model, entry) in enumerate(
         zip(models[:-1], out["levels"][:-1], strict=True)

@@ -19,7 +19,7 @@ from mlem_jax.pretrained import (
 from mlem_jax.training import sde_from_manifest
 
 # name -> (size limit in bytes, least FLOPs span from the cheapest to the top level)
-SHIPPED = {"digits": (4e6, 8), "digits_wide": (5e6, 100)}
+SHIPPED = {"digits": (4e6, 8), "digits_wide": (5e6, 100), "digits_mixture": (3e6, 100)}
 
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
@@ -160,3 +160,34 @@ def test_shipped_calibration_gives_the_clis_verdict(name):
     )
     assert "over Euler–Maruyama with the top level" in str(verdict)
     assert ladder_verdict(dataclasses.replace(cal, em_error=None), "flops", 64) is None
+
+
+def test_quality_of_every_shipped_ladder(tmp_path):
+    import equinox as eqx
+    import jax.random as jr
+
+    from mlem_jax import diffusion as md, pretrained
+
+    q = pretrained.quality("digits_mixture")
+    assert isinstance(q, md.MixtureQuality)
+    mixture = pretrained.mixture("digits_mixture")
+    assert mixture.num_components == 256 and mixture.event_shape == (1, 8, 8)
+    x = eqx.filter_jit(lambda m, k: m.sample(k, 512))(mixture, jr.key(7))
+    gap, se = q(x)
+    assert abs(gap) < 4 * se  # exact draws: 0 within the error
+    noisy = x + 0.1 * jr.normal(jr.key(8), x.shape)
+    d, d_se = q.difference(noisy, x)
+    assert d > 10 * d_se
+    # The digits ladders' classifier KID (a short training keeps this test quick).
+    for name in ("digits", "digits_wide"):
+        assert isinstance(pretrained.quality(name, steps=5), md.SampleQuality)
+    with pytest.raises(ValueError, match="`name`: no shipped ladder 'cifar'"):
+        pretrained.quality("cifar")
+    with pytest.raises(ValueError, match="takes no keyword arguments"):
+        pretrained.quality("digits_mixture", steps=5)
+    with pytest.raises(ValueError, match="no shipped ladder 'digits' with a known"):
+        pretrained.mixture("digits")
+    bad = tmp_path / "mixture.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="mixture.npz' is not a mixture written by"):
+        pretrained.read_mixture(bad)

@@ -61,7 +61,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _, out = distill_ladder(
             source,
             args.out,
-            mdata.load_dataset(dataset["name"], split="train", **kwargs),
+            mdata.digits_mixture(**kwargs)  # a fresh batch every step
+            if dataset["name"] == "digits_mixture"
+            else mdata.load_dataset(dataset["name"], split="train", **kwargs),
             config=config,
             seed=args.seed,
             eval_data=mdata.load_dataset(dataset["name"], split="test", **kwargs),

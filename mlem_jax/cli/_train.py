@@ -30,7 +30,17 @@ def add_parser(sub: Any) -> None:
     )
     d = p.add_argument_group("data")
     d.add_argument(
-        "--dataset", choices=("digits", "patches", "folder"), default="digits"
+        "--dataset",
+        choices=("digits", "patches", "folder", "digits_mixture"),
+        default="digits",
+        help="digits_mixture: a Gaussian mixture fitted to the digits, sampled "
+        "afresh for every batch (mlem_jax.data.digits_mixture)",
+    )
+    d.add_argument(
+        "--components",
+        type=positive_int,
+        default=256,
+        help="digits_mixture: number of mixture components",
     )
     d.add_argument("--data-dir", help="image folder, for --dataset folder")
     d.add_argument(
@@ -63,6 +73,8 @@ def _dataset_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser):
         if args.size is not None and args.size != 8:
             return {"size": args.size, "pad": args.pad}
         return {"pad": args.pad}
+    if args.dataset == "digits_mixture":
+        return {"n_components": args.components}
     if args.dataset == "patches":
         return {"size": args.size or 16, "num": args.num, "grey": args.grey}
     if args.data_dir is None:
@@ -85,7 +97,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         config = train_config(args)
         sde = VPSDE(beta_min=args.beta_min, beta_max=args.beta_max)
-        train_data = mdata.load_dataset(args.dataset, split="train", **kwargs)
+        train_data = (
+            mdata.digits_mixture(**kwargs)  # a fresh batch every step
+            if args.dataset == "digits_mixture"
+            else mdata.load_dataset(args.dataset, split="train", **kwargs)
+        )
         test_data = mdata.load_dataset(args.dataset, split="test", **kwargs)
         unet = {
             "channel_mults": list(args.channel_mults),

@@ -42,6 +42,13 @@ from ._metrics import (
     sliced_wasserstein as sliced_wasserstein,
     strong_error as strong_error,
 )
+from ._mixture import (
+    GaussianMixture as GaussianMixture,
+    MixtureEps as MixtureEps,
+    MixtureQuality as MixtureQuality,
+    MixtureScore as MixtureScore,
+    mixture_flops as mixture_flops,
+)
 from ._param import (
     EDM as EDM,
     VE as VE,

@@ -1,8 +1,8 @@
 """Pretrained UNet ladders shipped with mlem_jax, and a loader for ladder directories.
 
-Two ladders ship: `digits` (below) and `digits_wide`, five UNets of widths 4, 8, 16,
-24, 48 (123× from the cheapest to the top in FLOPs) on the same digits, trained and
-distilled with
+Three ladders ship: `digits` and `digits_mixture` (below), and `digits_wide`, five
+UNets of widths 4, 8, 16, 24, 48 (123× from the cheapest to the top in FLOPs) on the
+same digits, trained and distilled with
 
     mlem-jax train --dataset digits --widths 4,8,16,24,48 --channel-mults 1,2 \
         --steps 1500 --batch-size 128 --lr 2e-3 --warmup-steps 100 \
@@ -14,6 +14,20 @@ distilled with
 
 (about 50 minutes of this project's 2-core CPU for both commands, shared with other
 work; see README "Results").
+
+`digits_mixture` is a ladder on a KNOWN distribution: five UNets of widths 2, 4, 8,
+16, 32 (189× in FLOPs) trained on fresh exact draws of a 256-component Gaussian
+mixture fitted to the digits (`mlem_jax.data.digits_mixture()`; its arrays and
+entropy ship in `mixture.npz`: `mixture()`, `quality("digits_mixture")`), with
+
+    mlem-jax train --dataset digits_mixture --components 256 --widths 2,4,8,16,32 \
+        --channel-mults 1,2 --num-res-blocks 1 --steps 2000 --batch-size 128 \
+        --lr 2e-3 --warmup-steps 100 --ema-decay 0.995 --checkpoint-every 250 \
+        --seed 0 --out ladders/mixture
+    python -m mlem_jax.pretrained.pack ladders/mixture mlem_jax/pretrained/digits_mixture
+
+(not distilled). The exact score (`mlem_jax.diffusion.MixtureEps`) is its
+"infinitely large" level.
 
 The `digits` ladder (5 levels, UNet widths 8, 12, 16, 24, 32, on the 8×8 digits of
 `sklearn.datasets.load_digits`, VP-SDE) was trained with
@@ -48,7 +62,13 @@ import equinox as eqx
 import jax.random as jr
 
 PRETRAINED_DIR = os.path.dirname(os.path.abspath(__file__))
-NAMES = ("digits", "digits_wide")
+NAMES = ("digits", "digits_wide", "digits_mixture")
+MIXTURE = "mixture.npz"
+"""A ladder trained on a known distribution ships it next to its weights: the
+arrays of a `mlem_jax.diffusion.GaussianMixture`, its fit arguments and its
+negative-entropy estimate (`write_mixture`)."""
+MIXTURE_NAMES = ("digits_mixture",)
+"""Shipped ladders whose data distribution is known exactly (their `MIXTURE`)."""
 
 
 def pretrained_path(name: str = "digits") -> str:
@@ -238,3 +258,118 @@ def calibrate_shipped(
     print(cal)
     save_calibration(cal, os.path.join(path, CALIBRATION), ladder.flops_per_image)
     return cal
+
+
+def write_mixture(
+    path: str | os.PathLike,
+    mixture: Any,
+    *,
+    fit: dict[str, Any],
+    key: Any,
+    num: int = 1_000_000,
+) -> None:
+    """Write a `GaussianMixture` with its fit arguments and its negative entropy
+    `E log p`, estimated from `num` exact draws of `key`, as one `.npz` (atomically).
+
+    **Arguments:**
+
+    - `path`: the file (e.g. `<ladder>/mixture.npz`).
+    - `mixture`: the `mlem_jax.diffusion.GaussianMixture`.
+    - `fit`: JSON-able arguments that rebuild it (`mlem_jax.data.digits_mixture`'s).
+    - `key`, `num`: the entropy estimate's draws.
+    """
+    import io
+    import json
+
+    import numpy as np
+
+    from .._io import atomic_write
+
+    entropy, stderr = mixture.entropy(key, num)
+    arrays: dict[str, Any] = {
+        name: np.asarray(getattr(mixture, name))
+        for name in ("log_weights", "means", "basis", "variances", "floor")
+    }
+    info = {
+        "fit": fit,
+        "event_shape": list(mixture.event_shape),
+        "neg_entropy": -entropy,
+        "neg_entropy_stderr": stderr,
+        "entropy_samples": int(num),
+    }
+    buffer = io.BytesIO()
+    arrays["info"] = np.asarray(json.dumps(info))
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def read_mixture(path: str | os.PathLike):
+    """`(mixture, info)` from a file written by `write_mixture`: the
+    `GaussianMixture` and its record (`fit`, `neg_entropy`, `neg_entropy_stderr`,
+    `entropy_samples`). A damaged file raises a `ValueError` naming it."""
+    import json
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ..diffusion import GaussianMixture
+
+    try:
+        with np.load(path) as f:
+            info = json.loads(str(f["info"]))
+            arrays: dict[str, Any] = {
+                k: jnp.asarray(f[k])
+                for k in ("log_weights", "means", "basis", "variances", "floor")
+            }
+        mixture = GaussianMixture(**arrays, event_shape=tuple(info["event_shape"]))
+        return mixture, info
+    except Exception as e:  # numpy/zip/json raise assorted errors on bad files
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a mixture written by `write_mixture` "
+            f"({type(e).__name__}: {e}); restore it from a copy."
+        ) from None
+
+
+def mixture(name: str = "digits_mixture"):
+    """The exact data distribution of the shipped ladder `name` (one of
+    `MIXTURE_NAMES`): a `mlem_jax.diffusion.GaussianMixture` with exact sampling,
+    log-density and VP-SDE score (`MixtureEps` makes it an exact top level)."""
+    if name not in MIXTURE_NAMES:
+        raise ValueError(
+            f"`name`: no shipped ladder {name!r} with a known distribution; "
+            f"available: {', '.join(MIXTURE_NAMES)}."
+        )
+    return read_mixture(os.path.join(PRETRAINED_DIR, name, MIXTURE))[0]
+
+
+def quality(name: str = "digits", **kwargs: Any):
+    """The sample-quality metric of a shipped ladder, the one its benchmarks use:
+    called on samples `(n, *shape)` it returns `(value, standard_error)` (lower is
+    better, about 0 for data), and `.difference(samples, other)` the paired
+    difference of two sample sets made from the same prior draws.
+
+    - `"digits"`, `"digits_wide"`: `mlem_jax.diffusion.digits_quality(**kwargs)`,
+      the KID in the features of a classifier trained on the digits (about ten
+      seconds to train it).
+    - `"digits_mixture"`: `mlem_jax.diffusion.MixtureQuality` of the exact mixture,
+      whose value is the log-density gap `E_p log p − mean log p(samples)` (nats),
+      with `mode_kl` and `report` besides; the negative entropy is the shipped
+      estimate (10⁶ exact draws). No keyword arguments.
+    """
+    if name in MIXTURE_NAMES:
+        if kwargs:
+            raise ValueError(
+                f"quality({name!r}) takes no keyword arguments, got {sorted(kwargs)}."
+            )
+        from ..diffusion import MixtureQuality
+
+        mix, info = read_mixture(os.path.join(PRETRAINED_DIR, name, MIXTURE))
+        return MixtureQuality(mix, info["neg_entropy"], info["neg_entropy_stderr"])
+    if name in NAMES:
+        from ..diffusion import digits_quality
+
+        return digits_quality(**kwargs)
+    raise ValueError(
+        f"`name`: no shipped ladder {name!r}; available: "
+        f"{', '.join(NAMES + tuple(n for n in MIXTURE_NAMES if n not in NAMES))}."
+    )
