@@ -409,4 +409,10 @@ def save_image_grid(
     from ._io import atomic_write
 
     picture = Image.fromarray(image_grid(images, ncol, scale))
-    atomic_write(os.fspath(path), lambda f: picture.save(f, format="PNG"))
+    try:
+        atomic_write(os.fspath(path), lambda f: picture.save(f, format="PNG"))
+    except OSError as e:
+        raise type(e)(
+            e.errno,
+            f"save_image_grid: cannot write `path` {os.fspath(path)!r} ({e.strerror})",
+        ) from e

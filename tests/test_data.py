@@ -160,7 +160,7 @@ def test_image_grid_scales_to_about_512_pixels_and_writes_a_png(tmp_path):
     assert np.all(grid[top : top + 7, top : top + 7] == expected)
     assert mdata.image_grid(digits[:3], ncol=3, scale=1).shape == (10, 28)
     colour = mdata.image_grid(rng.uniform(-1, 1, (2, 3, 16, 16)), scale=2)
-    assert colour.shape == (35, 67, 3)
+    assert colour.shape == (34, 67, 3)
     path = tmp_path / "grid.png"
     mdata.save_image_grid(digits, path)
     with Image.open(path) as image:
@@ -180,3 +180,5 @@ def test_image_grid_bad_input():
         mdata.image_grid(x, scale=0)
     with pytest.raises(ValueError, match="`ncol` must be a positive int"):
         mdata.image_grid(x, ncol=1.5)
+    with pytest.raises(OSError, match="save_image_grid: cannot write `path` '/proc/"):
+        mdata.save_image_grid(x, "/proc/mlem-grid.png")

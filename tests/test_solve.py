@@ -767,5 +767,6 @@ def test_non_finite_and_list_states_are_named():
     with pytest.raises(TypeError, match="`y0` is a Python list of numbers.*asarray"):
         mj.em_solve(drift, None, [[1.0, 2.0]], **kw)
     # A tuple of arrays is still a PyTree state.
-    y1, _ = mj.em_solve(drift, None, (jnp.ones(2), jnp.ones(1)), **kw)
+    tree_drift = lambda t, y, a: jax.tree.map(jnp.negative, y)  # noqa: E731
+    y1, _ = mj.em_solve(tree_drift, None, (jnp.ones(2), jnp.ones(1)), **kw)
     assert y1[0].shape == (2,)
