@@ -944,6 +944,15 @@ class Calibration:
         `hybrid` schedules are priced so.
         """
         num_steps = self.num_steps if num_steps is None else num_steps
+        if (
+            isinstance(schedule, AbstractSchedule)
+            and schedule.num_levels != self.num_levels
+        ):
+            raise ValueError(
+                f"Calibration.predict: `schedule` has {schedule.num_levels} levels but this "
+                f"calibration has {self.num_levels}; expected one probability or rate "
+                "per level (use `restrict` for a sub-ladder)."
+            )
         ts, hs = self.steps(num_steps)
         probs = np.asarray(
             probabilities_on_grid(schedule, jnp.asarray(ts), jnp.asarray(hs))
@@ -1253,11 +1262,34 @@ class Calibration:
             for name in ("flops", "seconds"):
                 if fields.get(name) is not None:
                     fields[name] = tuple(fields[name])
+            _check_finite_fields(fields)
             return cls(**fields)
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(
                 f"not a valid calibration ({type(e).__name__}: {e})"
             ) from None
+
+
+def _check_finite_fields(fields: dict) -> None:
+    """Refuse a stored calibration with non-finite or negative measurements: a NaN
+    variance would otherwise price every schedule at NaN and `verdict` would read
+    it as a confident "worth it"."""
+    names = ("times", "variances", "sensitivity", "drift_errors", "pair_variances")
+    for name in (*names, "grid", "amplification", "costs"):
+        value = fields.get(name)
+        if value is None:
+            continue
+        array = np.asarray(value, np.float64)
+        if not np.all(np.isfinite(array)):
+            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            raise ValueError(
+                f"`{name}` holds {bad} non-finite value(s) (NaN or inf); a "
+                "calibration must be finite"
+            )
+        if name in names[1:] and np.any(array < 0):
+            raise ValueError(f"`{name}` holds negative values; they must be >= 0")
+    if any(c <= 0 for c in fields.get("costs", ())):
+        raise ValueError(f"`costs` must be positive; got {fields['costs']}")
 
 
 def calibrate(

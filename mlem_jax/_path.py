@@ -96,7 +96,7 @@ class StepBrownianPath(diffrax.AbstractBrownianPath):
     ):
         try:
             shape = tuple(int(d) for d in shape)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise TypeError(
                 "StepBrownianPath: `shape` must be a tuple of ints (e.g. y0.shape); "
                 f"got {shape!r}."

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import diffrax
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -323,6 +325,7 @@ def _solve(
         shard,
     )
     cost = jnp.asarray(costs, tdtype) @ evaluations.astype(tdtype)
+    warn_non_finite(name, ys)
     return ys, SolveInfo(evaluations=evaluations, cost=cost, ts=ts, num_steps=num_steps)
 
 
@@ -366,8 +369,61 @@ def _check_leaf_increments(name, brownian, num_steps, y0, expected, where):
     return brownian
 
 
+def _finite_count(tree) -> tuple[int, int] | None:
+    """`(non-finite entries, entries)` of a PyTree of concrete floating arrays, or
+    `None` if any leaf is traced (under `jit`, `vmap`, `grad`)."""
+    leaves = jax.tree.leaves(tree)
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return None
+    bad = total = 0
+    # A concrete value closed over by a traced function is still concrete; count
+    # on it now rather than adding the count to the trace.
+    with jax.ensure_compile_time_eval():
+        for x in leaves:
+            x = jnp.asarray(x)
+            if jnp.issubdtype(x.dtype, jnp.inexact):
+                bad += int(x.size - jnp.count_nonzero(jnp.isfinite(x)))
+            total += int(x.size)
+    return bad, total
+
+
+def check_finite_state(name: str, y0) -> None:
+    """Refuse a concrete `y0` holding NaN or inf: the solve would return non-finite
+    states without a word (skipped under `jit`, where `y0` is traced)."""
+    counts = _finite_count(y0)
+    if counts is not None and counts[0]:
+        raise ValueError(
+            f"{name}: `y0` holds {counts[0]} non-finite value(s) (NaN or inf) of "
+            f"{counts[1]}; every entry of the initial state must be finite."
+        )
+
+
+def warn_non_finite(name: str, ys) -> None:
+    """Warn (`RuntimeWarning`) when a solve started from a finite `y0` returned
+    non-finite values: a level, the diffusion or the steps diverged. Only outside
+    `jit` (inside, the result is traced; check `jnp.isfinite` yourself)."""
+    counts = _finite_count(ys)
+    if counts is not None and counts[0]:
+        warnings.warn(
+            f"{name}: the solve returned {counts[0]} non-finite value(s) (NaN or inf) "
+            f"of {counts[1]} from a finite `y0`: a drift or the diffusion returned "
+            "NaN/inf part of the way, or the solve diverged (too few steps, or a "
+            "probability so small that a correction weighted 1/p blew up).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _as_state(name: str, y0) -> PyTree[Array]:
     """`y0` as a floating array, or a PyTree of them, or a clear error."""
+    if isinstance(y0, list) and all(
+        isinstance(leaf, numbers.Number) for leaf in jax.tree.leaves(y0)
+    ):
+        raise TypeError(
+            f"{name}: `y0` is a Python list of numbers, which JAX reads as a PyTree "
+            "of scalar states (each drift would receive a list); pass an array, "
+            "`jnp.asarray(y0)`."
+        )
     single = jtu.treedef_is_leaf(jax.tree.structure(y0))
     what = "a floating array or a PyTree of floating arrays"
     leaves, structure = jax.tree.flatten(y0)
@@ -393,7 +449,9 @@ def _as_state(name: str, y0) -> PyTree[Array]:
                 + "."
             )
         arrays.append(leaf)
-    return jax.tree.unflatten(structure, arrays)
+    state = jax.tree.unflatten(structure, arrays)
+    check_finite_state(name, state)
+    return state
 
 
 def _path_increment(path, t0, t1):

@@ -211,8 +211,10 @@ class MLEMSolver(diffrax.AbstractItoSolver):
         return 0.5
 
     def init(self, terms, t0, t1, y0, args) -> MLEMState:
-        del t0, t1, args
-        fns, *_ = self._ladder(terms, y0)
+        fns, _, _, others = self._ladder(terms, y0)
+        for term in others:
+            if term is not None:
+                _check_noise_term(term, t0, t1, y0, args)
         return MLEMState(
             step=jnp.zeros((), jnp.int32),
             evaluations=jnp.zeros((len(fns),), jnp.int32),
@@ -321,3 +323,30 @@ MLEMSolver.__init__.__doc__ = """**Arguments:**
 - `schedule`: the level probabilities, one per level of the drift ladder.
 - `key`: a single PRNG key for the level draws (split as `mlem_jax.mlem_solve` does).
 """
+
+
+def _check_noise_term(term, t0, t1, y0, args) -> None:
+    """A clear error, once at `init`, for a noise term whose control (a Brownian
+    path, say a `StepBrownianPath` of another shape) does not fit `y0`: without it
+    the first step fails inside a broadcast."""
+    shapes = lambda tree: jtu.tree_map(lambda x: x.shape, tree)  # noqa: E731
+    try:
+        out = eqx.filter_eval_shape(
+            lambda: term.vf_prod(t0, y0, args, term.contr(t0, t1))
+        )
+    except (TypeError, ValueError) as e:
+        try:
+            control = shapes(eqx.filter_eval_shape(term.contr, t0, t1))
+        except (TypeError, ValueError):
+            control = "?"
+        raise ValueError(
+            f"MLEMSolver: the noise term's control (its Brownian path) has "
+            f"increments of shape {control}, which does not fit y0 of shape "
+            f"{shapes(y0)} ({e}); build the path with y0's shape, e.g. "
+            "mlem_jax.StepBrownianPath(y0.shape, key, ...)."
+        ) from None
+    if jtu.tree_structure(out) != jtu.tree_structure(y0) or shapes(out) != shapes(y0):
+        raise ValueError(
+            f"MLEMSolver: the noise term gives increments of shape {shapes(out)}; "
+            f"expected y0's shape {shapes(y0)}."
+        )

@@ -13,6 +13,7 @@ Nothing needs the network. Every loader is deterministic given its arguments, an
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from typing import Any
@@ -37,6 +38,8 @@ __all__ = [
     "digits_mixture_samples",
     "DATASETS",
     "IMAGE_EXTENSIONS",
+    "image_grid",
+    "save_image_grid",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -453,3 +456,93 @@ def load_dataset(name: str, **kwargs: Any) -> Float[np.ndarray, " n c h w"]:
             f"unknown dataset {name!r}; expected one of {', '.join(sorted(DATASETS))}."
         )
     return DATASETS[name](**kwargs)
+
+
+# --------------------------------------------------------------------- image grids
+
+GRID_PIXELS = 512
+"""The width in pixels `image_grid` aims at when `scale` is not given."""
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """(n, c, h, w) in [−1, 1] → (n, h, w, c) uint8."""
+    x = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5, 0, 255)
+    return np.round(x).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def image_grid(
+    images: Float[np.ndarray, " n c h w"],
+    ncol: int | None = None,
+    scale: int | None = None,
+) -> np.ndarray:
+    """Tile images in `[−1, 1]` into one uint8 picture, `(H, W)` for one channel or
+    `(H, W, 3)`, enlarged `scale`× (nearest neighbour) with a 1-pixel grey border.
+
+    **Arguments:**
+
+    - `images`: shape `(n, channels, height, width)`, channels 1 or 3, values in
+        `[−1, 1]` (clipped); NaN is refused.
+    - `ncol`: images per row (default `ceil(sqrt(n))`).
+    - `scale`: a positive int (default: the largest that keeps the grid at most
+        about `GRID_PIXELS` = 512 pixels wide, at least 1: 64 digits of 8×8 give
+        a 521×521 grid).
+    """
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 1:
+        raise ValueError(
+            "image_grid: `images` must have shape (n, channels, height, width) with "
+            f"n >= 1 and 1 or 3 channels; got {x.shape}."
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError("image_grid: `images` holds NaN or inf values.")
+    n, _, h, w = x.shape
+    for name, value in (("ncol", ncol), ("scale", scale)):
+        if value is not None and (
+            not isinstance(value, (int, np.integer))
+            or isinstance(value, bool)
+            or value < 1
+        ):
+            raise ValueError(
+                f"image_grid: `{name}` must be a positive int; got {value!r}."
+            )
+    ncol = int(ncol or math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(n / ncol))
+    if scale is None:
+        scale = max(1, GRID_PIXELS // (ncol * (w + 1)))
+    x = _to_uint8(x)
+    c = x.shape[-1]
+    x = np.repeat(np.repeat(x, scale, axis=1), scale, axis=2)
+    h, w = h * scale, w * scale
+    grid = np.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), 128, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        grid[
+            1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w
+        ] = x[i]
+    return grid[..., 0] if c == 1 else grid
+
+
+def save_image_grid(
+    images: Float[np.ndarray, " n c h w"],
+    path: str | os.PathLike,
+    ncol: int | None = None,
+    scale: int | None = None,
+) -> None:
+    """Write `image_grid(images, ncol, scale)` as a PNG file at `path`, atomically
+    (a failure leaves any previous file as it was).
+
+    ```python
+    x, info = mlem_jax.diffusion.sample(...)            # (64, 1, 8, 8)
+    mlem_jax.data.save_image_grid(x, "samples.png")     # 521×521 pixels
+    ```
+    """
+    from ._io import atomic_write
+
+    picture = Image.fromarray(image_grid(images, ncol, scale))
+    try:
+        atomic_write(os.fspath(path), lambda f: picture.save(f, format="PNG"))
+    except OSError as e:
+        raise type(e)(
+            e.errno,
+            f"save_image_grid: cannot write `path` {os.fspath(path)!r} ({e.strerror})",
+        ) from e

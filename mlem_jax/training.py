@@ -33,7 +33,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._env import versions
 from ._io import atomic_write as atomic_write, write_json as _write_json
 from ._misc import missing_extra
-from .diffusion import VPSDE, distillation_loss, drift_flops, dsm_loss, reverse_drift
+from .diffusion import (
+    VPSDE,
+    VPLinear,
+    distillation_loss,
+    drift_flops,
+    dsm_loss,
+    reverse_drift,
+)
 from .nn import UNet, count_params
 
 __all__ = [
@@ -44,6 +51,7 @@ __all__ = [
     "distill_ladder",
     "load_ladder",
     "read_manifest",
+    "param_from_manifest",
     "sde_from_manifest",
     "save_checkpoint",
     "load_checkpoint",
@@ -908,6 +916,11 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
             raise bad(f"has {where}.level = {entry.get('level')!r}; expected {i}")
         if not _positive_ints([entry.get("width")]):
             raise bad(f"has {where}.width = {entry.get('width')!r}; expected an int")
+        if i < len(spec["widths"]) and entry["width"] != spec["widths"][i]:
+            raise bad(
+                f"has {where}.width = {entry['width']!r} but spec.widths[{i}] = "
+                f"{spec['widths'][i]!r}; they must agree"
+            )
         if not (_number(entry.get("flops_per_image")) and entry["flops_per_image"] > 0):
             raise bad(
                 f"has {where}.flops_per_image = {entry.get('flops_per_image')!r}; "
@@ -949,6 +962,16 @@ def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, An
     path = os.fspath(path)
     manifest = read_manifest(path)
     spec = manifest["spec"]
+    listed, planned = len(manifest["levels"]), len(spec["widths"])
+    if listed != planned:
+        # Fewer levels than widths: an unfinished training run, or a manifest that
+        # lost an entry; either way the top network is not the ladder's top.
+        raise ValueError(
+            f"{os.path.join(path, MANIFEST)!r} lists {listed} level(s) but its "
+            f"spec.widths names {planned} ({spec['widths']}): the training did not "
+            "finish (rerun the same `mlem-jax train` command to resume it) or the "
+            "manifest lost an entry (restore it from a copy)."
+        )
     base = jr.key(spec["seed"])
     models = []
     for entry in manifest["levels"]:
@@ -1004,3 +1027,11 @@ def sde_from_manifest(manifest: dict[str, Any]) -> VPSDE:
     """The [`mlem_jax.diffusion.VPSDE`][] a ladder was trained with."""
     sde = manifest["spec"]["sde"]
     return VPSDE(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
+
+
+def param_from_manifest(manifest: dict[str, Any]):
+    """The [`mlem_jax.diffusion.VPLinear`][] parametrisation of the VP-SDE a ladder
+    was trained with: what `mlem_jax.diffusion.sample` and `mlem_sample` take with
+    its networks (which predict `ε`)."""
+    sde = manifest["spec"]["sde"]
+    return VPLinear(beta_min=sde["beta_min"], beta_max=sde["beta_max"])

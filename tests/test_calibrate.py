@@ -647,3 +647,29 @@ def test_hybrid_bad_input(calibration):
         calibration.hybrid(budget=100.0, min_probability=2.0)
     with pytest.raises(ValueError, match="no schedule is predicted to meet the budget"):
         calibration.hybrid(budget=1.0)
+
+
+def test_from_json_refuses_non_finite_measurements(calibration):
+    """A calibration with NaN variances once loaded, and its verdict said "worth
+    it"; it is refused at load, naming the field."""
+    import json
+
+    for name, damage in [
+        ("variances", lambda v: [[math.nan] * len(v[0])] + v[1:]),
+        ("sensitivity", lambda v: [math.inf] + v[1:]),
+        ("variances", lambda v: [[-1.0] * len(v[0])] + v[1:]),
+    ]:
+        fields = json.loads(calibration.to_json())
+        fields[name] = damage(fields[name])
+        with pytest.raises(ValueError, match=f"not a valid calibration.*`{name}`"):
+            mj.Calibration.from_json(json.dumps(fields))
+
+
+def test_predict_names_a_schedule_with_the_wrong_number_of_levels(calibration):
+    k = calibration.num_levels
+    for schedule in (
+        mj.FixedProbabilities(jnp.ones(k + 1)),
+        mj.Rates((jnp.inf,) * (k - 1)),
+    ):
+        with pytest.raises(ValueError, match=f"`schedule` has .* calibration has {k}"):
+            calibration.predict(schedule)

@@ -8,6 +8,7 @@ and damaged in as many ways as the fuzz test can think of.
 import json
 import os
 import random
+import re
 import shutil
 
 import numpy as np
@@ -322,3 +323,147 @@ def test_fuzz_damaged_ladders_give_a_clean_error(ladder_copy, tmp_path):
         with pytest.raises(ValueError, match=f"level {level}'s weights"):
             load_ladder(path)
         weights.write_bytes(data)
+
+
+def test_conflicting_flags_are_refused_before_any_work(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "s.png")]
+    cases = [
+        (["--budget", "8", "--probs", "1,1,1,1,1"], "--budget applies to calibrated"),
+        (["--budget", "8", "--method", "em"], "--budget only applies to --method ml"),
+        (["--level-ms", "1,2,3,4,5", "--method", "single"], "--level-ms only appl"),
+        (["--level-ms", "1", "--probs", "1"], "--level-ms applies to calibrated"),
+        (["--probs", "1,1,1,1,1", "--method", "em"], "--probs only applies to"),
+        (["--grid", "logsnr"], "--grid applies to the mlem_jax.diffusion samplers"),
+        (["--sampler", "heun"], "--sampler heun has no multilevel version"),
+        (["--sampler", "ddim", "--devices", "2"], "--devices above 1 applies to"),
+        (["--sampler", "dpm3"], "argument --sampler: invalid choice: 'dpm3'"),
+        (["--probs", "1,1"], "--probs needs 5 values"),
+        (["--level-ms", "1,2", "--cost", "flops"], "--level-ms only applies to --cost"),
+    ]
+    for argv, message in cases:
+        err = _refused(["sample", *argv, *out], capsys, tmp_path)
+        lines = err.strip().splitlines()
+        assert message in lines[-1], err
+        assert lines[-1].startswith("mlem-jax sample: error:")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_a_run_that_would_outgrow_memory_counts_the_activations(
+    tmp_path, capsys, monkeypatch
+):
+    """`--num 100000` passed the Brownian-buffer estimate and grew past 8 GB."""
+    from mlem_jax.cli import _common
+
+    monkeypatch.setattr(_common, "available_memory", lambda: 8 * 2.0**30)
+    argv = ["sample", "--method", "em", "--num", "100000", "--steps", "8"]
+    err = _refused([*argv, "--out", str(tmp_path / "s.png")], capsys, tmp_path)
+    assert re.search(r"--num 100000 needs about 1\d.\d* GiB .* lower --num", err), err
+
+
+def test_ctrl_c_during_sample_or_demo_is_one_line_and_writes_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    from mlem_jax.cli import _demo, _sample
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_sample, "load_ladder", interrupted)
+    monkeypatch.setattr(_demo, "load_ladder", interrupted)
+    png = tmp_path / "s.png"
+    assert main(["sample", "--out", str(png)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "sample interrupted; nothing was written" in err and str(png) in err
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / "results.json").write_text("earlier run")
+    assert main(["demo", "--out", str(folder), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "demo interrupted" in err
+    assert (folder / "results.json").read_text() == "earlier run"
+    assert _files(tmp_path) == ["demo/results.json"]
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_writes(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C that something on the way caught (the run then went on and
+    overwrote the outputs) is remembered: nothing is written."""
+    import signal
+
+    from mlem_jax.cli import _sample
+
+    def swallowing(run):
+        def wrapped(*args, **kwargs):
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                pass  # caught on the way; the run goes on
+            return run(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(_sample, "run_em", swallowing(_sample.run_em))
+    before = signal.getsignal(signal.SIGINT)
+    png = tmp_path / "s.png"
+    argv = ["sample", "--method", "em", "--steps", "2", "--num", "1", "--no-progress"]
+    assert main([*argv, "--out", str(png)]) == 130
+    assert "sample interrupted; nothing was written" in capsys.readouterr().err
+    assert _files(tmp_path) == []
+    # The handler is gone afterwards: Ctrl-C does what it did before.
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_every_option_has_help():
+    import argparse
+
+    from mlem_jax.cli._main import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{name} {action.option_strings[-1]}"
+        for name, command in sub.choices.items()
+        for action in command._actions
+        if action.option_strings and not action.help
+    ]
+    assert not missing
+
+
+def test_distill_takes_the_ladder_names_sample_takes(capsys):
+    from mlem_jax.pretrained import pretrained_path
+
+    for name, path in [
+        ("digits_wide", pretrained_path("digits_wide")),
+        ("shipped", pretrained_path("digits")),
+    ]:
+        # Resolved to the shipped ladder: refused only because --out is its source.
+        err = _refused(["distill", "--ladder", name, "--out", path], capsys)
+        assert "--out must differ from --ladder" in err
+    err = _refused(["sample", "--ladder", "shipped", "--out", "/proc/x.png"], capsys)
+    assert "error: --out: cannot write" in err.strip().splitlines()[-1]
+
+
+def test_a_manifest_that_lost_a_level_is_refused(ladder_copy, tmp_path, capsys):
+    def drop_last(p):
+        manifest = _manifest(p)
+        manifest["levels"] = manifest["levels"][:-1]
+        _write_manifest(p, manifest)
+
+    path = _damaged(ladder_copy, tmp_path, "lost", drop_last)
+    argv = ["sample", "--ladder", str(path), "--steps", "2", "--num", "1"]
+    err = _refused([*argv, "--out", str(tmp_path / "s.png")], capsys, tmp_path)
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    assert (
+        "--ladder: " in line and "lists 4 level(s) but its spec.widths names 5" in line
+    )
+    with pytest.raises(ValueError, match="lists 4 level"):
+        load_ladder(str(path))
+
+    def wrong_width(p):
+        manifest = _manifest(p)
+        manifest["levels"][1]["width"] = 99
+        _write_manifest(p, manifest)
+
+    path = _damaged(ladder_copy, tmp_path, "width", wrong_width)
+    with pytest.raises(ValueError, match=r"levels\[1\].width = 99 but spec.widths"):
+        training.read_manifest(str(path))

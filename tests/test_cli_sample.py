@@ -9,8 +9,9 @@ from helpers import png
 
 from mlem_jax.__main__ import main
 
-# 4 images of 8×8, tiled 2×2, enlarged 4× with 1-pixel borders: 2·(32 + 1) + 1.
-GRID_SIDE = 67
+# 4 images of 8×8, tiled 2×2 with 1-pixel borders, enlarged 28× (the largest
+# scale keeping the grid within 512 pixels: 512 // (2 · 9)): 2·(224 + 1) + 1.
+GRID_SIDE = 451
 
 
 @pytest.mark.parametrize("method", ["em", "mlem"])
@@ -99,3 +100,57 @@ def test_sample_noise_belongs_to_the_sample(tmp_path):
     np.testing.assert_array_equal(small["y0"], big["y0"][:3])
     np.testing.assert_allclose(small["samples"], big["samples"][:3], atol=1e-5)
     assert not np.allclose(big["samples"][3], big["samples"][4], atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "sampler, method",
+    [("sde-dpm++2m", "single"), ("ddim", "mlem"), ("heun", "single")],
+)
+def test_sample_runs_a_named_sampler_single_or_multilevel(
+    sampler, method, tmp_path, capsys
+):
+    """`--sampler NAME` runs `mlem_jax.diffusion.sample` with the top network
+    (`--method single`) or `mlem_sample` over the ladder (`--method mlem`, here
+    with fixed probabilities: all ones is the top network's sampler)."""
+    import jax
+
+    import mlem_jax.diffusion as md
+    from mlem_jax.pretrained import load_ladder
+
+    out = tmp_path / "s.png"
+    argv = ["sample", "--sampler", sampler, "--method", method, "--steps", "4"]
+    argv += ["--num", "2", "--grid", "logsnr", "--no-progress", "--out", str(out)]
+    if method == "mlem":
+        argv += ["--probs", "1,1,1,1,1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{sampler} {method}: 4 steps, 2 samples" in printed
+    arrays = np.load(tmp_path / "s.npz")
+    evals = arrays["evaluations"].tolist()
+    per_step = 2 if sampler == "heun" else 1
+    assert evals == ([4] * 5 if method == "mlem" else [0, 0, 0, 0, 4 * per_step])
+    assert str(arrays["sampler"]) == sampler and str(arrays["grid"]) == "logsnr"
+    # The same samples as the library's own call on the same prior draws (with
+    # every probability 1 the telescope is the top network: the same samples).
+    models, _ = load_ladder()
+    k_level = jax.random.split(jax.random.key(0), 4)[3]
+    kw = dict(t0=1.0, t1=1e-3, num_steps=4, grid="logsnr", key=k_level)
+    ref, _ = md.sample(
+        models[-1], md.VPLinear(), md.sampler(sampler), arrays["y0"], **kw
+    )
+    np.testing.assert_allclose(arrays["samples"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_calibrates_a_named_samplers_multilevel_version(tmp_path, capsys):
+    """Without --probs, `--method mlem` calibrates the ladder along the sampler's
+    own grid (`calibrate_sampler`) and prints the levels used, 1-based."""
+    out = tmp_path / "s.png"
+    argv = ["sample", "--sampler", "dpm++2m", "--steps", "8", "--num", "2"]
+    argv += ["--pilot-steps", "8", "--cost", "flops", "--budget", "4"]
+    assert main([*argv, "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "rates minimise FLOPs" in printed
+    used = printed.split("levels used: ")[1].split()[0].split(",")
+    assert "(1-based, cheapest = 1" in printed and used[-1] == "5"
+    evals = np.load(tmp_path / "s.npz")["evaluations"]
+    assert evals[int(used[0]) - 1] == 8 and 0 < evals[4] < 8

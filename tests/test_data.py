@@ -146,3 +146,39 @@ def test_unknown_dataset_name():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'; expected one of"):
         mdata.load_dataset("mnist")
     assert mdata.load_dataset("digits").shape == (1797, 1, 8, 8)
+
+
+def test_image_grid_scales_to_about_512_pixels_and_writes_a_png(tmp_path):
+    rng = np.random.default_rng(0)
+    digits = rng.uniform(-1, 1, (64, 1, 8, 8)).astype(np.float32)
+    grid = mdata.image_grid(digits)
+    # 8 per row, each 8 pixels enlarged 512 // (8 · 9) = 7 times, 1-pixel borders.
+    assert grid.shape == (8 * (56 + 1) + 1,) * 2 and grid.dtype == np.uint8
+    # Pixel (0, 0) of image 9 (row 1, column 1), nearest-neighbour enlarged.
+    top = 1 + 57
+    expected = np.round((digits[9, 0, 0, 0] + 1) * 127.5)
+    assert np.all(grid[top : top + 7, top : top + 7] == expected)
+    assert mdata.image_grid(digits[:3], ncol=3, scale=1).shape == (10, 28)
+    colour = mdata.image_grid(rng.uniform(-1, 1, (2, 3, 16, 16)), scale=2)
+    assert colour.shape == (34, 67, 3)
+    path = tmp_path / "grid.png"
+    mdata.save_image_grid(digits, path)
+    with Image.open(path) as image:
+        assert image.size == (457, 457)
+        assert np.array_equal(np.asarray(image), grid)
+
+
+def test_image_grid_bad_input():
+    x = np.zeros((4, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"`images` must have shape \(n, channels"):
+        mdata.image_grid(x[0])
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        mdata.image_grid(np.zeros((4, 2, 8, 8)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        mdata.image_grid(np.full((1, 1, 2, 2), np.nan))
+    with pytest.raises(ValueError, match="`scale` must be a positive int"):
+        mdata.image_grid(x, scale=0)
+    with pytest.raises(ValueError, match="`ncol` must be a positive int"):
+        mdata.image_grid(x, ncol=1.5)
+    with pytest.raises(OSError, match="save_image_grid: cannot write `path` '/proc/"):
+        mdata.save_image_grid(x, "/proc/mlem-grid.png")

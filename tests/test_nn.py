@@ -60,6 +60,10 @@ def test_unet_batched_equals_per_image():
         np.testing.assert_allclose(
             batched[i], _call(net, jnp.asarray(0.5), xs[i]), rtol=1e-5, atol=1e-6
         )
+    # The network takes a batch itself, and an ignored `args`: an f(t, y, args)
+    # as the samplers call it.
+    direct = eqx.filter_jit(lambda n, x: n(0.5, x, {"ignored": 1}))(net, xs)
+    np.testing.assert_allclose(direct, batched, rtol=1e-5, atol=1e-6)
 
 
 def test_unet_init_is_deterministic():
@@ -81,8 +85,8 @@ def test_unet_bad_input():
     with pytest.raises(ValueError, match="base_width"):
         mnn.UNet((1, 8, 8), 0, key=jr.key(0))
     net = mnn.UNet((1, 8, 8), 4, (1, 2), 1, key=jr.key(0))
-    with pytest.raises(ValueError, match="vmap over a batch axis"):
-        net(0.5, jnp.zeros((2, 1, 8, 8)))
+    with pytest.raises(ValueError, match=r"expected \(1, 8, 8\) or \(batch, 1, 8, 8\)"):
+        net(0.5, jnp.zeros((2, 1, 6, 6)))
 
 
 def test_ladder_params_and_flops_grow():

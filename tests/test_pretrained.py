@@ -137,9 +137,36 @@ def test_a_shipped_ladder_is_named_and_a_directory_of_that_name_wins(
         "digits_wide",
     )
     assert resolve_ladder(str(tmp_path)) == (str(tmp_path), None)
+    assert resolve_ladder("shipped") == (pretrained_path("digits"), "digits")
     monkeypatch.chdir(tmp_path)
+    # An unrelated folder of that name does not hide the shipped ladder...
     (tmp_path / "digits_wide").mkdir()
+    assert resolve_ladder("digits_wide") == (
+        pretrained_path("digits_wide"),
+        "digits_wide",
+    )
+    # ... a ladder directory of that name does.
+    (tmp_path / "digits_wide" / "manifest.json").write_text("{}")
     assert resolve_ladder("digits_wide") == ("digits_wide", None)
+
+
+def test_shipped_networks_plug_into_the_samplers():
+    """`load_ladder`'s networks are f(t, y, args) on a batch: `md.sample` takes
+    them as they are, with the parametrisation of the manifest, and gives what
+    the per-image network vmapped over the batch gives."""
+    import mlem_jax.diffusion as md
+    from mlem_jax.training import param_from_manifest
+
+    models, manifest = load_ladder("digits_wide")
+    param = param_from_manifest(manifest)
+    assert param == md.VPLinear(beta_min=0.1, beta_max=20.0)
+    y0 = jax.random.normal(jax.random.key(0), (2, 1, 8, 8))
+    kw = dict(t0=1.0, t1=1e-3, num_steps=2)
+    x, info = md.sample(models[0], param, md.DPMSolverPP2M(), y0, **kw)
+    per_image = lambda t, y, args: jax.vmap(models[0], in_axes=(None, 0))(t, y)  # noqa: E731
+    ref, _ = md.sample(per_image, param, md.DPMSolverPP2M(), y0, **kw)
+    np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-5)
+    assert x.shape == y0.shape and info.evaluations.tolist() == [2]
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

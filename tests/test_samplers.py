@@ -673,3 +673,47 @@ def test_each_sample_keeps_its_noise_in_any_batch(multilevel):
     same_start = np.asarray(run(jnp.broadcast_to(y0[:1], (2, 3)), key))
     assert np.min(np.abs(same_start[0] - same_start[1])) > 1e-3
     assert not np.allclose(run(y0[:13], jax.random.key(8)), y64[:13], atol=1e-3)
+
+
+def test_times_and_states_that_would_mislead_are_refused():
+    """Reversed times, times outside the parametrisation's range, an infinite
+    log-SNR at an end of the grid and non-finite `y0` are refused by name (each
+    ran, or returned NaN, without a word); a NaN part of the way warns."""
+    model = AsEps(GaussianX0(P, MEAN, VAR))
+    y0 = jnp.zeros((2, 3))
+    kw = dict(num_steps=4)
+    with pytest.raises(ValueError, match="reverse time.*`t0` must be above `t1`"):
+        md.sample(model, P, md.DDIM(), y0, t0=1e-3, t1=1.0, **kw)
+    with pytest.raises(ValueError, match=r"`t0` = 5 is outside VPLinear's time range"):
+        md.sample(model, P, md.DDIM(), y0, t0=5.0, t1=1e-3, **kw)
+    with pytest.raises(ValueError, match="`t1` = -0.1 is outside VE's"):
+        md.sample(model, md.VE(), md.DDIM(), y0, t0=1.0, t1=-0.1, **kw)
+    with pytest.raises(ValueError, match=r"`t0` = 1: VPCosine has no usable"):
+        md.sample(model, md.VPCosine(), md.DDIM(), y0, t0=1.0, t1=1e-3, **kw)
+    with pytest.raises(ValueError, match="log-SNR.*`t1` = 0; use t1 > 0"):
+        md.sample(model, P, md.DDIM(), y0, t0=1.0, t1=0.0, grid="logsnr", **kw)
+    bad = y0.at[1, 2].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"`y0` holds 1 non-finite value\(s\)"):
+        md.sample(model, P, md.DDIM(), bad, t0=1.0, t1=1e-3, **kw)
+    levels = mj.Levels((model, model), (1.0, 2.0))
+    with pytest.raises(ValueError, match="mlem_sample: samplers run in reverse"):
+        md.mlem_sample(
+            levels,
+            mj.FixedProbabilities(jnp.ones(2)),
+            P,
+            md.DDIM(),
+            y0,
+            t0=0.5,
+            t1=0.9,
+            key=jax.random.key(0),
+            **kw,
+        )
+    # A network that returns NaN below t = 0.5: a warning saying so, not silence.
+    nan_late = lambda t, y, args: jnp.where(t < 0.5, jnp.nan, 1.0) * y  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="sample: the solve returned 6 non-finite"):
+        md.sample(nan_late, P, md.DDIM(), y0 + 1.0, t0=1.0, t1=1e-3, **kw)
+    # A Python list of numbers is an array to a sampler (it needs one).
+    y, _ = md.sample(model, P, md.DDIM(), [[0.0, 0.0, 0.0]], t0=1.0, t1=1e-3, **kw)
+    assert y.shape == (1, 3)
+    assert md.VPLinear().time_range() == (0.0, 1.0)
+    assert md.EDM().time_range() == (0.0, np.inf)

@@ -736,3 +736,37 @@ def test_pytree_bad_input():
             diffusion=lambda t, y, a: 1.0,
             brownian={"a": jnp.ones((2, 2)), "b": jnp.ones((2, 2))},
         )
+
+
+def test_non_finite_and_list_states_are_named():
+    """NaN in `y0` is refused; a drift that returns NaN part of the way warns
+    (outside `jit`; inside, the result is traced and not checked); a Python list
+    of numbers, which JAX reads as a PyTree of scalars, is refused by name."""
+    key = jax.random.key(0)
+    kw = dict(t0=0.0, t1=1.0, num_steps=4, key=key)
+    drift = lambda t, y, a: -y  # noqa: E731
+    with pytest.raises(ValueError, match=r"em_solve: `y0` holds 2 non-finite"):
+        mj.em_solve(drift, None, jnp.array([jnp.nan, jnp.inf, 1.0]), **kw)
+    with pytest.raises(ValueError, match=r"mlem_solve: `y0` holds 1 non-finite"):
+        mj.mlem_solve(
+            mj.Levels((drift,), (1.0,)),
+            mj.FixedProbabilities((1.0,)),
+            None,
+            {"a": jnp.ones(2), "b": jnp.array([jnp.nan])},
+            **kw,
+        )
+    late_nan = lambda t, y, a: jnp.where(t > 0.5, jnp.nan, 1.0) * y  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="em_solve: the solve returned 2 non-fin"):
+        y1, _ = mj.em_solve(late_nan, None, jnp.ones(2), **kw)
+    assert not np.any(np.isfinite(y1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.jit(lambda y: mj.em_solve(late_nan, None, y, **kw)[0])(jnp.ones(2))
+    with pytest.raises(TypeError, match="`y0` is a Python list of numbers.*asarray"):
+        mj.em_solve(drift, None, [[1.0, 2.0]], **kw)
+    # A tuple of arrays is still a PyTree state.
+    tree_drift = lambda t, y, a: jax.tree.map(jnp.negative, y)  # noqa: E731
+    y1, _ = mj.em_solve(tree_drift, None, (jnp.ones(2), jnp.ones(1)), **kw)
+    assert y1[0].shape == (2,)

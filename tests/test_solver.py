@@ -649,3 +649,16 @@ def test_gradients_reverse_forward_and_finite_differences():
         np.testing.assert_allclose(forward, rev, rtol=1e-10, atol=1e-12)
         # Central differences: truncation O(eps²) plus rounding O(1e-16/eps).
         np.testing.assert_allclose(central, rev, rtol=1e-7, atol=1e-8)
+
+
+def test_brownian_path_of_another_shape_is_named_at_init():
+    """A `StepBrownianPath` built for another shape failed inside a broadcast."""
+    path = mj.StepBrownianPath((2, 2), KEY, t0=0.0, t1=1.0, num_steps=4)
+    noise = diffrax.ControlTerm(lambda t, y, a: lx.DiagonalLinearOperator(y), path)
+    terms = diffrax.MultiTerm(mj.MultilevelTerm(LEVELS), noise)
+    solver = mj.MLEMSolver(mj.FixedProbabilities(PROBS), key=KEY)
+    y0 = jnp.ones((2, 3))
+    with pytest.raises(
+        ValueError, match=r"Brownian path\) has increments of shape \(2, 2\).*\(2, 3\)"
+    ):
+        diffrax.diffeqsolve(terms, solver, 0.0, 1.0, 0.25, y0, args=1.0)

@@ -8,11 +8,14 @@ import argparse
 import math
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._misc import missing_extra
 from ..pretrained import Ladder, load_ladder_levels
 
 # --------------------------------------------------------------------------- types
@@ -161,6 +164,8 @@ def _unwritable(path: str) -> str | None:
 
 def check_output_file(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
     """Refuse, before any compute, an output file that could not be written."""
+    if not path:
+        parser.error(f"{flag}: give a file name (got an empty string)")
     if os.path.isdir(path):
         parser.error(f"{flag}: {path!r} is a directory; give a file name")
     reason = _unwritable(path)
@@ -173,6 +178,8 @@ def check_output_dir(
 ) -> None:
     """Refuse, before any compute, an output folder that could not be created or
     written, or in which one of `files` is a directory."""
+    if not path:
+        parser.error(f"{flag}: give a folder name (got an empty string)")
     if os.path.exists(path) and not os.path.isdir(path):
         parser.error(f"{flag}: {path!r} exists and is not a folder")
     reason = _unwritable(os.path.join(path, "x"))
@@ -222,6 +229,55 @@ def warn(message: str) -> None:
     print(f"mlem-jax: warning: {message}", file=sys.stderr)
 
 
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr over `total` stages (disabled: a no-op bar)."""
+    try:
+        from tqdm.auto import tqdm
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", f"{desc}'s progress bar") from e
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+_INTERRUPTED = threading.Event()
+
+
+def raise_if_interrupted() -> None:
+    """Raise `KeyboardInterrupt` if Ctrl-C came during an `interruptible` command
+    and something swallowed it: called just before writing outputs, so that an
+    interrupted run never writes (or overwrites) them."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
+def interruptible(command: str, work: Callable[[], int], outputs: str) -> int:
+    """Run `work()` (a sampling command) so that Ctrl-C ends it with one line and
+    status 130, writing nothing: outputs are written only at the end, after
+    `raise_if_interrupted`, and each atomically."""
+    _INTERRUPTED.clear()
+    previous = None
+
+    def handler(signum, frame):
+        del signum, frame
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, handler)
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print(
+            f"\nmlem-jax: {command} interrupted; nothing was written ({outputs} are "
+            "written only when it finishes)",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        _INTERRUPTED.clear()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def interrupted(args: argparse.Namespace) -> int:
     """Ctrl-C during training: one line saying what is kept and how to resume."""
     command = shlex.join(["mlem-jax", *args.argv])
@@ -248,21 +304,55 @@ def add_training_options(
     `--weight-decay` and `--grad-clip`, which `distill` leaves at their defaults),
     the seed and the progress bars. Read back by `train_config`."""
     group.add_argument("--out", required=True, help="ladder directory to write")
-    group.add_argument("--steps", type=positive_int, default=steps)
-    group.add_argument("--batch-size", type=positive_int, default=128)
-    group.add_argument("--lr", type=positive_float, default=lr)
-    group.add_argument("--warmup-steps", type=nonnegative_int, default=warmup_steps)
+    group.add_argument(
+        "--steps", type=positive_int, default=steps, help="optimiser steps per level"
+    )
+    group.add_argument(
+        "--batch-size", type=positive_int, default=128, help="images per step"
+    )
+    group.add_argument(
+        "--lr",
+        type=positive_float,
+        default=lr,
+        help="peak AdamW learning rate (linear warm-up, then cosine decay)",
+    )
+    group.add_argument(
+        "--warmup-steps",
+        type=nonnegative_int,
+        default=warmup_steps,
+        help="linear learning-rate warm-up steps",
+    )
     if regularisation:
-        group.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
+        group.add_argument(
+            "--weight-decay",
+            type=nonnegative_float,
+            default=1e-4,
+            help="decoupled weight decay (AdamW)",
+        )
         group.add_argument(
             "--grad-clip",
             type=positive_float,
             default=1.0,
             help="global-norm gradient clipping threshold (> 0)",
         )
-    group.add_argument("--ema-decay", type=unit_interval, default=ema_decay)
-    group.add_argument("--checkpoint-every", type=nonnegative_int, default=250)
-    group.add_argument("--seed", type=seed, default=0)
+    group.add_argument(
+        "--ema-decay",
+        type=unit_interval,
+        default=ema_decay,
+        help="decay of the weights' exponential moving average (the saved networks)",
+    )
+    group.add_argument(
+        "--checkpoint-every",
+        type=nonnegative_int,
+        default=250,
+        help="steps between checkpoints (0: only at the end)",
+    )
+    group.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        help="PRNG seed of initialisation, batches and noise",
+    )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -32,9 +32,11 @@ from ._common import (
     check_memory,
     check_output_dir,
     comma_list,
+    interruptible,
     load_ladder,
     positive_float,
     positive_int,
+    raise_if_interrupted,
     seed,
     unit_interval,
     warn,
@@ -70,11 +72,22 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--out", default="mlem-jax-demo", help="output folder")
     p.add_argument("--batch", type=positive_int, default=16, help="images per solve")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        help="PRNG seed of the prior draws, the Brownian paths and the level draws",
+    )
     p.add_argument(
         "--ref-steps", type=positive_int, default=128, help="reference solve steps"
     )
-    p.add_argument("--em-steps", type=comma_list(positive_int), default=(8, 16, 32, 64))
+    p.add_argument(
+        "--em-steps",
+        type=comma_list(positive_int),
+        default=(8, 16, 32, 64),
+        help="step counts of Euler–Maruyama and of the single-network sampler "
+        "(each must divide --ref-steps)",
+    )
     p.add_argument(
         "--mlem-steps",
         type=comma_list(positive_int),
@@ -92,14 +105,16 @@ def add_parser(sub: Any) -> None:
         type=positive_float,
         default=22.0,
         help="cost of the scale-1 ML-EM schedule, in top-level evaluations (of "
-        "seconds or FLOPs, as --cost says)",
+        "FLOPs or seconds, as --cost says)",
     )
     p.add_argument(
         "--cost",
         choices=COSTS,
-        default="seconds",
-        help="what ML-EM's calibrated rates minimise and its budgets count: seconds "
-        "measured here per level on this batch, or FLOPs",
+        default="flops",
+        help="what ML-EM's calibrated rates minimise and its budgets count: the "
+        "ladder's FLOPs (the default: the same rates, levels and table on every "
+        "run and machine), or seconds measured here per level on this batch at "
+        "start-up (rates, levels and errors then vary from run to run)",
     )
     p.add_argument(
         "--levels",
@@ -156,7 +171,7 @@ def run_demo(
     path: str | None = None,
     progress: bool = True,
     calibration=None,
-    cost: str = "seconds",
+    cost: str = "flops",
     levels: str = "auto",
 ) -> dict:
     """The demo's measurements: one dict per run (method, steps, evaluations, cost,
@@ -165,8 +180,8 @@ def run_demo(
     All runs share one Brownian path per image (coarsened from the reference's
     increments) and the same prior draws `y0`. `calibration`: the ladder's
     calibration if already made (`demo_calibration`, priced for `cost`), else it is
-    made here. `cost`: what ML-EM's rates minimise and its budgets count, `"seconds"`
-    or `"flops"`. `levels`: `"auto"` (each budget on the sub-ladder
+    made here. `cost`: what ML-EM's rates minimise and its budgets count, `"flops"`
+    (the default: deterministic) or `"seconds"` (measured at start-up). `levels`: `"auto"` (each budget on the sub-ladder
     `Calibration.choose_levels` picks) or `"all"`.
     """
     try:
@@ -321,7 +336,7 @@ def demo_calibration(
     seed: int,
     pilot_steps: int,
     path,
-    cost: str = "seconds",
+    cost: str = "flops",
 ):
     """The calibration `run_demo` uses for these arguments (same draws), priced for
     `cost` (`priced_calibration`), so that a caller can check budgets against it
@@ -345,6 +360,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     check_output_dir(
         parser, "--out", args.out, ("cost_error.png", "samples.png", "results.json")
     )
+    return interruptible(
+        "demo", lambda: _demo(args, parser), f"the files of {args.out}"
+    )
+
+
+def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     start = time.perf_counter()
     ladder = load_ladder(parser, args.ladder, args.batch)
     # The reference's increments, their coarsenings (together at most as large) and
@@ -400,6 +421,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cost=args.cost,
         levels=args.levels,
     )
+    raise_if_interrupted()
     os.makedirs(args.out, exist_ok=True)
     cost_path, samples_path = plot_demo(result, args.out)
     record = {k: v for k, v in result.items() if k != "samples"}

@@ -47,7 +47,8 @@ def matched_cost_lines(runs: Sequence[dict]) -> list[str]:
         if r["method"] != "mlem":
             continue
         parts = []
-        for unit, name in (("flops", "FLOPs"), ("seconds", "seconds")):
+        # Seconds are this run's timings: that comparison varies from run to run.
+        for unit, name in (("flops", "FLOPs"), ("seconds", "seconds (this run)")):
             errors = {
                 m: _interpolate_error(pts, r[unit], unit) for m, pts in singles.items()
             }
@@ -200,7 +201,8 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
     axes = fig.subplots(1, len(panels))
     for ax, label in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(
-            image_grid(result["samples"][label][:n], ncol=ncol),
+            # A blown-up solve's NaNs show as grey (imshow does the enlarging).
+            image_grid(np.nan_to_num(result["samples"][label][:n]), ncol, 1),
             cmap="gray",
             vmin=0,
             vmax=255,

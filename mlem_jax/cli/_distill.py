@@ -29,7 +29,10 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--ladder", default="shipped", help="source ladder directory, or 'shipped'"
+        "--ladder",
+        default="digits",
+        help="source ladder directory, or a shipped ladder's name: digits, "
+        "digits_wide (`shipped` is digits)",
     )
     add_training_options(p, steps=1500, lr=1e-3, warmup_steps=50, ema_decay=0.995)
     p.set_defaults(func=run, parser=p)
@@ -37,11 +40,11 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .. import data as mdata
-    from ..pretrained import pretrained_path
+    from ..pretrained import resolve_ladder
     from ..training import distill_ladder, load_ladder
 
-    source = pretrained_path() if args.ladder == "shipped" else args.ladder
-    check_ladder(parser, source)
+    check_ladder(parser, args.ladder)
+    source = resolve_ladder(args.ladder)[0]
     check_output_dir(parser, "--out", args.out)
     if os.path.abspath(args.out) == os.path.abspath(source):
         parser.error("--out must differ from --ladder (the source is read throughout)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from typing import Any
 
 import jax
@@ -14,7 +15,14 @@ import numpy as np
 from .._brownian import brownian_increments
 from .._io import atomic_write
 from .._schedules import FixedProbabilities
-from ..pretrained import T0, T1
+from ..diffusion import (
+    SAMPLERS,
+    VPLinear,
+    calibrate_sampler,
+    sampler as diffusion_sampler,
+)
+from ..diffusion._samplers import GRIDS
+from ..pretrained import T0, T1, Ladder
 from ._budget import (
     COSTS,
     describe_cost,
@@ -29,15 +37,18 @@ from ._common import (
     check_memory,
     check_output_file,
     comma_list,
+    interruptible,
     load_ladder,
     positive_float,
     positive_int,
     probability,
+    progress_bar,
+    raise_if_interrupted,
     seed,
     warn,
 )
 from ._images import image_grid, save_png
-from ._solves import run_em, run_mlem, run_sharded
+from ._solves import eps_networks, run_diffusion, run_em, run_mlem, run_sharded
 
 
 def add_parser(sub: Any) -> None:
@@ -57,10 +68,38 @@ def add_parser(sub: Any) -> None:
         help="ladder directory, or a shipped ladder's name: digits (the default), "
         "digits_wide",
     )
-    p.add_argument("--method", choices=("mlem", "em"), default="mlem")
+    p.add_argument(
+        "--sampler",
+        choices=("em", *SAMPLERS),
+        default="em",
+        help="em: Euler–Maruyama on the reverse VP-SDE; the others are the samplers "
+        "of mlem_jax.diffusion by name (mlem_jax.diffusion.SAMPLERS: ddim, "
+        "dpm++2m and the probability-flow ODE's euler and heun are deterministic, "
+        "sde-dpm++1 and sde-dpm++2m stochastic)",
+    )
+    p.add_argument(
+        "--method",
+        choices=("mlem", "single", "em"),
+        default="mlem",
+        help="mlem: the multilevel version of --sampler over the ladder (ML-EM for "
+        "--sampler em; every sampler but heun has one); single: --sampler with the "
+        "top network alone (`em` is its old name, kept)",
+    )
+    p.add_argument(
+        "--grid",
+        choices=GRIDS,
+        default="uniform",
+        help="time grid of a mlem_jax.diffusion sampler (--sampler em: uniform only)",
+    )
     p.add_argument("--steps", type=positive_int, default=128, help="solver steps")
     p.add_argument("--num", type=positive_int, default=64, help="number of samples")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        help="PRNG seed of the prior draws, the Brownian path, the calibration "
+        "pilots and the level draws (same seed, same samples)",
+    )
     p.add_argument(
         "--out", default="samples.png", help="PNG grid; the .npz goes next to it"
     )
@@ -102,6 +141,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--pilot-steps", type=positive_int, default=32, help="calibration pilot steps"
     )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
         "--devices",
         type=parse_devices,
@@ -112,6 +152,47 @@ def add_parser(sub: Any) -> None:
         "which lowers the ML-EM noise of the batch at the same cost",
     )
     p.set_defaults(func=run, parser=p)
+
+
+def activation_bytes(ladder: Ladder) -> float:
+    """A conservative estimate of the bytes of activations one image costs while
+    the widest network runs: 8 float32 feature maps of its widest layer at full
+    resolution (XLA's memory analysis of the shipped digits ladder's top network
+    measures about 3.5 of them, 55 kB per image)."""
+    from ..diffusion import EpsilonScore, ProbabilityFlowDrift, ReverseDrift
+    from ..nn import UNet
+
+    widest = 0.0
+    for fn in ladder.levels.fns:
+        if isinstance(fn, (ReverseDrift, ProbabilityFlowDrift)) and isinstance(
+            fn.score, EpsilonScore
+        ):
+            model = fn.score.model
+            if isinstance(model, UNet):
+                widest = max(widest, float(model.base_width * max(model.channel_mults)))
+    if widest == 0.0:  # not a UNet ladder: count the image itself
+        widest = float(ladder.shape[0])
+    return 8.0 * 4.0 * widest * math.prod(ladder.shape[1:])
+
+
+def sampler_calibration(ladder: Ladder, param, sampler, y0, key, pilot_steps, grid):
+    """`calibrate_sampler` on the ladder's ε-networks along `sampler`'s own grid
+    (FLOP costs; no amplification pilots, as `ladder_calibration` without a stored
+    calibration)."""
+    return calibrate_sampler(
+        eps_networks(ladder),
+        param,
+        sampler,
+        y0,
+        t0=T0,
+        t1=T1,
+        num_steps=pilot_steps,
+        key=key,
+        grid=grid,
+        num_bins=min(8, pilot_steps),
+        pilot_keys=0,
+        measure_costs=False,
+    )
 
 
 def parse_devices(text: str) -> int | str:
@@ -157,58 +238,108 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     check_output_file(parser, "--out (its .npz)", npz)
     if args.pilot_steps < 8:
         parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    if args.method == "em":
+        args.method = "single"
     if args.probs is not None and args.method != "mlem":
         parser.error("--probs only applies to --method mlem")
+    for flag, value in (("--budget", args.budget), ("--level-ms", args.level_ms)):
+        if value is None:
+            continue
+        if args.method != "mlem":
+            parser.error(f"{flag} only applies to --method mlem (calibrated rates)")
+        if args.probs is not None:
+            parser.error(
+                f"{flag} applies to calibrated rates, --probs fixes the probabilities "
+                "instead; give one of them"
+            )
+    if args.sampler == "em" and args.grid != "uniform":
+        parser.error(
+            "--grid applies to the mlem_jax.diffusion samplers; --sampler em steps "
+            "on the uniform grid"
+        )
+    if args.sampler != "em":
+        sampler = diffusion_sampler(args.sampler)
+        if args.method == "mlem" and not sampler.affine:
+            parser.error(
+                f"--sampler {args.sampler} has no multilevel version (its step is not "
+                "affine in the network's prediction, so the randomized telescope "
+                "would bias it); use --method single, or another --sampler"
+            )
+        if isinstance(args.devices, int) and args.devices > 1:
+            parser.error(
+                "--devices above 1 applies to --sampler em only (ML-EM split over "
+                "devices); use --devices 1 with a mlem_jax.diffusion sampler"
+            )
     if args.steps >= 2**31:
         parser.error(f"--steps must be below 2**31, got {args.steps}")
+    return interruptible(
+        "sample", lambda: _sample(args, parser), f"{args.out} and {npz}"
+    )
+
+
+def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    npz = os.path.splitext(args.out)[0] + ".npz"
     ladder = load_ladder(parser, args.ladder, args.num)
     k = ladder.levels.num_levels
     if args.probs is not None and len(args.probs) != k:
         parser.error(f"--probs needs {k} values (one per level), got {len(args.probs)}")
+    if args.level_ms is not None:
+        if args.cost != "seconds":
+            parser.error("--level-ms only applies to --cost seconds")
+        if len(args.level_ms) != k:
+            parser.error(
+                f"--level-ms needs {k} values (one per level), got {len(args.level_ms)}"
+            )
     size = args.num * math.prod(ladder.shape)
     # The Brownian increments of every step are drawn up front and kept (4 bytes
-    # each), plus XLA's copy of them as the scan's input.
+    # each), plus XLA's copy of them as the scan's input; and the networks'
+    # activations on the whole batch (`activation_bytes`).
     check_memory(
         parser,
         f"--steps {args.steps} with --num {args.num}",
-        2.0 * 4 * size * args.steps,
-        "lower --steps or --num.",
+        2.0 * 4 * size * args.steps + args.num * activation_bytes(ladder),
+        "lower --num (or --steps).",
     )
     key = jax.random.key(args.seed)
     k_y0, k_path, k_cal, k_level = jax.random.split(key, 4)
     shape = (args.num, *ladder.shape)
     y0 = ladder.sde.prior_sample(k_y0, shape)
+    param = VPLinear(beta_min=ladder.sde.beta_min, beta_max=ladder.sde.beta_max)
+    sampler = None if args.sampler == "em" else diffusion_sampler(args.sampler)
+    bar = progress_bar(3, "mlem-jax sample", not args.no_progress)
     schedule = None
     level_seconds = None
     used = None
     if args.method == "mlem":
+        bar.set_postfix_str("calibrate")
         if args.probs is not None:
             schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
         else:
-            cal = ladder_calibration(
-                ladder,
-                y0[: min(args.num, 32)],
-                k_cal,
-                pilot_steps=args.pilot_steps,
-                path=args.ladder,
-            )
+            pilots = y0[: min(args.num, 32)]
+            if sampler is None:
+                cal = ladder_calibration(
+                    ladder,
+                    pilots,
+                    k_cal,
+                    pilot_steps=args.pilot_steps,
+                    path=args.ladder,
+                )
+            else:
+                cal = sampler_calibration(
+                    ladder, param, sampler, pilots, k_cal, args.pilot_steps, args.grid
+                )
             if args.level_ms is not None:
-                if args.cost != "seconds":
-                    parser.error("--level-ms only applies to --cost seconds")
-                if len(args.level_ms) != k:
-                    parser.error(
-                        f"--level-ms needs {k} values (one per level), got "
-                        f"{len(args.level_ms)}"
-                    )
                 level_seconds = [ms / 1e3 for ms in args.level_ms]
             cal = priced_calibration(cal, ladder, y0, args.cost, level_seconds)
             if args.cost == "seconds":
                 level_seconds = list(cal.level_costs("seconds"))
+            bar.clear()
             print(describe_cost(cal, args.cost, args.num))
             budget = args.budget or args.steps / 4
             try:
                 budget, note = feasible_budget(cal, args.steps, budget, cost=args.cost)
             except ValueError as e:
+                bar.close()
                 parser.error(f"--budget: {str(e).replace('`budget` ', '', 1)}")
             if note:
                 given = "--budget" if args.budget else "--budget (default steps/4)"
@@ -216,26 +347,42 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             used, schedule = level_schedule(
                 cal, args.steps, budget, cost=args.cost, levels=args.levels
             )
-            print("levels used: " + ",".join(str(i + 1) for i in used))
+            print(
+                "levels used: "
+                + ",".join(str(i + 1) for i in used)
+                + " (1-based, cheapest = 1; Calibration.choose_levels returns "
+                "0-based indices)"
+            )
             verdict = ladder_verdict(cal, args.cost, args.steps)
             if verdict is not None:
                 print(f"verdict: {verdict}")
-    devices, note = sample_devices(parser, args.devices, args.num)
+    bar.update()
+    devices, note = (1, None)
+    if sampler is None:
+        devices, note = sample_devices(parser, args.devices, args.num)
     if note:
         warn(note)
     dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
     top = ladder.levels.costs[-1]
     per_device = None
-    if devices > 1:
+    bar.set_postfix_str("compile and solve")
+    if sampler is not None:
+        x, evaluations, secs = run_diffusion(
+            ladder,
+            param,
+            sampler,
+            schedule,
+            y0,
+            dw,
+            k_level,
+            args.steps,
+            args.grid,
+            used,
+        )
+    elif devices > 1:
         x, evaluations, per_device, secs = run_sharded(
             ladder, schedule, y0, dw, k_level, args.steps, used, devices
         )
-        if schedule is not None and evaluations[-1] == 0:
-            warn(
-                "the top level was never evaluated in this solve (0 evaluations): "
-                "the samples carry the cheaper levels' error and ML-EM's noise; "
-                "raise --steps or --budget."
-            )
     elif schedule is None:
         x, info, secs = run_em(ladder, y0, dw, k_level, args.steps)
         evaluations = np.zeros(k, np.int64)
@@ -244,22 +391,37 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         x, evaluations, secs = run_mlem(
             ladder, schedule, y0, dw, k_level, args.steps, used
         )
-        if evaluations[-1] == 0:
-            warn(
-                "the top level was never evaluated in this solve (0 evaluations): "
-                "the samples carry the cheaper levels' error and ML-EM's noise; "
-                "raise --steps or --budget."
-            )
+    bar.update()
+    bar.set_postfix_str("write")
+    if schedule is not None and evaluations[-1] == 0:
+        warn(
+            "the top level was never evaluated in this solve (0 evaluations): "
+            "the samples carry the cheaper levels' error and ML-EM's noise; "
+            "raise --steps or --budget."
+        )
     flops = float(np.dot(evaluations, ladder.levels.costs))
     x = np.asarray(x)
-    peak = float(np.max(np.abs(x))) if np.all(np.isfinite(x)) else math.inf
+    if not np.all(np.isfinite(x)):
+        bar.close()
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        print(
+            f"mlem-jax: error: the solve returned {bad} non-finite value(s) (NaN or "
+            f"inf) of {x.size}; nothing written. Raise --steps (or --budget, or drop "
+            "--probs below the floor), or try another --sampler.",
+            file=sys.stderr,
+        )
+        return 1
+    peak = float(np.max(np.abs(x)))
     if peak > 2.0:
         warn(
             f"the samples leave the data range [-1, 1] by far (max |x| = {peak:.3g}): "
             "too few --steps (or too small a --budget) for this ladder; they are "
             "likely noise."
         )
-    save_png(image_grid(x), args.out)
+    method = args.method if sampler is None else f"{args.sampler} {args.method}"
+    if sampler is None and args.method == "single":
+        method = "em"
+    raise_if_interrupted()
     atomic_write(
         npz,
         lambda f: np.savez(
@@ -269,7 +431,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             evaluations=evaluations,
             flops=flops,
             seconds=secs,
-            method=args.method,
+            method=method,
+            sampler=args.sampler,
+            grid=args.grid,
             steps=args.steps,
             seed=args.seed,
             cost=args.cost,
@@ -280,7 +444,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             ),
         ),
     )
-    print(f"{args.method}: {args.steps} steps, {args.num} samples, seed {args.seed}")
+    save_png(image_grid(x), args.out)
+    bar.update()
+    bar.close()
+    print(f"{method}: {args.steps} steps, {args.num} samples, seed {args.seed}")
     if per_device is None:
         print(f"devices: 1 of {jax.local_device_count()} local")
         print("evaluations per level: " + " ".join(str(int(e)) for e in evaluations))

@@ -95,6 +95,59 @@ def _sampler(levels: Levels, sde, y0, dw, num_steps: int):
     )
 
 
+def eps_networks(ladder: Ladder, levels: Sequence[int] | None = None) -> Levels:
+    """The ladder's ε-networks (each an `f(t, y, args)` on a batch) as `Levels` with
+    the ladder's FLOP costs, for the samplers of `mlem_jax.diffusion`; `levels`:
+    0-based indices of a sub-ladder (default every level)."""
+    idx = range(ladder.levels.num_levels) if levels is None else levels
+    fns: Any = ladder.levels.fns
+    return Levels(
+        tuple(fns[i].score.model for i in idx),
+        tuple(ladder.levels.costs[i] for i in idx),
+    )
+
+
+@eqx.filter_jit
+def _diffusion(networks: Levels, param, sampler, schedule, y0, dw, key, steps, grid):
+    """`sample` with the top network (`schedule` None) or `mlem_sample` over
+    `networks`; `dw`: Brownian increments on the uniform grid, or None (the noise
+    then comes from `key`)."""
+    from ..diffusion import mlem_sample, sample
+
+    kw: dict[str, Any] = dict(t0=T0, t1=T1, num_steps=steps, grid=grid, brownian=dw)
+    if schedule is None:
+        return sample(
+            networks.top, param, sampler, y0, key=key, cost=networks.costs[-1], **kw
+        )
+    return mlem_sample(networks, schedule, param, sampler, y0, key=key, **kw)
+
+
+def run_diffusion(
+    ladder: Ladder, param, sampler, schedule, y0, dw, key, steps: int, grid, levels
+):
+    """A `mlem_jax.diffusion` sampler on the ladder: the top network alone
+    (`schedule` None) or its multilevel version over `levels` (0-based; None:
+    every level). Returns `(y1, evaluations of every level of the ladder,
+    seconds)`."""
+    k = ladder.levels.num_levels
+    idx = [k - 1] if schedule is None else list(range(k) if levels is None else levels)
+    (y1, info), secs = _timed(
+        _diffusion,
+        eps_networks(ladder, idx),
+        param,
+        sampler,
+        schedule,
+        y0,
+        dw if sampler.stochastic and grid == "uniform" else None,
+        key,
+        steps,
+        grid,
+    )
+    evaluations = np.zeros(k, np.int64)
+    evaluations[idx] = np.asarray(info.evaluations)
+    return y1, evaluations, secs
+
+
 def _timed(solve: Callable[..., Any], *args) -> tuple[Any, float]:
     """`(solve(*args), wall-clock seconds of one run after compilation)`."""
     return timed_run(lambda: solve(*args))

@@ -33,8 +33,10 @@ def add_parser(sub: Any) -> None:
         "--dataset",
         choices=("digits", "patches", "folder", "digits_mixture"),
         default="digits",
-        help="digits_mixture: a Gaussian mixture fitted to the digits, sampled "
-        "afresh for every batch (mlem_jax.data.digits_mixture)",
+        help="training images: scikit-learn's 8x8 digits, crops of its sample "
+        "photographs, the images of --data-dir, or digits_mixture: a Gaussian "
+        "mixture fitted to the digits, sampled afresh for every batch "
+        "(mlem_jax.data.digits_mixture)",
     )
     d.add_argument(
         "--components",
@@ -54,12 +56,43 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--limit", type=positive_int, help="folder: max images read")
 
     m = p.add_argument_group("model")
-    m.add_argument("--widths", type=int_list, default=(8, 12, 16, 24, 32))
-    m.add_argument("--channel-mults", type=int_list, default=(1, 2))
-    m.add_argument("--num-res-blocks", type=positive_int, default=1)
-    m.add_argument("--attn-resolutions", type=int_list, default=None)
-    m.add_argument("--beta-min", type=positive_float, default=0.1)
-    m.add_argument("--beta-max", type=positive_float, default=20.0)
+    m.add_argument(
+        "--widths",
+        type=int_list,
+        default=(8, 12, 16, 24, 32),
+        help="UNet base widths of the ladder's levels, cheapest first (one network "
+        "per width)",
+    )
+    m.add_argument(
+        "--channel-mults",
+        type=int_list,
+        default=(1, 2),
+        help="channel multiplier per resolution of every UNet",
+    )
+    m.add_argument(
+        "--num-res-blocks",
+        type=positive_int,
+        default=1,
+        help="residual blocks per resolution",
+    )
+    m.add_argument(
+        "--attn-resolutions",
+        type=int_list,
+        default=None,
+        help="spatial sizes with self-attention, e.g. 8 (default: none)",
+    )
+    m.add_argument(
+        "--beta-min",
+        type=positive_float,
+        default=0.1,
+        help="VP-SDE noise rate beta(t) at t = 0",
+    )
+    m.add_argument(
+        "--beta-max",
+        type=positive_float,
+        default=20.0,
+        help="VP-SDE noise rate beta(t) at t = 1",
+    )
 
     t = p.add_argument_group("training")
     add_training_options(

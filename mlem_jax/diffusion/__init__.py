@@ -21,6 +21,8 @@ x, info = mlem_jax.diffusion.sample(eps_net, param, DPMSolverPP2M(), y0,
 x, info = mlem_jax.diffusion.mlem_sample(levels, schedule, param, SDEDPMSolverPP1(),
                                          y0, t0=1.0, t1=1e-3, num_steps=50, key=key)
 ```
+
+Samplers by name: `mlem_jax.diffusion.sampler("dpm++2m")`, every name in `SAMPLERS`.
 """
 
 from ._calibrate_sampler import calibrate_sampler as calibrate_sampler
@@ -62,6 +64,10 @@ from ._quality import (
     SampleQuality as SampleQuality,
     digits_quality as digits_quality,
     train_feature_net as train_feature_net,
+)
+from ._registry import (
+    SAMPLERS as SAMPLERS,
+    sampler as sampler,
 )
 from ._samplers import (
     DDIM as DDIM,

@@ -50,6 +50,12 @@ class AbstractParametrisation(eqx.Module):
     def t_of_log_snr(self, lam: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """The inverse of `log_snr`: the time `t` with `λ_t = lam`."""
 
+    @abc.abstractmethod
+    def time_range(self) -> tuple[float, float]:
+        """`(t_min, t_max)`: the times this parametrisation is defined on (the
+        samplers refuse `t0`, `t1` outside it; `VPCosine` also excludes `t = 1`,
+        where `α_t = 0`)."""
+
     def alpha(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """`α_t`, the mean coefficient: `E[X_t | x_0] = α_t x_0`."""
         return jnp.exp(self.log_alpha(t))
@@ -136,6 +142,9 @@ class VPLinear(AbstractParametrisation):
                 f"{self.beta_max!r}."
             )
 
+    def time_range(self):
+        return (0.0, 1.0)
+
     def beta(self, t):
         """`β(t)`."""
         return self.beta_min + jnp.asarray(t) * (self.beta_max - self.beta_min)
@@ -175,6 +184,9 @@ class VPCosine(AbstractParametrisation):
     def __check_init__(self):
         _check_positive("VPCosine", s=self.s)
 
+    def time_range(self):
+        return (0.0, 1.0)
+
     def _log_cos0(self):
         return math.log(math.cos(math.pi / 2 * self.s / (1 + self.s)))
 
@@ -206,6 +218,9 @@ class VE(AbstractParametrisation):
 
     def __check_init__(self):
         _check_sigma_range("VE", self.sigma_min, self.sigma_max)
+
+    def time_range(self):
+        return (0.0, 1.0)
 
     def log_alpha(self, t):
         return jnp.zeros_like(jnp.asarray(t, float))
@@ -243,6 +258,9 @@ class EDM(AbstractParametrisation):
         _check_sigma_range(
             "EDM", self.sigma_min, self.sigma_max, sigma_data=self.sigma_data
         )
+
+    def time_range(self):
+        return (0.0, math.inf)
 
     def log_alpha(self, t):
         return jnp.zeros_like(jnp.asarray(t, float))

@@ -56,7 +56,12 @@ from .._brownian import split_key, step_increment
 from .._levels import Levels, Refinement, refinements
 from .._misc import check_key, check_num_steps, concrete_or_none
 from .._schedules import AbstractSchedule, Stitch
-from .._solve import SolveInfo, check_increments
+from .._solve import (
+    SolveInfo,
+    check_finite_state,
+    check_increments,
+    warn_non_finite,
+)
 from .._step import check_drift_output, ladder_draws, mlem_drift, step_draws
 from ._param import AbstractParametrisation, check_prediction
 
@@ -733,6 +738,7 @@ def _run(
     else:
         evaluations = needed.sum(axis=0, dtype=jnp.int32)
     cost = jnp.asarray(costs, ts.dtype) @ evaluations.astype(ts.dtype)
+    warn_non_finite(name, y1)
     return y1, SolveInfo(
         evaluations=evaluations, cost=cost, ts=None, num_steps=num_steps
     )
@@ -780,6 +786,7 @@ def _prepare(
         raise TypeError(f"{name}: `y0` must be an array.") from e
     if not jnp.issubdtype(y0.dtype, jnp.floating):
         raise TypeError(f"{name}: `y0` must have a floating dtype; got {y0.dtype}.")
+    check_finite_state(name, y0)
     dtype = y0.dtype
     tdtype = dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
     t0 = jnp.asarray(t0, tdtype)
@@ -787,8 +794,8 @@ def _prepare(
     if t0.shape != () or t1.shape != ():
         raise ValueError(f"{name}: `t0` and `t1` must be scalars.")
     t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
-    if t0c is not None and t1c is not None and t0c == t1c:
-        raise ValueError(f"{name}: `t0` and `t1` must differ; both are {t0c}.")
+    if t0c is not None and t1c is not None:
+        _check_times(name, param, float(t0c), float(t1c), grid)
     if isinstance(grid, str):
         try:
             ts = time_grid(
@@ -841,6 +848,46 @@ def _prepare(
     if key is None:
         key = jax.random.key(0)  # unused: no draws and no noise
     return y0, ts, dts, x0_fns, key, brownian
+
+
+def _check_times(name: str, param, t0: float, t1: float, grid) -> None:
+    """Samplers run in reverse time, from noise at `t0` to data at `t1`, inside the
+    parametrisation's range and, on a log-SNR grid, where `λ_t` is finite."""
+    pname = type(param).__name__
+    if not (math.isfinite(t0) and math.isfinite(t1)):
+        raise ValueError(f"{name}: `t0` and `t1` must be finite; got {t0:g}, {t1:g}.")
+    if t0 == t1:
+        raise ValueError(f"{name}: `t0` and `t1` must differ; both are {t0}.")
+    if t0 < t1:
+        raise ValueError(
+            f"{name}: samplers run in reverse time, from noise at `t0` to data at "
+            f"`t1`, so `t0` must be above `t1`; got t0={t0:g}, t1={t1:g} (swap them)."
+        )
+    lo, hi = param.time_range()
+    for arg, t in (("t0", t0), ("t1", t1)):
+        if not lo <= t <= hi:
+            raise ValueError(
+                f"{name}: `{arg}` = {t:g} is outside {pname}'s time range [{lo}, {hi}]."
+            )
+        alpha, sigma = param.alpha(t), param.sigma(t)
+        if not (np.isfinite(alpha) and np.isfinite(sigma) and alpha > 0):
+            raise ValueError(
+                f"{name}: `{arg}` = {t:g}: {pname} has no usable coefficients there "
+                f"(α_t = {float(alpha):.3g}, σ_t = {float(sigma):.3g}); choose a time "
+                "where α_t > 0."
+            )
+    if isinstance(grid, str) and grid in ("logsnr", "edm"):
+        for arg, t in (("t0", t0), ("t1", t1)):
+            if not np.isfinite(param.log_snr(t)):
+                raise ValueError(
+                    f'{name}: `grid="{grid}"` spaces the steps in the log-SNR, which '
+                    f"is infinite for {pname} at `{arg}` = {t:g}; "
+                    + (
+                        "use t1 > 0 (e.g. 1e-3)."
+                        if arg == "t1"
+                        else f"use a `{arg}` where σ_t > 0 and α_t > 0."
+                    )
+                )
 
 
 @eqx.filter_jit

@@ -226,8 +226,9 @@ class UNet(eqx.Module):
     connections; a zero-initialised output convolution, so an untrained network
     predicts zero.
 
-    The network acts on one image; `jax.vmap` it over a batch (as the drifts in
-    `mlem_jax.diffusion` do).
+    The network acts on one image or on a batch `(batch, *image_shape)`, and takes
+    an ignored `args`, so it is an `f(t, y, args)` that the samplers of
+    `mlem_jax.diffusion` take as it is.
 
     **Arguments:**
 
@@ -391,21 +392,32 @@ class UNet(eqx.Module):
             setattr(self, name, value)
 
     def __call__(
-        self, t: Float[ArrayLike, ""], x: Float[Array, " c h w"]
-    ) -> Float[Array, " c h w"]:
+        self,
+        t: Float[ArrayLike, ""],
+        x: Float[Array, "*batch c h w"],
+        args: Any = None,
+    ) -> Float[Array, "*batch c h w"]:
         """**Arguments:**
 
         - `t`: scalar diffusion time in `[0, 1]`.
-        - `x`: one image of shape `image_shape`.
+        - `x`: one image of shape `image_shape`, or a batch of them, shape
+            `(batch, *image_shape)` (each image is then predicted on its own).
+        - `args`: ignored; it makes the network an `f(t, y, args)` as the samplers
+            of `mlem_jax.diffusion` (`sample`, `mlem_sample`) and the solvers call
+            it, so a loaded network plugs in as it is.
 
         **Returns:**
 
-        An array of shape `image_shape` (the predicted noise `ε`).
+        An array shaped like `x` (the predicted noise `ε`).
         """
+        del args
+        if x.ndim == len(self.image_shape) + 1 and x.shape[1:] == self.image_shape:
+            return jax.vmap(self, in_axes=(None, 0))(t, x)
         if x.shape != self.image_shape:
             raise ValueError(
                 f"UNet built for image_shape={self.image_shape} got an input of shape "
-                f"{x.shape}; vmap over a batch axis."
+                f"{x.shape}; expected {self.image_shape} or (batch, "
+                f"{', '.join(map(str, self.image_shape))})."
             )
         emb = sinusoidal_embedding(jnp.asarray(t, x.dtype), self.base_width)
         emb = self.time_mlp[1](jax.nn.silu(self.time_mlp[0](emb.astype(x.dtype))))

@@ -89,12 +89,22 @@ def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str,
     **Arguments:**
 
     - `path`: a ladder directory (with `manifest.json`), or the name of a shipped
-      ladder (`NAMES`: `"digits"`, `"digits_wide"`; a directory of that name in the
-      working directory wins); `None` loads the shipped `digits` ladder.
+      ladder (`NAMES`: `"digits"`, `"digits_wide"`; `"shipped"` is `"digits"`; a
+      directory of that name in the working directory wins only if it holds a
+      `manifest.json`); `None` loads the shipped `digits` ladder.
 
     **Returns:**
 
     `(models, manifest)`: the networks, narrowest first, and the manifest dict.
+    Each network is an `f(t, y, args)` on one image or a batch, so it plugs into
+    the samplers as it is, with the parametrisation it was trained with:
+
+    ```python
+    models, manifest = load_ladder("digits_wide")
+    param = mlem_jax.training.param_from_manifest(manifest)  # VPLinear
+    x, info = mlem_jax.diffusion.sample(models[-1], param, DPMSolverPP2M(), y0,
+                                        t0=1.0, t1=1e-3, num_steps=20)
+    ```
     """
     from .. import training
 
@@ -103,12 +113,18 @@ def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str,
 
 def resolve_ladder(path: str | os.PathLike | None) -> tuple[str, str | None]:
     """`(directory, name)`: the directory of the ladder `path` names and, if it is
-    a shipped ladder, its name (`None` gives the shipped `digits`; a name in
-    `NAMES` gives that shipped ladder unless a directory of that name exists here;
-    anything else is a directory, name `None`)."""
-    if path is None:
+    a shipped ladder, its name (`None` and `"shipped"` give the shipped `digits`;
+    a name in `NAMES` gives that shipped ladder unless a ladder directory of that
+    name, one holding a `manifest.json`, exists here: an unrelated folder called
+    `digits` does not hide the shipped ladder; anything else is a directory, name
+    `None`)."""
+    if path is None or path == "shipped":
         return pretrained_path(), "digits"
-    if isinstance(path, str) and path in NAMES and not os.path.isdir(path):
+    if (
+        isinstance(path, str)
+        and path in NAMES
+        and not os.path.isfile(os.path.join(path, "manifest.json"))
+    ):
         return pretrained_path(path), path
     return os.fspath(path), None
 
