@@ -154,3 +154,40 @@ def test_sample_calibrates_a_named_samplers_multilevel_version(tmp_path, capsys)
     assert "(1-based, cheapest = 1" in printed and used[-1] == "5"
     evals = np.load(tmp_path / "s.npz")["evaluations"]
     assert evals[int(used[0]) - 1] == 8 and 0 < evals[4] < 8
+
+
+def test_sample_stitch_and_hybrid(tmp_path, capsys):
+    """`--method stitch` is T-Stitch (level 1 for the first half of the steps, the
+    top level after); `--method hybrid` samples with the shipped calibration's
+    `Calibration.hybrid` at the budget."""
+    out = tmp_path / "s.png"
+    argv = ["sample", "--steps", "8", "--num", "2", "--no-progress"]
+    assert (
+        main([*argv, "--method", "stitch", "--stitch", "2,0.25", "--out", str(out)])
+        == 0
+    )
+    assert np.load(tmp_path / "s.npz")["evaluations"].tolist() == [0, 2, 0, 0, 6]
+    capsys.readouterr()
+    argv += ["--method", "hybrid", "--cost", "flops", "--budget", "4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "hybrid schedule: " in printed and "verdict: " in printed
+    evaluations = np.load(tmp_path / "s.npz")["evaluations"]
+    assert evaluations.sum() > 0 and np.all(evaluations <= 8)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--stitch", "0,0.5"], "a level >= 1 and a fraction in [0, 1]"),
+        (["--stitch", "1,1.5"], "a level >= 1 and a fraction in [0, 1]"),
+        (["--stitch", "one"], "expected LEVEL,FRACTION"),
+        (["--stitch", "9,0.5"], "--stitch: level 9 is not in a ladder of 5 levels"),
+    ],
+)
+def test_sample_stitch_bad_input(extra, message, tmp_path, capsys):
+    argv = ["sample", "--method", "stitch", "--steps", "4", "--num", "2"]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, *extra, "--out", str(tmp_path / "s.png")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()

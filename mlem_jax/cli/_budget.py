@@ -200,6 +200,20 @@ def level_schedule(
     )
 
 
+def hybrid_schedule(cal, num_steps: int, budget: float, cost: str = "flops"):
+    """`Calibration.hybrid` at `budget` top-level evaluations (stitching,
+    telescoping or both, chosen per step; the CLI's probability floor on the
+    randomised corrections), with the budget raised as `feasible_budget` does."""
+    budget, _ = feasible_budget(cal, num_steps, budget, MIN_PROBABILITY, cost)
+    unit = cost_unit(cost)
+    return cal.hybrid(
+        budget=budget * cal.level_costs(unit)[-1],
+        num_steps=num_steps,
+        min_probability=MIN_PROBABILITY,
+        cost=unit,
+    )
+
+
 def budget_schedule(
     cal, num_steps: int, budget: float, min_probability=None, cost: str = "flops"
 ):

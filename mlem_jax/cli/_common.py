@@ -35,6 +35,25 @@ def _parse_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def stitch_spec(text: str) -> tuple[int, float]:
+    """`LEVEL,FRACTION` for `sample --stitch`: a 1-based level and a fraction of
+    the steps in [0, 1]."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        level, fraction = int(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LEVEL,FRACTION (e.g. 1,0.5), got {text!r}"
+        ) from None
+    if level < 1 or not 0.0 <= fraction <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a level >= 1 and a fraction in [0, 1], got {text!r}"
+        )
+    return level, fraction
+
+
 def positive_int(text: str) -> int:
     value = _parse_int(text)
     if value < 1:

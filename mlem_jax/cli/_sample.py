@@ -14,19 +14,20 @@ import numpy as np
 
 from .._brownian import brownian_increments
 from .._io import atomic_write
-from .._schedules import FixedProbabilities
+from .._schedules import FixedProbabilities, Stitch
 from ..diffusion import (
     SAMPLERS,
     VPLinear,
     calibrate_sampler,
     sampler as diffusion_sampler,
 )
-from ..diffusion._samplers import GRIDS
+from ..diffusion._samplers import GRIDS, time_grid
 from ..pretrained import T0, T1, Ladder
 from ._budget import (
     COSTS,
     describe_cost,
     feasible_budget,
+    hybrid_schedule,
     ladder_calibration,
     ladder_verdict,
     level_schedule,
@@ -45,6 +46,7 @@ from ._common import (
     progress_bar,
     raise_if_interrupted,
     seed,
+    stitch_spec,
     warn,
 )
 from ._images import image_grid, save_png
@@ -79,11 +81,21 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--method",
-        choices=("mlem", "single", "em"),
+        choices=("mlem", "hybrid", "stitch", "single", "em"),
         default="mlem",
         help="mlem: the multilevel version of --sampler over the ladder (ML-EM for "
-        "--sampler em; every sampler but heun has one); single: --sampler with the "
-        "top network alone (`em` is its old name, kept)",
+        "--sampler em; every sampler but heun has one); hybrid: the calibrated "
+        "hybrid of stitching and the telescope (Calibration.hybrid) at --budget; "
+        "stitch: T-Stitch, one level for the first part of the steps and the top "
+        "level after (--stitch); single: --sampler with the top network alone "
+        "(`em` is its old name, kept)",
+    )
+    p.add_argument(
+        "--stitch",
+        type=stitch_spec,
+        default=(1, 0.5),
+        help="stitch: LEVEL,FRACTION, the level (1-based) that runs the first "
+        "FRACTION of the steps, the top level running the rest (mlem_jax.Stitch)",
     )
     p.add_argument(
         "--grid",
@@ -245,8 +257,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for flag, value in (("--budget", args.budget), ("--level-ms", args.level_ms)):
         if value is None:
             continue
-        if args.method != "mlem":
-            parser.error(f"{flag} only applies to --method mlem (calibrated rates)")
+        if args.method not in ("mlem", "hybrid"):
+            parser.error(
+                f"{flag} only applies to --method mlem or hybrid (calibrated rates)"
+            )
         if args.probs is not None:
             parser.error(
                 f"{flag} applies to calibrated rates, --probs fixes the probabilities "
@@ -259,7 +273,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     if args.sampler != "em":
         sampler = diffusion_sampler(args.sampler)
-        if args.method == "mlem" and not sampler.affine:
+        if args.method in ("mlem", "hybrid", "stitch") and not sampler.affine:
             parser.error(
                 f"--sampler {args.sampler} has no multilevel version (its step is not "
                 "affine in the network's prediction, so the randomized telescope "
@@ -310,7 +324,18 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     schedule = None
     level_seconds = None
     used = None
-    if args.method == "mlem":
+    if args.method == "stitch":
+        level, fraction = args.stitch
+        if level > k:
+            bar.close()
+            parser.error(f"--stitch: level {level} is not in a ladder of {k} levels")
+        grid = (
+            np.linspace(T0, T1, args.steps + 1)
+            if sampler is None
+            else time_grid(param, args.steps, t0=T0, t1=T1, kind=args.grid)
+        )
+        schedule = Stitch.from_fractions(k, (level - 1, k - 1), (fraction,), grid=grid)
+    if args.method in ("mlem", "hybrid"):
         bar.set_postfix_str("calibrate")
         if args.probs is not None:
             schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
@@ -325,8 +350,12 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     path=args.ladder,
                 )
             else:
+                # The hybrid's table has a bin per step: calibrate on its grid.
+                pilot_steps = (
+                    args.steps if args.method == "hybrid" else args.pilot_steps
+                )
                 cal = sampler_calibration(
-                    ladder, param, sampler, pilots, k_cal, args.pilot_steps, args.grid
+                    ladder, param, sampler, pilots, k_cal, pilot_steps, args.grid
                 )
             if args.level_ms is not None:
                 level_seconds = [ms / 1e3 for ms in args.level_ms]
@@ -344,15 +373,19 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if note:
                 given = "--budget" if args.budget else "--budget (default steps/4)"
                 warn(note.replace("`budget`", given, 1))
-            used, schedule = level_schedule(
-                cal, args.steps, budget, cost=args.cost, levels=args.levels
-            )
-            print(
-                "levels used: "
-                + ",".join(str(i + 1) for i in used)
-                + " (1-based, cheapest = 1; Calibration.choose_levels returns "
-                "0-based indices)"
-            )
+            if args.method == "hybrid":
+                schedule = hybrid_schedule(cal, args.steps, budget, cost=args.cost)
+                print(f"hybrid schedule: {type(schedule).__name__}, every level")
+            else:
+                used, schedule = level_schedule(
+                    cal, args.steps, budget, cost=args.cost, levels=args.levels
+                )
+                print(
+                    "levels used: "
+                    + ",".join(str(i + 1) for i in used)
+                    + " (1-based, cheapest = 1; Calibration.choose_levels returns "
+                    "0-based indices)"
+                )
             verdict = ladder_verdict(cal, args.cost, args.steps)
             if verdict is not None:
                 print(f"verdict: {verdict}")
