@@ -51,6 +51,7 @@ summary. `--quick`: a smoke run (tiny sizes, `_quick` file).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -342,7 +343,13 @@ def measure(settings, seed, ladder, equation, log=print, checkpoint=None) -> dic
             runs=runs,
         )
         result["matched"] = matched(result, runs, features, quality)
-        result["runs"] = [{a: v for a, v in r.items() if a != "_sq"} for r in runs]
+        result["runs"] = [
+            dict(
+                {a: v for a, v in r.items() if a != "_sq"},
+                sq_errors=np.asarray(r["_sq"], np.float32).tolist(),
+            )
+            for r in runs
+        ]
         result["partial"] = partial
         result["wall_seconds"] = time.perf_counter() - t_start
         return result
@@ -586,11 +593,63 @@ def _not_worse(sq_a, sq_b) -> bool:
     return bool(d.mean() <= 2 * se)
 
 
+def _curve(q: dict) -> tuple:
+    """The cost–error curve a run lies on (for interpolating between its points):
+    a network alone over step counts, a stitch (order, steps) over fractions, a
+    Periodic over step counts, a randomized ML or hybrid run over its budgets."""
+    kind = q["kind"]
+    if kind == "single":
+        return (kind, q["level"])
+    if kind == "stitch":
+        return (kind, tuple(q["order"]), q["steps"])
+    if kind == "periodic":
+        return (kind, tuple(q["levels"]), q["period"])
+    return (kind, q["steps"])
+
+
+def interpolated_cost(pool: list[dict], error: float, unit: str):
+    """`(cost, curve)`: the least cost (in `unit`) at which a curve of `pool`
+    reaches `error`, each curve interpolated log–log between its two points
+    bracketing `error` (its cheapest point if that is already as accurate), as
+    `samplers._best_single_cost` does per sampler; `(None, None)` if none does."""
+    best, where = None, None
+    for key in {_curve(q) for q in pool}:
+        pts = sorted((q for q in pool if _curve(q) == key), key=lambda q: q[unit])
+        i = next((i for i, q in enumerate(pts) if q["error"] <= error), None)
+        if i is None:
+            continue
+        if i == 0:
+            cost = pts[0][unit]
+        else:
+            a, b = pts[i - 1], pts[i]
+            x0, x1 = math.log(a["error"]), math.log(b["error"])
+            w = 1.0 if x1 == x0 else (math.log(error) - x0) / (x1 - x0)
+            cost = math.exp(
+                math.log(a[unit]) + w * (math.log(b[unit]) - math.log(a[unit]))
+            )
+        if best is None or cost < best:
+            best, where = (
+                cost,
+                " / ".join(describe(q) for q in pts[max(0, i - 1) : i + 1]),
+            )
+    return best, where
+
+
 def matched(result, runs, features, quality) -> list[dict]:
-    """For each hybrid (and randomized ML) run in `range_top_equivalent`: per
-    competing family, the cheapest run (FLOPs; and separately seconds) whose MSE
-    is not significantly worse (paired), the cheapest with RMS at most the run's,
-    and the cheapest whose KID is not significantly worse (paired); ratios."""
+    """For each hybrid and randomized ML run in `range_top_equivalent`, per
+    competing family, the cost (FLOPs and seconds) over the run's of:
+
+    - `rms_interp_*`: the family's cost to reach the run's RMS error, each of its
+        curves interpolated log–log (`interpolated_cost`);
+    - `rms_strict_*`: its cheapest run with RMS at most the run's;
+    - `rms_*`: its cheapest run whose mean squared error is not significantly
+        worse (paired over the same samples, 2 standard errors; needs the
+        per-sample errors);
+    - `kid_*`: its cheapest run whose KID is not significantly worse (paired;
+        needs the samples' features).
+
+    Runs with blown-up samples never match (their heavy tails make a paired test
+    pass at any error)."""
     k = len(result["level_flops"])
     lo, hi = result["settings"]["range_top_equivalent"]
     out = []
@@ -603,13 +662,31 @@ def matched(result, runs, features, quality) -> list[dict]:
         entry["top_equivalent"] = r["top_equivalent"]
         entry["top_equivalent_seconds"] = r["top_equivalent_seconds"]
         for fam, pick in FAMILIES.items():
-            pool = [(j, q) for j, q in enumerate(runs) if pick(q, k) and j != i]
+            pool = [
+                (j, q)
+                for j, q in enumerate(runs)
+                if pick(q, k) and j != i and not q.get("blowups", 0)
+            ]
             rows = {}
             for crit in ("rms", "kid"):
+                if crit == "rms" and r.get("_sq") is None:
+                    continue
+                paired = features.get(i) is not None
+                if crit == "kid" and not paired and "kid_minus_reference" not in r:
+                    continue
                 ok = []
                 for j, q in pool:
                     if crit == "rms":
                         good = _not_worse(q["_sq"], r["_sq"])
+                    elif not paired:
+                        # From the stored KIDs (each paired with the reference
+                        # run): the difference within two combined errors.
+                        d = q["kid_minus_reference"] - r["kid_minus_reference"]
+                        se = math.hypot(
+                            q["kid_minus_reference_stderr"],
+                            r["kid_minus_reference_stderr"],
+                        )
+                        good = d <= 2 * se
                     else:
                         d, se = md.kernel_distance_difference(
                             features[j],
@@ -633,13 +710,20 @@ def matched(result, runs, features, quality) -> list[dict]:
                             ratio=best[1][unit] / r[unit],
                         )
                     )
-            strict = [q for _, q in pool if q["error"] <= r["error"]]
+            members = [q for _, q in pool]
+            strict = [q for q in members if q["error"] <= r["error"]]
             for unit in ("flops", "seconds"):
                 best = min(strict, key=lambda q: q[unit], default=None)
                 rows[f"rms_strict_{unit}"] = (
                     None
                     if best is None
                     else dict(describe=describe(best), ratio=best[unit] / r[unit])
+                )
+                cost, where = interpolated_cost(members, r["error"], unit)
+                rows[f"rms_interp_{unit}"] = (
+                    None
+                    if cost is None
+                    else dict(describe=where, cost=cost, ratio=cost / r[unit])
                 )
             entry[fam] = rows
         out.append(entry)
@@ -650,61 +734,69 @@ def _x(v) -> str:
     return "—" if v is None else f"{v['ratio']:.2f}×"
 
 
+def _get(m, fam, key):
+    return (m.get(fam) or {}).get(key)
+
+
 def table(result: dict) -> str:
-    """The markdown summary: per family, its best run at matched RMS (the hybrid's
-    competitors' cost over the hybrid's), and the predictions."""
+    """The markdown summary: for each hybrid and randomized ML run, each family's
+    cost at the run's RMS error over the run's (interpolated on the family's
+    curves; strict and paired variants beside), and the predictions."""
     runs = result["runs"]
+    fams = ("top network", "best single network", "best T-Stitch", "Periodic")
+    fams += ("randomized ML", "hybrid")
     lines = [
         f"**{result['ladder']}, {result['equation']} ({result['sampler']}, "
         f"{result['grid']} grid), {result['samples']} samples**",
         "",
-        "| run (8–40 top-level evaluations) | RMS | top-eq FLOPs / s | "
-        "cost of the cheapest run not significantly worse (RMS), over this run's, "
-        "FLOPs / s: top network | best single network | best T-Stitch | Periodic | "
-        "randomized ML | same, strict RMS ≤: best T-Stitch | matched KID: "
-        "best T-Stitch / top network |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Each cell: the family's cost to reach the run's RMS error over the run's "
+        "cost, FLOPs / seconds (interpolated log–log on the family's curves; "
+        "> 1: the run is cheaper). Runs spending "
+        f"{result['settings']['range_top_equivalent'][0]:g}–"
+        f"{result['settings']['range_top_equivalent'][1]:g} top-level evaluations.",
+        "",
+        "| run | RMS | top-eq FLOPs / s | "
+        + " | ".join(fams)
+        + " | best T-Stitch: strict RMS ≤ / paired not worse (FLOPs) | matched "
+        "KID (FLOPs): best T-Stitch / top network |",
+        "|---|---|---|" + "---|" * (len(fams) + 2),
     ]
     for m in result["matched"]:
         r = runs[m["run"]]
-        if r["kind"] not in ("hybrid", "multilevel"):
-            continue
         cells = [
-            f"{_x(m[f]['rms_flops'])} / {_x(m[f]['rms_seconds'])}"
-            for f in (
-                "top network",
-                "best single network",
-                "best T-Stitch",
-                "Periodic",
-                "randomized ML",
-            )
+            f"{_x(_get(m, f, 'rms_interp_flops'))} / "
+            f"{_x(_get(m, f, 'rms_interp_seconds'))}"
+            for f in fams
         ]
-        strict = m["best T-Stitch"]
         lines.append(
             f"| {m['describe']} | {r['error']:.3f} | {r['top_equivalent']:.1f} / "
             f"{r['top_equivalent_seconds']:.1f} | "
             + " | ".join(cells)
-            + f" | {_x(strict['rms_strict_flops'])} / {_x(strict['rms_strict_seconds'])}"
-            + f" | {_x(m['best T-Stitch']['kid_flops'])} / "
-            f"{_x(m['top network']['kid_flops'])} |"
+            + f" | {_x(_get(m, 'best T-Stitch', 'rms_strict_flops'))} / "
+            f"{_x(_get(m, 'best T-Stitch', 'rms_flops'))}"
+            + f" | {_x(_get(m, 'best T-Stitch', 'kid_flops'))} / "
+            f"{_x(_get(m, 'top network', 'kid_flops'))} |"
         )
-    best = {}
-    for m in result["matched"]:
-        r = runs[m["run"]]
-        if r["kind"] == "hybrid":
-            v = m["best T-Stitch"]["rms_flops"]
-            if v is not None and (best.get("h") is None or v["ratio"] > best["h"][0]):
-                best["h"] = (v["ratio"], m)
     lines.append("")
-    if best.get("h"):
-        ratio, m = best["h"]
+    for kind in ("hybrid", "multilevel"):
+        pts = [m for m in result["matched"] if runs[m["run"]]["kind"] == kind]
+        scored = [
+            (v["ratio"], m)
+            for m in pts
+            if (v := _get(m, "best T-Stitch", "rms_interp_flops")) is not None
+        ]
+        if not scored:
+            continue
+        ratio, m = max(scored, key=lambda x: x[0])
+        name = "hybrid" if kind == "hybrid" else "randomized ML"
         lines.append(
-            f"Best hybrid against the best T-Stitch at matched RMS: {ratio:.2f}× in "
-            f"FLOPs ({m['describe']}; the stitch: "
-            f"{m['best T-Stitch']['rms_flops']['describe']}), "
-            f"{_x(m['best T-Stitch']['rms_seconds'])} in seconds; against the top "
-            f"network alone {_x(m['top network']['rms_flops'])} / "
-            f"{_x(m['top network']['rms_seconds'])}."
+            f"Best {name} against the best T-Stitch at matched RMS "
+            f"(interpolated): {ratio:.2f}× in FLOPs, "
+            f"{_x(_get(m, 'best T-Stitch', 'rms_interp_seconds'))} in seconds "
+            f"({m['describe']}, RMS {m['error']:.3f}; stitches "
+            f"{_get(m, 'best T-Stitch', 'rms_interp_flops')['describe']}); against "
+            f"the top network alone {_x(_get(m, 'top network', 'rms_interp_flops'))}"
+            f" / {_x(_get(m, 'top network', 'rms_interp_seconds'))}."
         )
     lines.append("")
     lines.append(
@@ -733,6 +825,31 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def reanalyse(result: dict) -> dict:
+    """Recompute the matched comparisons of a stored result from its runs (the
+    paired MSE test where per-sample errors were stored; KID from each run's
+    stored difference to the reference run, the samples being gone)."""
+    runs = [
+        dict(r, _sq=None if "sq_errors" not in r else np.asarray(r["sq_errors"]))
+        for r in result["runs"]
+    ]
+    new = matched(result, runs, {}, None)
+    out = dict(result, matched=new)
+    if any("sq_errors" not in r for r in result["runs"]) or new:
+        out["matched_note"] = (
+            "reanalysed from the stored runs: KID matches from each run's stored "
+            "KID difference to the reference run (combined standard errors, not "
+            "paired between the two runs)"
+            + (
+                "; no per-sample errors stored, so no paired MSE matches"
+                if any("sq_errors" not in r for r in result["runs"])
+                else ""
+            )
+        )
+    out["table"] = table(out)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--ladder", default="digits_wide")
@@ -746,6 +863,11 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         help="override a setting, e.g. --set stitch_steps=16,32 (ints/floats)",
+    )
+    parser.add_argument(
+        "--reanalyse",
+        action="store_true",
+        help="recompute the matched comparisons and the table of the stored result",
     )
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else SETTINGS)
@@ -765,6 +887,13 @@ def main(argv=None) -> int:
     env = environment(args.seed)
     name = f"stitch_{args.ladder}_{args.equation}" + ("_quick" if args.quick else "")
     path = os.path.join(args.out, name + ".json")
+
+    if args.reanalyse:
+        with open(path) as f:
+            result = reanalyse(json.load(f))
+        write_json(path, result)
+        print(result["table"], flush=True)
+        return 0
 
     def save(result):
         result["environment"] = env

@@ -111,7 +111,7 @@ def test_matched_picks_the_cheapest_run_not_significantly_worse(monkeypatch):
     result = dict(
         level_flops=[1.0, 1.0], settings=dict(range_top_equivalent=(8.0, 40.0))
     )
-    [m] = matched(result, runs, dict.fromkeys(range(5)), _Quality())
+    [m] = matched(result, runs, {i: i for i in range(5)}, _Quality())
     assert m["describe"].startswith("hybrid")
     # Best stitch not worse: both are; the cheaper in FLOPs is f0.5 (20), in
     # seconds f0.2 (2.5).
@@ -133,3 +133,40 @@ def test_matched_picks_the_cheapest_run_not_significantly_worse(monkeypatch):
     assert "2.00×" in text and "hybrid budget 0.3 x32 (Rates)" in text
     assert "0.500 / 0.400 (1.25)" in text
     assert math.isfinite(m["error"])
+
+
+def test_interpolated_cost_reads_each_curve_log_log():
+    from stitch import interpolated_cost
+
+    curve = [
+        dict(kind="single", level=2, steps=n, error=e, flops=float(n))
+        for n, e in ((8, 4.0), (16, 2.0), (32, 1.0))
+    ]
+    other = [dict(kind="single", level=1, steps=8, error=1.5, flops=20.0)]
+    cost, where = interpolated_cost(curve + other, 2.0**0.5, "flops")
+    assert cost == pytest.approx(16 * 2**0.5)  # halfway between 16 and 32 in logs
+    assert where == "level 2 x16 / level 2 x32"
+    assert interpolated_cost(curve, 4.5, "flops")[0] == 8.0  # its cheapest point
+    assert interpolated_cost(curve, 0.5, "flops") == (None, None)
+
+
+def test_blown_up_runs_never_match(monkeypatch):
+    import stitch
+
+    sq = np.linspace(0.5, 1.5, 64)
+    heavy = sq.copy()
+    heavy[0] = 1e6  # one blown-up sample: a paired test would pass at any error
+    runs = [
+        _run("single", 1.0, 1.0, heavy, level=1, steps=8, blowups=1),
+        _run("single", 30.0, 3.0, sq, level=2, steps=32),
+        _run("multilevel", 10.0, 2.0, sq, levels=[1, 2], fraction=0.5, steps=32),
+    ]
+    monkeypatch.setattr(
+        stitch.md, "kernel_distance_difference", lambda *a, **k: (0.0, 1.0)
+    )
+    result = dict(
+        level_flops=[1.0, 1.0], settings=dict(range_top_equivalent=(8.0, 40.0))
+    )
+    assert _not_worse(heavy, sq)  # why they are left out
+    [m] = matched(result, runs, {i: i for i in range(3)}, _Quality())
+    assert m["best single network"]["rms_flops"]["describe"] == "level 2 x32"
