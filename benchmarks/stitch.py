@@ -186,16 +186,17 @@ class Runner:
                 make(self.blocks[0], jax.random.fold_in(b.level_key, 0))()
             )
             self.warm.add(compile_key)
-        ys, evs, secs = [], [], 0.0
+        ys, evs, secs, cpu = [], [], 0.0, 0.0
         for i, rows in enumerate(self.blocks):
             key = jax.random.fold_in(b.level_key, i if keys else 0)
             thunk = make(rows, key)
-            start = time.perf_counter()
+            start, c = time.perf_counter(), time.process_time()
             out = jax.block_until_ready(thunk())
             secs += time.perf_counter() - start
+            cpu += time.process_time() - c
             ys.append(np.asarray(out[0]))
             evs.append(out[1])
-        return np.concatenate(ys), evs, secs
+        return np.concatenate(ys), evs, (secs, cpu)
 
     def single(self, level, n, warm: bool = True):
         b = self.bench
@@ -263,7 +264,8 @@ def measure(settings, seed, ladder, equation, log=print, checkpoint=None) -> dic
             evaluations=ev.tolist(),
             flops=float(ev @ flops),
             top_equivalent=float(ev @ flops / top_flops),
-            seconds=secs,
+            seconds=secs[0],
+            cpu_seconds=secs[1],
             error=float(np.sqrt(np.mean(errors**2))),
             median_error=float(np.median(errors)),
             blowups=b.blowups(y),
@@ -272,7 +274,7 @@ def measure(settings, seed, ladder, equation, log=print, checkpoint=None) -> dic
         outputs[len(runs)] = y
         runs.append(r)
         log(
-            f"  {describe(r):<44} top-eq {r['top_equivalent']:6.2f}  s {secs:7.2f}  "
+            f"  {describe(r):<44} top-eq {r['top_equivalent']:6.2f}  s {secs[0]:7.2f}  "
             f"rms {r['error']:.4f}"
             + (
                 f"  pred/real err {r['predicted_error']:.3f}/{r['realised_error']:.3f}"
@@ -324,8 +326,18 @@ def measure(settings, seed, ladder, equation, log=print, checkpoint=None) -> dic
                 ]
             )
         )
+        top_cpu = float(
+            np.median(
+                [
+                    r["cpu_seconds"] / sum(r["evaluations"])
+                    for r in runs
+                    if r["kind"] == "single" and r["level"] == k
+                ]
+            )
+        )
         for r in runs:
             r["top_equivalent_seconds"] = r["seconds"] / top_seconds
+            r["top_equivalent_cpu_seconds"] = r["cpu_seconds"] / top_cpu
         result = dict(
             ladder=ladder,
             equation="probability-flow ODE" if run.ode else "reverse SDE",
@@ -712,7 +724,10 @@ def matched(result, runs, features, quality) -> list[dict]:
                     )
             members = [q for _, q in pool]
             strict = [q for q in members if q["error"] <= r["error"]]
-            for unit in ("flops", "seconds"):
+            units = ("flops", "seconds")
+            if all("cpu_seconds" in q for q in [r, *members]):
+                units += ("cpu_seconds",)
+            for unit in units:
                 best = min(strict, key=lambda q: q[unit], default=None)
                 rows[f"rms_strict_{unit}"] = (
                     None
@@ -750,7 +765,7 @@ def table(result: dict) -> str:
         f"{result['grid']} grid), {result['samples']} samples**",
         "",
         "Each cell: the family's cost to reach the run's RMS error over the run's "
-        "cost, FLOPs / seconds (interpolated log–log on the family's curves; "
+        "cost, FLOPs / process CPU s / wall s (interpolated log–log on the family's curves; "
         "> 1: the run is cheaper). Runs spending "
         f"{result['settings']['range_top_equivalent'][0]:g}–"
         f"{result['settings']['range_top_equivalent'][1]:g} top-level evaluations.",
@@ -764,8 +779,10 @@ def table(result: dict) -> str:
     for m in result["matched"]:
         r = runs[m["run"]]
         cells = [
-            f"{_x(_get(m, f, 'rms_interp_flops'))} / "
-            f"{_x(_get(m, f, 'rms_interp_seconds'))}"
+            " / ".join(
+                _x(_get(m, f, f"rms_interp_{u}"))
+                for u in ("flops", "cpu_seconds", "seconds")
+            )
             for f in fams
         ]
         lines.append(
@@ -792,7 +809,9 @@ def table(result: dict) -> str:
         lines.append(
             f"Best {name} against the best T-Stitch at matched RMS "
             f"(interpolated): {ratio:.2f}× in FLOPs, "
-            f"{_x(_get(m, 'best T-Stitch', 'rms_interp_seconds'))} in seconds "
+            f"{_x(_get(m, 'best T-Stitch', 'rms_interp_cpu_seconds'))} in CPU "
+            f"seconds, {_x(_get(m, 'best T-Stitch', 'rms_interp_seconds'))} in wall "
+            "seconds "
             f"({m['describe']}, RMS {m['error']:.3f}; stitches "
             f"{_get(m, 'best T-Stitch', 'rms_interp_flops')['describe']}); against "
             f"the top network alone {_x(_get(m, 'top network', 'rms_interp_flops'))}"
