@@ -494,6 +494,14 @@ def measure(settings, seed, ladder, equation, log=print, checkpoint=None) -> dic
                     goal_fraction=f,
                     goal_value=value,
                     returned=type(h).__name__,
+                    **(
+                        dict(
+                            stitch_levels=[i + 1 for i in h.levels],
+                            switch_times=np.asarray(h.switch_times).tolist(),
+                        )
+                        if isinstance(h, mj.Stitch)
+                        else {}
+                    ),
                 )
         # Randomized multilevel, as the README uses it.
         if n in settings["ml_steps"]:
@@ -575,9 +583,10 @@ def describe(r: dict) -> str:
             f"stitch {'->'.join(map(str, r['order']))} f{r['fraction']} x{r['steps']}"
         )
     if kind == "hybrid":
-        return (
-            f"hybrid {r['goal']} {r['goal_fraction']:g} x{r['steps']} ({r['returned']})"
-        )
+        what = r["returned"]
+        if r.get("stitch_levels"):
+            what += " " + "->".join(map(str, r["stitch_levels"]))
+        return f"hybrid {r['goal']} {r['goal_fraction']:g} x{r['steps']} ({what})"
     if kind == "multilevel":
         return (
             f"ML levels {','.join(map(str, r['levels']))} f{r['fraction']} "
