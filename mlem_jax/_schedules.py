@@ -380,8 +380,8 @@ class Stitch(AbstractSchedule):
     order is allowed (`(4, 0)` runs the large network first) and so are several
     switches. A step belongs to the segment holding its midpoint `t + h/2`.
 
-    It is the `p ∈ {0, 1}` corner of the step's base level (see
-    `mlem_jax.Levels` and the step's draws): on segment `i` the probabilities are
+    It is the `p ∈ {0, 1}` corner of the step's base level (the lowest level with
+    `p > 0`, see `mlem_jax._step.level_draws`): on segment `i` the probabilities are
     `one_hot(levels[i])`, so the levels below it are not evaluated and every
     correction above it is dropped. It works with every solver and sampler that
     takes a schedule (`mlem_solve`, `MLEMSolver`, `mlem_jax.diffusion.mlem_sample`);

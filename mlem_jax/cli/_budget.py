@@ -186,9 +186,7 @@ def level_schedule(
         )
         return every, budget_schedule(cal, num_steps, budget, min_probability, cost)
     p_min = MIN_PROBABILITY if min_probability is None else min_probability
-    budget, _ = feasible_budget(cal, num_steps, budget, p_min, cost)
-    unit = cost_unit(cost)
-    target = budget * cal.level_costs(unit)[-1]
+    target, unit = _budget_in_units(cal, num_steps, budget, p_min, cost)
     idx = cal.choose_levels(
         budget=target, num_steps=num_steps, min_probability=p_min, cost=unit
     )
@@ -204,13 +202,9 @@ def hybrid_schedule(cal, num_steps: int, budget: float, cost: str = "flops"):
     """`Calibration.hybrid` at `budget` top-level evaluations (stitching,
     telescoping or both, chosen per step; the CLI's probability floor on the
     randomised corrections), with the budget raised as `feasible_budget` does."""
-    budget, _ = feasible_budget(cal, num_steps, budget, MIN_PROBABILITY, cost)
-    unit = cost_unit(cost)
+    target, unit = _budget_in_units(cal, num_steps, budget, MIN_PROBABILITY, cost)
     return cal.hybrid(
-        budget=budget * cal.level_costs(unit)[-1],
-        num_steps=num_steps,
-        min_probability=MIN_PROBABILITY,
-        cost=unit,
+        budget=target, num_steps=num_steps, min_probability=MIN_PROBABILITY, cost=unit
     )
 
 
@@ -224,11 +218,15 @@ def budget_schedule(
     `"flops"` or `"seconds"` (then `cal` needs measured seconds:
     `priced_calibration`), what the rates minimise and the budget counts."""
     p_min = MIN_PROBABILITY if min_probability is None else min_probability
+    target, unit = _budget_in_units(cal, num_steps, budget, p_min, cost)
+    return cal.schedule(
+        budget=target, num_steps=num_steps, min_probability=p_min, cost=unit
+    )
+
+
+def _budget_in_units(cal, num_steps: int, budget: float, p_min: float, cost: str):
+    """`(budget, unit)`: a budget in top-level evaluations, raised as
+    `feasible_budget` does, in the calibration's units of `cost`."""
     budget, _ = feasible_budget(cal, num_steps, budget, p_min, cost)
     unit = cost_unit(cost)
-    return cal.schedule(
-        budget=budget * cal.level_costs(unit)[-1],
-        num_steps=num_steps,
-        min_probability=p_min,
-        cost=unit,
-    )
+    return budget * cal.level_costs(unit)[-1], unit
