@@ -13,7 +13,7 @@ With `--ladder` (a ladder directory, or `shipped` for the digits ladder inside t
 package) the problem is that ladder's reverse SDE (or probability-flow ODE with
 `--ode`: Euler, Heun and ML-EM), the top network as the reference drift.
 
-A full run also rewrites the "Results" table in README.md (between its
+A full run also rewrites the cost_error table in docs/results.md (between its
 `<!-- cost_error:start -->` and `<!-- cost_error:end -->` markers) from every
 `cost_error_*.json` under `benchmarks/results/`.
 """
@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import environment, replace_readme_block, write_json  # noqa: E402
+from _common import RESULTS_PAGE, environment, replace_results_block, write_json  # noqa: E402
 from _harness import (  # noqa: E402
     LADDER_SETTINGS,
     QUICK_LADDER_SETTINGS,
@@ -74,14 +74,14 @@ def main(argv=None):
         "--resummarise",
         action="store_true",
         help="recompute the fits and speedups of the saved results from their "
-        "recorded runs (no solves), then rewrite the README table",
+        "recorded runs (no solves), then rewrite the table in docs/results.md",
     )
     parser.add_argument("--out", default=RESULTS)
     opts = parser.parse_args(argv)
     if opts.resummarise:
         resummarise(opts.out)
         if os.path.abspath(opts.out) == os.path.abspath(RESULTS):
-            update_readme(RESULTS, README)
+            update_results_page(RESULTS, RESULTS_PAGE)
         return
     unit = "seconds" if opts.cost == "seconds" else "costs"
     if opts.ladder is not None:
@@ -91,7 +91,7 @@ def main(argv=None):
         result = run_cost_error(problem, seed=opts.seed, cost=unit, **kw)
         save(result, opts, problem.name)
         if not opts.quick and os.path.abspath(opts.out) == os.path.abspath(RESULTS):
-            update_readme(RESULTS, README)
+            update_results_page(RESULTS, RESULTS_PAGE)
         return
     for gamma in opts.gamma:
         if opts.quick:
@@ -116,8 +116,8 @@ def main(argv=None):
     if not (opts.quick or opts.large) and os.path.abspath(opts.out) == os.path.abspath(
         RESULTS
     ):
-        update_readme(RESULTS, README)
-        print(f"updated the results table in {README}")
+        update_results_page(RESULTS, RESULTS_PAGE)
+        print(f"updated the results table in {RESULTS_PAGE}")
 
 
 def save(result: dict, opts, name: str) -> None:
@@ -127,9 +127,6 @@ def save(result: dict, opts, name: str) -> None:
     plot_cost_error(result, stem + ".png")
     print(report(result))
     print(f"wrote {stem}.json and {stem}.png")
-
-
-README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
 
 
 def results_table(folder: str) -> str:
@@ -206,9 +203,9 @@ def resummarise(folder: str) -> None:
         print(f"resummarised {path}")
 
 
-def update_readme(folder: str, readme: str) -> None:
-    """Replace the table between the README's markers, atomically."""
-    replace_readme_block(readme, "cost_error", results_table(folder))
+def update_results_page(folder: str, page: str) -> None:
+    """Replace the table between the markers of docs/results.md, atomically."""
+    replace_results_block(page, "cost_error", results_table(folder))
 
 
 def report(result: dict) -> str:

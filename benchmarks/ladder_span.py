@@ -5,7 +5,7 @@ on a ladder spanning over 100× in FLOPs, and on its truncations.
 
 The ladder (`--ladder`, default the shipped `digits-wide`: five UNets of widths 4,
 8, 16, 24, 48 on the 8×8 digits, 123× from the cheapest to the top in FLOPs, the
-cheaper four distilled from the top; README "Results" gives the commands that
+cheaper four distilled from the top; docs/results.md gives the commands that
 train it) is run whole and truncated to its first `m` levels (`truncations`: top
 level about 14×, 31× and 123× the base's FLOPs). On each:
 
@@ -38,8 +38,8 @@ level about 14×, 31× and 123× the base's FLOPs). On each:
   ML-EM against Euler–Maruyama with the top network, measured, beside the
   verdict's prediction at the same error (`verdict_comparison`).
 
-Writes `benchmarks/results/ladder_span_<name>.json` and the README table between
-the `ladder_span` markers. `--quick`: a smoke run (small sizes, no README).
+Writes `benchmarks/results/ladder_span_<name>.json` and the docs/results.md table between
+the `ladder_span` markers. `--quick`: a smoke run (small sizes, no table update).
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, replace_readme_block, write_json  # noqa: E402
+from _common import RESULTS_PAGE, environment, replace_results_block, write_json  # noqa: E402
 from samplers import (  # noqa: E402
-    README,
     RESULTS,
     SDE_SAMPLERS,
     Bench,
@@ -513,7 +512,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--reanalyse",
         action="store_true",
-        help="recompute the analysis and the README table from the stored result",
+        help="recompute the analysis and the docs/results.md table from the stored result",
     )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else SETTINGS
@@ -531,7 +530,7 @@ def main(argv=None) -> int:
         write_json(path, result)
         print(table(result), flush=True)
         if not args.quick and args.out == RESULTS:
-            replace_readme_block(README, "ladder_span", table(result))
+            replace_results_block(RESULTS_PAGE, "ladder_span", table(result))
         return 0
     env = environment(args.seed)
     start = time.perf_counter()
@@ -544,7 +543,7 @@ def main(argv=None) -> int:
     write_json(path, result)
     print(table(result), flush=True)
     if not args.quick and args.out == RESULTS:
-        replace_readme_block(README, "ladder_span", table(result))
+        replace_results_block(RESULTS_PAGE, "ladder_span", table(result))
     return 0
 
 

@@ -48,12 +48,12 @@ For the reverse SDE and the probability-flow ODE of the shipped ladder (5 UNet
   speedup of ``benchmarks/_harness.py`'s `_matched_speedups`` (which overstates it just
   below a single run's error, the step counts being 2× apart).
 
-Writes `benchmarks/results/samplers_<problem>_b<batch>.json` and the README table
+Writes `benchmarks/results/samplers_<problem>_b<batch>.json` and the docs/results.md table
 between the `samplers` markers (from both equations' stored results). Run pinned to
 one core: `taskset -c 1 python benchmarks/samplers.py` (about 30 minutes for the
 SDE and 10 for the ODE on one core of this project's CPU shared with other jobs;
 `--equations sde` or `ode` runs one); `--reanalyse` recomputes the analysis and the
-table from the stored results; `--quick` for a smoke run (no README update).
+table from the stored results; `--quick` for a smoke run (no table update).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, replace_readme_block, write_json  # noqa: E402
+from _common import RESULTS_PAGE, environment, replace_results_block, write_json  # noqa: E402
 from _harness import (  # noqa: E402
     _matched_speedups,
     ladder_problem,
@@ -86,9 +86,6 @@ import mlem_jax as mj  # noqa: E402
 from mlem_jax import diffusion as md  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-README = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"
-)
 
 SETTINGS = dict(
     batch=16,
@@ -932,7 +929,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--reanalyse",
         action="store_true",
-        help="recompute the matched-error analysis and the README table from the "
+        help="recompute the matched-error analysis and the docs/results.md table from the "
         "stored results, without running anything",
     )
     args = parser.parse_args(argv)
@@ -956,7 +953,7 @@ def main(argv=None) -> int:
             stored.append(result)
             print(table([result]), flush=True)
         if not args.quick and args.out == RESULTS:
-            replace_readme_block(README, "samplers", table(stored))
+            replace_results_block(RESULTS_PAGE, "samplers", table(stored))
         return 0
     env = environment(args.seed)
     results = []
@@ -973,7 +970,7 @@ def main(argv=None) -> int:
         print(frontier_table(result), flush=True)
         print(table([result]), flush=True)
     if not args.quick and args.out == RESULTS:
-        # The README table: this run's equations and the other's stored result.
+        # The docs/results.md table: this run's equations and the other's stored result.
         stored = []
         for eq in ("sde", "ode"):
             mine = [
@@ -987,7 +984,7 @@ def main(argv=None) -> int:
             if os.path.exists(path):
                 with open(path) as f:
                     stored.append(json.load(f))
-        replace_readme_block(README, "samplers", table(stored))
+        replace_results_block(RESULTS_PAGE, "samplers", table(stored))
     return 0
 
 

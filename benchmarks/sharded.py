@@ -42,14 +42,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, replace_readme_block, write_json  # noqa: E402
+from _common import RESULTS_PAGE, environment, replace_results_block, write_json  # noqa: E402
 from _harness import ladder_problem, synthetic_problem  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-README = os.path.join(HERE, os.pardir, "README.md")
 DEVICES = (1, 2, 4, 8)
 
 SETTINGS = {
@@ -234,7 +233,7 @@ def main(argv=None) -> int:
     if not args.quick:
         write_json(os.path.join(args.out, "sharded.json"), payload)
         if args.out == RESULTS:
-            replace_readme_block(README, "sharded", table(results))
+            replace_results_block(RESULTS_PAGE, "sharded", table(results))
     return 0
 
 

@@ -15,7 +15,7 @@ one Brownian path per sample, coarsened from `fine_steps` (`samplers.Bench`):
   reversed order `(k-1, j)` at `reversed_fractions`.
 * **Periodic:** `md.Periodic((1, m))` on the sub-ladder `(j, top)` of
   `periodic_levels`, `m` in `periodic_periods`.
-* **Randomized multilevel** (as the README uses it): `md.calibrate_sampler` at the
+* **Randomized multilevel** (as the README and docs/sampling.md use it): `md.calibrate_sampler` at the
   step count sampled with (its grid the sampler's), `choose_levels` and
   `restrict(...).schedule` at budgets `ml_fractions` of the same-step top-level
   cost, the 2% floor.
@@ -503,7 +503,7 @@ def measure(settings, seed, ladder, equation, log=print, checkpoint=None) -> dic
                         else {}
                     ),
                 )
-        # Randomized multilevel, as the README uses it.
+        # Randomized multilevel, as the README and docs/sampling.md use it.
         if n in settings["ml_steps"]:
             for f in settings["ml_fractions"]:
                 budget = f * top_cost

@@ -24,7 +24,7 @@ synthetic γ = 3 random-feature hierarchy):
 ML-EM runs three ways: rates by seconds over every level, rates and levels
 (`Calibration.choose_levels`) by seconds, rates by FLOPs over every level.
 
-Writes `benchmarks/results/wall_clock_<problem>_b<batch>.json` and the README table
+Writes `benchmarks/results/wall_clock_<problem>_b<batch>.json` and the docs/results.md table
 between the `wall_clock` markers. Run (about 40 minutes on one core of this project's
 CPU): `python benchmarks/wall_clock.py`; `--quick` for a smoke run.
 """
@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, replace_readme_block, write_json  # noqa: E402
+from _common import RESULTS_PAGE, environment, replace_results_block, write_json  # noqa: E402
 from _harness import (  # noqa: E402
     Problem,
     ladder_problem,
@@ -57,9 +57,6 @@ from _harness import (  # noqa: E402
 import mlem_jax as mj  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-README = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"
-)
 
 SETTINGS = {
     "ladder": dict(
@@ -438,7 +435,7 @@ def main(argv=None) -> int:
         )
         print(table([result]), flush=True)
     if not args.quick and args.out == RESULTS:
-        replace_readme_block(README, "wall_clock", table(results))
+        replace_results_block(RESULTS_PAGE, "wall_clock", table(results))
     return 0
 
 

@@ -574,7 +574,7 @@ class Calibration:
             so small that a rare correction, weighted by `1/p`, throws the state
             where the networks were never trained and the solve blows up. A floor
             of a few percent prevents that at a small cost (measured on the shipped
-            digits ladder: see the README).
+            digits ladder: see docs/calibration.md).
 
         - `cost`: what the rates minimise, per level: `"costs"` (default: the
             `Levels` costs), `"flops"` (measured FLOPs) or `"seconds"` (measured

@@ -13,7 +13,7 @@ same digits, trained and distilled with
         mlem_jax/pretrained/digits_wide
 
 (about 50 minutes of this project's 2-core CPU for both commands, shared with other
-work; see README "Results").
+work; see docs/results.md).
 
 `digits_mixture` is a ladder on a KNOWN distribution: five UNets of widths 2, 4, 8,
 16, 32 (189× in FLOPs) trained on fresh exact draws of a 256-component Gaussian
