@@ -23,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mlem_jax import Calibration, pretrained
-from mlem_jax._calibrate import _bin_index, _price
+from mlem_jax import _verdict, pretrained
 from mlem_jax._env import environment
 from mlem_jax._io import write_json
+from mlem_jax._optimise import _floor_rate
+from mlem_jax._pricing import _bin_index, _price
 
 RESULTS = Path(__file__).parent / "results" / "verdict_time.json"
 
 
 def _frontier_every_step(self, num_steps, cost, min_probability):
-    """`Calibration._frontier` pricing every step on its own (the layout before the
+    """`mlem_jax._verdict._frontier` pricing every step on its own (the layout before the
     grouping), for the comparison."""
     ts, hs = self.steps(num_steps)
     bins = _bin_index(self.times, ts + hs / 2)
@@ -44,7 +45,7 @@ def _frontier_every_step(self, num_steps, cost, min_probability):
         scales = np.ones(1)
     else:
         scales = np.logspace(-6, 3, 241) / np.median(positive)
-    floor = self._floor_rate(num_steps, min_probability)
+    floor = _floor_rate(self, num_steps, min_probability)
     rates = np.maximum(shape[None] * scales[:, None, None], floor)
     rates[..., 0] = np.inf
     probs = np.minimum(1.0, rates * h[None])
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    grouped = Calibration._frontier
+    grouped = _verdict._frontier
     result: dict = {"benchmark": "verdict_time", "repeats": args.repeats}
     for name in pretrained.NAMES:
         directory, _ = pretrained.resolve_ladder(name)
@@ -90,11 +91,11 @@ def main(argv=None) -> int:
                 ("grouped", grouped),
                 ("every_step", _frontier_every_step),
             ):
-                Calibration._frontier = frontier  # type: ignore[method-assign]
+                _verdict._frontier = frontier
                 start = time.perf_counter()
                 verdicts[how] = cal.verdict(min_probability=0.02)
                 seconds[how].append(time.perf_counter() - start)
-        Calibration._frontier = grouped  # type: ignore[method-assign]
+        _verdict._frontier = grouped
         medians = {how: statistics.median(s) for how, s in seconds.items()}
         result[name] = dict(
             median_seconds=medians,

@@ -16,12 +16,8 @@ from ._brownian import (
     coarsen_increments as coarsen_increments,
     sample_increments as sample_increments,
 )
-from ._calibrate import (
-    Calibration as Calibration,
-    Prediction as Prediction,
-    Verdict as Verdict,
-    calibrate as calibrate,
-)
+from ._calibrate import calibrate as calibrate
+from ._calibration import Calibration as Calibration
 from ._cost import (
     count_flops as count_flops,
     time_call as time_call,
@@ -36,6 +32,7 @@ from ._learn import (
 )
 from ._levels import Levels as Levels, Refinement as Refinement
 from ._path import StepBrownianPath as StepBrownianPath
+from ._pricing import Prediction as Prediction
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     FixedProbabilities as FixedProbabilities,
@@ -57,6 +54,7 @@ from ._solve import (
 )
 from ._solver import MLEMSolver as MLEMSolver
 from ._term import MultilevelTerm as MultilevelTerm
+from ._verdict import Verdict as Verdict
 
 __version__ = "0.1.0"
 

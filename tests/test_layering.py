@@ -174,6 +174,11 @@ TESTED_ELSEWHERE = {
     "mlem_jax.diffusion._levels": "test_diffusion.py",
     # The float16 packing of the shipped ladders, checked on the ladders it packed.
     "mlem_jax.pretrained.pack": "test_pretrained.py",
+    # The calibration, by concept: the record, the pricing of a schedule and the
+    # choice of one, all exercised through `calibrate`'s results.
+    "mlem_jax._calibration": "test_calibrate.py",
+    "mlem_jax._pricing": "test_calibrate.py",
+    "mlem_jax._optimise": "test_calibrate.py",
     # The CLI's shared parts, run by the commands that use them.
     "mlem_jax.cli._common": "test_cli_errors.py",
     "mlem_jax.cli._solves": "test_cli_sample.py",

@@ -236,7 +236,7 @@ def load_calibration(path: str | os.PathLike):
 
     **Returns:** the `Calibration`, or `None` if `path` does not exist.
     """
-    from .._calibrate import Calibration
+    from .._calibration import Calibration
 
     if not os.path.isfile(path):
         return None

@@ -1,0 +1,409 @@
+"""Choosing schedules from a calibration: Giles's rates scaled to a target error or
+a budget (`schedule`), the sub-ladder that costs least (`choose_levels`), the
+T-Stitch schedules (`stitches`) and the hybrid of stitching and the telescope
+(`hybrid`). What each is predicted to cost and add is `_pricing`'s."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._pricing import (
+    _bin_index,
+    _price_steps,
+    _step_groups,
+    _stitch_configs,
+    _sub_ladders,
+)
+from ._schedules import AbstractSchedule, FixedProbabilities, Rates, Stitch
+
+if TYPE_CHECKING:
+    pass
+
+
+def rate_shape(cal, cost: str = "costs") -> np.ndarray:
+    """`Calibration.rate_shape`: its docstring says what this computes."""
+    c = cal.level_costs(cost)
+    increment_cost = c + np.concatenate([[0.0], c[:-1]])
+    weighted = cal._weighted_variances()
+    shape = np.sqrt(weighted / increment_cost)
+    shape[:, 0] = np.inf
+    return shape
+
+
+def schedule(
+    cal,
+    *,
+    target_error: float | None = None,
+    budget: float | None = None,
+    num_steps: int | None = None,
+    min_probability: float = 0.0,
+    cost: str = "costs",
+) -> Rates:
+    """`Calibration.schedule`: its docstring says what this computes."""
+    cal.level_costs(cost)  # an unknown `cost` or missing timings fail here
+    if (target_error is None) == (budget is None):
+        raise ValueError(
+            "Calibration.schedule: give exactly one of `target_error` or `budget`."
+        )
+    num_steps = cal.num_steps if num_steps is None else num_steps
+    if not 0.0 <= min_probability <= 1.0:
+        raise ValueError(
+            "Calibration.schedule: `min_probability` must lie in [0, 1]; got "
+            f"{min_probability}."
+        )
+    floor_rate = _floor_rate(cal, num_steps, min_probability)
+
+    def scaled(scale):
+        return _scaled(cal, scale, floor_rate, cost)
+
+    if target_error is not None:
+        if not target_error > 0:
+            raise ValueError(
+                f"Calibration.schedule: `target_error` must be > 0; got {target_error}."
+            )
+
+        # Added error falls with the scale: find where it meets the target.
+        def miss_error(log_s):
+            err = cal.predict(scaled(math.exp(log_s)), num_steps).error
+            return _log(err) - math.log(target_error)
+
+        miss, sign = miss_error, -1.0
+    else:
+        assert budget is not None
+        floor = cal.min_cost(num_steps, min_probability, cost)
+        if not budget > floor:
+            raise ValueError(
+                f"Calibration.schedule: `budget` must exceed {floor:.6g}, the cost "
+                "of running level 1 alone at every step"
+                + (
+                    f" and every other level with probability {min_probability}"
+                    if min_probability > 0
+                    else ""
+                )
+                + f"; got {budget}."
+            )
+
+        assert budget is not None
+
+        def miss_cost(log_s, budget: float = budget):
+            spent = cal.predict(scaled(math.exp(log_s)), num_steps, cost).cost
+            return _log(spent) - math.log(budget)
+
+        miss, sign = miss_cost, 1.0
+    log_s = _bisect(miss, sign)
+    return scaled(math.exp(log_s))
+
+
+def choose_levels(
+    cal,
+    *,
+    target_error: float | None = None,
+    budget: float | None = None,
+    num_steps: int | None = None,
+    min_probability: float = 0.0,
+    cost: str = "costs",
+) -> tuple[int, ...]:
+    """`Calibration.choose_levels`: its docstring says what this computes."""
+    if (target_error is None) == (budget is None):
+        raise ValueError(
+            "Calibration.choose_levels: give exactly one of `target_error` or `budget`."
+        )
+    if cal.pair_variances is None:
+        raise ValueError(
+            "Calibration.choose_levels: this calibration has no `pair_variances` "
+            "(a stored one from before they were measured); run `calibrate` "
+            "again to price ladders that skip levels."
+        )
+    num_steps = cal.num_steps if num_steps is None else num_steps
+    cal.level_costs(cost)
+    k = cal.num_levels
+    best, best_value = None, math.inf
+    for idx in _sub_ladders(k):
+        sub = cal.restrict(idx)
+        if len(idx) == 1:
+            schedule = FixedProbabilities(np.ones(1, np.float32))
+        else:
+            try:
+                schedule = sub.schedule(
+                    target_error=target_error,
+                    budget=budget,
+                    num_steps=num_steps,
+                    min_probability=min_probability,
+                    cost=cost,
+                )
+            except ValueError:  # infeasible for this sub-ladder
+                continue
+        pred = sub.predict(schedule, num_steps, cost)
+        if target_error is not None:
+            ok = pred.error <= target_error * (1 + 1e-6)
+            value = pred.cost if ok else math.inf
+        else:
+            assert budget is not None
+            ok = pred.cost <= budget * (1 + 1e-6)
+            value = pred.error if ok else math.inf
+        if value < best_value:
+            best, best_value = idx, value
+    if best is None:
+        raise ValueError(
+            "Calibration.choose_levels: no sub-ladder meets the "
+            + ("target error" if target_error is not None else "budget")
+            + f" at {num_steps} steps."
+        )
+    return best
+
+
+def hybrid(
+    cal,
+    *,
+    target_error: float | None = None,
+    budget: float | None = None,
+    num_steps: int | None = None,
+    min_probability: float = 0.0,
+    cost: str = "costs",
+) -> AbstractSchedule:
+    """`Calibration.hybrid`: its docstring says what this computes."""
+    cal.level_costs(cost)
+    if (target_error is None) == (budget is None):
+        raise ValueError(
+            "Calibration.hybrid: give exactly one of `target_error` or `budget`."
+        )
+    value = target_error if target_error is not None else budget
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(
+            "Calibration.hybrid: `"
+            + ("target_error" if target_error is not None else "budget")
+            + f"` must be a positive number; got {value!r}."
+        )
+    if not 0.0 <= min_probability <= 1.0:
+        raise ValueError(
+            "Calibration.hybrid: `min_probability` must lie in [0, 1]; got "
+            f"{min_probability}."
+        )
+    num_steps = cal.num_steps if num_steps is None else num_steps
+    candidates = _hybrid_candidates(cal, num_steps, cost, min_probability)
+    candidates += [
+        (sched, cal.predict(sched, num_steps, cost))
+        for sched in cal.stitches(num_steps)
+    ]
+    try:
+        telescope = cal.schedule(
+            target_error=target_error,
+            budget=budget,
+            num_steps=num_steps,
+            min_probability=min_probability,
+            cost=cost,
+        )
+        candidates.append((telescope, cal.predict(telescope, num_steps, cost)))
+    except ValueError:  # the plain telescope cannot meet it
+        pass
+    if target_error is not None:
+        ok = [c for c in candidates if c[1].error <= target_error * (1 + 1e-9)]
+        key = "cost"
+    else:
+        assert budget is not None
+        ok = [c for c in candidates if c[1].cost <= budget * (1 + 1e-9)]
+        key = "error"
+    if not ok:
+        raise ValueError(
+            "Calibration.hybrid: no schedule is predicted to meet the "
+            + ("target error" if target_error is not None else "budget")
+            + f" at {num_steps} steps (not even the top level alone)."
+        )
+    best = min(ok, key=lambda c: getattr(c[1], key))[0]
+    if isinstance(best, Rates):
+        best = _rescaled(cal, best, target_error, budget, num_steps, cost)
+    return best
+
+
+def _rescaled(cal, sched, target_error, budget, num_steps, cost) -> Rates:
+    """`sched` with its randomised rates (finite and non-zero) scaled by one
+    factor so that it meets `target_error` or `budget` exactly: the
+    candidates of `hybrid` are a discrete set, usually more accurate (or
+    cheaper) than asked."""
+    table = np.asarray(sched.rates, np.float64)
+    random = np.isfinite(table) & (table > 0)
+    if not random.any():
+        return sched
+
+    def scaled(log_s):
+        out = np.where(random, table * math.exp(log_s), table)
+        return Rates(jnp.asarray(out, jnp.float32), sched.times)
+
+    if target_error is not None:
+
+        def miss(log_s):
+            err = cal.predict(scaled(log_s), num_steps, cost).error
+            return _log(err) - math.log(target_error)
+
+        sign = -1.0
+    else:
+
+        def miss(log_s):
+            spent = cal.predict(scaled(log_s), num_steps, cost).cost
+            return _log(spent) - math.log(budget)
+
+        sign = 1.0
+    try:
+        log_s = _bisect(miss, sign, lo=-10.0, hi=10.0, iters=40)
+    except ValueError:  # already at the target (or cannot move): keep it
+        return sched
+    return scaled(log_s)
+
+
+def stitches(cal, num_steps: int | None = None) -> list[Stitch]:
+    """`Calibration.stitches`: its docstring says what this computes."""
+    num_steps = cal.num_steps if num_steps is None else num_steps
+    k = cal.num_levels
+    starts, lengths = cal.steps(num_steps)
+    grid = np.append(starts, starts[-1] + lengths[-1])
+    return [
+        Stitch(k, order, t0=float(grid[0]), t1=float(grid[-1]))
+        if len(order) == 1
+        else Stitch.from_fractions(k, order, (f,), grid=grid)
+        for order, f in _stitch_configs(k)
+    ]
+
+
+def _hybrid_options(cal, num_steps, cost, min_probability, grouped=False):
+    """The per-step options of `hybrid`, priced: `(rates, spent, bias,
+    variance, midpoints)`. Options are level `b` alone, or level `b` with the
+    corrections above it randomised at rates `scale · rate_shape` (floored at
+    `min_probability`); `rates` has shape `(options, rows, k)` and the prices
+    `(options, rows)`, a row per step of the grid (`midpoints`: each row's
+    `t + h/2`), or with `grouped` per group of steps of one bin and one
+    length, priced for the whole group (`_step_groups`)."""
+    ts, hs = cal.steps(num_steps)
+    bins = _bin_index(cal.times, ts + hs / 2)
+    counts = np.ones(num_steps)
+    if grouped:
+        first, counts = _step_groups(bins, hs)
+        ts, hs, bins = ts[first], hs[first], bins[first]
+    k = cal.num_levels
+    shape = cal.rate_shape(cost)[bins]  # (rows, k)
+    shape[:, 0] = 0.0  # the base is set per option
+    floor = _floor_rate(cal, num_steps, min_probability)
+    h = np.abs(hs)
+    positive = (shape * h[:, None])[shape > 0]
+    ref = np.median(positive) if positive.size else 1.0
+    scales = np.logspace(-3, 4, 36) / ref
+    options = []  # (base, scale or None)
+    for b in range(k):
+        options.append((b, None))
+        if b < k - 1:
+            options += [(b, float(sc)) for sc in scales]
+    rates = np.zeros((len(options), len(hs), k))
+    for o, (b, sc) in enumerate(options):
+        rates[o, :, b] = np.inf
+        if sc is not None:
+            rates[o, :, b + 1 :] = np.maximum(shape[:, b + 1 :] * sc, floor)
+    probs = np.minimum(1.0, rates * h[None, :, None])
+    weighted, own, pairs = cal._pricing(bins)
+    evaluations, variance, bias = _price_steps(probs, hs, weighted, own, pairs)
+    spent = evaluations @ cal.level_costs(cost)
+    return rates, spent * counts, bias * counts, variance * counts, ts + hs / 2
+
+
+def _lagrangian_choices(spent, bias, variance, num_steps, top_cost, size=33):
+    """Per row, the option minimising `cost + μ_b·bias + μ_v·variance` for every
+    pair of multipliers on a grid: shape `(pairs, rows)`, duplicates removed.
+    Costs are normalised by the top level at every step and errors by the
+    largest bias (the cheapest level alone), so the grid is scale-free."""
+    c_ref = num_steps * top_cost
+    e_ref = max(float(bias.sum(-1).max()), 1e-30)
+    grid = np.logspace(-4, 4, size)
+    mu_b, mu_v = np.meshgrid(grid, grid, indexing="ij")
+    score = (
+        spent[None] / c_ref
+        + mu_b.reshape(-1, 1, 1) * bias[None] / e_ref
+        + mu_v.reshape(-1, 1, 1) * variance[None] / e_ref**2
+    )
+    return np.unique(np.argmin(score, axis=1), axis=0)
+
+
+def _hybrid_candidates(cal, num_steps, cost, min_probability):
+    """`[(Rates, Prediction)]`: `hybrid`'s per-step choices, one per pair of
+    multipliers, each a `Rates` table with one bin per step of the grid."""
+    rates, spent, bias, variance, mids = _hybrid_options(
+        cal, num_steps, cost, min_probability
+    )
+    choices = _lagrangian_choices(
+        spent, bias, variance, num_steps, cal.level_costs(cost)[-1]
+    )
+    # Rates read a step's bin at its midpoint: one bin per step, edges
+    # increasing (reversed for a reverse-time grid).
+    ts, hs = cal.steps(num_steps)
+    edges = np.sort(np.append(ts, ts[-1] + hs[-1]))
+    order = np.argsort(mids)
+    steps = np.arange(num_steps)
+    out = []
+    for choice in choices:
+        table = rates[choice, steps][order]
+        sched = Rates(jnp.asarray(table, jnp.float32), jnp.asarray(edges, jnp.float32))
+        out.append((sched, cal.predict(sched, num_steps, cost)))
+    return out
+
+
+def _hybrid_frontier(cal, num_steps, cost, min_probability):
+    """`(cost, error)` of `hybrid`'s choices made per group of steps (one bin,
+    one length) rather than per step, as `_price` prices them: for the
+    verdict."""
+    _, spent, bias, variance, _ = _hybrid_options(
+        cal, num_steps, cost, min_probability, grouped=True
+    )
+    choices = _lagrangian_choices(
+        spent, bias, variance, num_steps, cal.level_costs(cost)[-1], size=17
+    )
+    rows = np.arange(spent.shape[1])
+    total = spent[choices, rows].sum(-1)
+    error = np.sqrt(bias[choices, rows].sum(-1) ** 2 + variance[choices, rows].sum(-1))
+    return total, error
+
+
+def min_cost(
+    cal,
+    num_steps: int | None = None,
+    min_probability: float = 0.0,
+    cost: str = "costs",
+):
+    """`Calibration.min_cost`: its docstring says what this computes."""
+    num_steps = cal.num_steps if num_steps is None else num_steps
+    floor_rate = _floor_rate(cal, num_steps, min_probability)
+    return cal.predict(_scaled(cal, 0.0, floor_rate, cost), num_steps, cost).cost
+
+
+def _floor_rate(cal, num_steps: int, min_probability: float) -> float:
+    # p = λ |h| with |h| = |t1 − t0| / num_steps (on a non-uniform `grid`, the
+    # probability at a step of the average length).
+    return min_probability * num_steps / abs(cal.t1 - cal.t0)
+
+
+def _scaled(cal, scale: float, floor_rate: float = 0.0, cost: str = "costs") -> Rates:
+    rates = cal.rate_shape(cost)
+    rates[:, 1:] = np.maximum(rates[:, 1:] * scale, floor_rate)
+    return Rates(jnp.asarray(rates, jnp.float32), jnp.asarray(cal.times, jnp.float32))
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _bisect(miss, sign: float, lo: float = -30.0, hi: float = 30.0, iters: int = 80):
+    """Root of a monotone `miss(log_s)` (increasing if sign > 0) on [lo, hi]."""
+    f_lo, f_hi = sign * miss(lo), sign * miss(hi)
+    if f_lo > 0 or f_hi < 0:
+        raise ValueError(
+            "Calibration.schedule: the target cannot be met by scaling the rates (a "
+            "budget above the cost of running every level at every step, or an error "
+            "target below what the schedule's bins can reach)."
+        )
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if sign * miss(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+    return (lo + hi) / 2

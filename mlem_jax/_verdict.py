@@ -1,0 +1,379 @@
+"""The verdict: is a calibrated ladder worth multilevel sampling, against the best
+a user has without it (the top level alone, or T-Stitch), at equal predicted error."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._optimise import _floor_rate, _hybrid_frontier
+from ._pricing import (
+    _bin_index,
+    _price,
+    _price_steps,
+    _step_groups,
+    _stitch_configs,
+    _sub_ladders,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether a calibrated ladder is worth multilevel sampling
+    (`Calibration.verdict`), against the best a user has without it.
+
+    **Fields:** (arrays over `errors`)
+
+    - `cost`: the cost that decides (`"flops"`, `"seconds"` or `"costs"`).
+    - `errors`: RMS pathwise errors judged at (against the exact solution of the
+        top level's equation).
+    - `gains`: per cost unit, the best alternative's cost over the multilevel
+        method's (the least of ML-EM's and the hybrid's predicted costs): what
+        `worth_above`, `best` and the sentence read.
+    - `alternative_costs`, `alternatives`: per cost unit, the cost of the best
+        alternative without randomisation — the top level alone
+        (Euler–Maruyama) or the best T-Stitch schedule (`Calibration.stitches`)
+        — and, for the deciding cost, which one it is, in words.
+    - `hybrid_costs`: per cost unit, the least predicted cost of the hybrid
+        (stitching and telescoping chosen per time bin, `Calibration.hybrid`).
+    - `em_steps`: Euler–Maruyama steps with the top level to reach each error.
+    - `speedups`, `mlem_costs`, `em_costs`: per cost unit, Euler–Maruyama's cost
+        over ML-EM's (the randomised telescope alone) least predicted cost, and
+        both costs.
+    - `mlem_steps`, `mlem_levels`, `evaluations`: for the deciding cost, the ML-EM
+        steps, sub-ladder (1-based levels) and expected evaluations per level at
+        each error (`None` where ML-EM cannot reach it).
+    - `level_costs`: cost of one evaluation per level, in the deciding unit.
+    - `min_probability`: the floor the prediction assumed.
+    - `quoted`: index of the error `str(verdict)` quotes speedups at.
+
+    `worth_above`, `best`, `limiting_level` and `str(verdict)` read it.
+    """
+
+    cost: str
+    errors: np.ndarray
+    em_steps: np.ndarray
+    speedups: dict[str, np.ndarray]
+    mlem_costs: dict[str, np.ndarray]
+    em_costs: dict[str, np.ndarray]
+    mlem_steps: tuple[int | None, ...]
+    mlem_levels: tuple[tuple[int, ...] | None, ...]
+    evaluations: tuple[np.ndarray | None, ...]
+    level_costs: np.ndarray
+    min_probability: float
+    quoted: int
+    alternative_costs: dict[str, np.ndarray]
+    alternatives: tuple[str, ...]
+    hybrid_costs: dict[str, np.ndarray]
+    gains: dict[str, np.ndarray]
+
+    @property
+    def worth_above(self) -> float | None:
+        """The least judged error from which, at every larger judged error, the
+        multilevel method is predicted cheaper than the best alternative in the
+        deciding cost (`None` if not even at the largest)."""
+        gain = self.gains[self.cost]
+        good = np.nan_to_num(gain, nan=0.0) > 1.0
+        if not good[-1]:
+            return None
+        j = len(good) - 1
+        while j > 0 and good[j - 1]:
+            j -= 1
+        return float(self.errors[j])
+
+    @property
+    def best(self) -> int:
+        """Index (into `errors`) of the largest predicted gain over the best
+        alternative in the deciding cost."""
+        return int(np.nanargmax(np.nan_to_num(self.gains[self.cost], nan=0.0)))
+
+    def limiting_level(self, index: int | None = None) -> tuple[int, float]:
+        """`(level, share)`: at `errors[index]` (default `quoted`), the level (1-based)
+        whose expected evaluations take the largest share of ML-EM's predicted
+        cost, and that share. With optimal rates a randomised level's share is
+        proportional to `sqrt(V_l C_l)` (its variance times its cost), and the
+        base level's to its cost times the steps: the level to make cheaper, or
+        whose correction to make smaller, to gain more."""
+        j = self.quoted if index is None else index
+        evaluations = self.evaluations[j]
+        if evaluations is None:
+            raise ValueError(f"Verdict: ML-EM reaches no error at index {j}.")
+        spent = evaluations * self.level_costs
+        level = int(np.argmax(spent))
+        return level + 1, float(spent[level] / spent.sum())
+
+    def _method(self, j: int) -> str:
+        """Which multilevel method is the cheaper at error `j`."""
+        c = self.cost
+        return (
+            "the hybrid" if self.hybrid_costs[c][j] < self.mlem_costs[c][j] else "ML-EM"
+        )
+
+    def __str__(self) -> str:
+        unit = {"flops": "FLOPs", "seconds": "seconds", "costs": "cost units"}
+        g = self.gains
+
+        def gain(j):
+            return f"{g[self.cost][j]:.2f}× in {unit[self.cost]}" + "".join(
+                f" and {g[u][j]:.2f}× in {unit[u]}" for u in g if u != self.cost
+            )
+
+        def where(j):
+            text = f"the best alternative: {self.alternatives[j]}"
+            if self.mlem_steps[j] is not None:
+                text += (
+                    f"; ML-EM {self.mlem_steps[j]} steps, levels "
+                    f"{','.join(map(str, self.mlem_levels[j] or ()))}"
+                )
+            return text
+
+        q, b = self.quoted, self.best
+        worth = self.worth_above
+        if worth is None:
+            text = (
+                f"Not worth it: multilevel sampling (ML-EM or the hybrid) is "
+                f"predicted to cost more {unit[self.cost]} than the best of the top "
+                "level alone and stitching at every error from "
+                f"{self.errors[0]:.3g} to {self.errors[-1]:.3g}."
+            )
+        else:
+            text = f"Worth it at errors above {worth:.3g}."
+        text += (
+            f" At error {self.errors[q]:.3g} ({where(q)}): expected gain of "
+            f"{self._method(q)} {gain(q)}; ML-EM's speedup over Euler–Maruyama "
+            f"with the top level {self.speedups[self.cost][q]:.2f}×."
+        )
+        if self.evaluations[q] is not None:
+            level, share = self.limiting_level(q)
+            text += (
+                f" The level that limits ML-EM is {level} ({100 * share:.0f}% of "
+                f"its {unit[self.cost]}"
+                + (", evaluated at every step)." if level == 1 else ").")
+            )
+        if b != q:
+            text += f" Largest at error {self.errors[b]:.3g}: {gain(b)} ({where(b)})."
+        return text
+
+    def table(self) -> str:
+        """Per judged error: Euler–Maruyama's steps, ML-EM's steps and levels, the
+        gains over the best alternative and which alternative that is."""
+        units = list(self.gains)
+        lines = [
+            f"{'error':>9} {'EM steps':>9} {'ML steps':>9} {'levels':>10} "
+            + " ".join(f"{'x ' + u:>10}" for u in units)
+            + "  best alternative"
+        ]
+        for j, e in enumerate(self.errors):
+            levels = self.mlem_levels[j]
+            lines.append(
+                f"{e:9.4g} {self.em_steps[j]:9.1f} "
+                f"{self.mlem_steps[j] if self.mlem_steps[j] is not None else '-':>9} "
+                f"{','.join(map(str, levels)) if levels else '-':>10} "
+                + " ".join(f"{self.gains[u][j]:10.3g}" for u in units)
+                + f"  {self.alternatives[j]}"
+            )
+        return "\n".join(lines)
+
+
+def verdict(
+    cal,
+    *,
+    cost: str | None = None,
+    min_probability: float = 0.0,
+    errors: Sequence[float] | None = None,
+    steps: Sequence[int] | None = None,
+    error: float | None = None,
+) -> Verdict:
+    """`Calibration.verdict`: its docstring says what this computes."""
+    units = [u for u in ("flops", "seconds") if getattr(cal, u) is not None]
+    if cost is None:
+        cost = "seconds" if "seconds" in units else (units[0] if units else "costs")
+    cal.level_costs(cost)
+    units = list(dict.fromkeys([cost] + units))
+    if not 0.0 <= min_probability < 1.0:
+        raise ValueError(
+            "Calibration.verdict: `min_probability` must lie in [0, 1); got "
+            f"{min_probability}."
+        )
+    n0 = cal.num_steps
+    em_e0 = float(cal.em_error_at(n0))  # raises if not measured
+    em_order = float(cal.em_order or 1.0)
+    if errors is None:
+        errors = np.geomspace(
+            float(cal.em_error_at(16 * n0)), float(cal.em_error_at(n0 / 4)), 25
+        ).tolist()
+    assert errors is not None
+    error = em_e0 if error is None else float(error)
+    if not error > 0:
+        raise ValueError(f"Calibration.verdict: `error` must be > 0; got {error}.")
+    judged = np.asarray(errors, np.float64)
+    if judged.ndim != 1 or judged.size == 0 or not np.all(judged > 0):
+        raise ValueError(
+            "Calibration.verdict: `errors` must be a non-empty list of positive "
+            f"numbers; got {list(errors)}."
+        )
+    judged = np.unique(np.append(judged, error))
+    if steps is None:
+        top = int(np.ceil(np.log2(64 * n0) * 2))
+        steps = sorted({int(round(2 ** (j / 2))) for j in range(4, top + 1)})
+    counts = [int(n) for n in steps]
+    if not counts or min(counts) < 1:
+        raise ValueError(
+            f"Calibration.verdict: `steps` must be positive step counts; got {counts}."
+        )
+    if cal.pair_variances is None:
+        raise ValueError(
+            "Calibration.verdict: this calibration has no `pair_variances`; run "
+            "`calibrate` again."
+        )
+    k = cal.num_levels
+    ladders = [(idx, cal.restrict(idx)) for idx in _sub_ladders(k)[1:]]
+    n_em = n0 * (em_e0 / judged) ** (1 / em_order)
+    out: dict[str, dict] = {}
+    for unit in units:
+        c_top = cal.level_costs(unit)[-1]
+        best_cost = np.full(judged.shape, np.inf)
+        best_at: list = [None] * judged.size
+        for n in counts:
+            e_n = float(cal.em_error_at(n))
+            budget = judged**2 - e_n**2  # δ² left for the telescope
+            if not np.any(budget > 0):
+                continue
+            for idx, sub in ladders:
+                spent, added, evaluations = _frontier(sub, n, unit, min_probability)
+                for j in np.flatnonzero(budget > 0):
+                    ok = np.flatnonzero(added <= np.sqrt(budget[j]))
+                    if ok.size == 0:
+                        continue
+                    i = ok[0]
+                    value = spent[i]
+                    if i > 0 and added[i] > 0:
+                        # log–log interpolation to the exact δ
+                        a0, a1 = math.log(added[i - 1]), math.log(added[i])
+                        w = (math.log(math.sqrt(budget[j])) - a0) / (a1 - a0)
+                        value = math.exp(
+                            math.log(spent[i - 1])
+                            + w * (math.log(spent[i]) - math.log(spent[i - 1]))
+                        )
+                    elif i > 0:
+                        # the last scale fires every level at every step (no
+                        # added error): near p = 1 both the added mean square
+                        # and the cost are linear in p
+                        w = 1 - budget[j] / added[i - 1] ** 2
+                        value = spent[i - 1] + w * (spent[i] - spent[i - 1])
+                    if value < best_cost[j]:
+                        best_cost[j] = value
+                        full = np.zeros(k)
+                        full[list(idx)] = evaluations[i]
+                        best_at[j] = (n, idx, full)
+        # The alternatives a user has without randomisation: the top level
+        # alone (Euler–Maruyama) and every stitch, whose error at n steps is
+        # sqrt(e(n)² + bias²) with the bias priced at the pilot's steps.
+        labels, stitch_cost, stitch_bias = _stitch_prices(cal, n0, unit)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            left = judged[:, None] ** 2 - stitch_bias[None, :] ** 2
+            steps_needed = n0 * (em_e0 / np.sqrt(left)) ** (1 / em_order)
+            alt = np.where(left > 0, steps_needed * stitch_cost / n0, np.inf)
+        pick = np.argmin(alt, axis=1)
+        alt_cost = alt[np.arange(judged.size), pick]
+        # The hybrid (per bin: stitch, telescope or both) at every step count.
+        hybrid_cost = np.full(judged.shape, np.inf)
+        for n in counts:
+            budget = judged**2 - float(cal.em_error_at(n)) ** 2
+            if not np.any(budget > 0):
+                continue
+            spent, added = _hybrid_frontier(cal, n, unit, min_probability)
+            for j in np.flatnonzero(budget > 0):
+                ok = added <= np.sqrt(budget[j])
+                if ok.any():
+                    hybrid_cost[j] = min(hybrid_cost[j], spent[ok].min())
+        multilevel = np.minimum(best_cost, hybrid_cost)
+        out[unit] = dict(
+            em_cost=n_em * c_top,
+            mlem_cost=best_cost,
+            speedup=n_em * c_top / best_cost,
+            at=best_at,
+            alt_cost=alt_cost,
+            alternative=tuple(labels[i] for i in pick),
+            hybrid_cost=hybrid_cost,
+            gain=alt_cost / multilevel,
+        )
+    return Verdict(
+        cost=cost,
+        errors=judged,
+        em_steps=n_em,
+        speedups={u: out[u]["speedup"] for u in units},
+        mlem_costs={u: out[u]["mlem_cost"] for u in units},
+        em_costs={u: out[u]["em_cost"] for u in units},
+        mlem_steps=tuple(None if a is None else a[0] for a in out[cost]["at"]),
+        mlem_levels=tuple(
+            None if a is None else tuple(i + 1 for i in a[1]) for a in out[cost]["at"]
+        ),
+        evaluations=tuple(None if a is None else a[2] for a in out[cost]["at"]),
+        level_costs=cal.level_costs(cost),
+        min_probability=min_probability,
+        quoted=int(np.flatnonzero(judged == error)[0]),
+        alternative_costs={u: out[u]["alt_cost"] for u in units},
+        alternatives=out[cost]["alternative"],
+        hybrid_costs={u: out[u]["hybrid_cost"] for u in units},
+        gains={u: out[u]["gain"] for u in units},
+    )
+
+
+def _frontier(cal, num_steps, cost, min_probability):
+    """`(cost, error, evaluations)` over a grid of rate scales: the expected
+    cost, added RMS error and per-level evaluations of this calibration's
+    schedule at `num_steps` steps, as `predict(schedule(...))` prices it
+    (`_price`), vectorised over the scale, in float64."""
+    ts, hs = cal.steps(num_steps)
+    bins = _bin_index(cal.times, ts + hs / 2)
+    rate_shape = cal.rate_shape(cost)  # (bins, k)
+    inner = rate_shape[bins][:, 1:] * np.abs(hs)[:, None]
+    positive = inner[np.isfinite(inner) & (inner > 0)]  # probabilities at scale 1
+    if positive.size == 0:  # one level, or nothing to randomise
+        scales = np.ones(1)
+    else:
+        scales = np.logspace(-6, 3, 241) / np.median(positive)
+    first, counts = _step_groups(bins, hs)
+    bins, hs = bins[first], hs[first]
+    shape = rate_shape[bins]  # (groups, k)
+    h = np.abs(hs)[:, None]
+    floor = _floor_rate(cal, num_steps, min_probability)
+    rates = np.maximum(shape[None] * scales[:, None, None], floor)
+    rates[..., 0] = np.inf
+    probs = np.minimum(1.0, rates * h[None])
+    weighted, own, pairs = cal._pricing(bins)
+    evaluations, mse = _price(probs, hs, weighted, counts, own=own, pairs=pairs)
+    return evaluations @ cal.level_costs(cost), np.sqrt(mse), evaluations
+
+
+def _stitch_prices(cal, num_steps, cost):
+    """`(labels, cost, bias)` of `stitches(num_steps)` (the same schedules, in
+    the same order), priced as `predict` prices them, vectorised: a stitch
+    adds no variance, only the bias of the corrections it drops."""
+    k = cal.num_levels
+    ts, hs = cal.steps(num_steps)
+    bins = _bin_index(cal.times, ts + hs / 2)
+    labels, rows = [], []
+    steps = np.arange(num_steps)
+    for order, f in _stitch_configs(k):
+        switch = int(np.rint(f * num_steps))
+        rows.append(np.where(steps < switch, order[0], order[-1]))
+        labels.append(
+            "the top level alone"
+            if len(order) == 1
+            else f"stitching level {order[0] + 1} for the first {100 * f:.0f}% "
+            f"of the steps, then level {order[1] + 1}"
+        )
+    probs = np.eye(k)[np.stack(rows)]  # (stitches, steps, k)
+    weighted, own, pairs = cal._pricing(bins)
+    evaluations, _, bias = _price_steps(probs, hs, weighted, own, pairs)
+    spent = (evaluations @ cal.level_costs(cost)).sum(-1)
+    return labels, spent, bias.sum(-1)
