@@ -8,7 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..nn import count_flops
+from .._cost import count_flops
 from ._score import EpsilonScore, ReverseDrift
 from ._sde import VPSDE
 

@@ -1,10 +1,7 @@
 """Neural networks for diffusion models: an Equinox UNet and width ladders."""
 
-from ._ladder import (
-    count_flops as count_flops,
-    count_params as count_params,
-    unet_ladder as unet_ladder,
-)
+from .._cost import count_flops as count_flops  # the method layer's, for networks too
+from ._ladder import count_params as count_params, unet_ladder as unet_ladder
 from ._unet import (
     AttentionBlock as AttentionBlock,
     ResBlock as ResBlock,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -58,33 +58,3 @@ def count_params(model: Any) -> int:
     return int(
         sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
     )
-
-
-def count_flops(fn: Callable[..., Any], *args: Any) -> float:
-    """FLOPs of one call `fn(*args)` from XLA's compiled cost analysis.
-
-    Array leaves of `fn` and `args` are traced (not baked in as constants), so the
-    count is the one of the program that runs.
-
-    **Arguments:**
-
-    - `fn`: a callable (e.g. an `eqx.Module`).
-    - `*args`: example arguments; only their shapes and dtypes matter.
-
-    **Returns:**
-
-    The number of floating-point operations as a float. Raises `RuntimeError` if the
-    backend reports no cost analysis.
-    """
-    dynamic, static = eqx.partition((fn, args), eqx.is_array)
-
-    def call(dynamic):
-        f, a = eqx.combine(dynamic, static)
-        return f(*a)
-
-    analysis = jax.jit(call).lower(dynamic).compile().cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device
-        analysis = analysis[0] if analysis else None
-    if not analysis or "flops" not in analysis:
-        raise RuntimeError("XLA reported no FLOP count for this backend.")
-    return float(analysis["flops"])
