@@ -259,12 +259,12 @@ def test_ctrl_c_during_train_prints_one_line_with_the_resume_command(
     assert "resume with: mlem-jax distill" in capsys.readouterr().err
 
 
-def test_the_removed_bench_command_points_to_its_script(capsys):
+def test_an_unknown_command_names_the_commands(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--gamma", "3", "--quick"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "python benchmarks/cost_error.py" in err and "removed" in err
+    assert "invalid choice: 'bench'" in err and "sample" in err
 
 
 # --------------------------------------------------------------------------- fuzz

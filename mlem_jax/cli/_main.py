@@ -48,12 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        parser.error(
-            "the `bench` command was removed: the cost-error benchmark is "
-            "`python benchmarks/cost_error.py` in a source checkout, with the same "
-            "options (--gamma, --quick, --ladder, --ode, --batch, --cost, --seed, --out)"
-        )
     args = parser.parse_args(_join_negative_lists(argv))
     args.argv = argv
     return args.func(args, args.parser)
