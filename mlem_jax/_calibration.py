@@ -49,8 +49,8 @@ class Calibration:
     - `warnings`: diagnostics in words.
     - `pair_variances`: `E‖f^j − f^i‖²` per bin for every pair of levels, shape
         `(m, k + 1, k + 1)` with index 0 for `f^0 = 0` (so `variances[:, l]` is
-        `pair_variances[:, l, l + 1]`), or `None` (older stored calibrations): what
-        `restrict` and `choose_levels` need to price a ladder that skips levels.
+        `pair_variances[:, l, l + 1]`): what `restrict` and `choose_levels` need to
+        price a ladder that skips levels.
     - `grid`: the pilot's `num_steps + 1` step times, from `t0` to `t1`, when the
         steps are not uniform in `t` (a diffusion sampler's grid, see
         `mlem_jax.diffusion.calibrate_sampler`), else `None`. `predict`, `schedule`
@@ -78,7 +78,7 @@ class Calibration:
     t1: float
     num_steps: int
     warnings: tuple[str, ...]
-    pair_variances: np.ndarray | None = None
+    pair_variances: np.ndarray
     grid: np.ndarray | None = None
     em_error: float | None = None
     em_order: float | None = None
@@ -126,30 +126,23 @@ class Calibration:
             * self.amplification[None, :]
         )
 
-    def _weighted_own(self) -> np.ndarray | None:
+    def _weighted_own(self) -> np.ndarray:
         """`A_l a(t) E‖f^l‖²` per bin, shape `(m, k)`: the weighted variance of level
-        `l`'s increment when it is the step's base level (`f^l` itself), or `None`
-        without `pair_variances`."""
-        if self.pair_variances is None:
-            return None
+        `l`'s increment when it is the step's base level (`f^l` itself)."""
         own = np.maximum(self.pair_variances[:, 0, 1:], 0.0)
         return own * self.sensitivity[:, None] * self.amplification[None, :]
 
-    def _weighted_pairs(self) -> np.ndarray | None:
+    def _weighted_pairs(self) -> np.ndarray:
         """`a(t) E‖f^j − f^i‖²` per bin, shape `(m, k + 1, k + 1)`: what a dropped
-        block of corrections moves the final state by (see `_price_steps`), or
-        `None` without `pair_variances`."""
-        if self.pair_variances is None:
-            return None
+        block of corrections moves the final state by (see `_price_steps`)."""
         return np.maximum(self.pair_variances, 0.0) * self.sensitivity[:, None, None]
 
     def _pricing(self, bins):
         """`_price`'s `(weighted, own, pairs)` for steps in calibration bins `bins`."""
-        own, pairs = self._weighted_own(), self._weighted_pairs()
         return (
             self._weighted_variances()[bins],
-            None if own is None else own[bins],
-            None if pairs is None else pairs[bins],
+            self._weighted_own()[bins],
+            self._weighted_pairs()[bins],
         )
 
     def level_costs(self, cost: str = "costs") -> np.ndarray:
@@ -217,23 +210,9 @@ class Calibration:
                 "Calibration.restrict: `levels` must be increasing level indices in "
                 f"[0, {k}); got {list(levels)}."
             )
-        if self.pair_variances is None:
-            if idx == list(range(idx[0], idx[-1] + 1)) and idx[0] == 0:
-                pairs = None
-            else:
-                raise ValueError(
-                    "Calibration.restrict: this calibration has no `pair_variances` "
-                    "(a stored one from before they were measured); run `calibrate` "
-                    "again to price a ladder that skips levels."
-                )
-        else:
-            pairs = self.pair_variances[:, [0] + [i + 1 for i in idx]][
-                :, :, [0] + [i + 1 for i in idx]
-            ]
-        if pairs is not None:
-            variances = np.stack([pairs[:, n, n + 1] for n in range(len(idx))], axis=1)
-        else:
-            variances = self.variances[:, idx]
+        kept = [0] + [i + 1 for i in idx]  # index 0 is f^0 = 0
+        pairs = self.pair_variances[:, kept][:, :, kept]
+        variances = np.stack([pairs[:, n, n + 1] for n in range(len(idx))], axis=1)
 
         def pick(values):
             return None if values is None else tuple(values[i] for i in idx)
@@ -536,9 +515,7 @@ class Calibration:
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
-        """The `Calibration` of a JSON text written by `to_json` (`pair_variances`,
-        `grid`, `em_error` and `em_order` may be missing: older calibrations have
-        none of them).
+        """The `Calibration` of a JSON text written by `to_json`.
 
         **Raises:** `ValueError` naming what is wrong, for text that is not JSON or
         lacks a field or holds one of the wrong type.
@@ -547,11 +524,11 @@ class Calibration:
             fields = json.loads(text)
             if not isinstance(fields, dict):
                 raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
-            for name in ("times", "variances", "sensitivity", "drift_errors"):
+            arrays = ("times", "variances", "sensitivity", "drift_errors")
+            for name in (*arrays, "pair_variances"):
                 fields[name] = np.asarray(fields[name], np.float64)
-            for name in ("pair_variances", "grid"):
-                if fields.get(name) is not None:
-                    fields[name] = np.asarray(fields[name], np.float64)
+            if fields.get("grid") is not None:
+                fields["grid"] = np.asarray(fields["grid"], np.float64)
             for name in ("costs", "warnings"):
                 fields[name] = tuple(fields[name])
             for name in ("flops", "seconds"):

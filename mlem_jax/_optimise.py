@@ -112,12 +112,6 @@ def choose_levels(
         raise ValueError(
             "Calibration.choose_levels: give exactly one of `target_error` or `budget`."
         )
-    if cal.pair_variances is None:
-        raise ValueError(
-            "Calibration.choose_levels: this calibration has no `pair_variances` "
-            "(a stored one from before they were measured); run `calibrate` "
-            "again to price ladders that skip levels."
-        )
     num_steps = cal.num_steps if num_steps is None else num_steps
     cal.level_costs(cost)
     k = cal.num_levels

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
@@ -30,25 +29,11 @@ class Prediction:
     - `cost`: expected cost, in the units `Calibration.predict(cost=...)` names.
     - `error`: predicted RMS pathwise distance to Euler–Maruyama with the top level
         (dropped corrections priced as bias, randomised ones as variance).
-
-    Indexing by field name (`prediction["cost"]`), the dict this used to be, still
-    works and warns: use the attributes.
     """
 
     evaluations: np.ndarray
     cost: float
     error: float
-
-    def __getitem__(self, name: str):
-        warnings.warn(
-            "Calibration.predict now returns a Prediction record: use "
-            f"`prediction.{name}` instead of `prediction[{name!r}]`.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if name not in ("evaluations", "cost", "error"):
-            raise KeyError(name)
-        return getattr(self, name)
 
 
 def predict(
@@ -90,7 +75,7 @@ def _sub_ladders(k: int) -> list[tuple[int, ...]]:
     ]
 
 
-def _price(probs, hs, weighted, counts=None, own=None, pairs=None):
+def _price(probs, hs, weighted, own, pairs, counts=None):
     """`(evaluations, mse)` of firing probabilities `probs` (`(..., n, k)`, any
     leading axes) on steps of lengths `hs`: expected evaluations per level
     (`expected_evaluations` summed over the steps) and the added mean square
@@ -105,7 +90,7 @@ def _price(probs, hs, weighted, counts=None, own=None, pairs=None):
     return evaluations, bias**2 + variance
 
 
-def _price_steps(probs, hs, weighted, own=None, pairs=None):
+def _price_steps(probs, hs, weighted, own, pairs):
     """Per step: `(evaluations, variance, bias)` of firing probabilities `probs`
     (`(..., n, k)`) on steps of signed lengths `hs` (`(n,)`).
 
@@ -116,64 +101,61 @@ def _price_steps(probs, hs, weighted, own=None, pairs=None):
         for the base `b`, whose increment is `f^b` itself, `own[:, b]`
         (`A_b a(t) E‖f^b‖²`; `own[:, 0] = weighted[:, 0]`).
     - `bias` (`(..., n)`): what the dropped corrections (`p_l = 0` above the base)
-        move the final state by, `|h| sqrt(Ā a(t) E‖Σ_dropped Δ_l‖²)`, one
-        contiguous block of dropped levels `i+1..j` at a time (`E‖f^j − f^i‖²`,
-        summed as norms), with `Ā` the block's amplification: its levels' `A_l`
-        weighted by their `a(t) V_l(t)` (the pilots' correction of the isotropic
-        sensitivity for the directions of those levels' corrections, which a
-        dropped correction points in as a randomised one does). A dropped correction
-        is the same at every step of a solve, not an independent draw, so the
-        bias of the steps adds up as norms (`Σ_n`), not as variances: the total
-        mean square is `(Σ_n bias_n)² + Σ_n variance_n`.
+        move the final state by (`_dropped_bias`, from `pairs`, shape
+        `(n, k + 1, k + 1)`: `a(t) E‖f^j − f^i‖²` per step, index 0 for `f^0 = 0`).
 
-    `pairs` (`(n, k + 1, k + 1)`, index 0 for `f^0 = 0`): `a(t) E‖f^j − f^i‖²` per
-    step; without `own` and `pairs` (a calibration without `pair_variances`) a
-    dropped correction with `W_l > 0`, or a randomised base above level 1, is
-    priced `inf`. A level with `W_l = 0` adds nothing, even at `p = 0`.
+    A level with `W_l = 0` adds nothing, even at `p = 0`.
     """
     probs = np.asarray(probs, np.float64)
-    k = probs.shape[-1]
     active = probs > 0
     in_ladder = np.cumsum(active, axis=-1) > 0
     base = in_ladder & ~np.concatenate(
         [np.zeros_like(in_ladder[..., :1]), in_ladder[..., :-1]], axis=-1
     )
-    dropped = in_ladder & ~active
     h2 = np.asarray(hs, np.float64) ** 2
-    w = np.broadcast_to(weighted, probs.shape)
-    if own is None:  # only level 1's own variance is known: V_1 = E‖f^1‖²
-        own = np.where(np.arange(k) == 0, weighted, np.inf)
-    w = np.where(base, np.broadcast_to(own, probs.shape), w)
+    w = np.where(
+        base,
+        np.broadcast_to(own, probs.shape),
+        np.broadcast_to(weighted, probs.shape),
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         per = np.where(active & (w > 0), w * (1 / probs - 1), 0.0)
     variance = h2 * per.sum(axis=-1)
-    bias = np.zeros(probs.shape[:-1])
-    if np.any(dropped):
-        if pairs is None:
-            lost = np.any(dropped & (w > 0), axis=-1)
-            bias = np.where(lost, np.inf, 0.0)
-        else:
-            for i in range(k):  # dropped block i..j (0-based levels), maximal
-                starts = dropped[..., i] & (
-                    ~dropped[..., i - 1] if i > 0 else np.ones_like(dropped[..., i])
-                )
-                inside = starts
-                for j in range(i, k):
-                    if j > i:
-                        inside = inside & dropped[..., j]
-                    ends = inside & (
-                        ~dropped[..., j + 1] if j + 1 < k else np.ones_like(inside)
-                    )
-                    # The block's amplification: its increments' A_l, weighted
-                    # by their (sensitivity-weighted) variances.
-                    adjacent = sum(pairs[:, l, l + 1] for l in range(i, j + 1))
-                    amplified = sum(weighted[:, l] for l in range(i, j + 1))
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        gain = np.where(adjacent > 0, amplified / adjacent, 1.0)
-                    block = np.sqrt(np.maximum(pairs[:, i, j + 1] * gain, 0.0))
-                    bias = bias + np.where(ends, block, 0.0)
-            bias = np.sqrt(h2) * bias
+    bias = np.sqrt(h2) * _dropped_bias(in_ladder & ~active, weighted, pairs)
     return expected_evaluations(probs), variance, bias
+
+
+def _dropped_bias(dropped, weighted, pairs):
+    """Per step (`(..., n)`), per unit `|h|`: what the dropped corrections move the
+    final state by, `sqrt(Ā a(t) E‖Σ_dropped Δ_l‖²)`, one maximal contiguous block
+    of dropped levels `i+1..j` at a time (`E‖f^j − f^i‖²`), summed as norms, with
+    `Ā` the block's amplification: its levels' `A_l` weighted by their
+    `a(t) V_l(t)` (the pilots' correction of the isotropic sensitivity for the
+    directions of those levels' corrections, which a dropped correction points in
+    as a randomised one does). A dropped correction is the same at every step of a
+    solve, not an independent draw, so the bias of the steps adds up as norms
+    (`Σ_n`), not as variances: the total mean square is
+    `(Σ_n bias_n)² + Σ_n variance_n`."""
+    k = dropped.shape[-1]
+    bias = np.zeros(dropped.shape[:-1])
+    if not np.any(dropped):
+        return bias
+    everywhere = np.ones_like(dropped[..., 0])
+    for i in range(k):  # dropped block i..j (0-based levels), maximal
+        inside = dropped[..., i] & (~dropped[..., i - 1] if i > 0 else everywhere)
+        for j in range(i, k):
+            if j > i:
+                inside = inside & dropped[..., j]
+            ends = inside & (~dropped[..., j + 1] if j + 1 < k else everywhere)
+            # The block's amplification: its increments' A_l, weighted by their
+            # (sensitivity-weighted) variances.
+            adjacent = sum(pairs[:, l, l + 1] for l in range(i, j + 1))
+            amplified = sum(weighted[:, l] for l in range(i, j + 1))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gain = np.where(adjacent > 0, amplified / adjacent, 1.0)
+            block = np.sqrt(np.maximum(pairs[:, i, j + 1] * gain, 0.0))
+            bias = bias + np.where(ends, block, 0.0)
+    return bias
 
 
 def _step_groups(bins, hs):

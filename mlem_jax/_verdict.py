@@ -228,11 +228,6 @@ def verdict(
         raise ValueError(
             f"Calibration.verdict: `steps` must be positive step counts; got {counts}."
         )
-    if cal.pair_variances is None:
-        raise ValueError(
-            "Calibration.verdict: this calibration has no `pair_variances`; run "
-            "`calibrate` again."
-        )
     k = cal.num_levels
     ladders = [(idx, cal.restrict(idx)) for idx in _sub_ladders(k)[1:]]
     n_em = n0 * (em_e0 / judged) ** (1 / em_order)
@@ -350,7 +345,7 @@ def _frontier(cal, num_steps, cost, min_probability):
     rates[..., 0] = np.inf
     probs = np.minimum(1.0, rates * h[None])
     weighted, own, pairs = cal._pricing(bins)
-    evaluations, mse = _price(probs, hs, weighted, counts, own=own, pairs=pairs)
+    evaluations, mse = _price(probs, hs, weighted, own, pairs, counts)
     return evaluations @ cal.level_costs(cost), np.sqrt(mse), evaluations
 
 

@@ -142,15 +142,12 @@ def test_predicted_evaluations_are_the_closed_form(calibration):
     np.testing.assert_allclose(pred.cost, pred.evaluations @ np.array(COSTS))
 
 
-def test_prediction_dict_access_is_deprecated(calibration):
-    # `predict` returned a dict before it returned a `Prediction`: indexing by field
-    # name still works, with a DeprecationWarning that names the attribute to use.
+def test_prediction_is_a_record(calibration):
     pred = calibration.predict(mj.Rates((jnp.inf, 16.0, 8.0, 2.0)))
     assert isinstance(pred, mj.Prediction)
-    with pytest.warns(DeprecationWarning, match=r"prediction\.cost"):
-        assert pred["cost"] == pred.cost
-    with pytest.warns(DeprecationWarning), pytest.raises(KeyError, match="costs"):
-        pred["costs"]
+    assert pred.cost == pred.evaluations @ np.array(calibration.costs)
+    with pytest.raises(TypeError, match="not subscriptable"):
+        pred["cost"]  # a record, not a dict
 
 
 def test_amplification_is_one_without_feedback(calibration):
@@ -456,28 +453,17 @@ def test_restrict_and_choose_levels_bad_input(calibration):
         calibration.restrict((2, 1))
     with pytest.raises(ValueError, match="exactly one of `target_error` or `budget`"):
         calibration.choose_levels()
-    stored = dataclasses.replace(calibration, pair_variances=None)
-    with pytest.raises(ValueError, match="no `pair_variances`.*run `calibrate` again"):
-        stored.choose_levels(target_error=0.1)
-    with pytest.raises(ValueError, match="no `pair_variances`"):
-        stored.restrict((0, 3))
-    # A prefix of the ladder needs no pairs.
+    # A prefix of the ladder keeps its variances.
     np.testing.assert_allclose(
-        stored.restrict((0, 1)).variances, calibration.variances[:, :2]
+        calibration.restrict((0, 1)).variances, calibration.variances[:, :2]
     )
 
 
-def test_cli_level_schedule_falls_back_to_every_level_without_pairs(
-    calibration, capsys
-):
+def test_cli_level_schedule_chooses_a_sub_ladder(calibration):
     from mlem_jax.cli import level_schedule
 
     used, schedule = level_schedule(calibration, 64, 20.0, 0.0, levels="auto")
     assert used[-1] == 3 and schedule.num_levels == len(used)
-    stored = dataclasses.replace(calibration, pair_variances=None)
-    used, schedule = level_schedule(stored, 64, 20.0, 0.0, levels="auto")
-    assert used == (0, 1, 2, 3) and schedule.num_levels == 4
-    assert "cannot price ladders that skip levels" in capsys.readouterr().err
 
 
 def _assert_same_calibration(a, b):
@@ -505,14 +491,13 @@ def test_json_round_trip_keeps_every_field(calibration):
         np.testing.assert_array_equal(a.rates, b.rates)
 
 
-def test_json_of_older_calibrations_without_pairs_or_grid(calibration):
+def test_json_without_pair_variances_is_refused(calibration):
     import json
 
     fields = json.loads(calibration.to_json())
-    del fields["pair_variances"], fields["grid"]
-    back = mj.Calibration.from_json(json.dumps(fields))
-    assert back.pair_variances is None and back.grid is None
-    np.testing.assert_array_equal(back.variances, calibration.variances)
+    del fields["pair_variances"]
+    with pytest.raises(ValueError, match="not a valid calibration.*pair_variances"):
+        mj.Calibration.from_json(json.dumps(fields))
 
 
 @pytest.mark.parametrize(

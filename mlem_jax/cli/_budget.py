@@ -174,16 +174,9 @@ def level_schedule(
 ) -> tuple[tuple[int, ...], Any]:
     """`(levels used, schedule)`: `budget_schedule` over every level
     (`levels="all"`), or over the sub-ladder `Calibration.choose_levels` predicts
-    to add the least error for the budget (`levels="auto"`; every level, with a
-    warning, for a stored calibration that cannot price sub-ladders)."""
+    to add the least error for the budget (`levels="auto"`)."""
     every = tuple(range(cal.num_levels))
     if levels == "all":
-        return every, budget_schedule(cal, num_steps, budget, min_probability, cost)
-    if cal.pair_variances is None:
-        warn(
-            "this calibration cannot price ladders that skip levels (no pair "
-            "variances); using every level."
-        )
         return every, budget_schedule(cal, num_steps, budget, min_probability, cost)
     p_min = MIN_PROBABILITY if min_probability is None else min_probability
     target, unit = _budget_in_units(cal, num_steps, budget, p_min, cost)
