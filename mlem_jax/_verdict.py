@@ -202,14 +202,59 @@ def verdict(
             "Calibration.verdict: `min_probability` must lie in [0, 1); got "
             f"{min_probability}."
         )
+    judged, error, counts = _judged(cal, errors, error, steps)
+    n0 = cal.num_steps
+    n_em = n0 * (float(cal.em_error_at(n0)) / judged) ** (1 / float(cal.em_order or 1))
+    ladders = [(idx, cal.restrict(idx)) for idx in _sub_ladders(cal.num_levels)[1:]]
+    out: dict[str, dict] = {}
+    for unit in units:
+        em_cost = n_em * cal.level_costs(unit)[-1]
+        mlem_cost, at = _mlem_costs(cal, ladders, counts, judged, unit, min_probability)
+        alt_cost, alternative = _alternative_costs(cal, judged, unit)
+        hybrid_cost = _hybrid_costs(cal, counts, judged, unit, min_probability)
+        out[unit] = dict(
+            em_cost=em_cost,
+            mlem_cost=mlem_cost,
+            speedup=em_cost / mlem_cost,
+            at=at,
+            alt_cost=alt_cost,
+            alternative=alternative,
+            hybrid_cost=hybrid_cost,
+            gain=alt_cost / np.minimum(mlem_cost, hybrid_cost),
+        )
+    at = out[cost]["at"]
+    return Verdict(
+        cost=cost,
+        errors=judged,
+        em_steps=n_em,
+        speedups={u: out[u]["speedup"] for u in units},
+        mlem_costs={u: out[u]["mlem_cost"] for u in units},
+        em_costs={u: out[u]["em_cost"] for u in units},
+        mlem_steps=tuple(None if a is None else a[0] for a in at),
+        mlem_levels=tuple(
+            None if a is None else tuple(i + 1 for i in a[1]) for a in at
+        ),
+        evaluations=tuple(None if a is None else a[2] for a in at),
+        level_costs=cal.level_costs(cost),
+        min_probability=min_probability,
+        quoted=int(np.flatnonzero(judged == error)[0]),
+        alternative_costs={u: out[u]["alt_cost"] for u in units},
+        alternatives=out[cost]["alternative"],
+        hybrid_costs={u: out[u]["hybrid_cost"] for u in units},
+        gains={u: out[u]["gain"] for u in units},
+    )
+
+
+def _judged(cal, errors, error, steps):
+    """`(judged, error, counts)`: `verdict`'s errors to judge (with the quoted
+    `error` among them), the quoted error and the ML-EM step counts tried, the
+    defaults filled in and checked."""
     n0 = cal.num_steps
     em_e0 = float(cal.em_error_at(n0))  # raises if not measured
-    em_order = float(cal.em_order or 1.0)
     if errors is None:
         errors = np.geomspace(
             float(cal.em_error_at(16 * n0)), float(cal.em_error_at(n0 / 4)), 25
         ).tolist()
-    assert errors is not None
     error = em_e0 if error is None else float(error)
     if not error > 0:
         raise ValueError(f"Calibration.verdict: `error` must be > 0; got {error}.")
@@ -219,7 +264,6 @@ def verdict(
             "Calibration.verdict: `errors` must be a non-empty list of positive "
             f"numbers; got {list(errors)}."
         )
-    judged = np.unique(np.append(judged, error))
     if steps is None:
         top = int(np.ceil(np.log2(64 * n0) * 2))
         steps = sorted({int(round(2 ** (j / 2))) for j in range(4, top + 1)})
@@ -228,98 +272,86 @@ def verdict(
         raise ValueError(
             f"Calibration.verdict: `steps` must be positive step counts; got {counts}."
         )
-    k = cal.num_levels
-    ladders = [(idx, cal.restrict(idx)) for idx in _sub_ladders(k)[1:]]
-    n_em = n0 * (em_e0 / judged) ** (1 / em_order)
-    out: dict[str, dict] = {}
-    for unit in units:
-        c_top = cal.level_costs(unit)[-1]
-        best_cost = np.full(judged.shape, np.inf)
-        best_at: list = [None] * judged.size
-        for n in counts:
-            e_n = float(cal.em_error_at(n))
-            budget = judged**2 - e_n**2  # δ² left for the telescope
-            if not np.any(budget > 0):
-                continue
-            for idx, sub in ladders:
-                spent, added, evaluations = _frontier(sub, n, unit, min_probability)
-                for j in np.flatnonzero(budget > 0):
-                    ok = np.flatnonzero(added <= np.sqrt(budget[j]))
-                    if ok.size == 0:
-                        continue
-                    i = ok[0]
-                    value = spent[i]
-                    if i > 0 and added[i] > 0:
-                        # log–log interpolation to the exact δ
-                        a0, a1 = math.log(added[i - 1]), math.log(added[i])
-                        w = (math.log(math.sqrt(budget[j])) - a0) / (a1 - a0)
-                        value = math.exp(
-                            math.log(spent[i - 1])
-                            + w * (math.log(spent[i]) - math.log(spent[i - 1]))
-                        )
-                    elif i > 0:
-                        # the last scale fires every level at every step (no
-                        # added error): near p = 1 both the added mean square
-                        # and the cost are linear in p
-                        w = 1 - budget[j] / added[i - 1] ** 2
-                        value = spent[i - 1] + w * (spent[i] - spent[i - 1])
-                    if value < best_cost[j]:
-                        best_cost[j] = value
-                        full = np.zeros(k)
-                        full[list(idx)] = evaluations[i]
-                        best_at[j] = (n, idx, full)
-        # The alternatives a user has without randomisation: the top level
-        # alone (Euler–Maruyama) and every stitch, whose error at n steps is
-        # sqrt(e(n)² + bias²) with the bias priced at the pilot's steps.
-        labels, stitch_cost, stitch_bias = _stitch_prices(cal, n0, unit)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            left = judged[:, None] ** 2 - stitch_bias[None, :] ** 2
-            steps_needed = n0 * (em_e0 / np.sqrt(left)) ** (1 / em_order)
-            alt = np.where(left > 0, steps_needed * stitch_cost / n0, np.inf)
-        pick = np.argmin(alt, axis=1)
-        alt_cost = alt[np.arange(judged.size), pick]
-        # The hybrid (per bin: stitch, telescope or both) at every step count.
-        hybrid_cost = np.full(judged.shape, np.inf)
-        for n in counts:
-            budget = judged**2 - float(cal.em_error_at(n)) ** 2
-            if not np.any(budget > 0):
-                continue
-            spent, added = _hybrid_frontier(cal, n, unit, min_probability)
+    return np.unique(np.append(judged, error)), error, counts
+
+
+def _mlem_costs(cal, ladders, counts, judged, unit, min_probability):
+    """`(cost, at)` per judged error: the least predicted cost in `unit` of a
+    calibrated ML-EM schedule reaching it, over the step counts `counts` and the
+    sub-ladders `ladders` (`[(levels, calibration)]`), the telescope spending what
+    Euler–Maruyama's error at that step count leaves, `δ² = ε² − e(n)²`; and where
+    it is reached, `(steps, levels, evaluations per level)` (`None` if nowhere)."""
+    best_cost = np.full(judged.shape, np.inf)
+    best_at: list = [None] * judged.size
+    for n in counts:
+        budget = judged**2 - float(cal.em_error_at(n)) ** 2  # δ² for the telescope
+        if not np.any(budget > 0):
+            continue
+        for idx, sub in ladders:
+            spent, added, evaluations = _frontier(sub, n, unit, min_probability)
             for j in np.flatnonzero(budget > 0):
-                ok = added <= np.sqrt(budget[j])
-                if ok.any():
-                    hybrid_cost[j] = min(hybrid_cost[j], spent[ok].min())
-        multilevel = np.minimum(best_cost, hybrid_cost)
-        out[unit] = dict(
-            em_cost=n_em * c_top,
-            mlem_cost=best_cost,
-            speedup=n_em * c_top / best_cost,
-            at=best_at,
-            alt_cost=alt_cost,
-            alternative=tuple(labels[i] for i in pick),
-            hybrid_cost=hybrid_cost,
-            gain=alt_cost / multilevel,
-        )
-    return Verdict(
-        cost=cost,
-        errors=judged,
-        em_steps=n_em,
-        speedups={u: out[u]["speedup"] for u in units},
-        mlem_costs={u: out[u]["mlem_cost"] for u in units},
-        em_costs={u: out[u]["em_cost"] for u in units},
-        mlem_steps=tuple(None if a is None else a[0] for a in out[cost]["at"]),
-        mlem_levels=tuple(
-            None if a is None else tuple(i + 1 for i in a[1]) for a in out[cost]["at"]
-        ),
-        evaluations=tuple(None if a is None else a[2] for a in out[cost]["at"]),
-        level_costs=cal.level_costs(cost),
-        min_probability=min_probability,
-        quoted=int(np.flatnonzero(judged == error)[0]),
-        alternative_costs={u: out[u]["alt_cost"] for u in units},
-        alternatives=out[cost]["alternative"],
-        hybrid_costs={u: out[u]["hybrid_cost"] for u in units},
-        gains={u: out[u]["gain"] for u in units},
-    )
+                i, value = _cost_at(spent, added, float(budget[j]))
+                if i is not None and value < best_cost[j]:
+                    best_cost[j] = value
+                    full = np.zeros(cal.num_levels)
+                    full[list(idx)] = evaluations[i]
+                    best_at[j] = (n, idx, full)
+    return best_cost, best_at
+
+
+def _cost_at(spent, added, budget):
+    """`(i, cost)`: on a frontier of increasing cost `spent` and falling added
+    error `added`, the first point `i` adding at most `δ = sqrt(budget)` and the
+    cost of adding exactly `δ`, interpolated from the point before (`(None, inf)`
+    if no point reaches it)."""
+    delta = math.sqrt(budget)
+    ok = np.flatnonzero(added <= delta)
+    if ok.size == 0:
+        return None, math.inf
+    i = int(ok[0])
+    if i == 0:
+        return i, float(spent[0])
+    if added[i] > 0:  # log–log interpolation to the exact δ
+        a0, a1 = math.log(added[i - 1]), math.log(added[i])
+        w = (math.log(delta) - a0) / (a1 - a0)
+        log_spent = math.log(spent[i - 1])
+        return i, math.exp(log_spent + w * (math.log(spent[i]) - log_spent))
+    # The last scale fires every level at every step (no added error): near p = 1
+    # both the added mean square and the cost are linear in p.
+    w = 1 - budget / added[i - 1] ** 2
+    return i, float(spent[i - 1] + w * (spent[i] - spent[i - 1]))
+
+
+def _alternative_costs(cal, judged, unit):
+    """`(cost, labels)` per judged error: the cheapest alternative a user has
+    without randomisation, the top level alone (Euler–Maruyama) or a stitch, whose
+    error at `n` steps is `sqrt(e(n)² + bias²)` with the bias priced at the pilot's
+    steps, and which one it is, in words."""
+    n0 = cal.num_steps
+    em_e0, em_order = float(cal.em_error_at(n0)), float(cal.em_order or 1.0)
+    labels, stitch_cost, stitch_bias = _stitch_prices(cal, n0, unit)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = judged[:, None] ** 2 - stitch_bias[None, :] ** 2
+        steps_needed = n0 * (em_e0 / np.sqrt(left)) ** (1 / em_order)
+        alt = np.where(left > 0, steps_needed * stitch_cost / n0, np.inf)
+    pick = np.argmin(alt, axis=1)
+    return alt[np.arange(judged.size), pick], tuple(labels[i] for i in pick)
+
+
+def _hybrid_costs(cal, counts, judged, unit, min_probability):
+    """Per judged error, the least predicted cost in `unit` of the hybrid (per bin:
+    stitch, telescope or both) over the step counts `counts`."""
+    hybrid_cost = np.full(judged.shape, np.inf)
+    for n in counts:
+        budget = judged**2 - float(cal.em_error_at(n)) ** 2
+        if not np.any(budget > 0):
+            continue
+        spent, added = _hybrid_frontier(cal, n, unit, min_probability)
+        for j in np.flatnonzero(budget > 0):
+            ok = added <= np.sqrt(budget[j])
+            if ok.any():
+                hybrid_cost[j] = min(hybrid_cost[j], spent[ok].min())
+    return hybrid_cost
 
 
 def _frontier(cal, num_steps, cost, min_probability):
