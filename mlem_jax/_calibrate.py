@@ -97,6 +97,48 @@ def calibrate(
     `.schedule(target_error=...)` or `.schedule(budget=...)` for rates, and
     `.predict(schedule)` for a schedule's expected cost and added error.
     """
+    num_steps, y0 = _check_calibrate(
+        levels, y0, t0, args, num_steps, num_bins, pilot_keys, reference
+    )
+    t0, t1 = float(t0), float(t1)
+    pilot_key, level_key = jax.random.split(key)
+    calibration, y_em = _pilot_calibration(
+        levels,
+        diffusion,
+        y0,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        key=pilot_key,
+        args=args,
+        num_bins=num_bins,
+        reference=reference,
+        measure_costs=measure_costs,
+    )
+    if pilot_keys > 0 and levels.num_levels > 1:
+        mean_added = _em_added_error(
+            calibration, levels, diffusion, y0, y_em, pilot_key, args
+        )
+        calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
+    if pilot_keys > 0 and diffusion is not None:
+        em_error, em_order = _em_convergence(
+            levels.top,
+            diffusion,
+            y0,
+            t0,
+            t1,
+            num_steps,
+            jax.random.fold_in(key, 2),
+            args,
+        )
+        calibration = dataclasses.replace(
+            calibration, em_error=em_error, em_order=em_order
+        )
+    return calibration
+
+
+def _check_calibrate(levels, y0, t0, args, num_steps, num_bins, pilot_keys, reference):
+    """`calibrate`'s checks of its inputs: `(num_steps, y0)` as it uses them."""
     if not isinstance(levels, Levels):
         raise TypeError(
             f"calibrate: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
@@ -137,24 +179,42 @@ def calibrate(
             check_drift_output(out, y0, "`reference`")
         except (TypeError, ValueError) as e:
             raise type(e)(str(e).replace("mlem_jax:", "calibrate:", 1)) from None
-    t0, t1 = float(t0), float(t1)
-    k = levels.num_levels
-    pilot_key, level_key = jax.random.split(key)
-    states, info = em_solve(
+    return num_steps, y0
+
+
+def _pilot_calibration(
+    levels,
+    diffusion,
+    y0,
+    *,
+    t0,
+    t1,
+    num_steps,
+    key,
+    args,
+    num_bins,
+    reference,
+    measure_costs,
+):
+    """`(calibration, y_em)`: the `Calibration` (amplification 1) measured along
+    one Euler–Maruyama solve with the top level on `key`'s Brownian path, saving
+    every state (every level and `reference` evaluated there, the sensitivity by
+    one reverse pass), and that solve's final state."""
+    states, _ = em_solve(
         levels.top,
         diffusion,
         y0,
         t0=t0,
         t1=t1,
         num_steps=num_steps,
-        key=pilot_key,
+        key=key,
         args=args,
         saveat=diffrax.SaveAt(t0=True, steps=True),
     )
     ts, h = _grid(t0, t1, num_steps)
     fns = levels.fns + ((reference,) if reference is not None else ())
     per_step = trajectory_statistics(
-        fns, jnp.asarray(ts, y0.dtype), states[:-1], args, k
+        fns, jnp.asarray(ts, y0.dtype), states[:-1], args, levels.num_levels
     )
     if not np.all(np.isfinite(np.asarray(states))):
         raise ValueError(
@@ -163,13 +223,12 @@ def calibrate(
             "diffusion returns NaN/inf on the pilot trajectory (or the solve blows up "
             "at `num_steps` steps)."
         )
-    lo, hi = min(t0, t1), max(t0, t1)
-    edges = np.linspace(lo, hi, num_bins + 1)
+    edges = np.linspace(min(t0, t1), max(t0, t1), num_bins + 1)
     calibration = assemble_calibration(
         "calibrate",
         levels,
         per_step,
-        _sensitivity(levels.top, diffusion, y0, t0, t1, num_steps, pilot_key, args),
+        _sensitivity(levels.top, diffusion, y0, t0, t1, num_steps, key, args),
         edges,
         ts + h / 2,
         t0=t0,
@@ -181,26 +240,7 @@ def calibrate(
         if measure_costs
         else None,
     )
-    if pilot_keys > 0 and k > 1:
-        mean_added = _em_added_error(
-            calibration, levels, diffusion, y0, states[-1], pilot_key, args
-        )
-        calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
-    if pilot_keys > 0 and diffusion is not None:
-        em_error, em_order = _em_convergence(
-            levels.top,
-            diffusion,
-            y0,
-            t0,
-            t1,
-            num_steps,
-            jax.random.fold_in(key, 2),
-            args,
-        )
-        calibration = dataclasses.replace(
-            calibration, em_error=em_error, em_order=em_order
-        )
-    return calibration
+    return calibration, states[-1]
 
 
 def _em_convergence(top, diffusion, y0, t0, t1, num_steps, key, args):
@@ -340,20 +380,9 @@ def assemble_calibration(
     sensitivity = binned(np.asarray(per_step_sensitivity, np.float64))
     drift_errors = np.sqrt(per_step_e.mean(axis=0))
 
-    flops = seconds = None
-    if costs_at is not None:
-        t_mid, y, args = costs_at
-        call = lambda f, t, y, a: f(t, y, a)
-        # What the step pays for each level: a Refinement's own part, given the
-        # value of the level below (which is paid for as its own level).
-        own = tuple(
-            _RefineAt(f.refine, f.coarse(t_mid, y, args))
-            if isinstance(f, Refinement) and f.coarse is not None
-            else f
-            for f in levels.fns
-        )
-        flops = tuple(count_flops(call, f, t_mid, y, args) for f in own)
-        seconds = tuple(time_in_scan(f, t_mid, y, args) for f in own)
+    flops, seconds = (
+        (None, None) if costs_at is None else _level_costs(levels, *costs_at)
+    )
     gamma_costs = flops if flops is not None else levels.costs
     gamma, gamma_stderr = _fit_gamma(gamma_costs, drift_errors, top_is_reference)
     warnings = _warnings(levels, variances, gamma, gamma_stderr)
@@ -378,6 +407,22 @@ def assemble_calibration(
         pair_variances=pair_variances,
         grid=grid,
     )
+
+
+def _level_costs(levels: Levels, t, y, args):
+    """`(flops, seconds)` of one evaluation of each level at `(t, y, args)`: what the
+    step pays for it, for a `Refinement` its own part given the value of the level
+    below (which is paid for as its own level)."""
+    call = lambda f, t, y, a: f(t, y, a)
+    own = tuple(
+        _RefineAt(f.refine, f.coarse(t, y, args))
+        if isinstance(f, Refinement) and f.coarse is not None
+        else f
+        for f in levels.fns
+    )
+    flops = tuple(count_flops(call, f, t, y, args) for f in own)
+    seconds = tuple(time_in_scan(f, t, y, args) for f in own)
+    return flops, seconds
 
 
 def perturbation_growth(final, num_steps: int, y0, key, probes: int = 4):
