@@ -49,7 +49,7 @@ def _frontier_every_step(self, num_steps, cost, min_probability):
     rates = np.maximum(shape[None] * scales[:, None, None], floor)
     rates[..., 0] = np.inf
     probs = np.minimum(1.0, rates * h[None])
-    evaluations, mse = _price(probs, hs, *self._pricing(bins))
+    evaluations, mse = _price(probs, hs, *self._pricing_weights(bins))
     return evaluations @ self.level_costs(cost), np.sqrt(mse), evaluations
 
 

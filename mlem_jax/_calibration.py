@@ -12,9 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _optimise, _pricing, _verdict
-from ._pricing import Prediction, _grid
-from ._schedules import AbstractSchedule, Rates, Stitch
-from ._verdict import Verdict
+from ._pricing import _grid
 
 COSTS = ("costs", "flops", "seconds")
 """What `Calibration.schedule(cost=...)` can minimise."""
@@ -137,7 +135,7 @@ class Calibration:
         block of corrections moves the final state by (see `_price_steps`)."""
         return np.maximum(self.pair_variances, 0.0) * self.sensitivity[:, None, None]
 
-    def _pricing(self, bins):
+    def _pricing_weights(self, bins):
         """`_price`'s `(weighted, own, pairs)` for steps in calibration bins `bins`."""
         return (
             self._weighted_variances()[bins],
@@ -228,172 +226,17 @@ class Calibration:
             pair_variances=pairs,
         )
 
-    def choose_levels(
-        self,
-        *,
-        target_error: float | None = None,
-        budget: float | None = None,
-        num_steps: int | None = None,
-        min_probability: float = 0.0,
-        cost: str = "costs",
-    ) -> tuple[int, ...]:
-        """The sub-ladder (0-based level indices, always ending with the top level)
-        whose calibrated schedule is predicted to meet `target_error` at the least
-        cost, or to add the least error for `budget`; arguments as `schedule`.
-
-        Every subset of the cheaper levels is tried (`2^(k−1)` ladders), the top
-        level alone (Euler–Maruyama) included when it meets the target or the
-        budget. Which levels pay off depends on the cost: priced in seconds, a
-        latency-bound small network costs more relative to the top one than its
-        FLOPs say, and levels whose seconds barely differ from the next one's add
-        variance for little saving.
-        """
-        return _optimise.choose_levels(
-            self,
-            target_error=target_error,
-            budget=budget,
-            num_steps=num_steps,
-            min_probability=min_probability,
-            cost=cost,
-        )
-
-    def rate_shape(self, cost: str = "costs") -> np.ndarray:
-        """Unscaled rates `sqrt(A_l a(t) V_l(t)/C_l)`, shape `(m, k)`, with `C_l` in
-        the units `cost` names (see `level_costs`); level 1 is `inf`."""
-        return _optimise.rate_shape(self, cost)
-
-    def schedule(
-        self,
-        *,
-        target_error: float | None = None,
-        budget: float | None = None,
-        num_steps: int | None = None,
-        min_probability: float = 0.0,
-        cost: str = "costs",
-    ) -> Rates:
-        """Time-dependent `Rates` with `λ_l(t) ∝ sqrt(V_l(t)/C_l)`.
-
-        **Arguments:** exactly one of
-
-        - `target_error`: the RMS pathwise distance to Euler–Maruyama with the top
-            level on the same Brownian path (the error ML-EM adds);
-        - `budget`: the expected total cost of the solve, in the units `cost`
-            names.
-
-        and `num_steps`, the steps the schedule will be used with (default: the
-        pilot's).
-
-        - `min_probability`: every level fires with at least this probability at
-            every step (its rate is at least `min_probability / |h|`), which caps the
-            weight `1/p` of a randomised correction. The rule's rates follow the
-            *linearised* effect of a correction on the final state; on a stiff
-            drift, such as a diffusion model's reverse SDE near `t = 0`, they become
-            so small that a rare correction, weighted by `1/p`, throws the state
-            where the networks were never trained and the solve blows up. A floor
-            of a few percent prevents that at a small cost (measured on the shipped
-            digits ladder: see docs/calibration.md).
-
-        - `cost`: what the rates minimise, per level: `"costs"` (default: the
-            `Levels` costs), `"flops"` (measured FLOPs) or `"seconds"` (measured
-            wall-clock, what a user pays; small networks are latency-bound, so on a
-            CPU or GPU their share of the seconds is several times their share of
-            the FLOPs). The rule is the same with `C_l` in those units.
-
-        **Returns:** a `mlem_jax.Rates` on this calibration's time bins.
-        """
-        return _optimise.schedule(
-            self,
-            target_error=target_error,
-            budget=budget,
-            num_steps=num_steps,
-            min_probability=min_probability,
-            cost=cost,
-        )
-
-    def hybrid(
-        self,
-        *,
-        target_error: float | None = None,
-        budget: float | None = None,
-        num_steps: int | None = None,
-        min_probability: float = 0.0,
-        cost: str = "costs",
-    ) -> AbstractSchedule:
-        """The cheapest schedule for `target_error` (or the most accurate for
-        `budget`) over stitching, telescoping and their mixtures, as this
-        calibration prices them.
-
-        At each step the base level `b` (see `mlem_jax.Stitch` and the step's
-        draws) and what happens above it are chosen: either every
-        correction above `b` is dropped (level `b` alone, a bias: what T-Stitch
-        does, and with `b` the top level the top level alone), or they are
-        randomised with Giles's rates `λ_l ∝ sqrt(A_l a(t) V_l(t)/C_l)` at a
-        per-step scale (unbiased, a variance). The error model is `bias² +
-        variance` (`_price_steps`): a dropped correction adds up coherently over
-        the steps, weighted by the sensitivity, a randomised one as a variance.
-        The choice per step minimises `cost + μ_b·bias + μ_v·variance` for each
-        pair of multipliers on a grid, the randomised rates of the best are then
-        scaled to meet the target exactly; the T-Stitch schedules (every cheaper level, both orders,
-        switching after 5%, 10%, …, 95% of the steps), the top level alone and
-        `schedule`'s ML-EM rates are priced beside it, and the best of all is
-        returned: so the result is never predicted worse than the best stitch or
-        the top level alone.
-
-        **Arguments:** as `schedule` (`min_probability` floors the randomised
-        corrections only: a dropped one has `p = 0`).
-
-        **Returns:** a `Rates` table with one bin per step of the `num_steps` grid
-        (rate `inf` at the base, `0` below it and for dropped corrections; use it
-        at that step count and grid) or a `Stitch`.
-        """
-        return _optimise.hybrid(
-            self,
-            target_error=target_error,
-            budget=budget,
-            num_steps=num_steps,
-            min_probability=min_probability,
-            cost=cost,
-        )
-
-    def stitches(self, num_steps: int | None = None) -> list[Stitch]:
-        """The T-Stitch schedules `hybrid` and `verdict` compare with, on the grid
-        of `num_steps` steps: the top level alone, and every cheaper level `j`
-        with the top level, in both orders, switching after 5%, 10%, …, 95% of
-        the steps (`Stitch.from_fractions`)."""
-        return _optimise.stitches(self, num_steps)
-
-    def min_cost(
-        self,
-        num_steps: int | None = None,
-        min_probability: float = 0.0,
-        cost: str = "costs",
-    ):
-        """Expected cost (in the units `cost` names) of the cheapest schedule
-        `schedule` can return: level 1 at every step, every other level with
-        probability `min_probability`."""
-        return _optimise.min_cost(self, num_steps, min_probability, cost)
-
-    def predict(
-        self,
-        schedule: AbstractSchedule,
-        num_steps: int | None = None,
-        cost: str = "costs",
-    ) -> Prediction:
-        """Predicted cost and added error of `schedule` on this calibration's interval.
-
-        **Returns:** a `Prediction` with `evaluations` (expected per level), `cost`
-        (expected, in the units `cost` names: see `level_costs`) and `error`: the
-        predicted RMS pathwise distance to Euler–Maruyama with the top level,
-        `sqrt(bias² + Σ_n h_n² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the
-        sensitivity and `A_l` the pilots' correction. Levels below a step's base
-        level (the lowest with `p > 0`) are out of its ladder; a correction with
-        `p_l = 0` above the base is dropped, and `bias = Σ_n |h_n| sqrt(a(t_n)
-        E‖dropped‖²)` adds up what the dropped corrections move the final state
-        by, as norms (they are the same at every step, not independent draws),
-        amplified as the levels' corrections are (`A_l`). `Stitch` and the
-        `hybrid` schedules are priced so.
-        """
-        return _pricing.predict(self, schedule, num_steps, cost)
+    # What a calibration implies, each computed in the module of its concept (the
+    # functions take the calibration first, as a method takes `self`): the price of
+    # a schedule, the schedules chosen for a target or a budget, and the verdict.
+    predict = _pricing.predict
+    rate_shape = _optimise.rate_shape
+    schedule = _optimise.schedule
+    choose_levels = _optimise.choose_levels
+    hybrid = _optimise.hybrid
+    stitches = _optimise.stitches
+    min_cost = _optimise.min_cost
+    verdict = _verdict.verdict
 
     def em_error_at(self, num_steps) -> np.ndarray:
         """The RMS error of Euler–Maruyama with the top level at `num_steps` steps
@@ -402,61 +245,10 @@ class Calibration:
             raise ValueError(
                 "Calibration: this calibration has no `em_error` (Euler–Maruyama's "
                 "own error, measured by `calibrate` with `pilot_keys > 0`; "
-                "`calibrate_sampler` and stored calibrations from before it was "
-                "measured have none); run `mlem_jax.calibrate` with `pilot_keys > 0`."
+                "`calibrate_sampler` has none); run `mlem_jax.calibrate` with `pilot_keys > 0`."
             )
         n = np.asarray(num_steps, np.float64)
         return self.em_error * (self.num_steps / n) ** self.em_order
-
-    def verdict(
-        self,
-        *,
-        cost: str | None = None,
-        min_probability: float = 0.0,
-        errors: Sequence[float] | None = None,
-        steps: Sequence[int] | None = None,
-        error: float | None = None,
-    ) -> Verdict:
-        """Is this ladder worth ML-EM, and where? A prediction from this calibration
-        alone (no new solves): ML-EM against Euler–Maruyama with the top level, at
-        equal RMS pathwise error (against the exact solution of the top level's
-        equation).
-
-        Euler–Maruyama at `n` steps has error `e(n) = em_error·(num_steps/n)^q` and
-        costs `n·c_k`: reaching `ε` takes `n_EM(ε) = num_steps·(em_error/ε)^{1/q}`
-        steps. ML-EM at `n ≥ n_EM` steps spends the rest of the error budget,
-        `δ² = ε² − e(n)²`, on its telescope: the least expected cost of a calibrated
-        schedule adding `δ` (as `schedule(target_error=δ)` and `predict` price it,
-        with the `min_probability` floor), minimised over `n` in `steps` and over
-        every sub-ladder that keeps the top level (as `choose_levels`). The ratio
-        of the two costs is the predicted speedup, in FLOPs and, if measured, in
-        seconds (each with rates that minimise it).
-
-        **Arguments:**
-
-        - `cost`: the cost that decides (`"flops"`, `"seconds"` or `"costs"`;
-            default: seconds if measured, else FLOPs if measured, else costs).
-        - `min_probability`: the floor on every level's probability, as in
-            `schedule` (the CLI uses 0.02).
-        - `errors`: the errors to judge at (default: 25 from `e(16·num_steps)` to
-            `e(num_steps/4)`, the range in which Euler–Maruyama takes
-            `num_steps/4` to `16·num_steps` steps).
-        - `error`: the error the sentence quotes the speedups at (default
-            `e(num_steps)`, Euler–Maruyama's at the pilot's step count: calibrate
-            at the resolution you sample at).
-        - `steps`: ML-EM step counts tried (default: about 2^(j/2) from 4 to
-            `64·num_steps`).
-
-        **Returns:** a `Verdict`; `print` it for one sentence and the table.
-        """
-        return _verdict.verdict(
-            self,
-            cost=cost,
-            min_probability=min_probability,
-            errors=errors,
-            steps=steps,
-            error=error,
-        )
 
     def table(self) -> str:
         """A per-level diagnostic table, in the spirit of Giles's `mlmc_test`."""

@@ -21,11 +21,12 @@ from ._pricing import (
 from ._schedules import AbstractSchedule, FixedProbabilities, Rates, Stitch
 
 if TYPE_CHECKING:
-    pass
+    from ._calibration import Calibration
 
 
-def rate_shape(cal, cost: str = "costs") -> np.ndarray:
-    """`Calibration.rate_shape`: its docstring says what this computes."""
+def rate_shape(cal: Calibration, cost: str = "costs") -> np.ndarray:
+    """Unscaled rates `sqrt(A_l a(t) V_l(t)/C_l)`, shape `(m, k)`, with `C_l` in
+    the units `cost` names (see `level_costs`); level 1 is `inf`."""
     c = cal.level_costs(cost)
     increment_cost = c + np.concatenate([[0.0], c[:-1]])
     weighted = cal._weighted_variances()
@@ -35,7 +36,7 @@ def rate_shape(cal, cost: str = "costs") -> np.ndarray:
 
 
 def schedule(
-    cal,
+    cal: Calibration,
     *,
     target_error: float | None = None,
     budget: float | None = None,
@@ -43,7 +44,36 @@ def schedule(
     min_probability: float = 0.0,
     cost: str = "costs",
 ) -> Rates:
-    """`Calibration.schedule`: its docstring says what this computes."""
+    """Time-dependent `Rates` with `λ_l(t) ∝ sqrt(V_l(t)/C_l)`.
+
+    **Arguments:** exactly one of
+
+    - `target_error`: the RMS pathwise distance to Euler–Maruyama with the top
+        level on the same Brownian path (the error ML-EM adds);
+    - `budget`: the expected total cost of the solve, in the units `cost`
+        names.
+
+    and `num_steps`, the steps the schedule will be used with (default: the
+    pilot's).
+
+    - `min_probability`: every level fires with at least this probability at
+        every step (its rate is at least `min_probability / |h|`), which caps the
+        weight `1/p` of a randomised correction. The rule's rates follow the
+        *linearised* effect of a correction on the final state; on a stiff
+        drift, such as a diffusion model's reverse SDE near `t = 0`, they become
+        so small that a rare correction, weighted by `1/p`, throws the state
+        where the networks were never trained and the solve blows up. A floor
+        of a few percent prevents that at a small cost (measured on the shipped
+        digits ladder: see docs/calibration.md).
+
+    - `cost`: what the rates minimise, per level: `"costs"` (default: the
+        `Levels` costs), `"flops"` (measured FLOPs) or `"seconds"` (measured
+        wall-clock, what a user pays; small networks are latency-bound, so on a
+        CPU or GPU their share of the seconds is several times their share of
+        the FLOPs). The rule is the same with `C_l` in those units.
+
+    **Returns:** a `mlem_jax.Rates` on this calibration's time bins.
+    """
     cal.level_costs(cost)  # an unknown `cost` or missing timings fail here
     if (target_error is None) == (budget is None):
         raise ValueError(
@@ -99,7 +129,7 @@ def schedule(
 
 
 def choose_levels(
-    cal,
+    cal: Calibration,
     *,
     target_error: float | None = None,
     budget: float | None = None,
@@ -107,7 +137,17 @@ def choose_levels(
     min_probability: float = 0.0,
     cost: str = "costs",
 ) -> tuple[int, ...]:
-    """`Calibration.choose_levels`: its docstring says what this computes."""
+    """The sub-ladder (0-based level indices, always ending with the top level)
+    whose calibrated schedule is predicted to meet `target_error` at the least
+    cost, or to add the least error for `budget`; arguments as `schedule`.
+
+    Every subset of the cheaper levels is tried (`2^(k−1)` ladders), the top
+    level alone (Euler–Maruyama) included when it meets the target or the
+    budget. Which levels pay off depends on the cost: priced in seconds, a
+    latency-bound small network costs more relative to the top one than its
+    FLOPs say, and levels whose seconds barely differ from the next one's add
+    variance for little saving.
+    """
     if (target_error is None) == (budget is None):
         raise ValueError(
             "Calibration.choose_levels: give exactly one of `target_error` or `budget`."
@@ -151,7 +191,7 @@ def choose_levels(
 
 
 def hybrid(
-    cal,
+    cal: Calibration,
     *,
     target_error: float | None = None,
     budget: float | None = None,
@@ -159,7 +199,33 @@ def hybrid(
     min_probability: float = 0.0,
     cost: str = "costs",
 ) -> AbstractSchedule:
-    """`Calibration.hybrid`: its docstring says what this computes."""
+    """The cheapest schedule for `target_error` (or the most accurate for
+    `budget`) over stitching, telescoping and their mixtures, as this
+    calibration prices them.
+
+    At each step the base level `b` (see `mlem_jax.Stitch` and the step's
+    draws) and what happens above it are chosen: either every
+    correction above `b` is dropped (level `b` alone, a bias: what T-Stitch
+    does, and with `b` the top level the top level alone), or they are
+    randomised with Giles's rates `λ_l ∝ sqrt(A_l a(t) V_l(t)/C_l)` at a
+    per-step scale (unbiased, a variance). The error model is `bias² +
+    variance` (`_price_steps`): a dropped correction adds up coherently over
+    the steps, weighted by the sensitivity, a randomised one as a variance.
+    The choice per step minimises `cost + μ_b·bias + μ_v·variance` for each
+    pair of multipliers on a grid, the randomised rates of the best are then
+    scaled to meet the target exactly; the T-Stitch schedules (every cheaper level, both orders,
+    switching after 5%, 10%, …, 95% of the steps), the top level alone and
+    `schedule`'s ML-EM rates are priced beside it, and the best of all is
+    returned: so the result is never predicted worse than the best stitch or
+    the top level alone.
+
+    **Arguments:** as `schedule` (`min_probability` floors the randomised
+    corrections only: a dropped one has `p = 0`).
+
+    **Returns:** a `Rates` table with one bin per step of the `num_steps` grid
+    (rate `inf` at the base, `0` below it and for dropped corrections; use it
+    at that step count and grid) or a `Stitch`.
+    """
     cal.level_costs(cost)
     if (target_error is None) == (budget is None):
         raise ValueError(
@@ -248,8 +314,11 @@ def _rescaled(cal, sched, target_error, budget, num_steps, cost) -> Rates:
     return scaled(log_s)
 
 
-def stitches(cal, num_steps: int | None = None) -> list[Stitch]:
-    """`Calibration.stitches`: its docstring says what this computes."""
+def stitches(cal: Calibration, num_steps: int | None = None) -> list[Stitch]:
+    """The T-Stitch schedules `hybrid` and `verdict` compare with, on the grid
+    of `num_steps` steps: the top level alone, and every cheaper level `j`
+    with the top level, in both orders, switching after 5%, 10%, …, 95% of
+    the steps (`Stitch.from_fractions`)."""
     num_steps = cal.num_steps if num_steps is None else num_steps
     k = cal.num_levels
     starts, lengths = cal.steps(num_steps)
@@ -295,7 +364,7 @@ def _hybrid_options(cal, num_steps, cost, min_probability, grouped=False):
         if sc is not None:
             rates[o, :, b + 1 :] = np.maximum(shape[:, b + 1 :] * sc, floor)
     probs = np.minimum(1.0, rates * h[None, :, None])
-    weighted, own, pairs = cal._pricing(bins)
+    weighted, own, pairs = cal._pricing_weights(bins)
     evaluations, variance, bias = _price_steps(probs, hs, weighted, own, pairs)
     spent = evaluations @ cal.level_costs(cost)
     return rates, spent * counts, bias * counts, variance * counts, ts + hs / 2
@@ -358,12 +427,14 @@ def _hybrid_frontier(cal, num_steps, cost, min_probability):
 
 
 def min_cost(
-    cal,
+    cal: Calibration,
     num_steps: int | None = None,
     min_probability: float = 0.0,
     cost: str = "costs",
 ):
-    """`Calibration.min_cost`: its docstring says what this computes."""
+    """Expected cost (in the units `cost` names) of the cheapest schedule
+    `schedule` can return: level 1 at every step, every other level with
+    probability `min_probability`."""
     num_steps = cal.num_steps if num_steps is None else num_steps
     floor_rate = _floor_rate(cal, num_steps, min_probability)
     return cal.predict(_scaled(cal, 0.0, floor_rate, cost), num_steps, cost).cost

@@ -16,7 +16,7 @@ from ._schedules import AbstractSchedule
 from ._step import expected_evaluations, probabilities_on_grid
 
 if TYPE_CHECKING:
-    pass
+    from ._calibration import Calibration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +37,25 @@ class Prediction:
 
 
 def predict(
-    cal,
+    cal: Calibration,
     schedule: AbstractSchedule,
     num_steps: int | None = None,
     cost: str = "costs",
 ) -> Prediction:
-    """`Calibration.predict`: its docstring says what this computes."""
+    """Predicted cost and added error of `schedule` on this calibration's interval.
+
+    **Returns:** a `Prediction` with `evaluations` (expected per level), `cost`
+    (expected, in the units `cost` names: see `level_costs`) and `error`: the
+    predicted RMS pathwise distance to Euler–Maruyama with the top level,
+    `sqrt(bias² + Σ_n h_n² Σ_l (1/p_l − 1) A_l a(t_n) V_l(t_n))` with `a` the
+    sensitivity and `A_l` the pilots' correction. Levels below a step's base
+    level (the lowest with `p > 0`) are out of its ladder; a correction with
+    `p_l = 0` above the base is dropped, and `bias = Σ_n |h_n| sqrt(a(t_n)
+    E‖dropped‖²)` adds up what the dropped corrections move the final state
+    by, as norms (they are the same at every step, not independent draws),
+    amplified as the levels' corrections are (`A_l`). `Stitch` and the
+    `hybrid` schedules are priced so.
+    """
     num_steps = cal.num_steps if num_steps is None else num_steps
     if isinstance(schedule, AbstractSchedule) and schedule.num_levels != cal.num_levels:
         raise ValueError(
@@ -55,7 +68,7 @@ def predict(
         probabilities_on_grid(schedule, jnp.asarray(ts), jnp.asarray(hs))
     )
     bins = _bin_index(cal.times, ts + hs / 2)
-    weighted, own, pairs = cal._pricing(bins)
+    weighted, own, pairs = cal._pricing_weights(bins)
     evaluations, mse = _price(
         probs.astype(np.float64), hs, weighted, own=own, pairs=pairs
     )

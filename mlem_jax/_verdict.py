@@ -21,7 +21,7 @@ from ._pricing import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from ._calibration import Calibration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +183,7 @@ class Verdict:
 
 
 def verdict(
-    cal,
+    cal: Calibration,
     *,
     cost: str | None = None,
     min_probability: float = 0.0,
@@ -191,7 +191,38 @@ def verdict(
     steps: Sequence[int] | None = None,
     error: float | None = None,
 ) -> Verdict:
-    """`Calibration.verdict`: its docstring says what this computes."""
+    """Is this ladder worth ML-EM, and where? A prediction from this calibration
+    alone (no new solves): ML-EM against Euler–Maruyama with the top level, at
+    equal RMS pathwise error (against the exact solution of the top level's
+    equation).
+
+    Euler–Maruyama at `n` steps has error `e(n) = em_error·(num_steps/n)^q` and
+    costs `n·c_k`: reaching `ε` takes `n_EM(ε) = num_steps·(em_error/ε)^{1/q}`
+    steps. ML-EM at `n ≥ n_EM` steps spends the rest of the error budget,
+    `δ² = ε² − e(n)²`, on its telescope: the least expected cost of a calibrated
+    schedule adding `δ` (as `schedule(target_error=δ)` and `predict` price it,
+    with the `min_probability` floor), minimised over `n` in `steps` and over
+    every sub-ladder that keeps the top level (as `choose_levels`). The ratio
+    of the two costs is the predicted speedup, in FLOPs and, if measured, in
+    seconds (each with rates that minimise it).
+
+    **Arguments:**
+
+    - `cost`: the cost that decides (`"flops"`, `"seconds"` or `"costs"`;
+        default: seconds if measured, else FLOPs if measured, else costs).
+    - `min_probability`: the floor on every level's probability, as in
+        `schedule` (the CLI uses 0.02).
+    - `errors`: the errors to judge at (default: 25 from `e(16·num_steps)` to
+        `e(num_steps/4)`, the range in which Euler–Maruyama takes
+        `num_steps/4` to `16·num_steps` steps).
+    - `error`: the error the sentence quotes the speedups at (default
+        `e(num_steps)`, Euler–Maruyama's at the pilot's step count: calibrate
+        at the resolution you sample at).
+    - `steps`: ML-EM step counts tried (default: about 2^(j/2) from 4 to
+        `64·num_steps`).
+
+    **Returns:** a `Verdict`; `print` it for one sentence and the table.
+    """
     units = [u for u in ("flops", "seconds") if getattr(cal, u) is not None]
     if cost is None:
         cost = "seconds" if "seconds" in units else (units[0] if units else "costs")
@@ -376,7 +407,7 @@ def _frontier(cal, num_steps, cost, min_probability):
     rates = np.maximum(shape[None] * scales[:, None, None], floor)
     rates[..., 0] = np.inf
     probs = np.minimum(1.0, rates * h[None])
-    weighted, own, pairs = cal._pricing(bins)
+    weighted, own, pairs = cal._pricing_weights(bins)
     evaluations, mse = _price(probs, hs, weighted, own, pairs, counts)
     return evaluations @ cal.level_costs(cost), np.sqrt(mse), evaluations
 
@@ -400,7 +431,7 @@ def _stitch_prices(cal, num_steps, cost):
             f"of the steps, then level {order[1] + 1}"
         )
     probs = np.eye(k)[np.stack(rows)]  # (stitches, steps, k)
-    weighted, own, pairs = cal._pricing(bins)
+    weighted, own, pairs = cal._pricing_weights(bins)
     evaluations, _, bias = _price_steps(probs, hs, weighted, own, pairs)
     spent = (evaluations @ cal.level_costs(cost)).sum(-1)
     return labels, spent, bias.sum(-1)
