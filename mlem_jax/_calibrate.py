@@ -121,15 +121,9 @@ def calibrate(
         )
         calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
     if pilot_keys > 0 and diffusion is not None:
+        em_key = jax.random.fold_in(key, 2)
         em_error, em_order = _em_convergence(
-            levels.top,
-            diffusion,
-            y0,
-            t0,
-            t1,
-            num_steps,
-            jax.random.fold_in(key, 2),
-            args,
+            levels.top, diffusion, y0, t0, t1, num_steps, em_key, args
         )
         calibration = dataclasses.replace(
             calibration, em_error=em_error, em_order=em_order

@@ -104,20 +104,7 @@ def schedule(
         miss, sign = miss_error, -1.0
     else:
         assert budget is not None
-        floor = cal.min_cost(num_steps, min_probability, cost)
-        if not budget > floor:
-            raise ValueError(
-                f"Calibration.schedule: `budget` must exceed {floor:.6g}, the cost "
-                "of running level 1 alone at every step"
-                + (
-                    f" and every other level with probability {min_probability}"
-                    if min_probability > 0
-                    else ""
-                )
-                + f"; got {budget}."
-            )
-
-        assert budget is not None
+        _check_budget(cal, budget, num_steps, min_probability, cost)
 
         def miss_cost(log_s, budget: float = budget):
             spent = cal.predict(scaled(math.exp(log_s)), num_steps, cost).cost
@@ -244,22 +231,9 @@ def hybrid(
             f"{min_probability}."
         )
     num_steps = cal.num_steps if num_steps is None else num_steps
-    candidates = _hybrid_candidates(cal, num_steps, cost, min_probability)
-    candidates += [
-        (sched, cal.predict(sched, num_steps, cost))
-        for sched in cal.stitches(num_steps)
-    ]
-    try:
-        telescope = cal.schedule(
-            target_error=target_error,
-            budget=budget,
-            num_steps=num_steps,
-            min_probability=min_probability,
-            cost=cost,
-        )
-        candidates.append((telescope, cal.predict(telescope, num_steps, cost)))
-    except ValueError:  # the plain telescope cannot meet it
-        pass
+    candidates = _hybrid_pool(
+        cal, target_error, budget, num_steps, min_probability, cost
+    )
     if target_error is not None:
         ok = [c for c in candidates if c[1].error <= target_error * (1 + 1e-9)]
         key = "cost"
@@ -277,6 +251,45 @@ def hybrid(
     if isinstance(best, Rates):
         best = _rescaled(cal, best, target_error, budget, num_steps, cost)
     return best
+
+
+def _check_budget(cal, budget, num_steps, min_probability, cost):
+    """Refuse a `budget` that not even `schedule`'s cheapest rates meet."""
+    floor = cal.min_cost(num_steps, min_probability, cost)
+    if not budget > floor:
+        raise ValueError(
+            f"Calibration.schedule: `budget` must exceed {floor:.6g}, the cost "
+            "of running level 1 alone at every step"
+            + (
+                f" and every other level with probability {min_probability}"
+                if min_probability > 0
+                else ""
+            )
+            + f"; got {budget}."
+        )
+
+
+def _hybrid_pool(cal, target_error, budget, num_steps, min_probability, cost):
+    """`[(schedule, Prediction)]`: every schedule `hybrid` chooses from, the
+    per-step choices, the stitches and, where it meets the target or the budget,
+    `schedule`'s ML-EM rates."""
+    candidates = _hybrid_candidates(cal, num_steps, cost, min_probability)
+    candidates += [
+        (sched, cal.predict(sched, num_steps, cost))
+        for sched in cal.stitches(num_steps)
+    ]
+    try:
+        telescope = cal.schedule(
+            target_error=target_error,
+            budget=budget,
+            num_steps=num_steps,
+            min_probability=min_probability,
+            cost=cost,
+        )
+        candidates.append((telescope, cal.predict(telescope, num_steps, cost)))
+    except ValueError:  # the plain telescope cannot meet it
+        pass
+    return candidates
 
 
 def _rescaled(cal, sched, target_error, budget, num_steps, cost) -> Rates:

@@ -237,22 +237,10 @@ def verdict(
     n0 = cal.num_steps
     n_em = n0 * (float(cal.em_error_at(n0)) / judged) ** (1 / float(cal.em_order or 1))
     ladders = [(idx, cal.restrict(idx)) for idx in _sub_ladders(cal.num_levels)[1:]]
-    out: dict[str, dict] = {}
-    for unit in units:
-        em_cost = n_em * cal.level_costs(unit)[-1]
-        mlem_cost, at = _mlem_costs(cal, ladders, counts, judged, unit, min_probability)
-        alt_cost, alternative = _alternative_costs(cal, judged, unit)
-        hybrid_cost = _hybrid_costs(cal, counts, judged, unit, min_probability)
-        out[unit] = dict(
-            em_cost=em_cost,
-            mlem_cost=mlem_cost,
-            speedup=em_cost / mlem_cost,
-            at=at,
-            alt_cost=alt_cost,
-            alternative=alternative,
-            hybrid_cost=hybrid_cost,
-            gain=alt_cost / np.minimum(mlem_cost, hybrid_cost),
-        )
+    out = {
+        unit: _unit_costs(cal, ladders, counts, judged, n_em, unit, min_probability)
+        for unit in units
+    }
     at = out[cost]["at"]
     return Verdict(
         cost=cost,
@@ -273,6 +261,26 @@ def verdict(
         alternatives=out[cost]["alternative"],
         hybrid_costs={u: out[u]["hybrid_cost"] for u in units},
         gains={u: out[u]["gain"] for u in units},
+    )
+
+
+def _unit_costs(cal, ladders, counts, judged, n_em, unit, min_probability):
+    """Per judged error, in `unit`: Euler–Maruyama's cost at `n_em` steps, ML-EM's
+    least cost and where it is reached, the best alternative's and the hybrid's,
+    and the speedup and gain they make."""
+    em_cost = n_em * cal.level_costs(unit)[-1]
+    mlem_cost, at = _mlem_costs(cal, ladders, counts, judged, unit, min_probability)
+    alt_cost, alternative = _alternative_costs(cal, judged, unit)
+    hybrid_cost = _hybrid_costs(cal, counts, judged, unit, min_probability)
+    return dict(
+        em_cost=em_cost,
+        mlem_cost=mlem_cost,
+        speedup=em_cost / mlem_cost,
+        at=at,
+        alt_cost=alt_cost,
+        alternative=alternative,
+        hybrid_cost=hybrid_cost,
+        gain=alt_cost / np.minimum(mlem_cost, hybrid_cost),
     )
 
 
