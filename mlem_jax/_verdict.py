@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -264,7 +264,9 @@ def verdict(
     )
 
 
-def _unit_costs(cal, ladders, counts, judged, n_em, unit, min_probability):
+def _unit_costs(
+    cal, ladders, counts, judged, n_em, unit, min_probability
+) -> dict[str, Any]:
     """Per judged error, in `unit`: Euler–Maruyama's cost at `n_em` steps, ML-EM's
     least cost and where it is reached, the best alternative's and the hybrid's,
     and the speedup and gain they make."""
