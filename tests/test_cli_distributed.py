@@ -24,7 +24,7 @@ from mlem_jax.__main__ import main
 from mlem_jax.cli._distributed import global_devices, process_out
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 150  # per phase; a run takes ~15-40 s of a loaded 2-core machine
+TIMEOUT_S = 150  # per phase; a phase takes ~20-60 s of a loaded 2-core machine
 COMMON = ["--steps", "8", "--num", "8", "--seed", "3", "--draws", "shared"]
 
 
@@ -74,7 +74,7 @@ def _level_ms(seconds) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("distributed")
-    for name in ("own", "bad", "lone", "gather", "single"):
+    for name in ("own", "bad", "lone", "gather", "single"):  # "stop" is a file
         (tmp / name).mkdir()
     own, own_envs = _pair(tmp / "own" / "s.png", "--cost", "seconds")
     # JAX_THREEFRY_PARTITIONABLE=0 on one process: the same seed, other noise.
@@ -85,10 +85,23 @@ def runs(tmp_path_factory) -> dict:
         envs=[_env(2), _env(2, JAX_THREEFRY_PARTITIONABLE="0")],
     )
     lone = _pair(tmp / "lone" / "s.png", "--join-timeout", "1")[0][:1]
+    # Process 1's --out lies under a file: it stops on that usage error before
+    # sampling, and process 0 must stop too rather than wait for it.
+    (tmp / "stop").write_text("a file, not a folder")
+    stop, stop_envs = _pair(tmp / "stop" / "s.png", "--cost", "flops")
+    stop[0][stop[0].index("--out") + 1] = str(tmp / "lone" / "s0.png")
     phase1 = run_processes(
-        [*own, *bad, *lone], [*own_envs, *bad_envs, _env(2)], TIMEOUT_S
+        [*own, *bad, *lone, *stop],
+        [*own_envs, *bad_envs, _env(2), *stop_envs],
+        TIMEOUT_S,
     )
-    result = {"tmp": tmp, "own": phase1[:2], "bad": phase1[2:4], "lone": phase1[4]}
+    result = {
+        "tmp": tmp,
+        "own": phase1[:2],
+        "bad": phase1[2:4],
+        "lone": phase1[4],
+        "stop": phase1[5:],
+    }
     for code, _, stderr in result["own"]:
         assert code == 0, stderr[-4000:]
     seconds = np.load(tmp / "own" / "s.process0.npz")["level_seconds"]
@@ -186,6 +199,14 @@ def test_processes_with_other_noise_are_refused(runs):
         ), stderr[-2000:]
         assert "PRNG settings differ" in stderr
     assert os.listdir(runs["tmp"] / "bad") == []
+
+
+def test_a_process_that_stops_early_stops_the_others(runs):
+    (code0, _, err0), (code1, _, err1) = runs["stop"]
+    assert code1 == 2 and "is a file, not a folder" in err1, err1[-2000:]
+    assert code0 == 2, err0[-2000:]
+    assert "process(es) 1 of 2 stopped before sampling" in err0
+    assert not (runs["tmp"] / "lone" / "s0.process0.npz").exists()
 
 
 def test_a_missing_process_ends_the_wait(runs):
