@@ -160,9 +160,10 @@ def add_parser(sub: Any) -> None:
         type=parse_devices,
         default="all",
         help="split the batch over this many local devices (`all`: every local "
-        "device, or the most that divide --num); with more than one, each device "
-        "draws its own levels (mlem_jax.mlem_solve_sharded, independent draws), "
-        "which lowers the ML-EM noise of the batch at the same cost",
+        "device, or the most that divide --num; with --coordinator, every device of "
+        "every process); with more than one, each device draws its own levels "
+        "(mlem_jax.mlem_solve_sharded, --draws independent), which lowers the ML-EM "
+        "noise of the batch at the same cost",
     )
     add_distributed_options(p)
     p.set_defaults(func=run, parser=p)
