@@ -24,7 +24,7 @@ from mlem_jax.__main__ import main
 from mlem_jax.cli._distributed import global_devices, process_out
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 150  # per phase; a phase takes ~20-60 s of a loaded 2-core machine
+TIMEOUT_S = 300  # per phase (a bound, not a timing): ~20-110 s on 2 loaded cores
 COMMON = ["--steps", "8", "--num", "8", "--seed", "3", "--draws", "shared"]
 
 
@@ -90,9 +90,16 @@ def runs(tmp_path_factory) -> dict:
     (tmp / "stop").write_text("a file, not a folder")
     stop, stop_envs = _pair(tmp / "stop" / "s.png", "--cost", "flops")
     stop[0][stop[0].index("--out") + 1] = str(tmp / "lone" / "s0.png")
+    # --coordinator auto outside a cluster (no SLURM, Open MPI or TPU variables).
+    auto = _sample(tmp / "lone" / "a.png", "--coordinator", "auto")
+    auto_env = {
+        k: v
+        for k, v in _env(2).items()
+        if not k.startswith(("SLURM_", "OMPI_", "TPU_", "CLOUD_TPU"))
+    }
     phase1 = run_processes(
-        [*own, *bad, *lone, *stop],
-        [*own_envs, *bad_envs, _env(2), *stop_envs],
+        [*own, *bad, *lone, *stop, auto],
+        [*own_envs, *bad_envs, _env(2), *stop_envs, auto_env],
         TIMEOUT_S,
     )
     result = {
@@ -100,7 +107,8 @@ def runs(tmp_path_factory) -> dict:
         "own": phase1[:2],
         "bad": phase1[2:4],
         "lone": phase1[4],
-        "stop": phase1[5:],
+        "stop": phase1[5:7],
+        "auto": phase1[7],
     }
     for code, _, stderr in result["own"]:
         assert code == 0, stderr[-4000:]
@@ -207,6 +215,13 @@ def test_a_process_that_stops_early_stops_the_others(runs):
     assert code0 == 2, err0[-2000:]
     assert "process(es) 1 of 2 stopped before sampling" in err0
     assert not (runs["tmp"] / "lone" / "s0.process0.npz").exists()
+
+
+def test_auto_outside_a_cluster_says_what_to_give(runs):
+    code, _, stderr = runs["auto"]
+    assert code == 2, stderr[-2000:]
+    assert "--coordinator auto: jax.distributed.initialize failed" in stderr
+    assert "give --coordinator HOST:PORT --num-processes N --process-id I" in stderr
 
 
 def test_a_missing_process_ends_the_wait(runs):
