@@ -32,6 +32,7 @@ def pytest_configure(config):
 # run first, so that under pytest-xdist the short files fill in around them instead
 # of one worker finishing a long file alone at the end.
 SLOW_FIRST = (
+    "test_cli_distributed.py",
     "test_training.py",
     "test_cli_sample.py",
     "test_cli_budget.py",

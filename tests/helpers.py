@@ -151,3 +151,43 @@ def grid_increments(key, ts, shape):
     dt = np.abs(np.diff(np.asarray(ts, np.float64)))
     z = jax.random.normal(key, (len(dt), *shape))
     return z * jnp.sqrt(jnp.asarray(dt, z.dtype)).reshape(-1, *[1] * len(shape))
+
+
+# --- subprocesses (JAX runs with forced host devices, jax.distributed) -------------
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a jax.distributed coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(commands, envs, timeout: float) -> list[tuple[int, str, str]]:
+    """Start every command of `commands` (argv lists, with the matching `envs`) at
+    once and wait for all: `[(returncode, stdout, stderr)]`. Each must finish within
+    `timeout` seconds of the start; on a timeout or any error every process still
+    running is killed before raising."""
+    import subprocess
+    import time
+
+    procs = [
+        subprocess.Popen(
+            c, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for c, e in zip(commands, envs, strict=True)
+    ]
+    deadline = time.monotonic() + timeout
+    out = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=max(deadline - time.monotonic(), 1))
+            out.append((p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out

@@ -5,7 +5,8 @@ One module per command, each adding its subparser (`add_parser`) and running it
 
 - `train` (`_train.py`): train a UNet ladder on a dataset and write a ladder directory.
 - `distill` (`_distill.py`): distil a ladder's top level into its cheaper levels.
-- `sample` (`_sample.py`): draw samples from a ladder with ML-EM or Euler–Maruyama.
+- `sample` (`_sample.py`): draw samples from a ladder with ML-EM or Euler–Maruyama;
+  across the processes of a `jax.distributed` run with `_distributed.py`.
 - `demo` (`_demo.py`, its report in `_demo_report.py`): ML-EM against
   Euler–Maruyama and SDE-DPM-Solver++(1) on one ladder.
 

@@ -244,8 +244,18 @@ def check_memory(
 # ----------------------------------------------------------------------- messages
 
 
+_QUIET = threading.Event()
+
+
+def quiet_warnings() -> None:
+    """Silence `warn` for the rest of the process (the processes of a distributed
+    `sample` other than 0, whose warnings would repeat process 0's)."""
+    _QUIET.set()
+
+
 def warn(message: str) -> None:
-    print(f"mlem-jax: warning: {message}", file=sys.stderr)
+    if not _QUIET.is_set():
+        print(f"mlem-jax: warning: {message}", file=sys.stderr)
 
 
 def progress_bar(total: int, desc: str, enabled: bool):

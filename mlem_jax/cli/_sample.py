@@ -49,6 +49,7 @@ from ._common import (
     stitch_spec,
     warn,
 )
+from ._distributed import Distributed, add_options as add_distributed_options, join
 from ._images import image_grid, save_png
 from ._solves import eps_networks, run_diffusion, run_em, run_mlem, run_sharded
 
@@ -159,10 +160,12 @@ def add_parser(sub: Any) -> None:
         type=parse_devices,
         default="all",
         help="split the batch over this many local devices (`all`: every local "
-        "device, or the most that divide --num); with more than one, each device "
-        "draws its own levels (mlem_jax.mlem_solve_sharded, independent draws), "
-        "which lowers the ML-EM noise of the batch at the same cost",
+        "device, or the most that divide --num; with --coordinator, every device of "
+        "every process); with more than one, each device draws its own levels "
+        "(mlem_jax.mlem_solve_sharded, --draws independent), which lowers the ML-EM "
+        "noise of the batch at the same cost",
     )
+    add_distributed_options(p)
     p.set_defaults(func=run, parser=p)
 
 
@@ -242,6 +245,15 @@ def sample_devices(parser: argparse.ArgumentParser, devices: int | str, num: int
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    dist = join(parser, args)  # None unless --coordinator: before any device work
+    if dist is not None:
+        return dist.guarded(lambda: _run(args, parser, dist))
+    return _run(args, parser, None)
+
+
+def _run(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, dist: Distributed | None
+) -> int:
     check_ladder(parser, args.ladder)
     if not args.out.lower().endswith(".png"):
         parser.error(f"--out must name a .png file, got {args.out!r}")
@@ -287,11 +299,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.steps >= 2**31:
         parser.error(f"--steps must be below 2**31, got {args.steps}")
     return interruptible(
-        "sample", lambda: _sample(args, parser), f"{args.out} and {npz}"
+        "sample", lambda: _sample(args, parser, dist), f"{args.out} and {npz}"
     )
 
 
-def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _sample(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    dist: Distributed | None = None,
+) -> int:
     npz = os.path.splitext(args.out)[0] + ".npz"
     ladder = load_ladder(parser, args.ladder, args.num)
     k = ladder.levels.num_levels
@@ -318,6 +334,8 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     k_y0, k_path, k_cal, k_level = jax.random.split(key, 4)
     shape = (args.num, *ladder.shape)
     y0 = ladder.sde.prior_sample(k_y0, shape)
+    if dist is not None:
+        dist.agree(args, ladder, y0)
     param = VPLinear(beta_min=ladder.sde.beta_min, beta_max=ladder.sde.beta_max)
     sampler = None if args.sampler == "em" else diffusion_sampler(args.sampler)
     bar = progress_bar(3, "mlem-jax sample", not args.no_progress)
@@ -359,6 +377,13 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 )
             if args.level_ms is not None:
                 level_seconds = [ms / 1e3 for ms in args.level_ms]
+            elif dist is not None and args.cost == "seconds":
+                level_seconds = dist.seconds(  # measured on process 0 only
+                    lambda: priced_calibration(cal, ladder, y0, "seconds").level_costs(
+                        "seconds"
+                    ),
+                    k,
+                )
             cal = priced_calibration(cal, ladder, y0, args.cost, level_seconds)
             if args.cost == "seconds":
                 level_seconds = list(cal.level_costs("seconds"))
@@ -391,7 +416,10 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 print(f"verdict: {verdict}")
     bar.update()
     devices, note = (1, None)
-    if sampler is None:
+    if dist is not None:
+        dist.check_same("schedule", schedule, used)
+        devices = dist.devices(args.devices, args.num)
+    elif sampler is None:
         devices, note = sample_devices(parser, args.devices, args.num)
     if note:
         warn(note)
@@ -412,9 +440,18 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             args.grid,
             used,
         )
-    elif devices > 1:
+    elif devices > 1 or dist is not None:
         x, evaluations, per_device, secs = run_sharded(
-            ladder, schedule, y0, dw, k_level, args.steps, used, devices
+            ladder,
+            schedule,
+            y0,
+            dw,
+            k_level,
+            args.steps,
+            used,
+            devices,
+            None if dist is None else dist.mesh(devices),
+            args.draws,
         )
     elif schedule is None:
         x, info, secs = run_em(ladder, y0, dw, k_level, args.steps)
@@ -433,7 +470,7 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "raise --steps or --budget."
         )
     flops = float(np.dot(evaluations, ladder.levels.costs))
-    x = np.asarray(x)
+    rows, x = (np.arange(args.num), np.asarray(x)) if dist is None else dist.rows(x)
     if not np.all(np.isfinite(x)):
         bar.close()
         bad = int(x.size - np.count_nonzero(np.isfinite(x)))
@@ -455,12 +492,16 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if sampler is None and args.method == "single":
         method = "em"
     raise_if_interrupted()
+    if dist is not None and not dist.writes:
+        bar.close()
+        return 0
     atomic_write(
         npz,
         lambda f: np.savez(
             f,
             samples=x,
-            y0=np.asarray(y0),
+            rows=rows,
+            y0=np.asarray(y0)[rows],
             evaluations=evaluations,
             flops=flops,
             seconds=secs,
@@ -472,6 +513,8 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             cost=args.cost,
             level_seconds=np.asarray(level_seconds or [], np.float64),
             devices=devices,
+            draws=args.draws,
+            processes=1 if dist is None else dist.count,
             device_evaluations=np.asarray(
                 per_device if per_device is not None else [evaluations]
             ),
@@ -485,14 +528,19 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"devices: 1 of {jax.local_device_count()} local")
         print("evaluations per level: " + " ".join(str(int(e)) for e in evaluations))
     else:
+        where = (
+            f"{jax.local_device_count()} local"
+            if dist is None
+            else f"{jax.device_count()} on {dist.count} processes"
+        )
+        draws = {
+            "independent": ", independent level draws (device d: key fold_in(level "
+            "key, d))",
+            "shared": ", shared level draws (the single-device ones)",
+        }
         print(
-            f"devices: {devices} of {jax.local_device_count()} local, "
-            f"{args.num // devices} samples each"
-            + (
-                ", independent level draws (device d: key fold_in(level key, d))"
-                if args.method == "mlem"
-                else ""
-            )
+            f"devices: {devices} of {where}, {args.num // devices} samples each"
+            + (draws[args.draws] if args.method == "mlem" else "")
         )
         for d, counts in enumerate(per_device):
             print(f"  device {d} evaluations: " + " ".join(str(int(e)) for e in counts))
@@ -504,4 +552,6 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"FLOPs: {flops:.3g}")
     print(f"wall-clock: {secs:.2f} s (one solve, after compilation)")
     print(f"wrote {args.out} and {npz}")
+    if dist is not None:
+        print(dist.describe())
     return 0

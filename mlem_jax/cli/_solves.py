@@ -58,10 +58,20 @@ def _em(levels: Levels, sde, y0, dw, key, num_steps: int):
 
 
 @eqx.filter_jit
-def _mlem(levels: Levels, sde, schedule, y0, dw, key, num_steps: int, mesh=None):
-    """ML-EM over `levels`; split over `mesh`'s devices (`mlem_solve_sharded`,
-    independent level draws per device) when one is given."""
-    kwargs = {} if mesh is None else {"mesh": mesh}
+def _mlem(
+    levels: Levels,
+    sde,
+    schedule,
+    y0,
+    dw,
+    key,
+    num_steps: int,
+    mesh=None,
+    draws: str = "independent",
+):
+    """ML-EM over `levels`; split over `mesh`'s devices (`mlem_solve_sharded`, with
+    `draws` level draws) when one is given."""
+    kwargs = {} if mesh is None else {"mesh": mesh, "draws": draws}
     solve = mlem_solve if mesh is None else mlem_solve_sharded
     return solve(
         levels,
@@ -189,18 +199,30 @@ def run_mlem(ladder: Ladder, schedule, y0, dw, key, num_steps: int, levels=None)
 
 
 def run_sharded(
-    ladder: Ladder, schedule, y0, dw, key, num_steps: int, levels, devices: int
+    ladder: Ladder,
+    schedule,
+    y0,
+    dw,
+    key,
+    num_steps: int,
+    levels,
+    devices: int,
+    mesh=None,
+    draws: str = "independent",
 ):
-    """The solve of `sample` split over `devices` local devices with
-    `mlem_solve_sharded` (independent level draws); Euler–Maruyama (`schedule` None)
-    as its one-level case with `p = 1`. Returns `(y1, evaluations of every level of
-    the ladder in whole-batch units (the mean over devices), per-device counts
-    (devices, k), seconds)`."""
+    """The solve of `sample` split over `devices` local devices (or over `mesh`,
+    e.g. every device of every process) with `mlem_solve_sharded` and `draws` level
+    draws; Euler–Maruyama (`schedule` None) as its one-level case with `p = 1`.
+    Returns `(y1, evaluations of every level of the ladder in whole-batch units (the
+    mean over devices), per-device counts (devices, k), seconds)`; `y1` is a NumPy
+    array, or a `jax.Array` whose rows live on several processes."""
     k = ladder.levels.num_levels
     if schedule is None:
         levels, schedule = [k - 1], FixedProbabilities(jnp.ones((1,), jnp.float32))
     idx = list(range(k) if levels is None else levels)
-    mesh = jax.make_mesh((devices,), ("batch",), devices=jax.local_devices()[:devices])
+    if mesh is None:
+        local = jax.local_devices()[:devices]
+        mesh = jax.make_mesh((devices,), ("batch",), devices=local)
     (y1, info), secs = _timed(
         _mlem,
         _sub_ladder(ladder, idx),
@@ -211,7 +233,10 @@ def run_sharded(
         key,
         num_steps,
         mesh,
+        draws,
     )
     per_device = np.zeros((devices, k), np.int64)
-    per_device[:, idx] = np.asarray(info.evaluations)
-    return np.asarray(y1), per_device.mean(axis=0), per_device, secs
+    per_device[:, idx] = np.asarray(info.evaluations)  # replicated on every process
+    if y1.is_fully_addressable:
+        y1 = np.asarray(y1)
+    return y1, per_device.mean(axis=0), per_device, secs
