@@ -138,19 +138,19 @@ class AbstractSampler(eqx.Module):
     state and carry. Coefficients are computed in the time dtype, then cast to `y`'s.
     """
 
-    evaluations_per_step: ClassVar[int] = 1
+    # Network evaluations per step.
+    evaluations_per_step: eqx.AbstractClassVar[int]
     # Whether each step is affine in the prediction (then the telescope is unbiased).
-    affine: ClassVar[bool] = True
+    affine: eqx.AbstractClassVar[bool]
 
     @property
     @abc.abstractmethod
     def stochastic(self) -> bool:
         """Whether the step uses noise (and so a Brownian increment)."""
 
+    @abc.abstractmethod
     def init(self, y0: Array) -> Any:
         """The carry before the first step."""
-        del y0
-        return None
 
     @abc.abstractmethod
     def step(
@@ -189,6 +189,8 @@ class DDIM(AbstractSampler):
     """
 
     eta: float = eqx.field(static=True, default=0.0)
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
 
     def __check_init__(self):
         if not (isinstance(self.eta, (int, float)) and 0 <= self.eta <= 1):
@@ -199,6 +201,10 @@ class DDIM(AbstractSampler):
     @property
     def stochastic(self):
         return self.eta != 0
+
+    def init(self, y0):
+        del y0
+        return None
 
     def step(self, param, t, t_next, y, predict, z, carry):
         alpha_next, ratio, h = _coefficients(param, t, t_next)
@@ -231,9 +237,16 @@ class SDEDPMSolverPP1(AbstractSampler):
     Mathematically equal to `DDIM(eta=1)` and to DDPM ancestral sampling.
     """
 
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
+
     @property
     def stochastic(self):
         return True
+
+    def init(self, y0):
+        del y0
+        return None
 
     def step(self, param, t, t_next, y, predict, z, carry):
         alpha_next, ratio, h = _coefficients(param, t, t_next)
@@ -276,6 +289,9 @@ class DPMSolverPP2M(_Multistep):
     `r = h_prev/h`; the first step is first order (DDIM). Second order in the step.
     """
 
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
+
     @property
     def stochastic(self):
         return False
@@ -296,6 +312,9 @@ class SDEDPMSolverPP2M(_Multistep):
 
     with `D` as in `DPMSolverPP2M`; the first step is SDE-DPM-Solver++(1).
     """
+
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
 
     @property
     def stochastic(self):
@@ -336,6 +355,10 @@ class _DiffraxODE(AbstractSampler):
     def stochastic(self):
         return False
 
+    def init(self, y0):
+        del y0
+        return None
+
     @property
     @abc.abstractmethod
     def solver(self) -> diffrax.AbstractSolver: ...
@@ -350,6 +373,9 @@ class _DiffraxODE(AbstractSampler):
 class Euler(_DiffraxODE):
     """Euler on the probability-flow ODE in `t` (`diffrax.Euler`); first order. Use
     `grid="edm"` for Karras et al.'s time discretisation."""
+
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
 
     @property
     def solver(self):
