@@ -37,6 +37,7 @@ from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     FixedProbabilities as FixedProbabilities,
     LogitProbabilities as LogitProbabilities,
+    Periodic as Periodic,
     Rates as Rates,
     Stitch as Stitch,
 )

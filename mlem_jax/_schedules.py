@@ -538,3 +538,52 @@ def _interval(t0, t1) -> tuple[float, float]:
             f"Stitch: `t0` and `t1` must be finite and differ; got {t0c}, {t1c}."
         )
     return t0c, t1c
+
+
+class Periodic(eqx.Module):
+    """The deterministic multilevel variant: level `l` runs every `periods[l]`-th
+    step, and in between its last correction is reused.
+
+    At step `n` the data prediction is `Σ_l Δ_l`, where `Δ_l = x̂_0^l − x̂_0^{l−1}` is
+    computed afresh at the steps `n ≡ 0 (mod periods[l])` and otherwise is the value
+    from the last such step. With two levels and `periods = (1, m)`: the top network
+    every `m`-th step, and in between the cheap network plus the last top-level
+    correction `x̂_0^2 − x̂_0^1`. The draws are `mlem_jax`'s (`ladder_draws`, compute
+    skipping by `mlem_drift`), so `info.evaluations`
+    counts what ran: level `l` at the steps where it or level `l + 1` is due.
+
+    Unlike the randomized telescope it is biased: by the change of the stale
+    corrections since they were computed (for `Δ_l` depending on `t` alone, exactly
+    the single-network sampler with `x̂_0^top − Σ_l (Δ_l(t_n) − Δ_l(t_{a_l(n)}))`,
+    `a_l(n)` the last step at which level `l` ran). Pass it as `mlem_jax.diffusion.mlem_sample`'s
+    `schedule`; no `key` is needed with a deterministic sampler. `periods = (1, …, 1)`
+    is the sampler with the top network.
+
+    **Arguments:**
+
+    - `periods`: one positive int per level, cheapest first.
+    """
+
+    periods: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, periods):
+        try:
+            values = tuple(periods)
+        except TypeError:
+            raise TypeError(
+                f"Periodic: `periods` must be a sequence of positive ints, one per "
+                f"level; got {periods!r}."
+            ) from None
+        if not values or not all(
+            isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1
+            for m in values
+        ):
+            raise ValueError(
+                "Periodic: `periods` must be a non-empty sequence of positive ints, "
+                f"one per level; got {periods!r}."
+            )
+        self.periods = tuple(int(m) for m in values)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.periods)

@@ -46,6 +46,7 @@ position on the mesh axis). See `docs/multihost.md`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from typing import Any
 
@@ -58,10 +59,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._brownian import split_key
+from ._integrate import EulerMaruyama, integrate
 from ._levels import Levels
-from ._misc import check_key, check_num_steps
+from ._misc import check_key
 from ._schedules import AbstractSchedule
-from ._solve import DiffusionFn, _solve, check_increments, check_ladder
+from ._solve import DiffusionFn, check_ladder, solve_problem
 
 DRAWS = ("independent", "shared")
 
@@ -295,108 +297,72 @@ def mlem_solve_sharded(
             f"by the number of devices on mesh axis {axis_name!r} ({devices}); "
             f"pad the batch to a multiple of {devices}."
         )
-    num_steps = check_num_steps(name, num_steps)
-    is_array = brownian is not None and not isinstance(brownian, diffrax.AbstractPath)
-    if is_array:
-        brownian = check_increments(
-            name,
-            brownian,
-            int(num_steps),
-            y0,
-            "an array of increments or a diffrax Brownian path",
-        )
-    shard = _Shard(axis_name, devices, draws)
-    ys, evaluations, cost, ts = _sharded(
-        levels,
+    # Checked once, for the global batch; each device runs its shard of it.
+    problem = solve_problem(
+        name,
+        levels.fns,
         schedule,
         diffusion,
         y0,
-        t0,
-        t1,
-        int(num_steps),
-        key,
-        args,
-        brownian,
-        saveat,
-        checkpoint,
-        mesh,
-        shard,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        key=key,
+        args=args,
+        brownian=brownian,
+        saveat=saveat,
+        checkpoint=checkpoint,
     )
+    shard = _Shard(axis_name, devices, draws)
+    ys, evaluations, ts = _sharded(EulerMaruyama(diffusion), problem, mesh, shard)
+    tdtype = problem.grid.t0.dtype
+    cost = evaluations.astype(tdtype) @ jnp.asarray(levels.costs, tdtype)
     info = ShardedSolveInfo(
         evaluations=evaluations,
         total_evaluations=evaluations.sum(axis=0, dtype=evaluations.dtype),
         cost=cost,
         total_cost=cost.sum(),
         ts=ts,
-        num_steps=int(num_steps),
+        num_steps=problem.grid.num_steps,
         draws=draws,
     )
     return ys, info
 
 
 @eqx.filter_jit
-def _sharded(
-    levels,
-    schedule,
-    diffusion,
-    y0,
-    t0,
-    t1,
-    num_steps,
-    key,
-    args,
-    brownian,
-    saveat,
-    checkpoint,
-    mesh,
-    shard,
-):
+def _sharded(stepper, problem, mesh, shard):
     axis = shard.axis_name
+    brownian = problem.brownian
     is_array = brownian is not None and not isinstance(brownian, diffrax.AbstractPath)
     y_spec = P(axis)
     w_spec = P(None, axis) if is_array else P()
-    y0 = _place(y0, mesh, y_spec)
+    y0 = _place(problem.y0, mesh, y_spec)
     if is_array:
         assert isinstance(brownian, jax.Array)
         brownian = _place(brownian, mesh, w_spec)
 
     def body(y0_shard, w):
-        ys, info = _solve(
-            "mlem_solve_sharded",
-            levels.fns,
-            levels.costs,
-            schedule,
-            diffusion,
-            y0_shard,
-            t0,
-            t1,
-            num_steps,
-            key,
-            args,
-            w if is_array else brownian,
-            saveat,
-            checkpoint,
-            shard,
+        own = dataclasses.replace(
+            problem,
+            y0=y0_shard,
+            brownian=w if is_array else problem.brownian,
+            shard=shard,
         )
-        return ys, info.evaluations[None], info.cost[None], info.ts
+        ys, needed, _, ts = integrate(stepper, own)
+        return ys, needed.sum(axis=0, dtype=jnp.int32)[None], ts
 
-    ys_spec = y_spec if saveat is None else P(None, axis)
-    out_specs = (ys_spec, P(axis), P(axis), P())
+    ys_spec = y_spec if problem.save is None else P(None, axis)
     run = jax.shard_map(
         body,
         mesh=mesh,
         in_specs=(y_spec, w_spec),
-        out_specs=out_specs,
+        out_specs=(ys_spec, P(axis), P()),
         check_vma=False,
     )
-    ys, evaluations, cost, ts = run(
-        y0, brownian if is_array else jnp.zeros((), y0.dtype)
-    )
+    ys, evaluations, ts = run(y0, brownian if is_array else jnp.zeros((), y0.dtype))
     # The per-device counts are tiny: hand them back replicated, so that they
     # index like any array (an explicitly sharded one refuses `evaluations[d]`).
-    evaluations = _place(evaluations, mesh, P())
-    cost = _place(cost, mesh, P())
-    return ys, evaluations, cost, ts
+    return ys, _place(evaluations, mesh, P()), ts
 
 
 def process_rows(x: Array, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

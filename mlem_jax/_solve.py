@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import math
 import numbers
 import warnings
 from collections.abc import Callable
@@ -18,11 +16,19 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from ._brownian import leaf_keys, split_key, step_increment, tree_increment
-from ._levels import Levels, refinements
+from ._integrate import (
+    AbstractStepper,
+    EulerMaruyama,
+    Grid,
+    Problem,
+    SaveSpec,
+    integrate,
+    path_increment,
+)
+from ._levels import Levels
 from ._misc import check_key, check_num_steps, concrete_or_none, time_dtype
 from ._schedules import AbstractSchedule
-from ._step import check_drift_tree, level_value, mlem_drift, step_draws
+from ._step import check_drift_tree
 
 DiffusionFn = Callable[[Any, Any, Any], Any]
 
@@ -43,13 +49,6 @@ class SolveInfo(eqx.Module):
     cost: Float[Array, ""]
     ts: Float[Array, " n"] | None
     num_steps: int = eqx.field(static=True)
-
-
-class _SaveSpec(eqx.Module):
-    t0: bool = eqx.field(static=True)
-    t1: bool = eqx.field(static=True)
-    steps: bool = eqx.field(static=True)
-    ts_index: Int[Array, " m"] | None
 
 
 def mlem_solve(
@@ -131,22 +130,22 @@ def mlem_solve(
     Multilevel Euler-Maruyama Method", arXiv:2603.24594 (2026).
     """
     check_ladder("mlem_solve", levels, schedule)
-    return _solve(
+    problem = solve_problem(
         "mlem_solve",
         levels.fns,
-        levels.costs,
         schedule,
         diffusion,
         y0,
-        t0,
-        t1,
-        num_steps,
-        key,
-        args,
-        brownian,
-        saveat,
-        checkpoint,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        key=key,
+        args=args,
+        brownian=brownian,
+        saveat=saveat,
+        checkpoint=checkpoint,
     )
+    return run_problem("mlem_solve", problem, EulerMaruyama(diffusion), levels.costs)
 
 
 def check_ladder(name: str, levels, schedule) -> None:
@@ -210,41 +209,41 @@ def em_solve(
         raise ValueError(
             f"em_solve: `cost` must be a positive finite number; got {cost!r}."
         )
-    return _solve(
+    problem = solve_problem(
         "em_solve",
         (drift,),
-        (float(cost),),
         None,
         diffusion,
         y0,
-        t0,
-        t1,
-        num_steps,
-        key,
-        args,
-        brownian,
-        saveat,
-        checkpoint,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        key=key,
+        args=args,
+        brownian=brownian,
+        saveat=saveat,
+        checkpoint=checkpoint,
     )
+    return run_problem("em_solve", problem, EulerMaruyama(diffusion), (float(cost),))
 
 
-def _solve(
-    name,
+def solve_problem(
+    name: str,
     fns,
-    costs,
     schedule,
     diffusion,
     y0,
+    *,
     t0,
     t1,
-    num_steps,
+    num_steps: int,
     key,
     args,
     brownian,
     saveat,
     checkpoint,
-    shard: Any = None,
-):
+) -> Problem:
+    """Check the arguments of a solve (errors name `name`) into a `Problem`."""
     num_steps = check_num_steps(name, num_steps)
     if not (isinstance(checkpoint, bool) or checkpoint == "sqrt"):
         raise ValueError(
@@ -275,15 +274,11 @@ def _solve(
                 "noise); pass a diffusion g(t, y, args) or drop `brownian`."
             )
         if isinstance(brownian, diffrax.AbstractPath):
-            out = jax.eval_shape(lambda p: _path_increment(p, t0, t1), brownian)
+            out = jax.eval_shape(lambda p: path_increment(p, t0, t1), brownian)
             shapes = lambda tree: jax.tree.map(
                 lambda x: getattr(x, "shape", None), tree
             )
-            expected = (
-                shapes(y0)
-                if shard is None
-                else jax.tree.map(lambda x: shard.global_shape(x.shape), y0)
-            )
+            expected = shapes(y0)
             if jax.tree.structure(out) != jax.tree.structure(y0) or (
                 shapes(out) != expected
             ):
@@ -303,30 +298,44 @@ def _solve(
         # Abstract evaluation only: no compute, a clear error naming the level.
         out = eqx.filter_eval_shape(fn, t0, y0, args)
         check_drift_tree(out, y0, "`drift`" if schedule is None else f"level {i + 1}")
-    spec, save_ts = _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps)
+    save = _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps)
     always = None
     if schedule is not None and t0c is not None and t1c is not None:
         always = schedule.always_fires((float(t1c) - float(t0c)) / num_steps)
-    ys, evaluations, ts = _integrate(
-        fns,
-        schedule,
-        always,
-        diffusion,
-        y0,
-        t0,
-        t1,
-        num_steps,
-        key,
-        args,
-        brownian,
-        spec,
-        save_ts,
-        checkpoint,
-        shard,
+    problem = Problem(
+        fns=tuple(fns),
+        schedule=schedule,
+        always=always,
+        y0=y0,
+        grid=Grid(t0=t0, t1=t1, num_steps=num_steps),
+        key=key,
+        args=args,
+        brownian=brownian,
+        save=save,
+        checkpoint=checkpoint,
     )
-    cost = jnp.asarray(costs, tdtype) @ evaluations.astype(tdtype)
+    return problem
+
+
+def run_problem(
+    name: str, problem: Problem, stepper: AbstractStepper, costs
+) -> tuple[PyTree[Array], SolveInfo]:
+    """`integrate(stepper, problem)` and its `SolveInfo`; warns where a finite `y0`
+    gave non-finite states."""
+    ys, needed, _, ts = integrate(stepper, problem)
     warn_non_finite(name, ys)
-    return ys, SolveInfo(evaluations=evaluations, cost=cost, ts=ts, num_steps=num_steps)
+    return ys, solve_info(problem, needed, ts, costs)
+
+
+def solve_info(problem: Problem, needed, ts, costs, per_step: int = 1) -> SolveInfo:
+    """The `SolveInfo` of a run of `problem` whose steps evaluated `needed` (each
+    evaluation `per_step` calls of the level)."""
+    evaluations = needed.sum(axis=0, dtype=jnp.int32) * per_step
+    tdtype = problem.grid.t0.dtype
+    cost = jnp.asarray(costs, tdtype) @ evaluations.astype(tdtype)
+    return SolveInfo(
+        evaluations=evaluations, cost=cost, ts=ts, num_steps=problem.grid.num_steps
+    )
 
 
 def check_increments(
@@ -454,16 +463,9 @@ def _as_state(name: str, y0) -> PyTree[Array]:
     return state
 
 
-def _path_increment(path, t0, t1):
-    """`W(t1) − W(t0)` from a diffrax path, also one that carries Lévy area (for the
-    stochastic Runge–Kutta solvers), whose `evaluate` returns an object with `.W`."""
-    increment = path.evaluate(t0, t1)
-    return getattr(increment, "W", increment)
-
-
 def _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps):
     if saveat is None:
-        return None, None
+        return None
     if not isinstance(saveat, diffrax.SaveAt):
         raise TypeError(
             f"{name}: `saveat` must be a diffrax.SaveAt or None; got "
@@ -508,195 +510,13 @@ def _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps):
                 )
         ts_index = jnp.rint(index).astype(jnp.int32)
         save_ts = ts
-    spec = _SaveSpec(
-        t0=bool(sub.t0), t1=bool(sub.t1), steps=bool(sub.steps), ts_index=ts_index
+    spec = SaveSpec(
+        t0=bool(sub.t0),
+        t1=bool(sub.t1),
+        steps=bool(sub.steps),
+        ts_index=ts_index,
+        save_ts=save_ts,
     )
     if not (spec.t0 or spec.t1 or spec.steps or ts_index is not None):
         raise ValueError(f"{name}: `saveat` saves nothing; set t0, t1, ts or steps.")
-    return spec, save_ts
-
-
-@eqx.filter_jit
-def _integrate(
-    fns,
-    schedule,
-    always,
-    diffusion,
-    y0,
-    t0,
-    t1,
-    num_steps,
-    key,
-    args,
-    brownian,
-    spec,
-    save_ts,
-    checkpoint,
-    shard: Any = None,
-):
-    tdtype = t0.dtype  # at least float32 (see `time_dtype`)
-    h = (t1 - t0) / num_steps
-    brownian_key, level_key = split_key(key)
-    keys = leaf_keys(brownian_key, y0)
-    if shard is not None:
-        # One shard of a batch split over the devices of `shard.axis_name` (inside
-        # shard_map): the Brownian stream is the global batch's, cut to this shard;
-        # the level stream is the whole key's (shared draws) or the device's own.
-        level_key = shard.level_key(key)
-    is_path = isinstance(brownian, diffrax.AbstractPath)
-    steps = jnp.arange(num_steps)
-    xs = (steps, brownian if (brownian is not None and not is_path) else None)
-    tree_map = jax.tree.map
-    refines = refinements(fns)
-
-    def step(carry, x):
-        y, buf = carry
-        n, given_dw = x
-        t = t0 + n.astype(tdtype) * h
-        if schedule is None:
-            drift = level_value(fns[0], "`drift`", t, y, args)
-            needed = jnp.ones((1,), bool)
-        else:
-            needed, weights = step_draws(
-                schedule, level_key, n, t, h, tdtype, always, refines=refines
-            )
-            drift = mlem_drift(fns, needed, weights, t, y, args, always)
-        y_next = tree_map(lambda yi, d: yi + h.astype(yi.dtype) * d, y, drift)
-        if diffusion is not None:
-            if brownian is None and shard is not None:
-                dw = tree_map(
-                    lambda kk, yi, sh=shard: sh.slice(
-                        step_increment(kk, n, sh.global_shape(yi.shape), h, yi.dtype)
-                    ),
-                    keys,
-                    y,
-                )
-            elif brownian is None:
-                dw = tree_increment(keys, n, y, h)
-            elif is_path:
-                t_next = jnp.where(
-                    n + 1 == num_steps, t1, t0 + (n + 1).astype(tdtype) * h
-                )
-                lo, hi = jnp.minimum(t, t_next), jnp.maximum(t, t_next)
-                # Same sign convention as diffrax in reverse time: the control of the
-                # step from t to t + h is W(t + h) − W(t).
-                sign = jnp.where(h > 0, 1, -1)
-                dw = tree_map(
-                    lambda w, yi: (sign.astype(yi.dtype) * w).astype(yi.dtype),
-                    _path_increment(brownian, lo, hi),
-                    y,
-                )
-                if shard is not None:
-                    dw = tree_map(shard.slice, dw)
-            else:
-                dw = given_dw
-            g = _diffusion_value(diffusion, t, y, args)
-            y_next = tree_map(lambda a, gi, w: a + gi * w, y_next, g, dw)
-        if spec is not None and spec.ts_index is not None:
-            hit = spec.ts_index == n + 1
-            buf = tree_map(
-                lambda b, yn: jnp.where(hit.reshape(-1, *([1] * yn.ndim)), yn[None], b),
-                buf,
-                y_next,
-            )
-        out = y_next if (spec is not None and spec.steps) else None
-        return (y_next, buf), (needed, out)
-
-    if checkpoint:
-        step = jax.checkpoint(step, prevent_cse=False)
-    buf = None
-    if spec is not None and spec.ts_index is not None:
-        m = spec.ts_index.shape[0]
-        buf = tree_map(
-            lambda yi: jnp.where(
-                (spec.ts_index == 0).reshape(-1, *([1] * yi.ndim)),
-                yi[None],
-                jnp.zeros((m, *yi.shape), yi.dtype),
-            ),
-            y0,
-        )
-    if checkpoint == "sqrt":
-        (y1, buf), (needed, step_ys) = _two_level_scan(step, (y0, buf), xs, num_steps)
-    else:
-        (y1, buf), (needed, step_ys) = jax.lax.scan(step, (y0, buf), xs)
-    evaluations = needed.sum(axis=0, dtype=jnp.int32)
-    if spec is None:
-        return y1, evaluations, None
-    ys, ts = [], []
-    if spec.t0:
-        ys.append(tree_map(lambda a: a[None], y0))
-        ts.append(t0[None])
-    if buf is not None:
-        ys.append(buf)
-        ts.append(save_ts)
-    if spec.steps:
-        ys.append(step_ys)
-        grid = t0 + (steps + 1).astype(tdtype) * h
-        ts.append(grid.at[-1].set(t1))
-    if spec.t1:
-        ys.append(tree_map(lambda a: a[None], y1))
-        ts.append(t1[None])
-    return (
-        tree_map(lambda *parts: jnp.concatenate(parts), *ys),
-        evaluations,
-        (jnp.concatenate(ts)),
-    )
-
-
-def _diffusion_value(diffusion, t, y, args) -> PyTree[Array]:
-    """`diffusion(t, y, args)` as a PyTree like `y`, each leaf in the leaf's dtype
-    and broadcastable to it (diagonal noise), or a clear error. A single scalar
-    serves every leaf of a PyTree `y`."""
-    g = diffusion(t, y, args)
-    structure = jax.tree.structure(y)
-    single = jtu.treedef_is_leaf(structure)
-    if not single and jtu.treedef_is_leaf(jax.tree.structure(g)):
-        if jnp.shape(g) == ():
-            g = jax.tree.unflatten(structure, [g] * structure.num_leaves)
-    if not single and jax.tree.structure(g) != structure:
-        raise ValueError(
-            f"the diffusion returned a PyTree of structure {jax.tree.structure(g)}, "
-            f"expected the structure of y {structure} (diagonal noise: one array per "
-            "leaf of y, broadcastable to it) or a scalar."
-        )
-
-    def leaf(gi, yi):
-        gi = jnp.asarray(gi).astype(yi.dtype)
-        try:
-            broadcast = np.broadcast_shapes(gi.shape, yi.shape)
-        except ValueError:
-            broadcast = None
-        if broadcast != yi.shape:
-            raise ValueError(
-                f"the diffusion returned shape {gi.shape}, which does not broadcast "
-                f"to the shape of y {yi.shape}; expected diagonal noise (an array "
-                "broadcastable to y, or a scalar)."
-            )
-        return gi
-
-    if single:
-        return leaf(g, y)
-    return jax.tree.map(leaf, g, y)
-
-
-def _two_level_scan(step, carry, xs, num_steps):
-    """`lax.scan(step, carry, xs)` as a scan over blocks of about `√num_steps` steps,
-    each block rematerialised in reverse mode: only the block-boundary carries and one
-    block's per-step carries are stored at a time, `O(√num_steps)` states in all."""
-    block = math.isqrt(num_steps - 1) + 1  # ceil(sqrt(num_steps))
-    num_blocks, rest = divmod(num_steps, block)
-
-    @functools.partial(jax.checkpoint, prevent_cse=False)
-    def run_block(c, xb):
-        return jax.lax.scan(step, c, xb)
-
-    main = jax.tree.map(
-        lambda a: a[: num_blocks * block].reshape(num_blocks, block, *a.shape[1:]), xs
-    )
-    carry, out = jax.lax.scan(run_block, carry, main)
-    out = jax.tree.map(lambda a: a.reshape(num_blocks * block, *a.shape[2:]), out)
-    if rest:
-        tail = jax.tree.map(lambda a: a[num_blocks * block :], xs)
-        carry, out_tail = run_block(carry, tail)
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, out_tail)
-    return carry, out
+    return spec

@@ -25,6 +25,7 @@ x, info = mlem_jax.diffusion.mlem_sample(levels, schedule, param, SDEDPMSolverPP
 Samplers by name: `mlem_jax.diffusion.sampler("dpm++2m")`, every name in `SAMPLERS`.
 """
 
+from .._schedules import Periodic as Periodic
 from ._calibrate_sampler import calibrate_sampler as calibrate_sampler
 from ._guidance import (
     autoguidance_levels as autoguidance_levels,
@@ -75,7 +76,6 @@ from ._samplers import (
     DPMSolverPP2M as DPMSolverPP2M,
     Euler as Euler,
     Heun as Heun,
-    Periodic as Periodic,
     SDEDPMSolverPP1 as SDEDPMSolverPP1,
     SDEDPMSolverPP2M as SDEDPMSolverPP2M,
     mlem_sample as mlem_sample,

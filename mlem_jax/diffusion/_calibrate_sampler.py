@@ -33,13 +33,13 @@ with the same machinery and the same `Calibration` as `calibrate`:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from .._brownian import split_key, step_increment
 from .._calibrate import (
@@ -50,12 +50,13 @@ from .._calibrate import (
     trajectory_statistics,
     with_amplification,
 )
+from .._integrate import AbstractStepper, Grid, Problem, integrate
 from .._levels import Levels
-from .._misc import check_num_steps, concrete_or_none
+from .._misc import check_num_steps
 from .._schedules import FixedProbabilities
 from .._step import check_drift_output
 from ._param import AbstractParametrisation
-from ._samplers import AbstractSampler, _prepare, _X0Prediction, mlem_sample
+from ._samplers import AbstractSampler, _X0Prediction, mlem_sample, sampler_problem
 
 
 def calibrate_sampler(
@@ -133,29 +134,28 @@ def calibrate_sampler(
             f"{name}: `reference` must be a network f(t, y, args) or None; got "
             f"{type(reference).__name__}."
         )
-    y0, ts, dts, x0_fns, key, _ = _prepare(
+    problem = sampler_problem(
         name,
         levels.fns,
-        True,
+        None,
         param,
         sampler,
         y0,
-        t0,
-        t1,
-        num_steps,
-        key,
-        prediction,
-        grid,
-        rho,
-        args,
-        None,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        key=key,
+        needs_key=True,
+        prediction=prediction,
+        grid=grid,
+        rho=rho,
+        args=args,
+        brownian=None,
+        checkpoint=True,
     )
-    y0c = concrete_or_none(y0)
-    if y0c is not None and not np.all(np.isfinite(y0c)):
-        raise ValueError(
-            f"{name}: `y0` contains {np.sum(~np.isfinite(y0c))} NaN or infinite "
-            "values; expected a finite batch of initial states."
-        )
+    y0, key, x0_fns = problem.y0, problem.key, problem.fns
+    ts, dts = problem.grid.ts, problem.grid.dts
+    assert ts is not None and dts is not None
     if reference is not None:
         out = jax.eval_shape(reference, ts[0], y0, args)
         try:
@@ -239,39 +239,62 @@ def calibrate_sampler(
     return calibration
 
 
-def _pilot(top, param, sampler, y0, ts, dts, dw, args, perturbation=None):
-    """The sampler with the data predictor `top` on the grid `ts` (noise `dw`), with
-    `perturbation[n]` added to the prediction of step `n`: `(y1, states, c)`, the
-    state at the start of every step and each step's coefficient `c_n` of the
-    prediction, `∂y_{n+1}/∂x̂_0` (a scalar: every affine sampler's is)."""
-    dtype = y0.dtype
-    num_steps = ts.shape[0] - 1
-    if perturbation is None:
-        perturbation = jnp.zeros((num_steps, *y0.shape), dtype)
-    if dw is None:
-        dw = jnp.zeros((num_steps, *y0.shape), dtype)
+class _Linearised(AbstractStepper):
+    """The sampler's step with `perturbation[n]` added to the prediction of step
+    `n`, recording each step's start state and its coefficient of the prediction,
+    `c_n = ∂y_{n+1}/∂x̂_0` (a scalar: every affine sampler's is)."""
 
-    def step(carry, x):
-        y, state = carry
-        t, t_next, dt, dwn, pn = x
-        z = dwn / jnp.sqrt(jnp.abs(dt)).astype(dtype) if sampler.stochastic else None
-        x0 = top(t, y, args)
+    sampler: AbstractSampler
+    param: AbstractParametrisation
+    perturbation: Array
+    unit_noise: ClassVar[bool] = True
+
+    @property
+    def stochastic(self) -> bool:
+        return self.sampler.stochastic
+
+    def init(self, y0):
+        return self.sampler.init(y0), jnp.zeros((), jnp.int32)
+
+    def step(self, t, t_next, dt, y, predict, noise, state, args):
+        del dt, args
+        inner, n = state
+        x0 = predict(t, y) + self.perturbation[n]
 
         def advance(shift):
-            return sampler.step(
-                param, t, t_next, y, lambda tt, yy: x0 + pn + shift, z, state
+            return self.sampler.step(
+                self.param, t, t_next, y, lambda tt, yy: x0 + shift, noise, inner
             )
 
-        zero = jnp.zeros((), dtype)
-        (y_next, state), (tangent, _) = jax.jvp(
-            advance, (zero,), (jnp.ones((), dtype),)
+        zero = jnp.zeros((), y.dtype)
+        (y_next, inner), (tangent, _) = jax.jvp(
+            advance, (zero,), (jnp.ones((), y.dtype),)
         )
-        return (y_next.astype(dtype), state), (y, jnp.mean(tangent))
+        return y_next, (inner, n + 1), (y, jnp.mean(tangent))
 
-    xs = (ts[:-1], ts[1:], dts, dw, perturbation)
-    (y1, _), (states, coefficients) = jax.lax.scan(
-        jax.checkpoint(step, prevent_cse=False), (y0, sampler.init(y0)), xs
+
+def _pilot(top, param, sampler, y0, ts, dts, dw, args, perturbation=None):
+    """The sampler with the data predictor `top` on the grid `ts` (noise `dw`, none
+    if `None`), with `perturbation[n]` added to the prediction of step `n`: `(y1,
+    states, c)`, the state at the start of every step and each step's coefficient
+    `c_n` of the prediction."""
+    num_steps = ts.shape[0] - 1
+    if perturbation is None:
+        perturbation = jnp.zeros((num_steps, *y0.shape), y0.dtype)
+    if dw is None:
+        dw = jnp.zeros((num_steps, *y0.shape), y0.dtype)
+    problem = Problem(
+        fns=(top,),
+        schedule=None,
+        always=None,
+        y0=y0,
+        grid=Grid(t0=ts[0], t1=ts[-1], num_steps=num_steps, ts=ts, dts=dts),
+        key=jax.random.key(0),  # unused: the noise is `dw`, no level draws
+        args=args,
+        brownian=dw,
     )
+    stepper = _Linearised(sampler, param, perturbation)
+    y1, _, (states, coefficients), _ = integrate(stepper, problem)
     return y1, states, coefficients
 
 

@@ -52,17 +52,18 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._brownian import split_key, step_increment
-from .._levels import Levels, Refinement, refinements
+from .._integrate import AbstractStepper, Grid, Problem, integrate
+from .._levels import Levels, Refinement
 from .._misc import check_key, check_num_steps, concrete_or_none
-from .._schedules import AbstractSchedule, Stitch
+from .._schedules import AbstractSchedule, Periodic, Stitch
 from .._solve import (
     SolveInfo,
     check_finite_state,
     check_increments,
+    solve_info,
     warn_non_finite,
 )
-from .._step import check_drift_output, ladder_draws, mlem_drift, step_draws
+from .._step import check_drift_output
 from ._param import AbstractParametrisation, check_prediction
 
 GRIDS = ("uniform", "quadratic", "logsnr", "edm")
@@ -137,19 +138,19 @@ class AbstractSampler(eqx.Module):
     state and carry. Coefficients are computed in the time dtype, then cast to `y`'s.
     """
 
-    evaluations_per_step: ClassVar[int] = 1
+    # Network evaluations per step.
+    evaluations_per_step: eqx.AbstractClassVar[int]
     # Whether each step is affine in the prediction (then the telescope is unbiased).
-    affine: ClassVar[bool] = True
+    affine: eqx.AbstractClassVar[bool]
 
     @property
     @abc.abstractmethod
     def stochastic(self) -> bool:
         """Whether the step uses noise (and so a Brownian increment)."""
 
+    @abc.abstractmethod
     def init(self, y0: Array) -> Any:
         """The carry before the first step."""
-        del y0
-        return None
 
     @abc.abstractmethod
     def step(
@@ -188,6 +189,8 @@ class DDIM(AbstractSampler):
     """
 
     eta: float = eqx.field(static=True, default=0.0)
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
 
     def __check_init__(self):
         if not (isinstance(self.eta, (int, float)) and 0 <= self.eta <= 1):
@@ -198,6 +201,10 @@ class DDIM(AbstractSampler):
     @property
     def stochastic(self):
         return self.eta != 0
+
+    def init(self, y0):
+        del y0
+        return None
 
     def step(self, param, t, t_next, y, predict, z, carry):
         alpha_next, ratio, h = _coefficients(param, t, t_next)
@@ -230,9 +237,16 @@ class SDEDPMSolverPP1(AbstractSampler):
     Mathematically equal to `DDIM(eta=1)` and to DDPM ancestral sampling.
     """
 
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
+
     @property
     def stochastic(self):
         return True
+
+    def init(self, y0):
+        del y0
+        return None
 
     def step(self, param, t, t_next, y, predict, z, carry):
         alpha_next, ratio, h = _coefficients(param, t, t_next)
@@ -275,6 +289,9 @@ class DPMSolverPP2M(_Multistep):
     `r = h_prev/h`; the first step is first order (DDIM). Second order in the step.
     """
 
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
+
     @property
     def stochastic(self):
         return False
@@ -295,6 +312,9 @@ class SDEDPMSolverPP2M(_Multistep):
 
     with `D` as in `DPMSolverPP2M`; the first step is SDE-DPM-Solver++(1).
     """
+
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
 
     @property
     def stochastic(self):
@@ -335,6 +355,10 @@ class _DiffraxODE(AbstractSampler):
     def stochastic(self):
         return False
 
+    def init(self, y0):
+        del y0
+        return None
+
     @property
     @abc.abstractmethod
     def solver(self) -> diffrax.AbstractSolver: ...
@@ -349,6 +373,9 @@ class _DiffraxODE(AbstractSampler):
 class Euler(_DiffraxODE):
     """Euler on the probability-flow ODE in `t` (`diffrax.Euler`); first order. Use
     `grid="edm"` for Karras et al.'s time discretisation."""
+
+    evaluations_per_step: ClassVar[int] = 1
+    affine: ClassVar[bool] = True
 
     @property
     def solver(self):
@@ -367,59 +394,6 @@ class Heun(_DiffraxODE):
     @property
     def solver(self):
         return diffrax.Heun()
-
-
-# ---------------------------------------------------------------------------------
-# The deterministic multilevel variant
-
-
-class Periodic(eqx.Module):
-    """The deterministic multilevel variant: level `l` runs every `periods[l]`-th
-    step, and in between its last correction is reused.
-
-    At step `n` the data prediction is `Σ_l Δ_l`, where `Δ_l = x̂_0^l − x̂_0^{l−1}` is
-    computed afresh at the steps `n ≡ 0 (mod periods[l])` and otherwise is the value
-    from the last such step. With two levels and `periods = (1, m)`: the top network
-    every `m`-th step, and in between the cheap network plus the last top-level
-    correction `x̂_0^2 − x̂_0^1`. The draws are `mlem_jax`'s (`ladder_draws`, compute
-    skipping by `mlem_drift`), so `info.evaluations`
-    counts what ran: level `l` at the steps where it or level `l + 1` is due.
-
-    Unlike the randomized telescope it is biased: by the change of the stale
-    corrections since they were computed (for `Δ_l` depending on `t` alone, exactly
-    the single-network sampler with `x̂_0^top − Σ_l (Δ_l(t_n) − Δ_l(t_{a_l(n)}))`,
-    `a_l(n)` the last step at which level `l` ran). Pass it as `mlem_sample`'s
-    `schedule`; no `key` is needed with a deterministic sampler. `periods = (1, …, 1)`
-    is the sampler with the top network.
-
-    **Arguments:**
-
-    - `periods`: one positive int per level, cheapest first.
-    """
-
-    periods: tuple[int, ...] = eqx.field(static=True)
-
-    def __init__(self, periods):
-        try:
-            values = tuple(periods)
-        except TypeError:
-            raise TypeError(
-                f"Periodic: `periods` must be a sequence of positive ints, one per "
-                f"level; got {periods!r}."
-            ) from None
-        if not values or not all(
-            isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1
-            for m in values
-        ):
-            raise ValueError(
-                "Periodic: `periods` must be a non-empty sequence of positive ints, "
-                f"one per level; got {periods!r}."
-            )
-        self.periods = tuple(int(m) for m in values)
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.periods)
 
 
 # ---------------------------------------------------------------------------------
@@ -497,16 +471,6 @@ def as_x0_prediction(fn, param, prediction):
     return _X0Prediction(fn, param, prediction)
 
 
-class _Constant(eqx.Module):
-    """A data predictor returning `x0` (computed at the step's `(t, y)`)."""
-
-    x0: Array
-
-    def __call__(self, t, y):
-        del t, y
-        return self.x0
-
-
 def sample(
     model: Callable[[Any, Any, Any], Any],
     param: AbstractParametrisation,
@@ -557,25 +521,27 @@ def sample(
             f"sample: `model` must be a callable f(t, y, args); got "
             f"{type(model).__name__}."
         )
-    return _run(
+    cost = _check_cost(cost)
+    problem = sampler_problem(
         "sample",
         (model,),
-        (_check_cost(cost),),
         None,
         param,
         sampler,
         y0,
-        t0,
-        t1,
-        num_steps,
-        key,
-        prediction,
-        grid,
-        rho,
-        args,
-        brownian,
-        checkpoint,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        key=key,
+        needs_key=False,
+        prediction=prediction,
+        grid=grid,
+        rho=rho,
+        args=args,
+        brownian=brownian,
+        checkpoint=checkpoint,
     )
+    return _run("sample", problem, sampler, param, (cost,))
 
 
 def mlem_sample(
@@ -639,27 +605,29 @@ def mlem_sample(
             "network's prediction, so the randomized telescope would bias it; use "
             "Euler, DDIM, DPMSolverPP2M, SDEDPMSolverPP1 or SDEDPMSolverPP2M."
         )
-    if key is None and not isinstance(schedule, (Periodic, Stitch)):
+    random_draws = not isinstance(schedule, (Periodic, Stitch))
+    if key is None and random_draws:
         raise TypeError("mlem_sample: `key` is required (it drives the level draws).")
-    return _run(
+    problem = sampler_problem(
         "mlem_sample",
         levels.fns,
-        levels.costs,
         schedule,
         param,
         sampler,
         y0,
-        t0,
-        t1,
-        num_steps,
-        key,
-        prediction,
-        grid,
-        rho,
-        args,
-        brownian,
-        checkpoint,
+        t0=t0,
+        t1=t1,
+        num_steps=num_steps,
+        key=key,
+        needs_key=random_draws,
+        prediction=prediction,
+        grid=grid,
+        rho=rho,
+        args=args,
+        brownian=brownian,
+        checkpoint=checkpoint,
     )
+    return _run("mlem_sample", problem, sampler, param, levels.costs)
 
 
 def _check_cost(cost) -> float:
@@ -672,98 +640,59 @@ def _check_cost(cost) -> float:
     return float(cost)
 
 
-def _run(
-    name,
+class _SamplerStep(AbstractStepper):
+    """A diffusion sampler as a stepper of `mlem_jax`'s integration loop."""
+
+    sampler: AbstractSampler
+    param: AbstractParametrisation
+    unit_noise: ClassVar[bool] = True
+
+    @property
+    def stochastic(self) -> bool:
+        return self.sampler.stochastic
+
+    def init(self, y0):
+        return self.sampler.init(y0)
+
+    def step(self, t, t_next, dt, y, predict, noise, state, args):
+        del dt, args
+        y_next, state = self.sampler.step(
+            self.param, t, t_next, y, predict, noise, state
+        )
+        return y_next, state, None
+
+
+def _run(name, problem, sampler, param, costs) -> tuple[Array, SolveInfo]:
+    ys, needed, _, _ = integrate(_SamplerStep(sampler, param), problem)
+    warn_non_finite(name, ys)
+    return ys, solve_info(
+        problem, needed, None, costs, per_step=sampler.evaluations_per_step
+    )
+
+
+def sampler_problem(
+    name: str,
     fns,
-    costs,
     schedule,
     param,
     sampler,
     y0,
+    *,
     t0,
     t1,
     num_steps,
     key,
+    needs_key: bool,
     prediction,
     grid,
     rho,
     args,
     brownian,
     checkpoint,
-):
-    y0, ts, dts, x0_fns, key, brownian = _prepare(
-        name,
-        fns,
-        schedule is not None and not isinstance(schedule, (Periodic, Stitch)),
-        param,
-        sampler,
-        y0,
-        t0,
-        t1,
-        num_steps,
-        key,
-        prediction,
-        grid,
-        rho,
-        args,
-        brownian,
-    )
-    num_steps = ts.shape[0] - 1
-    always = None
-    dtsc = concrete_or_none(dts)
-    if isinstance(schedule, Periodic):
-        always = tuple(m == 1 for m in schedule.periods)
-    elif schedule is not None and dtsc is not None:
-        hs = dtsc.astype(np.float64)
-        per_step = [schedule.always_fires(float(h)) for h in np.unique(hs)]
-        always = tuple(all(a[l] for a in per_step) for l in range(len(fns)))
-    y1, needed = _integrate(
-        x0_fns,
-        schedule,
-        always,
-        param,
-        sampler,
-        y0,
-        ts,
-        dts,
-        key,
-        args,
-        brownian,
-        checkpoint,
-    )
-    if schedule is None:
-        evaluations = jnp.full(
-            (1,), num_steps * sampler.evaluations_per_step, jnp.int32
-        )
-    else:
-        evaluations = needed.sum(axis=0, dtype=jnp.int32)
-    cost = jnp.asarray(costs, ts.dtype) @ evaluations.astype(ts.dtype)
-    warn_non_finite(name, y1)
-    return y1, SolveInfo(
-        evaluations=evaluations, cost=cost, ts=None, num_steps=num_steps
-    )
-
-
-def _prepare(
-    name,
-    fns,
-    random_draws,
-    param,
-    sampler,
-    y0,
-    t0,
-    t1,
-    num_steps,
-    key,
-    prediction,
-    grid,
-    rho,
-    args,
-    brownian,
-):
-    """Check the arguments of a sampler run; `(y0, ts, dts, x0_fns, key, brownian)`
-    with the time grid `ts`, its steps `dts`, the networks as data predictors and a
-    key (a dummy one where none is needed)."""
+) -> Problem:
+    """Check the arguments of a sampler run (errors name `name`) into a `Problem`
+    on the sampler's time grid, with the networks as data predictors and a key (a
+    dummy one where none is needed: `needs_key` false and no noise to draw)."""
     if not isinstance(param, AbstractParametrisation):
         raise TypeError(
             f"{name}: `param` must be a mlem_jax.diffusion parametrisation (VPLinear, "
@@ -823,7 +752,7 @@ def _prepare(
         raise ValueError(
             f"{name}: the time grid must be strictly monotone; got {tsc.tolist()}."
         )
-    needs_key = random_draws or (sampler.stochastic and brownian is None)
+    needs_key = needs_key or (sampler.stochastic and brownian is None)
     if key is None:
         if needs_key:
             raise TypeError(
@@ -847,7 +776,24 @@ def _prepare(
     x0_fns = tuple(as_x0_prediction(fn, param, prediction) for fn in fns)
     if key is None:
         key = jax.random.key(0)  # unused: no draws and no noise
-    return y0, ts, dts, x0_fns, key, brownian
+    always = None
+    dtsc = concrete_or_none(dts)
+    if isinstance(schedule, Periodic):
+        always = tuple(m == 1 for m in schedule.periods)
+    elif schedule is not None and dtsc is not None:
+        per_step = [schedule.always_fires(float(h)) for h in np.unique(dtsc)]
+        always = tuple(all(a[l] for a in per_step) for l in range(len(fns)))
+    return Problem(
+        fns=x0_fns,
+        schedule=schedule,
+        always=always,
+        y0=y0,
+        grid=Grid(t0=t0, t1=t1, num_steps=num_steps, ts=ts, dts=dts),
+        key=key,
+        args=args,
+        brownian=brownian,
+        checkpoint=checkpoint,
+    )
 
 
 def _check_times(name: str, param, t0: float, t1: float, grid) -> None:
@@ -888,80 +834,3 @@ def _check_times(name: str, param, t0: float, t1: float, grid) -> None:
                         else f"use a `{arg}` where σ_t > 0 and α_t > 0."
                     )
                 )
-
-
-@eqx.filter_jit
-def _integrate(
-    x0_fns,
-    schedule,
-    always,
-    param,
-    sampler,
-    y0,
-    ts,
-    dts,
-    key,
-    args,
-    brownian,
-    checkpoint,
-):
-    dtype = y0.dtype
-    brownian_key, level_key = split_key(key)
-    k = len(x0_fns)
-    num_steps = ts.shape[0] - 1
-    xs = (jnp.arange(num_steps), ts[:-1], ts[1:], dts, brownian)
-
-    periodic = isinstance(schedule, Periodic)
-    refines = refinements(x0_fns)
-
-    def step(carry, x):
-        y, state, stored = carry
-        n, t, t_next, dt, dw = x
-        if schedule is None:
-
-            def network(tt, yy):
-                return x0_fns[0](tt, yy, args)
-
-            predict = network
-            needed = jnp.ones((1,), bool)
-        elif periodic:
-            # The same draws with probabilities 0 or 1: level l fires at the steps
-            # n ≡ 0 (mod periods[l]), with weight 1.
-            fires, needed, weights = ladder_draws(
-                n % jnp.asarray(schedule.periods) == 0, refines
-            )
-            # Affine samplers evaluate the prediction once, at (t, y).
-            _, terms = mlem_drift(
-                x0_fns, needed, weights, t, y, args, always, increments=True
-            )
-            stored = tuple(
-                jnp.where(fires[l], term, old)
-                for l, (term, old) in enumerate(zip(terms, stored, strict=True))
-            )
-            predict = _Constant(sum(stored[1:], stored[0]))
-        else:
-            needed, weights = step_draws(
-                schedule, level_key, n, t, dt, ts.dtype, always, refines=refines
-            )
-
-            def telescope(tt, yy):
-                return mlem_drift(x0_fns, needed, weights, tt, yy, args, always)
-
-            predict = telescope
-
-        z = None
-        if sampler.stochastic:
-            if brownian is None:
-                # The increment's standard normal itself: `step_increment` over a
-                # unit time (ΔW_n = sqrt(|t_{n+1} − t_n|)·z_n, as em_solve draws it).
-                z = step_increment(brownian_key, n, y.shape, 1.0, dtype)
-            else:
-                z = dw / jnp.sqrt(jnp.abs(dt)).astype(dtype)
-        y_next, state = sampler.step(param, t, t_next, y, predict, z, state)
-        return (y_next.astype(dtype), state, stored), needed
-
-    if checkpoint:
-        step = jax.checkpoint(step, prevent_cse=False)
-    stored = (jnp.zeros_like(y0),) * k if periodic else ()
-    (y1, _, _), needed = jax.lax.scan(step, (y0, sampler.init(y0), stored), xs)
-    return y1, needed
