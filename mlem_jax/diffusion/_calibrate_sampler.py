@@ -43,13 +43,13 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from .._brownian import split_key, step_increment
 from .._calibrate import (
-    Calibration,
     assemble_calibration,
     mean_added_error,
     perturbation_growth,
     trajectory_statistics,
     with_amplification,
 )
+from .._calibration import Calibration
 from .._integrate import AbstractStepper, Grid, Problem, integrate
 from .._levels import Levels
 from .._misc import check_num_steps
