@@ -218,14 +218,7 @@ def integrate(
     """Run `problem` with `stepper`: `(ys, needed, aux, ts)`, the final state (or the
     saved states, at the times `ts`), each step's evaluated levels `needed` (shape
     `(num_steps, k)`; all true for one drift) and the steps' stacked `aux`."""
-    fns, schedule, always, args = (
-        problem.fns,
-        problem.schedule,
-        problem.always,
-        problem.args,
-    )
-    y0, grid, save = problem.y0, problem.grid, problem.save
-    tdtype = grid.t0.dtype  # at least float32 (see `time_dtype`)
+    y0, grid, save, args = problem.y0, problem.grid, problem.save, problem.args
     num_steps = grid.num_steps
     brownian_key, level_key = split_key(problem.key)
     if problem.shard is not None:
@@ -236,45 +229,12 @@ def integrate(
     is_array = given is not None and not isinstance(given, diffrax.AbstractPath)
     steps = jnp.arange(num_steps)
     xs = (steps, given if is_array else None)
-    periodic = isinstance(schedule, Periodic)
-    refines = refinements(fns)
 
     def step(carry, x):
         y, state, stored, buf = carry
         n, dw = x
         t, t_next, dt = grid.at(n)
-        if schedule is None:
-
-            def predict(tt, yy):
-                return level_value(fns[0], "`drift`", tt, yy, args)
-
-            needed = jnp.ones((1,), bool)
-        elif periodic:
-            # Level l is recomputed at the steps n ≡ 0 (mod periods[l]) and its last
-            # correction reused in between; evaluated once, at (t, y).
-            fires, needed, weights = ladder_draws(
-                n % jnp.asarray(schedule.periods) == 0, refines
-            )
-            _, terms = mlem_drift(
-                fns, needed, weights, t, y, args, always, increments=True
-            )
-            stored = tuple(
-                jax.tree.map(lambda a, b, f=fires[l]: jnp.where(f, a, b), term, old)
-                for l, (term, old) in enumerate(zip(terms, stored, strict=True))
-            )
-            predict = _Constant(
-                functools.reduce(
-                    lambda a, b: jax.tree.map(jnp.add, a, b), stored[1:], stored[0]
-                )
-            )
-        else:
-            needed, weights = step_draws(
-                schedule, level_key, n, t, dt, tdtype, always, refines=refines
-            )
-
-            def predict(tt, yy):
-                return mlem_drift(fns, needed, weights, tt, yy, args, always)
-
+        predict, needed, stored = _drift(problem, level_key, n, t, dt, y, stored)
         noise = None
         if stepper.stochastic:
             noise = _noise(problem, stepper, keys, n, t, t_next, dt, y, dw)
@@ -304,8 +264,8 @@ def integrate(
             y0,
         )
     stored = ()
-    if periodic:
-        stored = (jax.tree.map(jnp.zeros_like, y0),) * len(fns)
+    if isinstance(problem.schedule, Periodic):
+        stored = (jax.tree.map(jnp.zeros_like, y0),) * len(problem.fns)
     carry = (y0, stepper.init(y0), stored, buf)
     if problem.checkpoint == "sqrt":
         carry, (needed, step_ys, aux) = _two_level_scan(step, carry, xs, num_steps)
@@ -314,6 +274,54 @@ def integrate(
     y1, _, _, buf = carry
     if save is None:
         return y1, needed, aux, None
+    ys, ts = _saved(save, grid, y0, y1, buf, step_ys)
+    return ys, needed, aux, ts
+
+
+def _drift(problem: Problem, level_key, n, t, dt, y, stored):
+    """Step `n`'s level draws and drift: `(predict, needed, stored)`, with
+    `stored` `Periodic`'s last corrections."""
+    fns, schedule, always, args = (
+        problem.fns,
+        problem.schedule,
+        problem.always,
+        problem.args,
+    )
+    refines = refinements(fns)
+    if schedule is None:
+
+        def predict(tt, yy):
+            return level_value(fns[0], "`drift`", tt, yy, args)
+
+        return predict, jnp.ones((1,), bool), stored
+    if isinstance(schedule, Periodic):
+        # Level l is recomputed at the steps n ≡ 0 (mod periods[l]) and its last
+        # correction reused in between; evaluated once, at (t, y).
+        fires, needed, weights = ladder_draws(
+            n % jnp.asarray(schedule.periods) == 0, refines
+        )
+        _, terms = mlem_drift(fns, needed, weights, t, y, args, always, increments=True)
+        stored = tuple(
+            jax.tree.map(lambda a, b, f=fires[l]: jnp.where(f, a, b), term, old)
+            for l, (term, old) in enumerate(zip(terms, stored, strict=True))
+        )
+        total = functools.reduce(
+            lambda a, b: jax.tree.map(jnp.add, a, b), stored[1:], stored[0]
+        )
+        return _Constant(total), needed, stored
+    tdtype = problem.grid.t0.dtype  # at least float32 (see `time_dtype`)
+    needed, weights = step_draws(
+        schedule, level_key, n, t, dt, tdtype, always, refines=refines
+    )
+
+    def telescope(tt, yy):
+        return mlem_drift(fns, needed, weights, tt, yy, args, always)
+
+    return telescope, needed, stored
+
+
+def _saved(save: SaveSpec, grid: Grid, y0, y1, buf, step_ys):
+    """The saved states, stacked in the order t0, ts, steps, t1, and their times."""
     ys, ts = [], []
     if save.t0:
         ys.append(jax.tree.map(lambda a: a[None], y0))
@@ -329,7 +337,7 @@ def integrate(
         ys.append(jax.tree.map(lambda a: a[None], y1))
         ts.append(grid.t1[None])
     ys = jax.tree.map(lambda *parts: jnp.concatenate(parts), *ys)
-    return ys, needed, aux, jnp.concatenate(ts)
+    return ys, jnp.concatenate(ts)
 
 
 class _Constant(eqx.Module):

@@ -722,6 +722,46 @@ def sampler_problem(
     t1 = jnp.asarray(t1, tdtype)
     if t0.shape != () or t1.shape != ():
         raise ValueError(f"{name}: `t0` and `t1` must be scalars.")
+    ts, dts = _time_steps(name, param, num_steps, t0, t1, grid, rho, tdtype)
+    needs_key = needs_key or (sampler.stochastic and brownian is None)
+    if key is None:
+        if needs_key:
+            raise TypeError(
+                f"{name}: `key` is required for the stochastic sampler "
+                f"{type(sampler).__name__} (or pass `brownian`)."
+            )
+    else:
+        check_key(name, key)
+    if brownian is not None:
+        if not sampler.stochastic:
+            raise ValueError(
+                f"{name}: `brownian` was given but the sampler "
+                f"{type(sampler).__name__} is deterministic; drop `brownian`."
+            )
+        brownian = check_increments(
+            name, brownian, num_steps, y0, "an array of increments"
+        )
+    for i, fn in enumerate(fns):
+        out = eqx.filter_eval_shape(fn, ts[0], y0, args)
+        check_drift_output(out, y0, "`model`" if name == "sample" else f"level {i + 1}")
+    x0_fns = tuple(as_x0_prediction(fn, param, prediction) for fn in fns)
+    if key is None:
+        key = jax.random.key(0)  # unused: no draws and no noise
+    return Problem(
+        fns=x0_fns,
+        schedule=schedule,
+        always=_always(schedule, dts, len(fns)),
+        y0=y0,
+        grid=Grid(t0=t0, t1=t1, num_steps=num_steps, ts=ts, dts=dts),
+        key=key,
+        args=args,
+        brownian=brownian,
+        checkpoint=checkpoint,
+    )
+
+
+def _time_steps(name, param, num_steps, t0, t1, grid, rho, tdtype):
+    """The checked time grid `ts` of a sampler run and its steps `dts`."""
     t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
     if t0c is not None and t1c is not None:
         _check_times(name, param, float(t0c), float(t1c), grid)
@@ -752,48 +792,19 @@ def sampler_problem(
         raise ValueError(
             f"{name}: the time grid must be strictly monotone; got {tsc.tolist()}."
         )
-    needs_key = needs_key or (sampler.stochastic and brownian is None)
-    if key is None:
-        if needs_key:
-            raise TypeError(
-                f"{name}: `key` is required for the stochastic sampler "
-                f"{type(sampler).__name__} (or pass `brownian`)."
-            )
-    else:
-        check_key(name, key)
-    if brownian is not None:
-        if not sampler.stochastic:
-            raise ValueError(
-                f"{name}: `brownian` was given but the sampler "
-                f"{type(sampler).__name__} is deterministic; drop `brownian`."
-            )
-        brownian = check_increments(
-            name, brownian, num_steps, y0, "an array of increments"
-        )
-    for i, fn in enumerate(fns):
-        out = eqx.filter_eval_shape(fn, ts[0], y0, args)
-        check_drift_output(out, y0, "`model`" if name == "sample" else f"level {i + 1}")
-    x0_fns = tuple(as_x0_prediction(fn, param, prediction) for fn in fns)
-    if key is None:
-        key = jax.random.key(0)  # unused: no draws and no noise
-    always = None
-    dtsc = concrete_or_none(dts)
+    return ts, dts
+
+
+def _always(schedule, dts, k: int) -> tuple[bool, ...] | None:
+    """Per level, whether it fires at every step of the grid (known before tracing
+    for `Periodic` and for concrete steps), else `None`."""
     if isinstance(schedule, Periodic):
-        always = tuple(m == 1 for m in schedule.periods)
-    elif schedule is not None and dtsc is not None:
-        per_step = [schedule.always_fires(float(h)) for h in np.unique(dtsc)]
-        always = tuple(all(a[l] for a in per_step) for l in range(len(fns)))
-    return Problem(
-        fns=x0_fns,
-        schedule=schedule,
-        always=always,
-        y0=y0,
-        grid=Grid(t0=t0, t1=t1, num_steps=num_steps, ts=ts, dts=dts),
-        key=key,
-        args=args,
-        brownian=brownian,
-        checkpoint=checkpoint,
-    )
+        return tuple(m == 1 for m in schedule.periods)
+    dtsc = concrete_or_none(dts)
+    if schedule is None or dtsc is None:
+        return None
+    per_step = [schedule.always_fires(float(h)) for h in np.unique(dtsc)]
+    return tuple(all(a[l] for a in per_step) for l in range(k))
 
 
 def _check_times(name: str, param, t0: float, t1: float, grid) -> None:
