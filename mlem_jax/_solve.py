@@ -419,7 +419,7 @@ def warn_non_finite(name: str, ys) -> None:
             "NaN/inf part of the way, or the solve diverged (too few steps, or a "
             "probability so small that a correction weighted 1/p blew up).",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
