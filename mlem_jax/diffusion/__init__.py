@@ -61,7 +61,9 @@ from ._param import (
 )
 from ._quality import (
     FeatureNet as FeatureNet,
+    ClassQuality as ClassQuality,
     SampleQuality as SampleQuality,
+    digits_class_quality as digits_class_quality,
     digits_quality as digits_quality,
     train_feature_net as train_feature_net,
 )

@@ -501,13 +501,13 @@ class UNet(eqx.Module):
             f"UNet: `args` holds a class label outside [0, {k}) that is not the null "
             f"label {k}."
         )
-        bad = (labels < 0) | (labels > k)
         value = concrete_or_none(labels)
-        if value is not None:
-            if np.any(np.asarray(bad)):
-                raise ValueError(f"{message} Got {np.asarray(value).tolist()}.")
+        if value is not None:  # checked now, in NumPy (also while tracing)
+            value = np.asarray(value)
+            if np.any((value < 0) | (value > k)):
+                raise ValueError(f"{message} Got {value.tolist()}.")
             return labels
-        return eqx.error_if(labels, jnp.any(bad), message)
+        return eqx.error_if(labels, jnp.any((labels < 0) | (labels > k)), message)
 
     def _eps(self, t, x, labels):
         emb = sinusoidal_embedding(jnp.asarray(t, x.dtype), self.base_width)
