@@ -53,7 +53,6 @@ from stitch import step_table  # noqa: E402
 
 import mlem_jax as mj  # noqa: E402
 from mlem_jax import diffusion as md  # noqa: E402
-from mlem_jax._cost import timed_run  # noqa: E402
 from mlem_jax.pretrained import T0, T1, resolve_ladder  # noqa: E402
 from mlem_jax.training import load_ladder, num_classes_from_manifest  # noqa: E402
 
@@ -116,9 +115,10 @@ class Bench:
         path, name = resolve_ladder(ladder)
         self.name = name or os.path.basename(os.path.normpath(path))
         self.nets, self.manifest = load_ladder(path)
-        self.num_classes = num_classes_from_manifest(self.manifest)
-        if self.num_classes is None:
+        num_classes = num_classes_from_manifest(self.manifest)
+        if num_classes is None:
             raise SystemExit(f"{ladder!r} is not a class-conditional ladder")
+        self.num_classes: int = num_classes
         self.flops = [float(lv["flops_per_image"]) for lv in self.manifest["levels"]]
         sde = self.manifest["spec"]["sde"]
         self.param = md.VPLinear(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
@@ -310,9 +310,7 @@ FAMILIES = (
 
 
 def matched(runs, ref_steps) -> dict:
-    ref = next(
-        r for r in runs if r["family"] == "full CFG" and r["steps"] == ref_steps
-    )
+    ref = next(r for r in runs if r["family"] == "full CFG" and r["steps"] == ref_steps)
     out = {"reference": ref["describe"]}
     for fam in FAMILIES:
         ok = [r for r in runs if r["family"] == fam and _not_worse(r, ref)]
@@ -386,7 +384,7 @@ def table(result) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--ladder", default="digits_cond")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
@@ -407,7 +405,7 @@ def main(argv=None) -> dict:
         num_classes=bench.num_classes,
         runs=bench.runs,
         matched=matched(bench.runs, settings["ref_steps"]),
-        environment=environment(),
+        environment=environment(args.seed),
         wall_s=round(time.perf_counter() - start, 1),
     )
     suffix = "_quick" if args.quick else ""

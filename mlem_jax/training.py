@@ -461,9 +461,7 @@ def _eval_loss(
         )
     else:
         loss = eqx.filter_jit(
-            lambda sde, m, x0, k, y: distillation_loss(
-                sde, m, teacher, x0, k, labels=y
-            )
+            lambda sde, m, x0, k, y: distillation_loss(sde, m, teacher, x0, k, labels=y)
         )
     total = 0.0
     for i in range(batches):

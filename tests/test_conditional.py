@@ -27,7 +27,9 @@ def _perturbed(net, key):
     params, static = eqx.partition(net, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
     keys = jr.split(key, len(leaves))
-    leaves = [x + 0.1 * jr.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    leaves = [
+        x + 0.1 * jr.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)
+    ]
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
@@ -61,7 +63,9 @@ def test_conditional_unet_labels_and_null_label(cond_net):
 
 def test_conditional_unet_bad_labels(cond_net):
     x = jnp.zeros((2, 1, 8, 8))
-    with pytest.raises(ValueError, match=r"`args` holds a class label outside \[0, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"`args` holds a class label outside \[0, 10\)"
+    ):
         cond_net(0.5, x, 11)
     with pytest.raises(ValueError, match="`args`.*outside"):
         cond_net(0.5, x, jnp.array([0, -1]))
@@ -90,7 +94,10 @@ def test_cfg_with_a_conditional_unet(cond_net):
     x = jr.normal(jr.key(3), (2, 1, 8, 8))
     labels = jnp.array([1, 2])
     joint = eqx.filter_jit(lambda g, x, y: g.joint(0.4, x, y))
-    for w, expected in ((0.0, _call(cond_net, x, K)), (1.0, _call(cond_net, x, labels))):
+    for w, expected in (
+        (0.0, _call(cond_net, x, K)),
+        (1.0, _call(cond_net, x, labels)),
+    ):
         levels = md.cfg_levels(cond_net, 1.0, scale=w, num_classes=K)
         c, guided = joint(levels.fns[1], x, labels)
         _close(guided, expected)
@@ -254,9 +261,14 @@ def test_cli_guided_sampling(cond_ladder, tmp_path, capsys):
     data = np.load(tmp_path / "g.npz")
     assert len(data["evaluations"]) == 3
     assert (data["labels"] == np.arange(10) % 10).all()
-    flops_cfg = 2 * 8 * json.loads((path / "manifest.json").read_text())["levels"][-1][
-        "flops_per_image"
-    ] * 10
+    flops_cfg = (
+        2
+        * 8
+        * json.loads((path / "manifest.json").read_text())["levels"][-1][
+            "flops_per_image"
+        ]
+        * 10
+    )
     assert float(data["flops"]) < flops_cfg
 
 
@@ -269,12 +281,15 @@ def test_cli_guidance_errors(cond_ladder, tmp_path, capsys):
     assert "--class 10 is not a class of this ladder: expected an int in [0, 10)" in err
     err = _refused([*base, "--class", "1", "--guidance", "nan"], capsys)
     assert "--guidance" in err and "finite number" in err
-    err = _refused([*base, "--guidance", "2", "--guidance-interval", "0.5,1.5"],
+    err = _refused([*base, "--guidance", "2", "--method", "single", "--guidance-interval", "0.5,1.5"],
                    capsys)  # fmt: skip
     assert "--guidance-interval" in err and "within the time range" in err
-    err = _refused([*base, "--guidance", "2", "--guidance-interval", "0.7,0.2"],
+    err = _refused([*base, "--guidance", "2", "--method", "single", "--guidance-interval", "0.7,0.2"],
                    capsys)  # fmt: skip
     assert "--guidance-interval" in err and "a < b" in err
+    err = _refused([*base, "--guidance", "2", "--guidance-interval", "0.2,0.7"],
+                   capsys)  # fmt: skip
+    assert "--guidance-interval applies to --method single" in err
     err = _refused([*base, "--guidance", "2", "--sampler", "em"], capsys)
     assert "--sampler em does not take guidance" in err
     err = _refused([*base, "--guidance", "2", "--method", "stitch"], capsys)

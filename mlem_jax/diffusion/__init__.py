@@ -60,8 +60,8 @@ from ._param import (
     convert_prediction as convert_prediction,
 )
 from ._quality import (
-    FeatureNet as FeatureNet,
     ClassQuality as ClassQuality,
+    FeatureNet as FeatureNet,
     SampleQuality as SampleQuality,
     digits_class_quality as digits_class_quality,
     digits_quality as digits_quality,

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._metrics import kernel_distance, kernel_distance_difference
 
@@ -160,7 +160,7 @@ class SampleQuality(eqx.Module):
             num_blocks,
         )
 
-    def __call__(self, samples: Float[Array, " n *shape"]) -> tuple[float, float]:
+    def __call__(self, samples: Float[ArrayLike, " n *shape"]) -> tuple[float, float]:
         """`(kid, standard_error)` of `samples` against the reference. Non-finite
         pixels are set to the data's low end before clipping (a blown-up sample
         scores as badly as an image can)."""
@@ -168,7 +168,7 @@ class SampleQuality(eqx.Module):
             self.features(samples), self.reference, num_blocks=self.num_blocks
         )
 
-    def features(self, samples: Float[Array, " n *shape"]) -> Float[Array, " n d"]:
+    def features(self, samples: Float[ArrayLike, " n *shape"]) -> Float[Array, " n d"]:
         """The standardised features `__call__` compares (samples clipped to the
         data's range, non-finite pixels at its low end)."""
         x = jnp.asarray(samples, jnp.float32)
@@ -176,7 +176,7 @@ class SampleQuality(eqx.Module):
         return (self.net.features(x) - self.mean) / self.scale
 
     def difference(
-        self, samples: Float[Array, " n *shape"], other: Float[Array, " n *shape"]
+        self, samples: Float[ArrayLike, " n *shape"], other: Float[Array, " n *shape"]
     ) -> tuple[float, float]:
         """`KID(samples) − KID(other)` with its paired standard error
         (`mlem_jax.diffusion.kernel_distance_difference`): pass samples of two
@@ -253,16 +253,14 @@ class ClassQuality(eqx.Module):
         labels = np.asarray(labels)
         num_classes = int(labels.max()) + 1
         reference = np.asarray(quality.reference)
-        classes = tuple(
-            jnp.asarray(reference[labels == k]) for k in range(num_classes)
-        )
+        classes = tuple(jnp.asarray(reference[labels == k]) for k in range(num_classes))
         return cls(quality, classes, class_blocks)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def predict(self, samples: Float[Array, " n *shape"]) -> Int[Array, " n"]:
+    def predict(self, samples: Float[ArrayLike, " n *shape"]) -> Int[Array, " n"]:
         """The classifier's class for each sample (clipped to the data's range, as
         `SampleQuality.features` does)."""
         x = jnp.asarray(samples, jnp.float32)
@@ -270,7 +268,9 @@ class ClassQuality(eqx.Module):
         x = jnp.clip(jnp.where(jnp.isfinite(x), x, q.low), q.low, q.high)
         return jnp.argmax(q.net(x), axis=-1)
 
-    def accuracy(self, samples: Float[Array, " n *shape"], labels) -> tuple[float, float]:
+    def accuracy(
+        self, samples: Float[ArrayLike, " n *shape"], labels
+    ) -> tuple[float, float]:
         """`(accuracy, standard_error)`: the fraction of `samples` classified as
         their conditioning class `labels` (an int, or one per sample), and its
         binomial standard error."""
@@ -285,7 +285,7 @@ class ClassQuality(eqx.Module):
         return a, math.sqrt(a * (1.0 - a) / n)
 
     def class_kid(
-        self, samples: Float[Array, " n *shape"], labels
+        self, samples: Float[ArrayLike, " n *shape"], labels
     ) -> dict[str, Any]:
         """Per-class KID of `samples` against the reference images of their class
         (classes with fewer than `2 num_blocks` samples are skipped): `{"kid":
@@ -316,7 +316,7 @@ class ClassQuality(eqx.Module):
         return {"kid": per_class, "mean": (mean, se)}
 
     def __call__(
-        self, samples: Float[Array, " n *shape"], labels
+        self, samples: Float[ArrayLike, " n *shape"], labels
     ) -> dict[str, Any]:
         """`{"accuracy": (a, se), "kid": (kid, se), "class_kid": (mean, se),
         "per_class_kid": {class: (kid, se)}}` (`class_kid` NaN, `per_class_kid`

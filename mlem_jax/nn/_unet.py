@@ -68,7 +68,9 @@ def _materialise(tree: Any, key: PRNGKeyArray) -> Any:
             parent = _child(parent, entry)
         names = [getattr(e, "name", getattr(e, "key", None)) for e in path]
         if isinstance(parent, eqx.nn.Embedding):
-            value = draw  # class embeddings: U(−1, 1), the scale of the time MLP's output
+            value = (
+                draw  # class embeddings: U(−1, 1), the scale of the time MLP's output
+            )
         elif isinstance(parent, eqx.nn.GroupNorm):
             value = (
                 np.ones(leaf.shape) if names[-1] == "weight" else np.zeros(leaf.shape)
