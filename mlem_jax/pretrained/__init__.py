@@ -1,8 +1,8 @@
 """Pretrained UNet ladders shipped with mlem_jax, and a loader for ladder directories.
 
-Three ladders ship: `digits` and `digits_mixture` (below), and `digits_wide`, five
-UNets of widths 4, 8, 16, 24, 48 (123× from the cheapest to the top in FLOPs) on the
-same digits, trained and distilled with
+Four ladders ship: `digits`, `digits_mixture` and `digits_cond` (below), and
+`digits_wide`, five UNets of widths 4, 8, 16, 24, 48 (123× from the cheapest to the
+top in FLOPs) on the same digits, trained and distilled with
 
     mlem-jax train --dataset digits --widths 4,8,16,24,48 --channel-mults 1,2 \
         --steps 1500 --batch-size 128 --lr 2e-3 --warmup-steps 100 \
