@@ -52,6 +52,7 @@ __all__ = [
     "load_ladder",
     "read_manifest",
     "param_from_manifest",
+    "num_classes_from_manifest",
     "sde_from_manifest",
     "save_checkpoint",
     "load_checkpoint",
@@ -81,6 +82,10 @@ class TrainConfig:
       usual `min(decay, (1 + n) / (10 + n))` ramp); the EMA weights are the result.
     - `checkpoint_every`: steps between checkpoints (0: only at the end).
     - `t_min`: smallest diffusion time in the loss.
+    - `label_dropout`: class-conditional training only (a model with
+      `num_classes` and `labels` given): the fraction of labels replaced by the
+      null label `num_classes` at every step, so that the network also learns the
+      unconditional prediction (classifier-free guidance needs both).
     """
 
     steps: int = 2000
@@ -92,6 +97,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     t_min: float = 1e-5
+    label_dropout: float = 0.1
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -118,6 +124,21 @@ class TrainConfig:
             )
         if not 0 < self.t_min < 1:
             raise ValueError(f"`t_min` must lie in (0, 1), got {self.t_min}.")
+        if not 0 <= self.label_dropout < 1:
+            # 1 would never train the conditional prediction.
+            raise ValueError(
+                "`label_dropout` must lie in [0, 1) (the fraction of labels "
+                f"replaced by the null label), got {self.label_dropout}."
+            )
+
+
+def _config_record(config: TrainConfig, conditional: bool) -> dict[str, Any]:
+    """`config` as JSON for a manifest; `label_dropout` only where it is used, so an
+    unconditional ladder's record is what it was before conditioning existed."""
+    record = dataclasses.asdict(config)
+    if not conditional:
+        record.pop("label_dropout")
+    return record
 
 
 class TrainResult(eqx.Module):
@@ -222,22 +243,31 @@ def _train_step(
     ema_decay: float,
     t_min: float,
     teacher: Any = None,
+    labels: Any = None,
+    label_dropout: float = 0.0,
+    null_label: int = 0,
 ) -> _State:
     # A module-level filter_jit (hashable static arguments: the model's non-array
     # part, the cached optimizer, the SDE and three numbers) so that training the
     # same architecture twice (a resume, a second run) compiles once: the UNet's
     # backward pass is by far the slowest thing to compile.
     k_batch, k_loss = jr.split(jr.fold_in(key, state.step))
+    y = None
     if _is_source(data):  # fresh exact draws every step
         x0 = data.sample(k_batch, batch_size)
     else:
-        x0 = data[jr.randint(k_batch, (batch_size,), 0, data.shape[0])]
+        index = jr.randint(k_batch, (batch_size,), 0, data.shape[0])
+        x0 = data[index]
+        if labels is not None:
+            # Label dropout: the null label trains the unconditional prediction.
+            drop = jr.bernoulli(jr.fold_in(k_batch, 1), label_dropout, (batch_size,))
+            y = jnp.where(drop, null_label, labels[index])
 
     def loss_fn(params):
         model = eqx.combine(params, static)
         if teacher is None:
-            return dsm_loss(sde, model, x0, k_loss, t_min)
-        return distillation_loss(sde, model, teacher, x0, k_loss, t_min)
+            return dsm_loss(sde, model, x0, k_loss, t_min, y)
+        return distillation_loss(sde, model, teacher, x0, k_loss, t_min, y)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -276,6 +306,7 @@ def train(
     progress: bool | str = True,
     callback: Callable[[int, float], None] | None = None,
     teacher: eqx.Module | None = None,
+    labels: Any = None,
 ) -> TrainResult:
     """Train a noise-prediction network with denoising score matching (or, with a
     `teacher`, distil the teacher into it).
@@ -303,6 +334,12 @@ def train(
     - `teacher`: if given, a network `ε_T(t, x)` the model learns to reproduce
       ([`mlem_jax.diffusion.distillation_loss`][], same noised inputs as the DSM loss)
       instead of the noise itself.
+    - `labels`: for a class-conditional model (a `UNet(..., num_classes=K)`), the
+      class of each training image, integers in `[0, K)` of shape `(N,)` (e.g.
+      `mlem_jax.data.digits_labels()`); each step replaces a fraction
+      `config.label_dropout` of the batch's labels by the null label `K`, so the
+      one network learns both the conditional and the unconditional prediction.
+      Required for a conditional model, refused for an unconditional one.
 
     **Returns:**
 
@@ -316,6 +353,9 @@ def train(
     sde = VPSDE() if sde is None else sde
     if not _is_source(data):
         data = jnp.asarray(data)
+    num_classes = _check_labels("labels", model, data, labels)
+    if labels is not None:
+        labels = jnp.asarray(labels, jnp.int32)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = _optimizer(config)
     state = _initial_state(params, optimizer, config.steps)
@@ -341,6 +381,9 @@ def train(
                 config.ema_decay,
                 config.t_min,
                 teacher,
+                labels,
+                config.label_dropout if labels is not None else 0.0,
+                num_classes or 0,
             )
             if callback is not None or (n + 1) % every == 0:
                 loss = float(state.losses[n])
@@ -363,6 +406,42 @@ def train(
     )
 
 
+def _check_labels(name: str, model, data, labels) -> int | None:
+    """The model's `num_classes` after checking that `labels` fit it and `data`."""
+    num_classes = getattr(model, "num_classes", None)
+    if labels is None:
+        if num_classes is not None:
+            raise ValueError(
+                f"`{name}`: the model is class-conditional (num_classes="
+                f"{num_classes}) but no labels were given; pass the class of each "
+                "training image (e.g. mlem_jax.data.digits_labels())."
+            )
+        return None
+    if num_classes is None:
+        raise ValueError(
+            f"`{name}` given but the model is unconditional; build it with "
+            "`num_classes` (e.g. UNet(..., num_classes=10)) to train on labels."
+        )
+    if _is_source(data):
+        raise ValueError(
+            f"`{name}`: class-conditional training needs an image array `data`, not "
+            "a data source."
+        )
+    values = np.asarray(labels)
+    if values.shape != (data.shape[0],) or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(
+            f"`{name}` must be integers of shape (N,) = ({data.shape[0]},), one class "
+            f"per image; got dtype {values.dtype} and shape {values.shape}."
+        )
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"`{name}` must lie in [0, {num_classes}) (the model's num_classes; "
+            f"{num_classes} is the null label); got values in [{values.min()}, "
+            f"{values.max()}]."
+        )
+    return num_classes
+
+
 # The held-out losses' noise draws: fixed, not derived from `seed`, so that the
 # losses of every level, of every run and of a ladder before and after distillation
 # are measured on the same draws and compare directly.
@@ -370,20 +449,26 @@ EVAL_KEY = 1234
 DISTILL_EVAL_KEY = 4321
 
 
-def _eval_loss(sde, model, data, key, batch_size=256, batches=4, teacher=None) -> float:
+def _eval_loss(
+    sde, model, data, key, batch_size=256, batches=4, teacher=None, labels=None
+) -> float:
     """DSM loss of `model` (distillation loss towards `teacher`, if given) on fixed
-    held-out batches (the same draws for every level)."""
+    held-out batches (the same draws for every level); with `labels`, conditional
+    on the images' true classes."""
     if teacher is None:
-        loss = eqx.filter_jit(dsm_loss)
+        loss = eqx.filter_jit(
+            lambda sde, m, x0, k, y: dsm_loss(sde, m, x0, k, labels=y)
+        )
     else:
         loss = eqx.filter_jit(
-            lambda sde, m, x0, k: distillation_loss(sde, m, teacher, x0, k)
+            lambda sde, m, x0, k, y: distillation_loss(sde, m, teacher, x0, k, labels=y)
         )
     total = 0.0
     for i in range(batches):
         kb, kl = jr.split(jr.fold_in(key, i))
-        x0 = data[jr.randint(kb, (batch_size,), 0, data.shape[0])]
-        total += float(loss(sde, model, x0, kl))
+        index = jr.randint(kb, (batch_size,), 0, data.shape[0])
+        y = None if labels is None else jnp.asarray(labels, jnp.int32)[index]
+        total += float(loss(sde, model, data[index], kl, y))
     return total / batches
 
 
@@ -396,7 +481,7 @@ def _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset):
             k: list(v) if isinstance(v, tuple) else v for k, v in unet_kwargs.items()
         },
         "sde": {"name": "VPSDE", "beta_min": sde.beta_min, "beta_max": sde.beta_max},
-        "train": dataclasses.asdict(config),
+        "train": _config_record(config, "num_classes" in unet_kwargs),
         "seed": int(seed),
         "dataset": dataset,
     }
@@ -422,6 +507,8 @@ def train_ladder(
     eval_data: Float[np.ndarray, " m c h w"] | None = None,
     flops_batch: int = 1,
     progress: bool = True,
+    labels: Any = None,
+    eval_labels: Any = None,
 ) -> tuple[tuple[UNet, ...], dict[str, Any]]:
     """Train every level of a UNet ladder on one dataset and write a ladder directory.
 
@@ -448,6 +535,14 @@ def train_ladder(
     - `flops_batch`: batch size at which FLOPs of one drift evaluation are measured
       and recorded (`flops`, and `flops_per_image`).
     - `progress`: show progress bars.
+    - `labels`: the class of each training image, integers `(N,)` in `[0, K)`
+      (e.g. `mlem_jax.data.digits_labels(split="train")`): trains a
+      class-conditional ladder (`UNet(..., num_classes=K)`, with label dropout
+      `config.label_dropout`; see [`train`][]). `K` is
+      `unet_kwargs["num_classes"]` if given, else `max(labels) + 1`; the manifest
+      records it as `spec.unet.num_classes` (and `spec.num_classes`), and
+      [`load_ladder`][] rebuilds conditional networks from it.
+    - `eval_labels`: the classes of `eval_data`, for a conditional held-out loss.
 
     **Returns:**
 
@@ -472,7 +567,24 @@ def train_ladder(
             f"`widths` must be positive and strictly increasing, got {widths}."
         )
     unet_kwargs = dict(unet_kwargs or {})
+    if labels is not None:
+        values = np.asarray(labels)
+        if values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(
+                f"`labels` must be a non-empty integer array; got dtype {values.dtype} "
+                f"and shape {values.shape}."
+            )
+        unet_kwargs.setdefault("num_classes", int(values.max()) + 1)
+    elif "num_classes" in unet_kwargs:
+        raise ValueError(
+            "`unet_kwargs` asks for a class-conditional UNet (num_classes) but no "
+            "`labels` were given."
+        )
     spec = _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset)
+    if labels is not None:
+        spec["num_classes"] = unet_kwargs["num_classes"]
+        # Refused before anything is written.
+        _check_labels("labels", _Classes(spec["num_classes"]), data, labels)
     # Everything that can be refused is refused before anything is written.
     _check_out_dir("out_dir", out_dir)
     # One width suffices: the others share the architecture's down/upsampling.
@@ -511,11 +623,27 @@ def train_ladder(
             eval_data,
             flops_batch,
             progress,
+            labels,
+            eval_labels,
         )
     except BaseException:
         if created is not None:  # a failed first run leaves nothing behind
             _remove_if_no_work(out_dir, manifest, created)
         raise
+
+
+class _Classes:
+    """Stands in for a model with `num_classes` in `_check_labels`."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+
+def num_classes_from_manifest(manifest: dict[str, Any]) -> int | None:
+    """The number of classes of a class-conditional ladder (its null label), or
+    `None` for an unconditional one."""
+    k = manifest["spec"].get("unet", {}).get("num_classes")
+    return None if k is None else int(k)
 
 
 def _remove_if_no_work(out_dir: str, manifest: dict, created: bool) -> None:
@@ -546,6 +674,8 @@ def _train_levels(
     eval_data,
     flops_batch,
     progress,
+    labels=None,
+    eval_labels=None,
 ):
     manifest_path = os.path.join(out_dir, MANIFEST)
     image_shape = (
@@ -570,6 +700,7 @@ def _train_levels(
             sde=sde,
             checkpoint_path=ckpt,
             progress=f"level {lvl} (width {width})" if progress else False,
+            labels=labels,
         )
         model = result.model
         jax.block_until_ready(model)
@@ -599,7 +730,11 @@ def _train_levels(
         }
         if eval_data is not None:
             entry["eval_loss"] = _eval_loss(
-                sde, model, jnp.asarray(eval_data, jnp.float32), jr.key(EVAL_KEY)
+                sde,
+                model,
+                jnp.asarray(eval_data, jnp.float32),
+                jr.key(EVAL_KEY),
+                labels=eval_labels if labels is not None else None,
             )
         manifest["levels"].append(entry)
         _write_json(manifest_path, manifest)
@@ -693,6 +828,8 @@ def distill_ladder(
     seed: int = 0,
     eval_data: Float[np.ndarray, " m c h w"] | None = None,
     progress: bool = True,
+    labels: Any = None,
+    eval_labels: Any = None,
 ) -> tuple[tuple[UNet, ...], dict[str, Any]]:
     """Distil a ladder's top level into its cheaper levels, and write a new ladder.
 
@@ -720,6 +857,9 @@ def distill_ladder(
     - `eval_data`: held-out images for `distill_eval_loss` (before and after, on the
       same noise draws, from the fixed `jr.key(DISTILL_EVAL_KEY)`).
     - `progress`: show progress bars.
+    - `labels`, `eval_labels`: the classes of `data` and `eval_data`, required for
+      a class-conditional ladder: the students learn the teacher's conditional and
+      (through label dropout, `config.label_dropout`) unconditional predictions.
 
     **Returns:** the new ladder's models, narrowest first, and its manifest.
     """
@@ -742,10 +882,17 @@ def distill_ladder(
                 f"`data` must have shape (N, *{expected}), got {data.shape}."
             )
     sde = sde_from_manifest(manifest)
+    conditional = num_classes_from_manifest(manifest) is not None
+    if conditional:
+        _check_labels("labels", models[0], data, labels)
+    elif labels is not None:
+        raise ValueError(
+            f"`labels` given but `source` {source!r} is an unconditional ladder."
+        )
     record = {
         "source_levels": [lv.get("final_loss") for lv in manifest["levels"]],
         "teacher_level": len(models) - 1,
-        "config": dataclasses.asdict(config),
+        "config": _config_record(config, conditional),
         "seed": seed,
         "warm_start": True,
     }
@@ -787,7 +934,14 @@ def distill_ladder(
             result.append(eqx.tree_deserialise_leaves(weights, model))
             continue
         before = (
-            _eval_loss(sde, model, held_out, jr.key(DISTILL_EVAL_KEY), teacher=teacher)
+            _eval_loss(
+                sde,
+                model,
+                held_out,
+                jr.key(DISTILL_EVAL_KEY),
+                teacher=teacher,
+                labels=eval_labels,
+            )
             if held_out is not None
             else None
         )
@@ -801,6 +955,7 @@ def distill_ladder(
             checkpoint_path=ckpt,
             progress=f"distil level {lvl}" if progress else False,
             teacher=teacher,
+            labels=labels,
         )
         save_checkpoint(weights, trained.model)
         losses = np.asarray(trained.losses)
@@ -811,7 +966,12 @@ def distill_ladder(
         if held_out is not None:
             entry["distill_eval_loss_before"] = before
             entry["distill_eval_loss"] = _eval_loss(
-                sde, trained.model, held_out, jr.key(DISTILL_EVAL_KEY), teacher=teacher
+                sde,
+                trained.model,
+                held_out,
+                jr.key(DISTILL_EVAL_KEY),
+                teacher=teacher,
+                labels=eval_labels,
             )
         _write_json(manifest_path, out)
         os.remove(ckpt)

@@ -382,6 +382,13 @@ def add_training_options(
         default=0,
         help="PRNG seed of initialisation, batches and noise",
     )
+    group.add_argument(
+        "--label-dropout",
+        type=float,
+        default=0.1,
+        help="class-conditional ladders: fraction of labels replaced by the null "
+        "label at every step (trains the unconditional prediction CFG needs)",
+    )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -397,5 +404,6 @@ def train_config(args: argparse.Namespace):
         warmup_steps=args.warmup_steps,
         ema_decay=args.ema_decay,
         checkpoint_every=args.checkpoint_every,
+        label_dropout=args.label_dropout,
         **{name: getattr(args, name) for name in optional if hasattr(args, name)},
     )

@@ -41,7 +41,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .. import data as mdata
     from ..pretrained import resolve_ladder
-    from ..training import distill_ladder, load_ladder
+    from ..training import distill_ladder, load_ladder, num_classes_from_manifest
+    from ._train import _labels
 
     check_ladder(parser, args.ladder)
     source = resolve_ladder(args.ladder)[0]
@@ -60,6 +61,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 "manifest.json), so there is nothing to distil on"
             )
         kwargs = dataset.get("kwargs", {})
+        conditional = num_classes_from_manifest(manifest) is not None
+        if conditional and dataset["name"] != "digits":
+            parser.error(
+                f"--ladder: {source!r} is class-conditional on {dataset['name']!r}; "
+                "only the digits have labels"
+            )
         config = train_config(args)
         _, out = distill_ladder(
             source,
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             seed=args.seed,
             eval_data=mdata.load_dataset(dataset["name"], split="test", **kwargs),
             progress=not args.no_progress,
+            **(_labels(mdata, kwargs) if conditional else {}),
         )
     except KeyboardInterrupt:
         return interrupted(args)

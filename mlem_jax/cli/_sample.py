@@ -50,6 +50,12 @@ from ._common import (
     warn,
 )
 from ._distributed import Distributed, add_options as add_distributed_options, join
+from ._guided import (
+    add_options as add_guidance_options,
+    check_guided_args,
+    guided,
+    run_guided,
+)
 from ._images import image_grid, save_png
 from ._solves import eps_networks, run_diffusion, run_em, run_mlem, run_sharded
 
@@ -74,8 +80,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--sampler",
         choices=("em", *SAMPLERS),
-        default="em",
-        help="em: Euler–Maruyama on the reverse VP-SDE; the others are the samplers "
+        default=None,
+        help="(default: em; sde-dpm++1 with --class/--guidance) em: Euler–Maruyama on the reverse VP-SDE; the others are the samplers "
         "of mlem_jax.diffusion by name (mlem_jax.diffusion.SAMPLERS: ddim, "
         "dpm++2m and the probability-flow ODE's euler and heun are deterministic, "
         "sde-dpm++1 and sde-dpm++2m stochastic)",
@@ -131,8 +137,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--cost",
         choices=COSTS,
-        default="seconds",
-        help="mlem with calibrated rates: what the rates minimise; seconds are "
+        default=None,
+        help="(default: seconds; flops with guidance) mlem with calibrated rates: "
+        "what the rates minimise; seconds are "
         "measured here, per level, on this batch (a few seconds before the solve; "
         "the rates then vary with the timings: --level-ms fixes them)",
     )
@@ -166,6 +173,7 @@ def add_parser(sub: Any) -> None:
         "noise of the batch at the same cost",
     )
     add_distributed_options(p)
+    add_guidance_options(p)
     p.set_defaults(func=run, parser=p)
 
 
@@ -264,6 +272,22 @@ def _run(
         parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
     if args.method == "em":
         args.method = "single"
+    if guided(args):
+        if dist is not None:
+            parser.error(
+                "--class/--guidance run on one process; --coordinator (sampling "
+                "across processes) supports the unguided samplers only"
+            )
+        check_guided_args(args, parser)
+        if args.steps >= 2**31:
+            parser.error(f"--steps must be below 2**31, got {args.steps}")
+        return interruptible(
+            "sample", lambda: run_guided(args, parser), f"{args.out} and {npz}"
+        )
+    if args.sampler is None:
+        args.sampler = "em"
+    if args.cost is None:
+        args.cost = "seconds"
     if args.probs is not None and args.method != "mlem":
         parser.error("--probs only applies to --method mlem")
     for flag, value in (("--budget", args.budget), ("--level-ms", args.level_ms)):

@@ -54,6 +54,13 @@ def add_parser(sub: Any) -> None:
         "--pad", type=nonnegative_int, default=0, help="digits: border padding"
     )
     d.add_argument("--limit", type=positive_int, help="folder: max images read")
+    d.add_argument(
+        "--conditional",
+        action="store_true",
+        help="digits only: train class-conditional UNets (10 classes, the null label "
+        "10; label dropout --label-dropout), for guided sampling (sample --class "
+        "--guidance)",
+    )
 
     m = p.add_argument_group("model")
     m.add_argument(
@@ -120,12 +127,26 @@ def _dataset_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser):
     return kwargs
 
 
+def _labels(mdata, kwargs) -> dict[str, Any]:
+    """The digits' classes, for `train_ladder`/`distill_ladder`'s `labels` (the
+    digits' kwargs only resize and pad, so the images' order is unchanged)."""
+    del kwargs
+    return {
+        "labels": mdata.digits_labels(split="train"),
+        "eval_labels": mdata.digits_labels(split="test"),
+    }
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .. import data as mdata
     from ..diffusion import VPSDE
     from ..training import train_ladder
 
     kwargs = _dataset_kwargs(args, parser)
+    if args.conditional and args.dataset != "digits":
+        parser.error(
+            f"--conditional needs labelled data: --dataset digits (got {args.dataset})"
+        )
     check_output_dir(parser, "--out", args.out)
     try:
         config = train_config(args)
@@ -153,6 +174,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             dataset={"name": args.dataset, "kwargs": kwargs},
             eval_data=test_data,
             progress=not args.no_progress,
+            **(_labels(mdata, kwargs) if args.conditional else {}),
         )
     except KeyboardInterrupt:
         return interrupted(args)

@@ -61,8 +61,10 @@ from ._param import (
     convert_prediction as convert_prediction,
 )
 from ._quality import (
+    ClassQuality as ClassQuality,
     FeatureNet as FeatureNet,
     SampleQuality as SampleQuality,
+    digits_class_quality as digits_class_quality,
     digits_quality as digits_quality,
     train_feature_net as train_feature_net,
 )

@@ -160,16 +160,17 @@ def check_labels(labels, y, num_classes: int, null_label: int):
             f"guidance: `args` (the class labels) must have shape () or (batch,) = "
             f"({batch},); got {labels.shape}."
         )
-    bad = ((labels < 0) | (labels >= num_classes)) & (labels != null_label)
     value = concrete_or_none(labels)
     message = (
         f"guidance: `args` holds a class label outside [0, {num_classes}) that is not "
         f"the null label {null_label}."
     )
-    if value is not None:
-        if np.any(np.asarray(bad)):
-            raise ValueError(f"{message} Got {np.asarray(value).tolist()}.")
+    if value is not None:  # checked now, in NumPy (also while tracing)
+        value = np.asarray(value)
+        if np.any(((value < 0) | (value >= num_classes)) & (value != null_label)):
+            raise ValueError(f"{message} Got {value.tolist()}.")
         return labels
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != null_label)
     return eqx.error_if(labels, jnp.any(bad), message)
 
 

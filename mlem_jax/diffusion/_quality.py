@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._metrics import kernel_distance, kernel_distance_difference
 
@@ -160,7 +160,7 @@ class SampleQuality(eqx.Module):
             num_blocks,
         )
 
-    def __call__(self, samples: Float[Array, " n *shape"]) -> tuple[float, float]:
+    def __call__(self, samples: Float[ArrayLike, " n *shape"]) -> tuple[float, float]:
         """`(kid, standard_error)` of `samples` against the reference. Non-finite
         pixels are set to the data's low end before clipping (a blown-up sample
         scores as badly as an image can)."""
@@ -168,7 +168,7 @@ class SampleQuality(eqx.Module):
             self.features(samples), self.reference, num_blocks=self.num_blocks
         )
 
-    def features(self, samples: Float[Array, " n *shape"]) -> Float[Array, " n d"]:
+    def features(self, samples: Float[ArrayLike, " n *shape"]) -> Float[Array, " n d"]:
         """The standardised features `__call__` compares (samples clipped to the
         data's range, non-finite pixels at its low end)."""
         x = jnp.asarray(samples, jnp.float32)
@@ -176,7 +176,7 @@ class SampleQuality(eqx.Module):
         return (self.net.features(x) - self.mean) / self.scale
 
     def difference(
-        self, samples: Float[Array, " n *shape"], other: Float[Array, " n *shape"]
+        self, samples: Float[ArrayLike, " n *shape"], other: Float[Array, " n *shape"]
     ) -> tuple[float, float]:
         """`KID(samples) − KID(other)` with its paired standard error
         (`mlem_jax.diffusion.kernel_distance_difference`): pass samples of two
@@ -200,3 +200,152 @@ def digits_quality(num_blocks: int = 8, seed: int = 0, **kwargs: Any) -> SampleQ
     labels = data.digits_labels(split="train")
     net = train_feature_net(images, labels, key=jr.key(seed), **kwargs)
     return SampleQuality.from_data(net, images, num_blocks)
+
+
+def _check_class_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
+    values = np.asarray(labels)
+    if values.shape == ():
+        values = np.full((n,), values)
+    if not np.issubdtype(values.dtype, np.integer) or values.shape != (n,):
+        raise ValueError(
+            f"{name}: `labels` must be an int or integers of shape (n,) = ({n},), the "
+            f"class each sample was conditioned on; got dtype {values.dtype} and "
+            f"shape {values.shape}."
+        )
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"{name}: `labels` must lie in [0, {num_classes}); got values in "
+            f"[{values.min()}, {values.max()}]."
+        )
+    return values
+
+
+class ClassQuality(eqx.Module):
+    """Quality of class-conditional samples: class accuracy under the feature
+    network's classifier, and KID overall and per class.
+
+    - `accuracy(samples, labels)`: the fraction `a` of samples the classifier
+      (`FeatureNet.__call__`, arg-max of its logits) assigns to the class they
+      were conditioned on, with its binomial standard error `sqrt(a (1 − a) / n)`.
+    - `class_kid(samples, labels)`: per-class KID (each class's samples against the
+      reference images of that class, in the same standardised features as
+      `quality`) and their mean over the classes present, with standard errors.
+    - `__call__(samples, labels)`: a dict with both and the overall KID.
+
+    Build one with `digits_class_quality` (or `from_data`).
+    """
+
+    quality: SampleQuality
+    classes: tuple[Float[Array, " m d"], ...]
+    num_blocks: int = eqx.field(static=True, default=4)
+
+    @classmethod
+    def from_data(
+        cls,
+        net: FeatureNet,
+        data: Float[np.ndarray, " m *shape"],
+        labels: Int[np.ndarray, " m"],
+        num_blocks: int = 8,
+        class_blocks: int = 4,
+    ) -> ClassQuality:
+        """Reference features of labelled `data` (e.g. the training images)."""
+        quality = SampleQuality.from_data(net, data, num_blocks)
+        labels = np.asarray(labels)
+        num_classes = int(labels.max()) + 1
+        reference = np.asarray(quality.reference)
+        classes = tuple(jnp.asarray(reference[labels == k]) for k in range(num_classes))
+        return cls(quality, classes, class_blocks)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def predict(self, samples: Float[ArrayLike, " n *shape"]) -> Int[Array, " n"]:
+        """The classifier's class for each sample (clipped to the data's range, as
+        `SampleQuality.features` does)."""
+        x = jnp.asarray(samples, jnp.float32)
+        q = self.quality
+        x = jnp.clip(jnp.where(jnp.isfinite(x), x, q.low), q.low, q.high)
+        return jnp.argmax(q.net(x), axis=-1)
+
+    def accuracy(
+        self, samples: Float[ArrayLike, " n *shape"], labels
+    ) -> tuple[float, float]:
+        """`(accuracy, standard_error)`: the fraction of `samples` classified as
+        their conditioning class `labels` (an int, or one per sample), and its
+        binomial standard error."""
+        n = int(np.shape(samples)[0])
+        if n < 1:
+            raise ValueError("ClassQuality.accuracy: `samples` is empty.")
+        labels = _check_class_labels(
+            "ClassQuality.accuracy", labels, n, self.num_classes
+        )
+        hits = np.asarray(self.predict(samples)) == labels
+        a = float(hits.mean())
+        return a, math.sqrt(a * (1.0 - a) / n)
+
+    def class_kid(
+        self, samples: Float[ArrayLike, " n *shape"], labels
+    ) -> dict[str, Any]:
+        """Per-class KID of `samples` against the reference images of their class
+        (classes with fewer than `2 num_blocks` samples are skipped): `{"kid":
+        {class: (kid, se)}, "mean": (mean over those classes, its standard
+        error)}`."""
+        n = int(np.shape(samples)[0])
+        labels = _check_class_labels(
+            "ClassQuality.class_kid", labels, n, self.num_classes
+        )
+        features = np.asarray(self.quality.features(samples))
+        per_class = {}
+        for k in range(self.num_classes):
+            mine = features[labels == k]
+            if mine.shape[0] < 2 * self.num_blocks:
+                continue
+            per_class[k] = kernel_distance(
+                jnp.asarray(mine), self.classes[k], num_blocks=self.num_blocks
+            )
+        if not per_class:
+            raise ValueError(
+                "ClassQuality.class_kid: no class has the "
+                f"{2 * self.num_blocks} samples a per-class KID needs."
+            )
+        values = np.array([v[0] for v in per_class.values()])
+        errors = np.array([v[1] for v in per_class.values()])
+        mean = float(values.mean())
+        se = float(np.sqrt(np.sum(errors**2)) / len(values))
+        return {"kid": per_class, "mean": (mean, se)}
+
+    def __call__(
+        self, samples: Float[ArrayLike, " n *shape"], labels
+    ) -> dict[str, Any]:
+        """`{"accuracy": (a, se), "kid": (kid, se), "class_kid": (mean, se),
+        "per_class_kid": {class: (kid, se)}}` (`class_kid` NaN, `per_class_kid`
+        empty, if no class has the samples a per-class KID needs)."""
+        labels = _check_class_labels(
+            "ClassQuality", labels, int(np.shape(samples)[0]), self.num_classes
+        )
+        counts = np.bincount(labels, minlength=self.num_classes)
+        if counts.max() >= 2 * self.num_blocks:
+            per = self.class_kid(samples, labels)
+        else:
+            per = {"mean": (math.nan, math.nan), "kid": {}}
+        return {
+            "accuracy": self.accuracy(samples, labels),
+            "kid": self.quality(samples),
+            "class_kid": per["mean"],
+            "per_class_kid": per["kid"],
+        }
+
+
+def digits_class_quality(
+    num_blocks: int = 8, class_blocks: int = 4, seed: int = 0, **kwargs: Any
+) -> ClassQuality:
+    """`ClassQuality` for the 8×8 digits: the `FeatureNet` of `digits_quality`
+    (same `seed` and `kwargs`: the same network) as the classifier, the training
+    split and its labels as the reference."""
+    from .. import data
+
+    images = data.digits(split="train")
+    labels = data.digits_labels(split="train")
+    net = train_feature_net(images, labels, key=jr.key(seed), **kwargs)
+    return ClassQuality.from_data(net, images, labels, num_blocks, class_blocks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -116,6 +117,7 @@ def dsm_loss(
     x0: Float[Array, " batch *shape"],
     key: PRNGKeyArray,
     t_min: float = 1e-5,
+    labels: Any = None,
 ) -> Float[Array, ""]:
     """Denoising score-matching loss in noise-prediction form.
 
@@ -131,14 +133,22 @@ def dsm_loss(
     - `x0`: a batch of data, `(batch, *shape)`.
     - `key`: a JAX PRNG key.
     - `t_min`: smallest time drawn (σ(0) = 0 makes `t = 0` meaningless).
+    - `labels`: for a class-conditional model `ε_θ(t, x, label)`, one label per
+      image, shape `(batch,)` (passed as the model's `args`); `None`: `ε_θ(t, x)`.
 
     **Returns:**
 
     The scalar mean loss over the batch and pixels.
     """
     t, xt, eps = _noised(sde, x0, key, t_min)
-    pred = jax.vmap(model)(t, xt)
+    pred = _apply(model, t, xt, labels)
     return jnp.mean((pred - eps) ** 2)
+
+
+def _apply(model, t, xt, labels):
+    if labels is None:
+        return jax.vmap(model)(t, xt)
+    return jax.vmap(model)(t, xt, labels)
 
 
 def _noised(sde, x0, key, t_min):
@@ -160,6 +170,7 @@ def distillation_loss(
     x0: Float[Array, " batch *shape"],
     key: PRNGKeyArray,
     t_min: float = 1e-5,
+    labels: Any = None,
 ) -> Float[Array, ""]:
     """Distillation loss: `E_t E_ε ‖ε_θ(t, x_t) − ε_T(t, x_t)‖² / dim` on the same
     noised inputs `x_t` as [`dsm_loss`][] (same `t` and `ε` draws for a key), with the
@@ -171,8 +182,9 @@ def distillation_loss(
     and the cost of ML-EM scales with `(Σ_l sqrt(V_l C_l))²`.
 
     **Arguments:** as [`dsm_loss`][], plus `teacher`: a noise-prediction network on one
-    image (its output is wrapped in `jax.lax.stop_gradient`).
+    image (its output is wrapped in `jax.lax.stop_gradient`); `labels` reach both
+    networks (class-conditional ones).
     """
     t, xt, _ = _noised(sde, x0, key, t_min)
-    target = jax.lax.stop_gradient(jax.vmap(teacher)(t, xt))
-    return jnp.mean((jax.vmap(model)(t, xt) - target) ** 2)
+    target = jax.lax.stop_gradient(_apply(teacher, t, xt, labels))
+    return jnp.mean((_apply(model, t, xt, labels) - target) ** 2)

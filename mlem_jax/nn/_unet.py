@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+from .._misc import concrete_or_none
 
 
 def _num_groups(channels: int, max_groups: int) -> int:
@@ -65,7 +67,11 @@ def _materialise(tree: Any, key: PRNGKeyArray) -> Any:
         for entry in path[:-1]:
             parent = _child(parent, entry)
         names = [getattr(e, "name", getattr(e, "key", None)) for e in path]
-        if isinstance(parent, eqx.nn.GroupNorm):
+        if isinstance(parent, eqx.nn.Embedding):
+            value = (
+                draw  # class embeddings: U(−1, 1), the scale of the time MLP's output
+            )
+        elif isinstance(parent, eqx.nn.GroupNorm):
             value = (
                 np.ones(leaf.shape) if names[-1] == "weight" else np.zeros(leaf.shape)
             )
@@ -227,8 +233,18 @@ class UNet(eqx.Module):
     predicts zero.
 
     The network acts on one image or on a batch `(batch, *image_shape)`, and takes
-    an ignored `args`, so it is an `f(t, y, args)` that the samplers of
-    `mlem_jax.diffusion` take as it is.
+    `args` as its third argument, so it is an `f(t, y, args)` that the samplers of
+    `mlem_jax.diffusion` take as it is: an unconditional UNet ignores it.
+
+    **Class conditioning.** With `num_classes=K` the UNet is class-conditional: a
+    learned class embedding (`K + 1` rows) is added to the time embedding, and the
+    class labels reach it through `args` (diffrax's convention): an int, or an
+    integer array of shape `()` (one class for the whole batch) or `(batch,)` (one
+    per image). The label `K` is the *null label*: trained with label dropout
+    (`TrainConfig.label_dropout`), it gives the unconditional prediction, so one
+    network serves both halves of classifier-free guidance
+    (`mlem_jax.diffusion.cfg_levels(..., num_classes=K)`). `args=None` means the
+    null label, so a conditional UNet also plugs into every unconditional tool.
 
     **Arguments:**
 
@@ -244,6 +260,8 @@ class UNet(eqx.Module):
     - `num_groups`: maximum number of GroupNorm groups (fewer when needed to keep at
       least 4 channels per group).
     - `num_heads`: attention heads.
+    - `num_classes`: the number of classes `K` of a class-conditional UNet (see
+      above); `None` (default) for an unconditional one.
     - `key`: a JAX PRNG key for the initialisation.
 
     **Example:**
@@ -251,6 +269,8 @@ class UNet(eqx.Module):
     ```python
     net = UNet((1, 8, 8), base_width=16, channel_mults=(1, 2), key=jr.key(0))
     eps = net(0.5, x)  # x: (1, 8, 8)
+    cond = UNet((1, 8, 8), base_width=16, num_classes=10, key=jr.key(0))
+    eps = cond(0.5, x, 3)  # class 3; cond(0.5, x, 10): the unconditional prediction
     ```
     """
 
@@ -260,6 +280,7 @@ class UNet(eqx.Module):
     num_res_blocks: int = eqx.field(static=True)
     attn_resolutions: tuple[int, ...] = eqx.field(static=True)
     embed_dim: int = eqx.field(static=True)
+    num_classes: int | None = eqx.field(static=True)
 
     time_mlp: tuple[eqx.nn.Linear, eqx.nn.Linear]
     conv_in: eqx.nn.Conv2d
@@ -273,6 +294,7 @@ class UNet(eqx.Module):
     upsample: tuple[eqx.nn.Conv2d, ...]
     norm_out: eqx.nn.GroupNorm
     conv_out: eqx.nn.Conv2d
+    class_embed: eqx.nn.Embedding | None
 
     def __init__(
         self,
@@ -283,6 +305,7 @@ class UNet(eqx.Module):
         attn_resolutions: tuple[int, ...] = (),
         num_groups: int = 8,
         num_heads: int = 1,
+        num_classes: int | None = None,
         *,
         key: PRNGKeyArray,
     ):
@@ -298,6 +321,16 @@ class UNet(eqx.Module):
                 f"non-empty, got base_width={base_width}, "
                 f"num_res_blocks={num_res_blocks}, channel_mults={channel_mults}."
             )
+        if num_classes is not None and (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, (int, np.integer))
+            or num_classes < 1
+        ):
+            raise ValueError(
+                "`num_classes` must be a positive int (a class-conditional UNet) or "
+                f"None (an unconditional one), got {num_classes!r}."
+            )
+        self.num_classes = None if num_classes is None else int(num_classes)
         c, height, width = image_shape
         factor = 2 ** (len(channel_mults) - 1)
         if height % factor or width % factor:
@@ -382,6 +415,11 @@ class UNet(eqx.Module):
             fields["conv_out"] = _zero(
                 eqx.nn.Conv2d(ch, c, 3, padding=1, key=next(keys))
             )
+            if self.num_classes is not None:
+                # One row per class and one for the null label `num_classes`.
+                fields["class_embed"] = eqx.nn.Embedding(
+                    self.num_classes + 1, emb, key=next(keys)
+                )
             return fields
 
         # Build with abstract shapes only, then draw every weight from one random
@@ -390,6 +428,8 @@ class UNet(eqx.Module):
         fields = _materialise(eqx.filter_eval_shape(build, key), key)
         for name, value in fields.items():
             setattr(self, name, value)
+        if self.num_classes is None:
+            self.class_embed = None
 
     def __call__(
         self,
@@ -402,25 +442,80 @@ class UNet(eqx.Module):
         - `t`: scalar diffusion time in `[0, 1]`.
         - `x`: one image of shape `image_shape`, or a batch of them, shape
             `(batch, *image_shape)` (each image is then predicted on its own).
-        - `args`: ignored; it makes the network an `f(t, y, args)` as the samplers
-            of `mlem_jax.diffusion` (`sample`, `mlem_sample`) and the solvers call
-            it, so a loaded network plugs in as it is.
+        - `args`: an unconditional UNet ignores it; it makes the network an
+            `f(t, y, args)` as the samplers of `mlem_jax.diffusion` (`sample`,
+            `mlem_sample`) and the solvers call it, so a loaded network plugs in as
+            it is. A class-conditional UNet (`num_classes=K`) reads its class
+            labels from it: an int or an integer array of shape `()` or `(batch,)`,
+            each in `[0, K]` (`K`: the null label, the unconditional prediction);
+            `None` is the null label.
 
         **Returns:**
 
         An array shaped like `x` (the predicted noise `ε`).
         """
-        del args
-        if x.ndim == len(self.image_shape) + 1 and x.shape[1:] == self.image_shape:
-            return jax.vmap(self, in_axes=(None, 0))(t, x)
-        if x.shape != self.image_shape:
+        batched = (
+            x.ndim == len(self.image_shape) + 1 and x.shape[1:] == self.image_shape
+        )
+        if not batched and x.shape != self.image_shape:
             raise ValueError(
                 f"UNet built for image_shape={self.image_shape} got an input of shape "
                 f"{x.shape}; expected {self.image_shape} or (batch, "
                 f"{', '.join(map(str, self.image_shape))})."
             )
+        if self.num_classes is None:
+            if batched:
+                return jax.vmap(self._eps, in_axes=(None, 0, None))(t, x, None)
+            return self._eps(t, x, None)
+        labels = self._labels(args, x.shape[0] if batched else None)
+        if batched:
+            axis = None if labels.ndim == 0 else 0
+            return jax.vmap(self._eps, in_axes=(None, 0, axis))(t, x, labels)
+        return self._eps(t, x, labels)
+
+    def _labels(self, args: Any, batch: int | None) -> Int[Array, "*batch"]:
+        """`args` checked as class labels (or the null label) for this input."""
+        k = self.num_classes
+        assert k is not None
+        if args is None:
+            return jnp.asarray(k, jnp.int32)
+        try:
+            labels = jnp.asarray(args)
+        except TypeError:
+            raise TypeError(
+                "UNet: `args` must be the class labels of a class-conditional UNet, "
+                f"an int or an integer array of shape () or (batch,); got "
+                f"{type(args).__name__}."
+            ) from None
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(
+                "UNet: `args` (the class labels) must have an integer dtype; got "
+                f"{labels.dtype}."
+            )
+        shapes = ((),) if batch is None else ((), (batch,))
+        if labels.shape not in shapes:
+            raise ValueError(
+                "UNet: `args` (the class labels) must have shape "
+                + (" or ".join(str(s) for s in shapes))
+                + f" for an input of this shape; got {labels.shape}."
+            )
+        message = (
+            f"UNet: `args` holds a class label outside [0, {k}) that is not the null "
+            f"label {k}."
+        )
+        value = concrete_or_none(labels)
+        if value is not None:  # checked now, in NumPy (also while tracing)
+            value = np.asarray(value)
+            if np.any((value < 0) | (value > k)):
+                raise ValueError(f"{message} Got {value.tolist()}.")
+            return labels
+        return eqx.error_if(labels, jnp.any((labels < 0) | (labels > k)), message)
+
+    def _eps(self, t, x, labels):
         emb = sinusoidal_embedding(jnp.asarray(t, x.dtype), self.base_width)
         emb = self.time_mlp[1](jax.nn.silu(self.time_mlp[0](emb.astype(x.dtype))))
+        if self.class_embed is not None:
+            emb = emb + self.class_embed.weight[labels].astype(emb.dtype)
 
         # Channels-last inside (see `conv_hwc`); (c, h, w) at the boundary.
         h = conv_hwc(self.conv_in, jnp.transpose(x, (1, 2, 0)))

@@ -1,8 +1,8 @@
 """Pretrained UNet ladders shipped with mlem_jax, and a loader for ladder directories.
 
-Three ladders ship: `digits` and `digits_mixture` (below), and `digits_wide`, five
-UNets of widths 4, 8, 16, 24, 48 (123× from the cheapest to the top in FLOPs) on the
-same digits, trained and distilled with
+Four ladders ship: `digits`, `digits_mixture` and `digits_cond` (below), and
+`digits_wide`, five UNets of widths 4, 8, 16, 24, 48 (123× from the cheapest to the
+top in FLOPs) on the same digits, trained and distilled with
 
     mlem-jax train --dataset digits --widths 4,8,16,24,48 --channel-mults 1,2 \
         --steps 1500 --batch-size 128 --lr 2e-3 --warmup-steps 100 \
@@ -14,6 +14,22 @@ same digits, trained and distilled with
 
 (about 50 minutes of this project's 2-core CPU for both commands, shared with other
 work; see docs/results.md).
+
+`digits_cond` is class-conditional (issue 27): the widths and training of
+`digits_wide` with a class embedding (10 classes, null label 10, label dropout
+0.1), for classifier-free guidance (`mlem-jax sample --ladder digits_cond --class 3
+--guidance 2`, `mlem_jax.diffusion.cfg_levels`), trained and distilled with
+
+    mlem-jax train --dataset digits --conditional --label-dropout 0.1 \
+        --widths 4,8,16,24,48 --channel-mults 1,2 --num-res-blocks 1 --steps 1500 \
+        --batch-size 128 --lr 2e-3 --warmup-steps 100 --ema-decay 0.995 \
+        --checkpoint-every 250 --seed 0 --out ladders/cond
+    mlem-jax distill --ladder ladders/cond --out ladders/cond-distilled \
+        --steps 1000 --lr 1e-3 --seed 0
+    python -m mlem_jax.pretrained.pack ladders/cond-distilled \
+        mlem_jax/pretrained/digits_cond
+
+(21 + 16 minutes on one of this project's 2 CPU cores, shared; docs/conditional.md).
 
 `digits_mixture` is a ladder on a KNOWN distribution: five UNets of widths 2, 4, 8,
 16, 32 (189× in FLOPs) trained on fresh exact draws of a 256-component Gaussian
@@ -62,7 +78,7 @@ import equinox as eqx
 import jax.random as jr
 
 PRETRAINED_DIR = os.path.dirname(os.path.abspath(__file__))
-NAMES = ("digits", "digits_wide", "digits_mixture")
+NAMES = ("digits", "digits_wide", "digits_mixture", "digits_cond")
 MIXTURE = "mixture.npz"
 """A ladder trained on a known distribution ships it next to its weights: the
 arrays of a `mlem_jax.diffusion.GaussianMixture`, its fit arguments and its
