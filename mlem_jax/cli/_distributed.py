@@ -147,7 +147,7 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                 f"--process-id {args.process_id} is out of range for --num-processes "
                 f"{args.num_processes}: expected 0..{args.num_processes - 1}"
             )
-    if args.sampler != "em":
+    if args.sampler not in (None, "em"):  # None: the default, em unless guided
         parser.error(
             "--coordinator applies to --sampler em only (ML-EM split over the devices "
             "of every process)"
