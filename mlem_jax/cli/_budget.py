@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import pretrained
+from .. import FixedProbabilities, pretrained
 from .._cost import time_in_scan
-from .._schedules import FixedProbabilities
 from ..pretrained import MIN_PROBABILITY, T0, T1, Ladder
 from ._common import warn
 

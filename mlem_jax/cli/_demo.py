@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._brownian import brownian_increments, coarsen_increments
+from .. import brownian_increments, coarsen_increments
 from .._io import write_json
 from .._misc import missing_extra
 from ..pretrained import MIN_PROBABILITY, T0, T1, Ladder

@@ -321,7 +321,7 @@ class Distributed:
         (`mlem_jax.process_rows`), or every row with `--gather`."""
         from jax.experimental import multihost_utils
 
-        from .._shard import process_rows
+        from .. import process_rows
 
         if isinstance(y1, np.ndarray):  # every row is here (one process)
             return np.arange(y1.shape[0]), y1

@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import FixedProbabilities, Levels
 from .._cost import timed_run
 from .._io import atomic_write
-from .._levels import Levels
-from .._schedules import FixedProbabilities
 from ..diffusion import (
     VPLinear,
     calibrate_sampler,
@@ -273,7 +272,7 @@ def run_guided(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             )
     dw = None
     if sampler.stochastic and args.grid == "uniform":
-        from .._brownian import brownian_increments
+        from .. import brownian_increments
 
         dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
     solve_levels = (

@@ -12,16 +12,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._brownian import brownian_increments
+from .. import FixedProbabilities, Stitch, brownian_increments
 from .._io import atomic_write
-from .._schedules import FixedProbabilities, Stitch
 from ..diffusion import (
+    GRIDS,
     SAMPLERS,
     VPLinear,
     calibrate_sampler,
     sampler as diffusion_sampler,
+    time_grid,
 )
-from ..diffusion._samplers import GRIDS, time_grid
 from ..pretrained import T0, T1, Ladder
 from ._budget import (
     COSTS,

@@ -19,11 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import FixedProbabilities, Levels, em_solve, mlem_solve, mlem_solve_sharded
 from .._cost import timed_run
-from .._levels import Levels
-from .._schedules import FixedProbabilities
-from .._shard import mlem_solve_sharded
-from .._solve import em_solve, mlem_solve
 from ..pretrained import T0, T1, Ladder
 
 SINGLE_SAMPLER = "SDE-DPM++(1)"

@@ -74,6 +74,7 @@ from ._registry import (
 )
 from ._samplers import (
     DDIM as DDIM,
+    GRIDS as GRIDS,
     AbstractSampler as AbstractSampler,
     DPMSolverPP2M as DPMSolverPP2M,
     Euler as Euler,

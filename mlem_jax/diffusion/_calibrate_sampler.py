@@ -153,7 +153,7 @@ def calibrate_sampler(
         brownian=None,
         checkpoint=True,
     )
-    y0, key, x0_fns = problem.y0, problem.key, problem.fns
+    y0, key, x0_fns = jnp.asarray(problem.y0), problem.key, problem.fns
     ts, dts = problem.grid.ts, problem.grid.dts
     assert ts is not None and dts is not None
     if reference is not None:
