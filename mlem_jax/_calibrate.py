@@ -38,7 +38,7 @@ from jaxtyping import PRNGKeyArray
 from ._brownian import brownian_increments, coarsen_increments
 from ._calibration import Calibration
 from ._cost import count_flops, fit_cost_exponent, time_in_scan
-from ._levels import Levels, Refinement
+from ._levels import Levels, Refinement, refinements
 from ._misc import check_num_steps, concrete_or_none
 from ._pricing import _bin_index, _grid
 from ._schedules import FixedProbabilities
@@ -400,6 +400,7 @@ def assemble_calibration(
         warnings=warnings,
         pair_variances=pair_variances,
         grid=grid,
+        refinements=refinements(levels.fns) if any(refinements(levels.fns)) else None,
     )
 
 

@@ -60,6 +60,9 @@ class Calibration:
         that at `n` steps it is about `em_error · (num_steps / n)^q`; measured by
         `calibrate` against a 16×-finer solve on the same path (see its
         `pilot_keys`), `None` if not measured. What `verdict` compares ML-EM with.
+    - `refinements`: per level, whether it is a `mlem_jax.Refinement` (a guided
+        level, which needs the level below it at every step it runs), or `None`
+        for none: pricing then counts the level below a guided base level too.
     """
 
     times: np.ndarray
@@ -80,6 +83,7 @@ class Calibration:
     grid: np.ndarray | None = None
     em_error: float | None = None
     em_order: float | None = None
+    refinements: tuple[bool, ...] | None = None
 
     def __post_init__(self):
         amplification = np.broadcast_to(
@@ -224,6 +228,7 @@ class Calibration:
             drift_errors=self.drift_errors[idx],
             amplification=self.amplification[idx],
             pair_variances=pairs,
+            refinements=pick(self.refinements),
         )
 
     # What a calibration implies, each computed in the module of its concept (the
@@ -323,7 +328,7 @@ class Calibration:
                 fields["grid"] = np.asarray(fields["grid"], np.float64)
             for name in ("costs", "warnings"):
                 fields[name] = tuple(fields[name])
-            for name in ("flops", "seconds"):
+            for name in ("flops", "seconds", "refinements"):
                 if fields.get(name) is not None:
                     fields[name] = tuple(fields[name])
             _check_finite_fields(fields)

@@ -378,7 +378,9 @@ def _hybrid_options(cal, num_steps, cost, min_probability, grouped=False):
             rates[o, :, b + 1 :] = np.maximum(shape[:, b + 1 :] * sc, floor)
     probs = np.minimum(1.0, rates * h[None, :, None])
     weighted, own, pairs = cal._pricing_weights(bins)
-    evaluations, variance, bias = _price_steps(probs, hs, weighted, own, pairs)
+    evaluations, variance, bias = _price_steps(
+        probs, hs, weighted, own, pairs, cal.refinements
+    )
     spent = evaluations @ cal.level_costs(cost)
     return rates, spent * counts, bias * counts, variance * counts, ts + hs / 2
 

@@ -70,7 +70,12 @@ def predict(
     bins = _bin_index(cal.times, ts + hs / 2)
     weighted, own, pairs = cal._pricing_weights(bins)
     evaluations, mse = _price(
-        probs.astype(np.float64), hs, weighted, own=own, pairs=pairs
+        probs.astype(np.float64),
+        hs,
+        weighted,
+        own=own,
+        pairs=pairs,
+        refines=cal.refinements,
     )
     return Prediction(
         evaluations=evaluations,
@@ -88,27 +93,28 @@ def _sub_ladders(k: int) -> list[tuple[int, ...]]:
     ]
 
 
-def _price(probs, hs, weighted, own, pairs, counts=None):
+def _price(probs, hs, weighted, own, pairs, counts=None, refines=None):
     """`(evaluations, mse)` of firing probabilities `probs` (`(..., n, k)`, any
     leading axes) on steps of lengths `hs`: expected evaluations per level
     (`expected_evaluations` summed over the steps) and the added mean square
     `bias² + variance` (see `_price_steps`); `counts` (`(n,)`): how many steps each
-    row stands for (default one each)."""
+    row stands for (default one each); `refines` as `expected_evaluations`."""
     if counts is None:
         counts = np.ones(np.shape(hs))
-    evaluations, variance, bias = _price_steps(probs, hs, weighted, own, pairs)
+    evaluations, variance, bias = _price_steps(probs, hs, weighted, own, pairs, refines)
     evaluations = (evaluations * counts[:, None]).sum(axis=-2)
     variance = np.sum(counts * variance, axis=-1)
     bias = np.sum(counts * bias, axis=-1)
     return evaluations, bias**2 + variance
 
 
-def _price_steps(probs, hs, weighted, own, pairs):
+def _price_steps(probs, hs, weighted, own, pairs, refines=None):
     """Per step: `(evaluations, variance, bias)` of firing probabilities `probs`
     (`(..., n, k)`) on steps of signed lengths `hs` (`(n,)`).
 
     - `evaluations` (`(..., n, k)`): `expected_evaluations`, which knows the step's
-        base level (the lowest with `p > 0`; the levels below it are out).
+        base level (the lowest with `p > 0`; the levels below it are out) and,
+        with `refines`, that a refinement needs the level below it.
     - `variance` (`(..., n)`): `h² Σ_l (1/p_l − 1) W_l` over the randomised levels
         at or above the base, with `W_l = weighted[:, l]` (`A_l a(t) V_l(t)`) and,
         for the base `b`, whose increment is `f^b` itself, `own[:, b]`
@@ -135,7 +141,7 @@ def _price_steps(probs, hs, weighted, own, pairs):
         per = np.where(active & (w > 0), w * (1 / probs - 1), 0.0)
     variance = h2 * per.sum(axis=-1)
     bias = np.sqrt(h2) * _dropped_bias(in_ladder & ~active, weighted, pairs)
-    return expected_evaluations(probs), variance, bias
+    return np.asarray(expected_evaluations(probs, refines)), variance, bias
 
 
 def _dropped_bias(dropped, weighted, pairs):

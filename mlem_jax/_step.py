@@ -173,19 +173,36 @@ def step_draws(
     return StepDraws(needed, weights)
 
 
-def expected_evaluations(probs):
+def expected_evaluations(probs, refines: Sequence[bool] | None = None):
     """The probability that each level is evaluated at a step, `1 − (1 − p_l)(1 −
     p_{l+1})` (level `l` runs when `B_l` or `B_{l+1}` fires; `p_{k+1} = 0`), for
     firing probabilities `probs` with the levels on the last axis (any leading
     axes); below the step's base level (the lowest with `p > 0`, see `level_draws`)
-    nothing runs, and the base level is not the coarse half of anything. NumPy in,
-    NumPy out (`Calibration.predict` prices in float64); JAX arrays give JAX arrays
-    (`expected_cost` is differentiable)."""
+    nothing runs, and the base level is not the coarse half of anything. With
+    `refines` (as `step_draws`), the level below a `mlem_jax.Refinement` also runs
+    whenever the refinement does (so a guided base level costs its conditional
+    network too): level `l` runs when any draw of its set `S_l` fires, `1 −
+    Π_{j∈S_l}(1 − p_j)`. NumPy in, NumPy out (`Calibration.predict` prices in
+    float64); JAX arrays give JAX arrays (`expected_cost` is differentiable)."""
     xp = np if isinstance(probs, np.ndarray) else jnp
     in_ladder = xp.cumsum((probs > 0).astype(xp.int32), axis=-1) > 0
     nxt = xp.concatenate([probs[..., 1:], xp.zeros_like(probs[..., :1])], axis=-1)
     nxt = xp.where(in_ladder, nxt, xp.zeros_like(nxt))
-    return 1 - (1 - probs) * (1 - nxt)
+    if refines is None or not any(refines):
+        return 1 - (1 - probs) * (1 - nxt)
+    k = probs.shape[-1]
+    # S_l = {l} ∪ {l + 1 if l is in the step's ladder}; a refinement at l adds S_l
+    # to S_{l−1} (top down, as `_with_refinements` marks the needed levels).
+    sets = [
+        (xp.arange(k) == l) | ((xp.arange(k) == l + 1) & in_ladder[..., l : l + 1])
+        for l in range(k)
+    ]
+    for l in reversed(range(1, k)):  # noqa: E741
+        if refines[l]:
+            sets[l - 1] = sets[l - 1] | sets[l]
+    return xp.stack(
+        [1 - xp.prod(xp.where(s, 1 - probs, 1), axis=-1) for s in sets], axis=-1
+    )
 
 
 @eqx.filter_jit

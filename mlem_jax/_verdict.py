@@ -418,7 +418,9 @@ def _frontier(cal, num_steps, cost, min_probability):
     rates[..., 0] = np.inf
     probs = np.minimum(1.0, rates * h[None])
     weighted, own, pairs = cal._pricing_weights(bins)
-    evaluations, mse = _price(probs, hs, weighted, own, pairs, counts)
+    evaluations, mse = _price(
+        probs, hs, weighted, own, pairs, counts, refines=cal.refinements
+    )
     return evaluations @ cal.level_costs(cost), np.sqrt(mse), evaluations
 
 
@@ -442,6 +444,8 @@ def _stitch_prices(cal, num_steps, cost):
         )
     probs = np.eye(k)[np.stack(rows)]  # (stitches, steps, k)
     weighted, own, pairs = cal._pricing_weights(bins)
-    evaluations, _, bias = _price_steps(probs, hs, weighted, own, pairs)
+    evaluations, _, bias = _price_steps(
+        probs, hs, weighted, own, pairs, cal.refinements
+    )
     spent = (evaluations @ cal.level_costs(cost)).sum(-1)
     return labels, spent, bias.sum(-1)

@@ -440,6 +440,15 @@ def test_calibrate_sampler_prices_the_guidance():
         levels, sched, md.SDEDPMSolverPP1(), y0, labels_for(16), jax.random.key(2), 8
     )
     assert np.all(np.isfinite(np.asarray(y))) and int(info.evaluations[0]) == 8
+    # The calibration records the guided level, and prices full CFG (the guided
+    # level as the base of every step) with the conditional network it needs: as
+    # the run counts it, 8 evaluations of each.
+    assert cal.refinements == (False, True)
+    assert mj.Calibration.from_json(cal.to_json()).refinements == (False, True)
+    full, key3 = mj.FixedProbabilities((0.0, 1.0)), jax.random.key(3)
+    np.testing.assert_allclose(cal.predict(full).evaluations, [8.0, 8.0])
+    _, info = run(levels, full, md.SDEDPMSolverPP1(), y0, labels_for(16), key3, 8)
+    np.testing.assert_array_equal(info.evaluations, [8, 8])
 
 
 # ---------------------------------------------------------------------------------

@@ -269,3 +269,32 @@ def test_expected_evaluations_know_the_base(probs, expected):
     for xp in (np, jnp):
         out = expected_evaluations(xp.asarray(probs))
         np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("refines", [(False, False, True), (False, True, True)])
+def test_expected_evaluations_with_refinements_is_the_exact_expectation(refines):
+    """Level l − 1 runs whenever a refinement at l does, also where l is the step's
+    base: `expected_evaluations(probs, refines)` equals the expectation of the
+    draws' `needed` (`_draws_from_fires`) summed exactly over the 2^k fire
+    patterns, for probabilities with and without a base above level 1."""
+    import itertools
+
+    from mlem_jax._step import _draws_from_fires, expected_evaluations
+
+    for probs in ([0.7, 0.4, 0.2], [0.0, 0.6, 0.3], [0.0, 0.0, 0.5], [0.0, 0.0, 1.0]):
+        p = np.asarray(probs)
+        exact = np.zeros(3)
+        for pattern in itertools.product([False, True], repeat=3):
+            fires = np.asarray(pattern)
+            if np.any(fires & (p == 0)) or np.any(~fires & (p == 1)):
+                continue
+            weight = np.prod(np.where(fires, p, 1 - p))
+            _, needed, _ = _draws_from_fires(
+                jnp.asarray(fires), jnp.asarray(p, jnp.float32), refines
+            )
+            exact += weight * np.asarray(needed, np.float64)
+        got = expected_evaluations(p, refines)
+        np.testing.assert_allclose(got, exact, rtol=1e-12, atol=1e-15)
+        # Without refinements the level below a guided base is not counted.
+        if probs[1] == 0.0 and refines[2]:
+            assert expected_evaluations(p)[1] == 0.0 < got[1]
