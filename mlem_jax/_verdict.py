@@ -39,8 +39,10 @@ class Verdict:
         `worth_above`, `best` and the sentence read.
     - `alternative_costs`, `alternatives`: per cost unit, the cost of the best
         alternative without randomisation — the top level alone
-        (Euler–Maruyama) or the best T-Stitch schedule (`Calibration.stitches`)
-        — and, for the deciding cost, which one it is, in words.
+        (Euler–Maruyama) or the best T-Stitch schedule (`Calibration.stitches`),
+        and for a guided ladder (`refinements[-1]`) also the best guidance
+        interval at tenths of the steps — and, for the deciding cost, which one it
+        is, in words.
     - `hybrid_costs`: per cost unit, the least predicted cost of the hybrid
         (stitching and telescoping chosen per time bin, `Calibration.hybrid`).
     - `em_steps`: Euler–Maruyama steps with the top level to reach each error.
@@ -424,10 +426,34 @@ def _frontier(cal, num_steps, cost, min_probability):
     return evaluations @ cal.level_costs(cost), np.sqrt(mse), evaluations
 
 
+def _guidance_windows(k: int, num_steps: int, num_fractions: int = 11):
+    """The guidance intervals a user of a guided ladder would try instead of
+    randomising: `(windows, probs)`, the step ranges `[a, b)` with `a < b` at
+    tenths of the steps (all but the whole solve, which is full guidance, "the
+    top level alone"), and their firing probabilities `(windows, steps, k)`: the
+    conditional level `k − 1` (the base) at every step, the guided level `k` at
+    every step of the window and never outside it."""
+    cuts = np.unique(np.rint(np.linspace(0, num_steps, num_fractions)).astype(int))
+    windows = [
+        (int(a), int(b))
+        for a in cuts
+        for b in cuts
+        if a < b and (a, b) != (0, num_steps)
+    ]
+    steps = np.arange(num_steps)
+    probs = np.zeros((len(windows), num_steps, k))
+    probs[:, :, k - 2] = 1.0
+    for w, (a, b) in enumerate(windows):
+        probs[w, (steps >= a) & (steps < b), k - 1] = 1.0
+    return windows, probs
+
+
 def _stitch_prices(cal, num_steps, cost):
     """`(labels, cost, bias)` of `stitches(num_steps)` (the same schedules, in
     the same order), priced as `predict` prices them, vectorised: a stitch
-    adds no variance, only the bias of the corrections it drops."""
+    adds no variance, only the bias of the corrections it drops. For a guided
+    ladder (the top level a `mlem_jax.Refinement`), the guidance intervals of
+    `_guidance_windows` follow them."""
     k = cal.num_levels
     ts, hs = cal.steps(num_steps)
     bins = _bin_index(cal.times, ts + hs / 2)
@@ -443,6 +469,17 @@ def _stitch_prices(cal, num_steps, cost):
             f"of the steps, then level {order[1] + 1}"
         )
     probs = np.eye(k)[np.stack(rows)]  # (stitches, steps, k)
+    if cal.refinements is not None and cal.refinements[-1] and k >= 2:
+        windows, guided = _guidance_windows(k, num_steps)
+        probs = np.concatenate([probs, guided])
+        ends = np.append(ts, ts[-1] + hs[-1])
+        for a, b in windows:
+            lo, hi = sorted((float(ends[a]), float(ends[b])))
+            labels.append(
+                f"guidance (level {k}) only on steps {a}–{b} of {num_steps} "
+                f"(t in [{lo:.3g}, {hi:.3g}]), level {k - 1} alone elsewhere: a "
+                "guidance interval"
+            )
     weighted, own, pairs = cal._pricing_weights(bins)
     evaluations, _, bias = _price_steps(
         probs, hs, weighted, own, pairs, cal.refinements

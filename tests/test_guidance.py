@@ -449,6 +449,22 @@ def test_calibrate_sampler_prices_the_guidance():
     np.testing.assert_allclose(cal.predict(full).evaluations, [8.0, 8.0])
     _, info = run(levels, full, md.SDEDPMSolverPP1(), y0, labels_for(16), key3, 8)
     np.testing.assert_array_equal(info.evaluations, [8, 8])
+    # The verdict's alternatives include the guidance intervals, each priced as
+    # `guidance_interval` (an independent construction, in times) prices it.
+    from mlem_jax._verdict import _stitch_prices
+
+    labels, spent, bias = _stitch_prices(cal, 8, "flops")
+    ends = np.append(*cal.steps(8)[:1], T1)
+    windows = [(i, label) for i, label in enumerate(labels) if "interval" in label]
+    # Step ranges [a, b) cut at tenths of the 8 steps (rounded: 0, 1, …, 8), all
+    # but [0, 8), which is full guidance.
+    assert len(windows) == 9 * 8 // 2 - 1
+    for i, label in windows[::7]:
+        a, b = (int(x) for x in label.split("steps ")[1].split(" of")[0].split("–"))
+        interval = md.guidance_interval(2, sorted((ends[a], ends[b])), t0=T0, t1=T1)
+        price = cal.predict(interval, cost="flops")
+        assert spent[i] == pytest.approx(price.cost, rel=1e-9)
+        assert bias[i] == pytest.approx(price.error, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------
