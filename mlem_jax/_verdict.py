@@ -141,8 +141,9 @@ class Verdict:
         if worth is None:
             text = (
                 f"Not worth it: multilevel sampling (ML-EM or the hybrid) is "
-                f"predicted to cost more {unit[self.cost]} than the best of the top "
-                "level alone and stitching at every error from "
+                f"predicted to cost more {unit[self.cost]} than the best "
+                "alternative without randomisation (the top level alone, stitching "
+                "or, for a guided ladder, a guidance interval) at every error from "
                 f"{self.errors[0]:.3g} to {self.errors[-1]:.3g}."
             )
         else:
