@@ -318,13 +318,14 @@ def solve_problem(
 
 
 def run_problem(
-    name: str, problem: Problem, stepper: AbstractStepper, costs
+    name: str, problem: Problem, stepper: AbstractStepper, costs, per_step: int = 1
 ) -> tuple[PyTree[Array], SolveInfo]:
-    """`integrate(stepper, problem)` and its `SolveInfo`; warns where a finite `y0`
-    gave non-finite states."""
+    """`integrate(stepper, problem)` and its `SolveInfo` (each evaluation
+    `per_step` calls of the level); warns where a finite `y0` gave non-finite
+    states."""
     ys, needed, _, ts = integrate(stepper, problem)
     warn_non_finite(name, ys)
-    return ys, solve_info(problem, needed, ts, costs)
+    return ys, solve_info(problem, needed, ts, costs, per_step)
 
 
 def solve_info(problem: Problem, needed, ts, costs, per_step: int = 1) -> SolveInfo:

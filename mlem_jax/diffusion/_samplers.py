@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._integrate import AbstractStepper, Grid, Problem, integrate
+from .._integrate import AbstractStepper, Grid, Problem
 from .._levels import Levels, Refinement
 from .._misc import check_key, check_num_steps, concrete_or_none
 from .._schedules import AbstractSchedule, Periodic, Stitch
@@ -60,8 +60,7 @@ from .._solve import (
     SolveInfo,
     check_finite_state,
     check_increments,
-    solve_info,
-    warn_non_finite,
+    run_problem,
 )
 from .._step import check_drift_output
 from ._param import AbstractParametrisation, check_prediction
@@ -541,7 +540,13 @@ def sample(
         brownian=brownian,
         checkpoint=checkpoint,
     )
-    return _run("sample", problem, sampler, param, (cost,))
+    return run_problem(
+        "sample",
+        problem,
+        _SamplerStep(sampler, param),
+        (cost,),
+        per_step=sampler.evaluations_per_step,
+    )
 
 
 def mlem_sample(
@@ -627,7 +632,13 @@ def mlem_sample(
         brownian=brownian,
         checkpoint=checkpoint,
     )
-    return _run("mlem_sample", problem, sampler, param, levels.costs)
+    return run_problem(
+        "mlem_sample",
+        problem,
+        _SamplerStep(sampler, param),
+        levels.costs,
+        per_step=sampler.evaluations_per_step,
+    )
 
 
 def _check_cost(cost) -> float:
@@ -660,14 +671,6 @@ class _SamplerStep(AbstractStepper):
             self.param, t, t_next, y, predict, noise, state
         )
         return y_next, state, None
-
-
-def _run(name, problem, sampler, param, costs) -> tuple[Array, SolveInfo]:
-    ys, needed, _, _ = integrate(_SamplerStep(sampler, param), problem)
-    warn_non_finite(name, ys)
-    return ys, solve_info(
-        problem, needed, None, costs, per_step=sampler.evaluations_per_step
-    )
 
 
 def sampler_problem(
