@@ -16,6 +16,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
+from . import _checks as checks
 from ._integrate import (
     AbstractStepper,
     EulerMaruyama,
@@ -194,21 +195,8 @@ def em_solve(
 
     **Returns:** `(y1, info)` as `mlem_solve`; `info.evaluations == [num_steps]`.
     """
-    if not callable(drift):
-        raise TypeError(
-            "em_solve: `drift` must be a callable f(t, y, args); got "
-            f"{type(drift).__name__}."
-        )
-    if isinstance(cost, bool) or not (
-        isinstance(cost, (numbers.Real, np.ndarray, jax.Array))
-        and np.shape(cost) == ()
-        and np.issubdtype(np.asarray(cost).dtype, np.number)
-        and np.isfinite(cost)
-        and cost > 0
-    ):
-        raise ValueError(
-            f"em_solve: `cost` must be a positive finite number; got {cost!r}."
-        )
+    checks.function("em_solve", "drift", drift, "a callable f(t, y, args)")
+    cost = checks.number("em_solve", "cost", cost)
     problem = solve_problem(
         "em_solve",
         (drift,),
@@ -224,7 +212,7 @@ def em_solve(
         saveat=saveat,
         checkpoint=checkpoint,
     )
-    return run_problem("em_solve", problem, EulerMaruyama(diffusion), (float(cost),))
+    return run_problem("em_solve", problem, EulerMaruyama(diffusion), (cost,))
 
 
 def solve_problem(
@@ -246,14 +234,11 @@ def solve_problem(
     """Check the arguments of a solve (errors name `name`) into a `Problem`."""
     num_steps = check_num_steps(name, num_steps)
     if not (isinstance(checkpoint, bool) or checkpoint == "sqrt"):
-        raise ValueError(
-            f'{name}: `checkpoint` must be True, False or "sqrt"; got {checkpoint!r}.'
-        )
+        raise checks.fail(name, "checkpoint", 'True, False or "sqrt"', checkpoint)
     y0 = _as_state(name, y0)
-    if diffusion is not None and not callable(diffusion):
-        raise TypeError(
-            f"{name}: `diffusion` must be a callable g(t, y, args) or None (ODE); got "
-            f"{type(diffusion).__name__}."
+    if diffusion is not None:
+        checks.function(
+            name, "diffusion", diffusion, "a callable g(t, y, args) or None (ODE)"
         )
     check_key(name, key)
     tdtype = time_dtype(y0)
