@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._brownian import brownian_increments, split_key
-from ._levels import Levels
+from ._levels import Levels, refinements
 from ._misc import NumbersLike, check_grid, check_key
 from ._schedules import AbstractSchedule, LogitProbabilities as LogitProbabilities
 from ._solve import em_solve, mlem_solve
@@ -91,7 +91,9 @@ def expected_cost(
     dtype=jnp.float32,
 ) -> Float[Array, ""]:
     """Expected cost of an ML-EM solve, `Σ_n Σ_l c_l (1 − (1 − p_l)(1 − p_{l+1}))`
-    (level `l` runs when `B_l` or `B_{l+1}` fires), differentiable in the schedule.
+    (level `l` runs when `B_l` or `B_{l+1}` fires, and the level below a
+    `mlem_jax.Refinement` also whenever the refinement runs, as the step evaluates
+    it: `expected_evaluations`), differentiable in the schedule.
 
     **Returns:** a scalar in the units of `levels.costs`; its mean over keys is
     `SolveInfo.cost`'s.
@@ -101,7 +103,7 @@ def expected_cost(
     h = (t1 - t0) / num_steps
     ts = t0 + jnp.arange(num_steps, dtype=dtype) * h
     probs = jax.vmap(lambda t: schedule.probabilities(t, h).astype(dtype))(ts)
-    evaluations = jnp.sum(expected_evaluations(probs), axis=0)
+    evaluations = jnp.sum(expected_evaluations(probs, refinements(levels.fns)), axis=0)
     return evaluations @ jnp.asarray(levels.costs, dtype)
 
 

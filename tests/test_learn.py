@@ -132,6 +132,32 @@ def test_expected_cost_matches_mean_realised_cost():
     assert abs(costs.mean() - expected) < 5 * costs.std() / np.sqrt(costs.size)
 
 
+def test_expected_cost_counts_the_level_a_refinement_evaluates():
+    # Level 2 is a Refinement of level 1: the step evaluates level 1 wherever level
+    # 2 runs, also where B_3 alone fires (level 1 is not in that step's ladder).
+    # The expected cost must count that (as `info.cost` does), and the count without
+    # it must be measurably off, so this test can tell the two apart.
+    base, _, _, _ = _toy()
+    coarse, middle, top = base.fns
+    refine = mj.Refinement(lambda t, y, a, c: c + jnp.asarray(D[1]))
+    levels = mj.Levels((coarse, refine, top), (8.0, 1.0, 2.0))
+    sched = mj.LogitProbabilities(
+        jnp.asarray(np.log(P / (1 - P)), jnp.float32), jnp.array([0.0, 0.5, 1.0])
+    )
+    grid = dict(t0=0.0, t1=1.0, num_steps=N)
+    expected = float(mj.expected_cost(levels, sched, **grid))
+    plain = float(mj.expected_cost(mj.Levels(base.fns, levels.costs), sched, **grid))
+    solve = jax.jit(
+        lambda k: (
+            mj.mlem_solve(levels, sched, None, jnp.zeros((1, 2)), key=k, **grid)[1].cost
+        )
+    )
+    costs = np.asarray(jax.lax.map(solve, jax.random.split(jax.random.key(1), 4000)))
+    se = costs.std() / np.sqrt(costs.size)
+    assert abs(costs.mean() - expected) < 5 * se
+    assert abs(costs.mean() - plain) > 5 * se
+
+
 def test_logit_probabilities_match_rates_and_work_in_both_solvers():
     import diffrax
 
