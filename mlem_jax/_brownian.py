@@ -56,6 +56,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, PyTree
 
+from . import _checks as checks
 from ._misc import check_num_steps, time_dtype
 
 
@@ -249,10 +250,7 @@ def coarsen_increments(
     - `increments`: shape `(num_steps, *shape)`, `num_steps` divisible by `factor`.
     - `factor`: a positive int.
     """
-    if not isinstance(factor, int) or factor <= 0:
-        raise ValueError(
-            f"coarsen_increments: `factor` must be a positive int; got {factor!r}."
-        )
+    factor = checks.integer("coarsen_increments", "factor", factor)
     n = increments.shape[0]
     if n % factor != 0:
         raise ValueError(

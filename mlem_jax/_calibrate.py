@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from . import _checks as checks
 from ._brownian import brownian_increments, coarsen_increments
 from ._calibration import Calibration
 from ._cost import count_flops, fit_cost_exponent, time_in_scan
@@ -137,20 +138,14 @@ def _check_calibrate(levels, y0, t0, args, num_steps, num_bins, pilot_keys, refe
         raise TypeError(
             f"calibrate: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
         )
-    if not (isinstance(num_bins, int) and num_bins >= 1):
-        raise ValueError(
-            f"calibrate: `num_bins` must be a positive int; got {num_bins!r}."
-        )
+    num_bins = checks.integer("calibrate", "num_bins", num_bins)
     num_steps = check_num_steps("calibrate", num_steps)
     if num_steps < num_bins:
         raise ValueError(
             "calibrate: `num_steps` must be an int at least `num_bins` "
             f"({num_bins}); got {num_steps!r}."
         )
-    if not (isinstance(pilot_keys, int) and pilot_keys >= 0):
-        raise ValueError(
-            f"calibrate: `pilot_keys` must be a non-negative int; got {pilot_keys!r}."
-        )
+    pilot_keys = checks.integer("calibrate", "pilot_keys", pilot_keys, minimum=0)
     y0 = jnp.asarray(y0)
     y0c = concrete_or_none(y0)
     if (

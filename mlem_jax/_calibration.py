@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _optimise, _pricing, _verdict
+from . import _checks as checks, _optimise, _pricing, _verdict
 from ._pricing import _grid
 
 COSTS = ("costs", "flops", "seconds")
@@ -151,11 +151,7 @@ class Calibration:
         """Cost of one evaluation of each level, shape `(k,)`, in the units `cost`
         names: `"costs"` (the `Levels` costs), `"flops"` (measured FLOPs) or
         `"seconds"` (measured wall-clock inside a compiled loop)."""
-        if cost not in COSTS:
-            raise ValueError(
-                f"Calibration: `cost` must be one of {', '.join(map(repr, COSTS))}; "
-                f"got {cost!r}."
-            )
+        checks.choice("Calibration", "cost", cost, COSTS)
         values = getattr(self, cost)
         if values is None:
             fix = (

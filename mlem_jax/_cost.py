@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _checks as checks
 from ._misc import check_num_steps
 
 
@@ -73,10 +74,7 @@ def time_in_scan(
     - `num_steps`: evaluations per timed scan; `repeats`: timed scans (median).
     """
     num_steps = check_num_steps("time_in_scan", num_steps)
-    if not (isinstance(repeats, int) and repeats > 0):
-        raise ValueError(
-            f"time_in_scan: `repeats` must be a positive int; got {repeats!r}."
-        )
+    repeats = checks.integer("time_in_scan", "repeats", repeats)
     # Weights are jit arguments, not closed-over constants (XLA would fold them).
     dynamic, static = eqx.partition((fn, t, y, args), eqx.is_array)
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from . import _checks as checks
 from ._brownian import brownian_increments, split_key
 from ._levels import Levels, refinements
 from ._misc import NumbersLike, check_grid, check_key
@@ -383,12 +384,8 @@ def learn_schedule(
         raise ValueError(
             f"{name}: `cost_weight` must be non-negative and finite; got {cost_weight}."
         )
-    if not (isinstance(samples, int) and samples >= 2):
-        raise ValueError(f"{name}: `samples` must be an int >= 2; got {samples!r}.")
-    if not (isinstance(num_iterations, int) and num_iterations >= 0):
-        raise ValueError(
-            f"{name}: `num_iterations` must be a non-negative int; got {num_iterations!r}."
-        )
+    samples = checks.integer(name, "samples", samples, minimum=2)
+    num_iterations = checks.integer(name, "num_iterations", num_iterations, minimum=0)
     check_grid(name, t0, t1, num_steps)
     check_key(name, key)
     y0 = jnp.asarray(y0)

@@ -11,6 +11,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from . import _checks as checks
+
 DriftFn = Callable[[Any, Any, Any], Any]
 # (t, y, args, coarse) -> the refined value, shaped like y.
 RefineFn = Callable[[Any, Any, Any, Any], Any]
@@ -57,16 +59,11 @@ class Refinement(eqx.Module):
     joint: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None
 
     def __check_init__(self):
-        if not callable(self.refine):
-            raise TypeError(
-                f"Refinement: `refine` must be a callable refine(t, y, args, coarse); "
-                f"got {type(self.refine).__name__}."
-            )
-        if self.joint is not None and not callable(self.joint):
-            raise TypeError(
-                f"Refinement: `joint` must be a callable joint(t, y, args) or None; "
-                f"got {type(self.joint).__name__}."
-            )
+        what = "a callable refine(t, y, args, coarse)"
+        checks.function("Refinement", "refine", self.refine, what)
+        if self.joint is not None:
+            what = "a callable joint(t, y, args) or None"
+            checks.function("Refinement", "joint", self.joint, what)
         if self.coarse is not None and not callable(self.coarse):
             raise TypeError(
                 f"Refinement: `coarse` must be a level function f(t, y, args) or "

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from . import _checks as checks
 from ._misc import NumbersLike, check_grid, concrete_or_none
 
 
@@ -415,13 +416,7 @@ class Stitch(AbstractSchedule):
         t0: float,
         t1: float,
     ):
-        if isinstance(num_levels, bool) or not (
-            isinstance(num_levels, (int, np.integer)) and num_levels >= 1
-        ):
-            raise ValueError(
-                f"Stitch: `num_levels` must be a positive int; got {num_levels!r}."
-            )
-        self.size = int(num_levels)
+        self.size = checks.integer("Stitch", "num_levels", num_levels)
         self.levels = _stitch_levels(levels, self.size)
         t0c, t1c = _interval(t0, t1)
         switch = _as_float_array(switch_times, "switch_times", "Stitch").reshape(-1)

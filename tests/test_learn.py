@@ -245,7 +245,7 @@ def test_bad_inputs():
         mj.learn_schedule(levels, None, y0, **common)
     with pytest.raises(ValueError, match="`budget` must exceed"):
         mj.learn_schedule(levels, None, y0, budget=0.5, **common)
-    with pytest.raises(ValueError, match="`samples` must be an int >= 2"):
+    with pytest.raises(ValueError, match="`samples` must be an int ≥ 2"):
         mj.learn_schedule(levels, None, y0, cost_weight=0.1, samples=1, **common)
     with pytest.raises(ValueError, match="`init` has 2 levels"):
         mj.learn_schedule(
