@@ -132,20 +132,22 @@ def calibrate(
     return calibration
 
 
+def check_pilot(name: str, levels, num_steps, num_bins, pilot_keys) -> int:
+    """The checks every calibration entry (`calibrate`, `calibrate_sampler`) makes
+    of its ladder and pilot sizes; returns `num_steps` as an `int`."""
+    checks.instance(name, "levels", levels, Levels, "a mlem_jax.Levels")
+    num_bins = checks.integer(name, "num_bins", num_bins)
+    num_steps = check_num_steps(name, num_steps)
+    if num_steps < num_bins:
+        what = f"at least `num_bins` ({num_bins})"
+        raise checks.fail(name, "num_steps", what, num_steps)
+    checks.integer(name, "pilot_keys", pilot_keys, minimum=0)
+    return num_steps
+
+
 def _check_calibrate(levels, y0, t0, args, num_steps, num_bins, pilot_keys, reference):
     """`calibrate`'s checks of its inputs: `(num_steps, y0)` as it uses them."""
-    if not isinstance(levels, Levels):
-        raise TypeError(
-            f"calibrate: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
-        )
-    num_bins = checks.integer("calibrate", "num_bins", num_bins)
-    num_steps = check_num_steps("calibrate", num_steps)
-    if num_steps < num_bins:
-        raise ValueError(
-            "calibrate: `num_steps` must be an int at least `num_bins` "
-            f"({num_bins}); got {num_steps!r}."
-        )
-    pilot_keys = checks.integer("calibrate", "pilot_keys", pilot_keys, minimum=0)
+    num_steps = check_pilot("calibrate", levels, num_steps, num_bins, pilot_keys)
     y0 = jnp.asarray(y0)
     y0c = concrete_or_none(y0)
     if (

@@ -270,7 +270,7 @@ def test_gamma_below_two_warns():
         (
             dict(num_steps=2, num_bins=4),
             ValueError,
-            r"`num_steps` must be an int at least `num_bins` \(4\)",
+            r"`num_steps` must be at least `num_bins` \(4\)",
         ),
         (dict(pilot_keys=-1), ValueError, "`pilot_keys` must be a non-negative int"),
     ],

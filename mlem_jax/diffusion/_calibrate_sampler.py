@@ -41,9 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
+from .. import _checks as checks
 from .._brownian import split_key, step_increment
 from .._calibrate import (
     assemble_calibration,
+    check_pilot,
     mean_added_error,
     perturbation_growth,
     trajectory_statistics,
@@ -52,7 +54,6 @@ from .._calibrate import (
 from .._calibration import Calibration
 from .._integrate import AbstractStepper, Grid, Problem, integrate
 from .._levels import Levels
-from .._misc import check_num_steps
 from .._schedules import FixedProbabilities
 from .._step import check_drift_output
 from ._param import AbstractParametrisation
@@ -103,37 +104,16 @@ def calibrate_sampler(
     cheapest network's whole prediction, which the schedules never randomise.
     """
     name = "calibrate_sampler"
-    if not isinstance(levels, Levels):
-        raise TypeError(
-            f"{name}: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
-        )
+    num_steps = check_pilot(name, levels, num_steps, num_bins, pilot_keys)
     if isinstance(sampler, AbstractSampler) and not sampler.affine:
         raise ValueError(
             f"{name}: `sampler` {type(sampler).__name__} is not affine in the "
             "network's prediction, so it has no unbiased multilevel version; use "
             "Euler, DDIM, DPMSolverPP2M, SDEDPMSolverPP1 or SDEDPMSolverPP2M."
         )
-    if isinstance(num_bins, bool) or not (isinstance(num_bins, int) and num_bins >= 1):
-        raise ValueError(
-            f"{name}: `num_bins` must be a positive int; got {num_bins!r}."
-        )
-    num_steps = check_num_steps(name, num_steps)
-    if num_steps < num_bins:
-        raise ValueError(
-            f"{name}: `num_steps` must be at least `num_bins` ({num_bins}); got "
-            f"{num_steps}."
-        )
-    if isinstance(pilot_keys, bool) or not (
-        isinstance(pilot_keys, int) and pilot_keys >= 0
-    ):
-        raise ValueError(
-            f"{name}: `pilot_keys` must be a non-negative int; got {pilot_keys!r}."
-        )
-    if reference is not None and not callable(reference):
-        raise TypeError(
-            f"{name}: `reference` must be a network f(t, y, args) or None; got "
-            f"{type(reference).__name__}."
-        )
+    if reference is not None:
+        what = "a network f(t, y, args) or None"
+        checks.function(name, "reference", reference, what)
     problem = sampler_problem(
         name,
         levels.fns,
