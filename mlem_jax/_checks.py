@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -48,13 +48,14 @@ def integer(
     if value is None and none_ok:
         return None
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not (ok and value >= minimum):
+    n = cast(int, value)
+    if not (ok and n >= minimum):
         if what is None:
             kind = {0: "a non-negative int", 1: "a positive int"}
             what = kind.get(minimum, f"an int ≥ {minimum}")
             what += " or None" if none_ok else ""
         raise fail(where, arg, what, value, ValueError if ok else TypeError)
-    return int(value)
+    return int(n)
 
 
 def number(
@@ -71,11 +72,12 @@ def number(
     when `none_ok`."""
     if value is None and none_ok:
         return None
+    value = cast(float, value)
     real = not isinstance(value, bool) and (
         isinstance(value, numbers.Real)
         or (np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.number))
     )
-    x = float(value) if real else math.nan
+    x = float(np.asarray(value)) if real else math.nan
     if not (math.isfinite(x) and (x >= 0 if zero_ok else x > 0)):
         if what is None:
             what = "a non-negative" if zero_ok else "a positive"
