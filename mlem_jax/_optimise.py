@@ -6,11 +6,13 @@ T-Stitch schedules (`stitches`) and the hybrid of stitching and the telescope
 from __future__ import annotations
 
 import math
+import numbers
 from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
+from . import _checks as checks
 from ._pricing import (
     _bin_index,
     _price_steps,
@@ -75,27 +77,14 @@ def schedule(
     **Returns:** a `mlem_jax.Rates` on this calibration's time bins.
     """
     cal.level_costs(cost)  # an unknown `cost` or missing timings fail here
-    if (target_error is None) == (budget is None):
-        raise ValueError(
-            "Calibration.schedule: give exactly one of `target_error` or `budget`."
-        )
+    _check_target("Calibration.schedule", target_error, budget, min_probability)
     num_steps = cal.num_steps if num_steps is None else num_steps
-    if not 0.0 <= min_probability <= 1.0:
-        raise ValueError(
-            "Calibration.schedule: `min_probability` must lie in [0, 1]; got "
-            f"{min_probability}."
-        )
     floor_rate = _floor_rate(cal, num_steps, min_probability)
 
     def scaled(scale):
         return _scaled(cal, scale, floor_rate, cost)
 
     if target_error is not None:
-        if not target_error > 0:
-            raise ValueError(
-                f"Calibration.schedule: `target_error` must be > 0; got {target_error}."
-            )
-
         # Added error falls with the scale: find where it meets the target.
         def miss_error(log_s):
             err = cal.predict(scaled(math.exp(log_s)), num_steps).error
@@ -135,10 +124,7 @@ def choose_levels(
     FLOPs say, and levels whose seconds barely differ from the next one's add
     variance for little saving.
     """
-    if (target_error is None) == (budget is None):
-        raise ValueError(
-            "Calibration.choose_levels: give exactly one of `target_error` or `budget`."
-        )
+    _check_target("Calibration.choose_levels", target_error, budget)
     num_steps = cal.num_steps if num_steps is None else num_steps
     cal.level_costs(cost)
     k = cal.num_levels
@@ -214,22 +200,7 @@ def hybrid(
     at that step count and grid) or a `Stitch`.
     """
     cal.level_costs(cost)
-    if (target_error is None) == (budget is None):
-        raise ValueError(
-            "Calibration.hybrid: give exactly one of `target_error` or `budget`."
-        )
-    value = target_error if target_error is not None else budget
-    if not (isinstance(value, (int, float)) and value > 0):
-        raise ValueError(
-            "Calibration.hybrid: `"
-            + ("target_error" if target_error is not None else "budget")
-            + f"` must be a positive number; got {value!r}."
-        )
-    if not 0.0 <= min_probability <= 1.0:
-        raise ValueError(
-            "Calibration.hybrid: `min_probability` must lie in [0, 1]; got "
-            f"{min_probability}."
-        )
+    _check_target("Calibration.hybrid", target_error, budget, min_probability)
     num_steps = cal.num_steps if num_steps is None else num_steps
     candidates = _hybrid_pool(
         cal, target_error, budget, num_steps, min_probability, cost
@@ -251,6 +222,20 @@ def hybrid(
     if isinstance(best, Rates):
         best = _rescaled(cal, best, target_error, budget, num_steps, cost)
     return best
+
+
+def _check_target(where, target_error, budget, min_probability=0.0) -> None:
+    """The one check of what the schedule choosers are asked for: exactly one of
+    `target_error` and `budget`, a positive finite number, and `min_probability` a
+    probability."""
+    if (target_error is None) == (budget is None):
+        raise ValueError(f"{where}: give exactly one of `target_error` or `budget`.")
+    if target_error is not None:
+        checks.number(where, "target_error", target_error)
+    elif where != "Calibration.schedule":  # schedule says what the least budget is
+        checks.number(where, "budget", budget)
+    if not (isinstance(min_probability, numbers.Real) and 0 <= min_probability <= 1):
+        raise checks.fail(where, "min_probability", "in [0, 1]", min_probability)
 
 
 def _check_budget(cal, budget, num_steps, min_probability, cost):

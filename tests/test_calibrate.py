@@ -298,7 +298,9 @@ def test_schedule_bad_input(calibration):
         calibration.schedule()
     with pytest.raises(ValueError, match="exactly one of `target_error` or `budget`"):
         calibration.schedule(target_error=0.1, budget=10.0)
-    with pytest.raises(ValueError, match="`target_error` must be > 0"):
+    with pytest.raises(
+        ValueError, match="`target_error` must be a positive finite number"
+    ):
         calibration.schedule(target_error=0.0)
     with pytest.raises(
         ValueError, match="`budget` must exceed 64, the cost of running level 1"
@@ -325,7 +327,7 @@ def test_min_probability_floors_every_level_and_keeps_the_budget(calibration):
     assert free.sum() >= 2
     ratio = rates[:, 1:][free] / shape[free]
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
-    with pytest.raises(ValueError, match="`min_probability` must lie in"):
+    with pytest.raises(ValueError, match=r"`min_probability` must be in \[0, 1\]"):
         calibration.schedule(budget=budget, min_probability=1.5)
     # The cheapest schedule: level 1 at every step (cost 1 each), then the floor.
     assert calibration.min_cost(n) == pytest.approx(n * COSTS[0])
@@ -626,9 +628,11 @@ def test_hybrid_realised_error_and_cost_match_the_prediction(calibration):
 def test_hybrid_bad_input(calibration):
     with pytest.raises(ValueError, match="exactly one of `target_error` or `budget`"):
         calibration.hybrid()
-    with pytest.raises(ValueError, match="`target_error` must be a positive number"):
+    with pytest.raises(
+        ValueError, match="`target_error` must be a positive finite number"
+    ):
         calibration.hybrid(target_error=-1.0)
-    with pytest.raises(ValueError, match="`min_probability` must lie in"):
+    with pytest.raises(ValueError, match=r"`min_probability` must be in \[0, 1\]"):
         calibration.hybrid(budget=100.0, min_probability=2.0)
     with pytest.raises(ValueError, match="no schedule is predicted to meet the budget"):
         calibration.hybrid(budget=1.0)
