@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
+from .. import _checks as checks
 from .._levels import Levels, Refinement
 from .._misc import concrete_or_none
 from .._schedules import Rates
@@ -90,11 +91,7 @@ def _check_networks(
             f"them, cheapest first; got {type(networks).__name__}."
         ) from None
     for i, f in enumerate(networks):
-        if not callable(f):
-            raise TypeError(
-                f"{name}: `networks[{i}]` is {type(f).__name__}, expected a callable "
-                "f(t, y, args)."
-            )
+        checks.function(name, f"networks[{i}]", f, "a callable f(t, y, args)")
     if isinstance(costs, numbers.Real):
         costs = (costs,)
     try:
@@ -274,13 +271,7 @@ def cfg_levels(
     name = "cfg_levels"
     nets, cost_list = _check_networks(name, networks, costs, 1)
     w = _check_scale(name, scale)
-    if isinstance(num_classes, bool) or not (
-        isinstance(num_classes, (int, np.integer)) and num_classes >= 1
-    ):
-        raise ValueError(
-            f"{name}: `num_classes` must be a positive int; got {num_classes!r}."
-        )
-    num_classes = int(num_classes)
+    num_classes = checks.integer(name, "num_classes", num_classes)
     null = num_classes if null_label is None else null_label
     if isinstance(null, bool) or not isinstance(null, (int, np.integer)):
         raise TypeError(f"{name}: `null_label` must be an int; got {null!r}.")
@@ -291,8 +282,7 @@ def cfg_levels(
         )
     null = int(null)
     conditional = tuple(_Conditional(f, num_classes, null) for f in nets)
-    if not isinstance(batched, bool):
-        raise TypeError(f"{name}: `batched` must be a bool; got {batched!r}.")
+    checks.instance(name, "batched", batched, bool, "a bool")
     joint = _CFGJoint(nets[-1], w, num_classes, null) if batched else None
     guided = Refinement(_CFGRefine(nets[-1], w, num_classes, null), None, joint)
     extra = cost_list[-1] if guidance_cost is None else guidance_cost
@@ -355,13 +345,8 @@ def guidance_interval(
     **Returns:** a `mlem_jax.Rates` with time bins at the interval's ends.
     """
     name = "guidance_interval"
-    if isinstance(num_levels, bool) or not (
-        isinstance(num_levels, (int, np.integer)) and num_levels >= 2
-    ):
-        raise ValueError(
-            f"{name}: `num_levels` must be an int >= 2 (a guided ladder); got "
-            f"{num_levels!r}."
-        )
+    what = "an int >= 2 (a guided ladder)"
+    num_levels = checks.integer(name, "num_levels", num_levels, minimum=2, what=what)
     try:
         lo_t, hi_t = sorted((float(t0), float(t1)))
     except (TypeError, ValueError):
@@ -375,9 +360,7 @@ def guidance_interval(
             f"{name}: `interval` must be two numbers (a, b); got {interval!r}."
         ) from None
     if not (math.isfinite(a) and math.isfinite(b) and a < b):
-        raise ValueError(
-            f"{name}: `interval` must be two finite times a < b; got ({a}, {b})."
-        )
+        raise checks.fail(name, "interval", "two finite times a < b", (a, b))
     if not (lo_t <= a and b <= hi_t):
         raise ValueError(
             f"{name}: `interval` ({a:g}, {b:g}) must lie within the time range "

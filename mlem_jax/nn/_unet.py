@@ -12,6 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .. import _checks as checks
 from .._misc import concrete_or_none
 
 
@@ -321,16 +322,12 @@ class UNet(eqx.Module):
                 f"non-empty, got base_width={base_width}, "
                 f"num_res_blocks={num_res_blocks}, channel_mults={channel_mults}."
             )
-        if num_classes is not None and (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, (int, np.integer))
-            or num_classes < 1
-        ):
-            raise ValueError(
-                "`num_classes` must be a positive int (a class-conditional UNet) or "
-                f"None (an unconditional one), got {num_classes!r}."
-            )
-        self.num_classes = None if num_classes is None else int(num_classes)
+        what = (
+            "a positive int (a class-conditional UNet) or None (an unconditional one)"
+        )
+        self.num_classes = checks.integer(
+            "UNet", "num_classes", num_classes, none_ok=True, what=what
+        )
         c, height, width = image_shape
         factor = 2 ** (len(channel_mults) - 1)
         if height % factor or width % factor:
