@@ -77,7 +77,10 @@ def schedule(
     **Returns:** a `mlem_jax.Rates` on this calibration's time bins.
     """
     cal.level_costs(cost)  # an unknown `cost` or missing timings fail here
-    _check_target("Calibration.schedule", target_error, budget, min_probability)
+    # A budget too small is refused by _check_budget, which says the least one.
+    _check_target(
+        "Calibration.schedule", target_error, budget, min_probability, budget_ok=True
+    )
     num_steps = cal.num_steps if num_steps is None else num_steps
     floor_rate = _floor_rate(cal, num_steps, min_probability)
 
@@ -224,15 +227,17 @@ def hybrid(
     return best
 
 
-def _check_target(where, target_error, budget, min_probability=0.0) -> None:
+def _check_target(
+    where, target_error, budget, min_probability=0.0, budget_ok=False
+) -> None:
     """The one check of what the schedule choosers are asked for: exactly one of
     `target_error` and `budget`, a positive finite number, and `min_probability` a
-    probability."""
+    probability (`budget_ok`: the caller checks the budget itself)."""
     if (target_error is None) == (budget is None):
         raise ValueError(f"{where}: give exactly one of `target_error` or `budget`.")
     if target_error is not None:
         checks.number(where, "target_error", target_error)
-    elif where != "Calibration.schedule":  # schedule says what the least budget is
+    elif not budget_ok:
         checks.number(where, "budget", budget)
     if not (isinstance(min_probability, numbers.Real) and 0 <= min_probability <= 1):
         raise checks.fail(where, "min_probability", "in [0, 1]", min_probability)
