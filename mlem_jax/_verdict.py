@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from ._calibration import Calibration
 
 
+SAMPLER_BASELINE = "the sampler with the top level alone"
+"""`Verdict.baseline` of a sampler calibration (one with a `grid`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """Whether a calibrated ladder is worth multilevel sampling
@@ -55,6 +59,9 @@ class Verdict:
     - `level_costs`: cost of one evaluation per level, in the deciding unit.
     - `min_probability`: the floor the prediction assumed.
     - `quoted`: index of the error `str(verdict)` quotes speedups at.
+    - `baseline`: the solve without randomisation the speedups are over, in words:
+        Euler–Maruyama with the top level for a `calibrate` calibration, the
+        sampler with the top level on its own grid for a `calibrate_sampler` one.
 
     `worth_above`, `best`, `limiting_level` and `str(verdict)` read it.
     """
@@ -75,6 +82,7 @@ class Verdict:
     alternatives: tuple[str, ...]
     hybrid_costs: dict[str, np.ndarray]
     gains: dict[str, np.ndarray]
+    baseline: str = "Euler–Maruyama with the top level"
 
     @property
     def worth_above(self) -> float | None:
@@ -150,8 +158,8 @@ class Verdict:
             text = f"Worth it at errors above {worth:.3g}."
         text += (
             f" At error {self.errors[q]:.3g} ({where(q)}): expected gain of "
-            f"{self._method(q)} {gain(q)}; ML-EM's speedup over Euler–Maruyama "
-            f"with the top level {self.speedups[self.cost][q]:.2f}×."
+            f"{self._method(q)} {gain(q)}; ML-EM's speedup over "
+            f"{self.baseline} {self.speedups[self.cost][q]:.2f}×."
         )
         if self.evaluations[q] is not None:
             level, share = self.limiting_level(q)
@@ -264,6 +272,7 @@ def verdict(
         alternatives=out[cost]["alternative"],
         hybrid_costs={u: out[u]["hybrid_cost"] for u in units},
         gains={u: out[u]["gain"] for u in units},
+        **({} if cal.grid is None else {"baseline": SAMPLER_BASELINE}),
     )
 
 
@@ -316,6 +325,8 @@ def _judged(cal, errors, error, steps):
         raise ValueError(
             f"Calibration.verdict: `steps` must be positive step counts; got {counts}."
         )
+    # The quoted error once, not beside a default error a rounding away from it.
+    judged = judged[~np.isclose(judged, error, rtol=1e-9, atol=0.0)]
     return np.unique(np.append(judged, error)), error, counts
 
 
