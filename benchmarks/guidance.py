@@ -38,6 +38,7 @@ seed) and prints a markdown table; `--quick`: a smoke run (`_quick` file).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -62,11 +63,13 @@ SETTINGS = dict(
     samples=400,
     scale=2.0,
     ref_steps=32,
-    cfg_steps=(8, 12, 16, 24, 32),
-    intervals=((0.2, 0.7), (0.3, 0.9), (0.1, 0.6), (0.4, 1.0), (0.001, 0.5)),
+    cfg_steps=(8, 12, 16, 24, 32, 48),
+    fine_steps=96,
+    alt_steps=(16, 32, 48),
+    intervals=((0.2, 0.7), (0.1, 0.6), (0.001, 0.5)),
     stitch_levels=(2, 3),
     stitch_fractions=(0.3, 0.5),
-    random_steps=(16, 32),
+    random_steps=(16, 24, 32, 48),
     fractions=(0.55, 0.7, 0.85),
     ladder_fractions=(0.35, 0.5, 0.7),
     min_probability=0.02,
@@ -77,6 +80,8 @@ QUICK = dict(
     samples=40,
     ref_steps=8,
     cfg_steps=(4, 8),
+    fine_steps=16,
+    alt_steps=(8,),
     intervals=((0.2, 0.7),),
     stitch_levels=(0,),
     stitch_fractions=(0.5,),
@@ -134,15 +139,18 @@ class Bench:
         self.solve = _solve_fn()
         self.warm: set = set()
         self.runs: list[dict] = []
-        self._paths: dict[int, jax.Array] = {}
-        self._samples: dict[int, np.ndarray] = {}
+        self.fine = mj.brownian_increments(
+            self.k_path, shape, t0=T0, t1=T1, num_steps=settings["fine_steps"]
+        )
+        self.reference: np.ndarray | None = None
 
     def path(self, steps):
-        if steps not in self._paths:
-            self._paths[steps] = mj.brownian_increments(
-                self.k_path, self.shape, t0=T0, t1=T1, num_steps=steps
-            )
-        return self._paths[steps]
+        """The Brownian increments at `steps`: sums of the one fine path's, so that
+        every run's pathwise error is measured on the same noise."""
+        fine = self.s["fine_steps"]
+        if fine % steps:
+            raise SystemExit(f"fine_steps {fine} is not a multiple of {steps}")
+        return mj.coarsen_increments(self.fine, fine // steps)
 
     def grid(self, steps):
         return np.linspace(T0, T1, steps + 1)
@@ -178,6 +186,9 @@ class Bench:
         flops = float(evaluations @ costs) * n
         x = np.asarray(x)
         q = self.quality(x, np.asarray(self.labels))
+        if self.reference is None:  # this run is the reference
+            self.reference = x
+        error = pathwise_error(x, self.reference)
         run = dict(
             family=family,
             describe=describe,
@@ -189,6 +200,7 @@ class Bench:
             accuracy=q["accuracy"],
             kid=q["kid"],
             class_kid=q["class_kid"],
+            error=error,
             blowups=int(np.sum(~np.isfinite(x).all(axis=(1, 2, 3)))),
             **fields,
         )
@@ -196,6 +208,7 @@ class Bench:
         print(
             f"{describe:<40} acc {run['accuracy'][0]:.3f}±{run['accuracy'][1]:.3f} "
             f"KID {run['kid'][0]:.4f}±{run['kid'][1]:.4f} "
+            f"error {error[0]:.4f}±{error[1]:.4f} "
             f"top-eq {run['top_equivalent']:6.1f} {seconds:6.2f} s",
             flush=True,
         )
@@ -219,6 +232,18 @@ class Bench:
         )
 
 
+def pathwise_error(x, reference) -> tuple[float, float]:
+    """RMS distance per sample to the reference (full CFG at `fine_steps` on the
+    same noise) and its standard error (delta method on the mean square)."""
+    d2 = np.sum((np.asarray(x, np.float64) - reference).reshape(len(x), -1) ** 2, 1)
+    mean = float(np.mean(d2))
+    if not np.isfinite(mean):
+        return math.inf, math.inf
+    rms = math.sqrt(mean)
+    se = float(np.std(d2, ddof=1) / math.sqrt(len(d2))) / (2 * rms) if rms else 0.0
+    return rms, se
+
+
 def run_all(bench: Bench) -> None:
     s = bench.s
     k = len(bench.nets)
@@ -226,6 +251,8 @@ def run_all(bench: Bench) -> None:
     ref = s["ref_steps"]
     full = mj.FixedProbabilities(jnp.ones(2))
     g_top = bench.cfg([top])
+    fine = s["fine_steps"]
+    bench.run("reference", f"full CFG x{fine} (reference)", g_top, full, fine, "top")
     for n in s["cfg_steps"]:
         bench.run("full CFG", f"full CFG x{n}", g_top, full, n, "top")
     bench.run(
@@ -236,23 +263,23 @@ def run_all(bench: Bench) -> None:
         ref,
         "top",
     )
-    for a, b in s["intervals"]:
+    for n, (a, b) in itertools.product(s["alt_steps"], s["intervals"]):
         sched = md.guidance_interval(2, (a, b), t0=T0, t1=T1)
         bench.run(
-            "interval", f"interval [{a:g}, {b:g}] x{ref}", g_top, sched, ref, "top",
+            "interval", f"interval [{a:g}, {b:g}] x{n}", g_top, sched, n, "top",
             interval=[a, b],
         )  # fmt: skip
     for j in s["stitch_levels"]:
         g_small = bench.cfg([j])
         both = mj.Levels(g_small.fns + g_top.fns, g_small.costs + g_top.costs)
-        for f in s["stitch_fractions"]:
-            sched = mj.Stitch.from_fractions(4, (1, 3), (f,), grid=bench.grid(ref))
+        for n, f in itertools.product(s["alt_steps"], s["stitch_fractions"]):
+            sched = mj.Stitch.from_fractions(4, (1, 3), (f,), grid=bench.grid(n))
             bench.run(
                 "T-Stitch CFG",
-                f"T-Stitch CFG level {j + 1} f{f:g} x{ref}",
+                f"T-Stitch CFG level {j + 1} f{f:g} x{n}",
                 both,
                 sched,
-                ref,
+                n,
                 f"stitch{j}",
                 level=j,
                 fraction=f,
@@ -327,13 +354,7 @@ def matched(runs, ref_steps) -> dict:
             describe_seconds=by_seconds["describe"],
         )
     ratios = {}
-    for name, a, b in (
-        ("randomised vs full CFG", "full CFG", "randomised guidance"),
-        ("randomised vs best interval", "interval", "randomised guidance"),
-        ("ladder vs full CFG", "full CFG", "randomised guidance + ladder"),
-        ("ladder vs best interval", "interval", "randomised guidance + ladder"),
-        ("ladder vs T-Stitch CFG", "T-Stitch CFG", "randomised guidance + ladder"),
-    ):
+    for name, a, b in RATIOS:
         if out.get(a) and out.get(b):
             ratios[name] = dict(
                 flops=out[a]["flops"] / out[b]["flops"],
@@ -345,17 +366,92 @@ def matched(runs, ref_steps) -> dict:
     return out
 
 
+RATIOS = (
+    ("randomised vs full CFG", "full CFG", "randomised guidance"),
+    ("randomised vs best interval", "interval", "randomised guidance"),
+    ("ladder vs full CFG", "full CFG", "randomised guidance + ladder"),
+    ("ladder vs best interval", "interval", "randomised guidance + ladder"),
+    ("ladder vs T-Stitch CFG", "T-Stitch CFG", "randomised guidance + ladder"),
+)
+
+
+def matched_error(runs) -> list[dict]:
+    """At each full-CFG run's pathwise error (to the reference on the same noise):
+    per family the cheapest run (in FLOPs, and separately in seconds) whose error is
+    at most that, and the ratios of those costs."""
+    out = []
+    targets = sorted(
+        (r for r in runs if r["family"] == "full CFG"), key=lambda r: r["steps"]
+    )
+    for target in targets:
+        e = target["error"][0]
+        row: dict = {"target": target["describe"], "error": e}
+        for fam in FAMILIES:
+            ok = [r for r in runs if r["family"] == fam and r["error"][0] <= e]
+            row[fam] = (
+                None
+                if not ok
+                else dict(
+                    describe=min(ok, key=lambda r: r["flops"])["describe"],
+                    top_equivalent=min(r["top_equivalent"] for r in ok),
+                    flops=min(r["flops"] for r in ok),
+                    seconds=min(r["seconds"] for r in ok),
+                    describe_seconds=min(ok, key=lambda r: r["seconds"])["describe"],
+                )
+            )
+        row["ratios"] = {
+            name: None
+            if not (row[a] and row[b])
+            else dict(
+                flops=row[a]["flops"] / row[b]["flops"],
+                seconds=row[a]["seconds"] / row[b]["seconds"],
+            )
+            for name, a, b in RATIOS
+        }
+        out.append(row)
+    return out
+
+
+def error_table(rows) -> str:
+    """Per target error: each family's cheapest matching run (top-level evals) and
+    the ratios in FLOPs and seconds."""
+    head = (
+        "| target (error) | "
+        + " | ".join(FAMILIES)
+        + " | "
+        + " | ".join(name for name, _, _ in RATIOS)
+    )
+    lines = [head + " |", "|---" * (1 + len(FAMILIES) + len(RATIOS)) + "|"]
+    for row in rows:
+        cells = [f"{row['target']} ({row['error']:.4f})"]
+        for fam in FAMILIES:
+            v = row[fam]
+            cells.append("-" if v is None else f"{v['top_equivalent']:.1f}")
+        for name, _, _ in RATIOS:
+            v = row["ratios"][name]
+            cells.append(
+                "-" if v is None else f"{v['flops']:.2f}x / {v['seconds']:.2f}x s"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(result) -> str:
     lines = [
-        "| run | class accuracy | KID | per-class KID | top-level evals | s |",
-        "|---|---|---|---|---|---|",
+        "| run | class accuracy | KID | per-class KID | error | top-level evals | s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['describe']} | {r['accuracy'][0]:.3f} ± {r['accuracy'][1]:.3f} | "
             f"{r['kid'][0]:.4f} ± {r['kid'][1]:.4f} | "
             f"{r['class_kid'][0]:.4f} ± {r['class_kid'][1]:.4f} | "
-            f"{r['top_equivalent']:.1f} | {r['seconds']:.2f} |"
+            + (
+                f"{r['error'][0]:.4f} ± {r['error'][1]:.4f} | "
+                if "error" in r
+                else "- | "
+            )
+            + f"{r['top_equivalent']:.1f} | {r['seconds']:.2f} |"
         )
     m = result["matched"]
     lines += ["", f"Matched to {m['reference']} (accuracy and KID):", ""]
@@ -380,6 +476,9 @@ def table(result) -> str:
                 else f"{v['flops']:.2f}x in FLOPs, {v['seconds']:.2f}x in seconds"
             )
         )
+    if result.get("matched_error"):
+        lines += ["", "Matched pathwise error (to the reference, same noise):", ""]
+        lines.append(error_table(result["matched_error"]))
     return "\n".join(lines)
 
 
@@ -405,6 +504,7 @@ def main(argv=None) -> dict:
         num_classes=bench.num_classes,
         runs=bench.runs,
         matched=matched(bench.runs, settings["ref_steps"]),
+        matched_error=matched_error(bench.runs),
         environment=environment(args.seed),
         wall_s=round(time.perf_counter() - start, 1),
     )

@@ -6,10 +6,20 @@ sub-case of the full ones."""
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-from guidance import QUICK, SETTINGS, _not_worse, matched, table  # noqa: E402
+from guidance import (  # noqa: E402
+    QUICK,
+    SETTINGS,
+    _not_worse,
+    error_table,
+    matched,
+    matched_error,
+    pathwise_error,
+    table,
+)
 
 
 def _run(family, steps, top_eq, acc, kid, seconds=None, blowups=0):
@@ -67,3 +77,42 @@ def test_quick_settings_are_small():
     assert QUICK["samples"] < SETTINGS["samples"]
     assert QUICK["ref_steps"] in QUICK["cfg_steps"]
     assert SETTINGS["ref_steps"] in SETTINGS["cfg_steps"]
+
+
+def _erred(family, steps, top_eq, error, seconds=None):
+    return dict(_run(family, steps, top_eq, 0.9, 0.01, seconds), error=(error, 0.001))
+
+
+def test_matched_error_picks_the_cheapest_run_at_most_as_far_from_the_reference():
+    runs = [
+        _erred("full CFG", 16, 32, 0.20),
+        _erred("full CFG", 32, 64, 0.10),
+        _erred("interval", 32, 48, 0.12),  # too far at 0.10, fine at 0.20
+        _erred("interval", 16, 24, 0.19),
+        _erred("randomised guidance", 32, 30, 0.09, seconds=5.0),
+        _erred("randomised guidance", 48, 40, 0.05),
+    ]
+    rows = matched_error(runs)
+    assert [r["target"] for r in rows] == ["full CFG 32 x16", "full CFG 64 x32"]
+    coarse, fine = rows
+    assert coarse["interval"]["top_equivalent"] == 24
+    assert fine["interval"] is None
+    assert fine["randomised guidance"]["top_equivalent"] == 30
+    assert fine["ratios"]["randomised vs full CFG"]["flops"] == pytest.approx(64 / 30)
+    assert fine["ratios"]["randomised vs full CFG"]["seconds"] == pytest.approx(
+        6.4 / 4.0
+    )  # the x48 run is faster
+    assert fine["ratios"]["randomised vs best interval"] is None
+    text = error_table(rows)
+    assert "2.13x / 1.60x s" in text
+
+
+def test_pathwise_error_and_its_standard_error():
+    """RMS distance over samples; its standard error by the delta method, checked
+    against the spread of the estimate over many independent batches."""
+    rng = np.random.default_rng(0)
+    ref = np.zeros((400, 1, 2, 2))
+    estimates = [pathwise_error(rng.normal(size=ref.shape), ref)[0] for _ in range(200)]
+    rms, se = pathwise_error(rng.normal(size=ref.shape), ref)
+    assert rms == pytest.approx(2.0, rel=5 * se / 2.0)  # E‖z‖² = 4 for 4 pixels
+    assert se == pytest.approx(np.std(estimates), rel=0.25)
