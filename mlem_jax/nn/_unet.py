@@ -223,70 +223,22 @@ class AttentionBlock(eqx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
-    """A UNet's checked hyperparameters, and the layers they describe."""
+class _Builder:
+    """Builds the layers of `unet`, whose hyperparameters (its static fields) are
+    set, with at most `num_groups` GroupNorm groups and `num_heads` attention
+    heads."""
 
-    image_shape: tuple[int, int, int]
-    base_width: int
-    channel_mults: tuple[int, ...]
-    num_res_blocks: int
-    attn_resolutions: tuple[int, ...]
+    unet: UNet
     num_groups: int
     num_heads: int
-    num_classes: int | None
-
-    @classmethod
-    def checked(
-        cls,
-        *,
-        image_shape,
-        base_width,
-        channel_mults,
-        num_res_blocks,
-        attn_resolutions,
-        num_groups,
-        num_heads,
-        num_classes,
-    ) -> _Layout:
-        """`UNet`'s arguments, checked (its one boundary) and converted."""
-        shape = tuple(int(s) for s in image_shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise checks.fail("UNet", "image_shape", "(C, H, W), positive", shape)
-        if len(channel_mults) < 1:
-            raise checks.fail("UNet", "channel_mults", "non-empty", channel_mults)
-        factor = 2 ** (len(channel_mults) - 1)
-        if shape[1] % factor or shape[2] % factor:
-            what = (
-                f"(C, H, W) with H and W divisible by 2 ** (len(channel_mults) - 1) = "
-                f"{factor}"
-            )
-            raise checks.fail("UNet", "image_shape", what, shape)
-        what = (
-            "a positive int (a class-conditional UNet) or None (an unconditional one)"
-        )
-        return cls(
-            image_shape=shape,  # type: ignore[arg-type]
-            base_width=checks.integer("UNet", "base_width", base_width),
-            channel_mults=tuple(int(m) for m in channel_mults),
-            num_res_blocks=checks.integer("UNet", "num_res_blocks", num_res_blocks),
-            attn_resolutions=tuple(int(r) for r in attn_resolutions),
-            num_groups=num_groups,
-            num_heads=num_heads,
-            num_classes=checks.integer(
-                "UNet", "num_classes", num_classes, none_ok=True, what=what
-            ),
-        )
-
-    @property
-    def embed_dim(self) -> int:
-        return 4 * self.base_width
 
     def layers(self, key: PRNGKeyArray) -> dict[str, Any]:
         """Every layer of the UNet, by field name (randomly initialised; `UNet`
         builds them abstractly and draws the weights in `_materialise`)."""
-        n = 64 + 4 * len(self.channel_mults) * (self.num_res_blocks + 2)
+        u = self.unet
+        n = 64 + 4 * len(u.channel_mults) * (u.num_res_blocks + 2)
         keys = iter(jr.split(key, n))
-        c, base, emb = self.image_shape[0], self.base_width, self.embed_dim
+        c, base, emb = u.image_shape[0], u.base_width, u.embed_dim
         fields: dict[str, Any] = {
             "time_mlp": (
                 eqx.nn.Linear(base, emb, key=next(keys)),
@@ -303,38 +255,40 @@ class _Layout:
         )
         fields["mid_attn"] = (
             AttentionBlock(ch, g, self.num_heads, key=next(keys))
-            if self.attn_resolutions
+            if u.attn_resolutions
             else None
         )
         fields.update(self._up(keys, skip_chs))
-        ch = self.base_width * self.channel_mults[0]
+        ch = u.base_width * u.channel_mults[0]
         fields["norm_out"] = eqx.nn.GroupNorm(_num_groups(ch, g), ch)
         fields["conv_out"] = _zero(eqx.nn.Conv2d(ch, c, 3, padding=1, key=next(keys)))
-        if self.num_classes is not None:
+        if u.num_classes is not None:
             # One row per class and one for the null label `num_classes`.
-            rows = self.num_classes + 1
+            rows = u.num_classes + 1
             fields["class_embed"] = eqx.nn.Embedding(rows, emb, key=next(keys))
         return fields
 
     def _attn(self, ch: int, res: int, keys) -> AttentionBlock | None:
-        if res in self.attn_resolutions:
+        u = self.unet
+        if res in u.attn_resolutions:
             return AttentionBlock(ch, self.num_groups, self.num_heads, key=next(keys))
         return None
 
     def _down(self, keys) -> tuple[dict[str, Any], list[int]]:
         """The way down, and the channels of each skip connection it leaves."""
+        u = self.unet
         res_blocks, attn, downsample = [], [], []
-        ch, res, emb = self.base_width, self.image_shape[1], self.embed_dim
+        ch, res, emb = u.base_width, u.image_shape[1], u.embed_dim
         skip_chs = [ch]
-        for i, mult in enumerate(self.channel_mults):
-            out = self.base_width * mult
-            for _ in range(self.num_res_blocks):
+        for i, mult in enumerate(u.channel_mults):
+            out = u.base_width * mult
+            for _ in range(u.num_res_blocks):
                 block = ResBlock(ch, out, emb, self.num_groups, key=next(keys))
                 res_blocks.append(block)
                 attn.append(self._attn(out, res, keys))
                 ch = out
                 skip_chs.append(ch)
-            if i < len(self.channel_mults) - 1:
+            if i < len(u.channel_mults) - 1:
                 conv = eqx.nn.Conv2d(ch, ch, 3, stride=2, padding=1, key=next(keys))
                 downsample.append(conv)
                 skip_chs.append(ch)
@@ -344,12 +298,13 @@ class _Layout:
 
     def _up(self, keys, skip_chs: list[int]) -> dict[str, Any]:
         """The way up, taking the skip connections of `_down` (consumed)."""
+        u = self.unet
         res_blocks, attn, upsample = [], [], []
-        ch, emb = skip_chs[-1], self.embed_dim
-        res = self.image_shape[1] // 2 ** (len(self.channel_mults) - 1)
-        for i, mult in reversed(list(enumerate(self.channel_mults))):
-            out = self.base_width * mult
-            for _ in range(self.num_res_blocks + 1):
+        ch, emb = skip_chs[-1], u.embed_dim
+        res = u.image_shape[1] // 2 ** (len(u.channel_mults) - 1)
+        for i, mult in reversed(list(enumerate(u.channel_mults))):
+            out = u.base_width * mult
+            for _ in range(u.num_res_blocks + 1):
                 in_ch = ch + skip_chs.pop()
                 block = ResBlock(in_ch, out, emb, self.num_groups, key=next(keys))
                 res_blocks.append(block)
@@ -449,27 +404,34 @@ class UNet(eqx.Module):
         *,
         key: PRNGKeyArray,
     ):
-        layout = _Layout.checked(
-            image_shape=image_shape,
-            base_width=base_width,
-            channel_mults=channel_mults,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=attn_resolutions,
-            num_groups=num_groups,
-            num_heads=num_heads,
-            num_classes=num_classes,
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise checks.fail("UNet", "image_shape", "(C, H, W), positive", shape)
+        if len(channel_mults) < 1:
+            raise checks.fail("UNet", "channel_mults", "non-empty", channel_mults)
+        factor = 2 ** (len(channel_mults) - 1)
+        if shape[1] % factor or shape[2] % factor:
+            what = "(C, H, W) with H and W divisible by 2 ** (len(channel_mults) - 1)"
+            raise checks.fail("UNet", "image_shape", f"{what} = {factor}", shape)
+        self.image_shape = shape  # type: ignore[assignment]
+        self.base_width = checks.integer("UNet", "base_width", base_width)
+        self.channel_mults = tuple(int(m) for m in channel_mults)
+        self.num_res_blocks = checks.integer("UNet", "num_res_blocks", num_res_blocks)
+        self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
+        self.embed_dim = 4 * self.base_width
+        what = (
+            "a positive int (a class-conditional UNet) or None (an unconditional one)"
         )
-        self.image_shape = layout.image_shape
-        self.base_width = layout.base_width
-        self.channel_mults = layout.channel_mults
-        self.num_res_blocks = layout.num_res_blocks
-        self.attn_resolutions = layout.attn_resolutions
-        self.embed_dim = layout.embed_dim
-        self.num_classes = layout.num_classes
+        self.num_classes = checks.integer(
+            "UNet", "num_classes", num_classes, none_ok=True, what=what
+        )
         # Build with abstract shapes only, then draw every weight from one random
         # array: initialising layer by layer compiles one small XLA program per
         # distinct weight shape, seconds per UNet on a CPU.
-        fields = _materialise(eqx.filter_eval_shape(layout.layers, key), key)
+        fields = _materialise(
+            eqx.filter_eval_shape(_Builder(self, num_groups, num_heads).layers, key),
+            key,
+        )
         for name, value in fields.items():
             setattr(self, name, value)
         if self.num_classes is None:
