@@ -261,11 +261,8 @@ def folder(
         what += f" ({', '.join(IMAGE_EXTENSIONS)})"
         raise checks.fail("folder", "path", f"{what}, {len(files)} others", path)
     if others:
-        warnings.warn(
-            f"folder {path!r}: ignored {others} file(s) without an image extension "
-            f"({', '.join(IMAGE_EXTENSIONS)}).",
-            stacklevel=2,
-        )
+        exts = ", ".join(IMAGE_EXTENSIONS)
+        _warn(path, f"ignored {others} file(s) without an image extension ({exts})")
     if limit is not None:
         images = images[: int(limit)]
     mode = "L" if grey else "RGB"
@@ -286,13 +283,15 @@ def folder(
         what = f"a folder of images that can be read (none of {len(images)} can"
         raise checks.fail("folder", "path", f"{what}: {named})", path)
     if bad:
-        warnings.warn(
-            f"folder {path!r}: skipped {len(bad)} of {len(images)} image file(s) that "
-            f"could not be read: {named}.",
-            stacklevel=2,
-        )
+        skipped = f"skipped {len(bad)} of {len(images)} image file(s)"
+        _warn(path, f"{skipped} that could not be read: {named}")
     data = _to_unit_range(np.stack(arrays), 255.0)
     return data[_split_indices(data.shape[0], split, test_fraction, seed=0)]
+
+
+def _warn(path: str, what: str) -> None:
+    """A warning about the folder `path` read by `folder`, shown at its caller."""
+    warnings.warn(f"folder {path!r}: {what}.", stacklevel=3)
 
 
 _MIXTURE_DEFAULTS = {"n_components": 256, "rank": 8, "reg_covar": 1e-2, "seed": 0}
