@@ -208,11 +208,16 @@ def test_quality_of_every_shipped_ladder(tmp_path):
     # The digits ladders' classifier KID (a short training keeps this test quick).
     for name in ("digits", "digits_wide"):
         assert isinstance(pretrained.quality(name, steps=5), md.SampleQuality)
-    with pytest.raises(ValueError, match="`name`: no shipped ladder 'cifar'"):
+    with pytest.raises(
+        ValueError, match="quality: `name` must be one of 'digits', .*; got 'cifar'"
+    ):
         pretrained.quality("cifar")
     with pytest.raises(ValueError, match="takes no keyword arguments"):
         pretrained.quality("digits_mixture", steps=5)
-    with pytest.raises(ValueError, match="no shipped ladder 'digits' with a known"):
+    with pytest.raises(
+        ValueError,
+        match="mixture: `name` must be one of 'digits_mixture'; got 'digits'",
+    ):
         pretrained.mixture("digits")
     bad = tmp_path / "mixture.npz"
     bad.write_bytes(b"not a zip")

@@ -77,6 +77,8 @@ from typing import Any
 import equinox as eqx
 import jax.random as jr
 
+from .. import _checks as checks
+
 PRETRAINED_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("digits", "digits_wide", "digits_mixture", "digits_cond")
 MIXTURE = "mixture.npz"
@@ -89,10 +91,7 @@ MIXTURE_NAMES = ("digits_mixture",)
 
 def pretrained_path(name: str = "digits") -> str:
     """The directory of the shipped ladder `name` (one of `NAMES`)."""
-    if name not in NAMES:
-        raise ValueError(
-            f"`name`: no pretrained ladder {name!r}; available: {', '.join(NAMES)}."
-        )
+    checks.choice("pretrained_path", "name", name, NAMES)
     return os.path.join(PRETRAINED_DIR, name)
 
 
@@ -266,10 +265,8 @@ def load_calibration(path: str | os.PathLike):
             return Calibration.from_json(text)
         except ValueError as e:
             problem = str(e)
-    raise ValueError(
-        f"{os.fspath(path)!r} is {problem}; delete it (the calibration pilots then "
-        "run instead) or rewrite it with `mlem_jax.pretrained.calibrate_shipped()`."
-    )
+    fix = "(the pilots then run instead) or rewrite it with `calibrate_shipped()`"
+    raise ValueError(f"{os.fspath(path)!r} is {problem}; delete it {fix}.")
 
 
 def calibrate_shipped(
@@ -356,21 +353,16 @@ def read_mixture(path: str | os.PathLike):
         mixture = GaussianMixture(**arrays, event_shape=tuple(info["event_shape"]))
         return mixture, info
     except Exception as e:  # numpy/zip/json raise assorted errors on bad files
-        raise ValueError(
-            f"{os.fspath(path)!r} is not a mixture written by `write_mixture` "
-            f"({type(e).__name__}: {e}); restore it from a copy."
-        ) from None
+        why = f"({type(e).__name__}: {e}); restore it from a copy"
+        what = f"{os.fspath(path)!r} is not a mixture written by `write_mixture`"
+        raise ValueError(f"{what} {why}.") from None
 
 
 def mixture(name: str = "digits_mixture"):
     """The exact data distribution of the shipped ladder `name` (one of
     `MIXTURE_NAMES`): a `mlem_jax.diffusion.GaussianMixture` with exact sampling,
     log-density and VP-SDE score (`MixtureEps` makes it an exact top level)."""
-    if name not in MIXTURE_NAMES:
-        raise ValueError(
-            f"`name`: no shipped ladder {name!r} with a known distribution; "
-            f"available: {', '.join(MIXTURE_NAMES)}."
-        )
+    checks.choice("mixture", "name", name, MIXTURE_NAMES)
     return read_mixture(os.path.join(PRETRAINED_DIR, name, MIXTURE))[0]
 
 
@@ -388,20 +380,16 @@ def quality(name: str = "digits", **kwargs: Any):
       with `mode_kl` and `report` besides; the negative entropy is the shipped
       estimate (10⁶ exact draws). No keyword arguments.
     """
+    names = NAMES + tuple(n for n in MIXTURE_NAMES if n not in NAMES)
+    checks.choice("quality", "name", name, names)
     if name in MIXTURE_NAMES:
         if kwargs:
-            raise ValueError(
-                f"quality({name!r}) takes no keyword arguments, got {sorted(kwargs)}."
-            )
+            what = f"none: quality({name!r}) takes no keyword arguments"
+            raise checks.fail("quality", "**kwargs", what, sorted(kwargs))
         from ..diffusion import MixtureQuality
 
         mix, info = read_mixture(os.path.join(PRETRAINED_DIR, name, MIXTURE))
         return MixtureQuality(mix, info["neg_entropy"], info["neg_entropy_stderr"])
-    if name in NAMES:
-        from ..diffusion import digits_quality
+    from ..diffusion import digits_quality
 
-        return digits_quality(**kwargs)
-    raise ValueError(
-        f"`name`: no shipped ladder {name!r}; available: "
-        f"{', '.join(NAMES + tuple(n for n in MIXTURE_NAMES if n not in NAMES))}."
-    )
+    return digits_quality(**kwargs)
