@@ -36,7 +36,6 @@ from ._io import atomic_write as atomic_write, write_json as _write_json
 from ._misc import missing_extra
 from .diffusion import (
     VPSDE,
-    VPLinear,
     distillation_loss,
     drift_flops,
     dsm_loss,
@@ -44,6 +43,17 @@ from .diffusion import (
 )
 from .nn import UNet, count_params
 from .nn._ladder import check_widths
+from .pretrained import (  # the ladder-directory format, read and written here
+    FORMAT_VERSION as FORMAT_VERSION,
+    MANIFEST as MANIFEST,
+    _build_unet,
+    _read_weights,
+    load_ladder as load_ladder,
+    num_classes_from_manifest as num_classes_from_manifest,
+    param_from_manifest as param_from_manifest,
+    read_manifest as read_manifest,
+    sde_from_manifest as sde_from_manifest,
+)
 
 __all__ = [
     "TrainConfig",
@@ -62,9 +72,6 @@ __all__ = [
     "MANIFEST",
     "FORMAT_VERSION",
 ]
-
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,13 +463,6 @@ def _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset):
     }
 
 
-def _build_unet(image_shape, width, unet_kwargs, key) -> UNet:
-    kw: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in unet_kwargs.items()
-    }
-    return UNet(tuple(image_shape), width, key=key, **kw)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Run:
     """A checked run of `train_ladder` or `distill_ladder`: the directory it writes,
@@ -646,13 +646,6 @@ class _Classes:
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
-
-
-def num_classes_from_manifest(manifest: dict[str, Any]) -> int | None:
-    """The number of classes of a class-conditional ladder (its null label), or
-    `None` for an unconditional one."""
-    k = manifest["spec"].get("unet", {}).get("num_classes")
-    return None if k is None else int(k)
 
 
 def _open_ladder(run: _Run, spec: dict) -> tuple[dict[str, Any], bool | None]:
@@ -946,228 +939,3 @@ def _distill_levels(run: _Run, models: Sequence, out: dict) -> list:
         students.append(trained)
     _remove_empty_checkpoints(run.out_dir)
     return students
-
-
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
-
-
-def _positive_ints(x, length=None) -> bool:
-    return (
-        isinstance(x, list)
-        and len(x) > 0
-        and (length is None or len(x) == length)
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in x)
-    )
-
-
-_REDO = (
-    "the ladder directory is damaged: restore it from a copy, or retrain it "
-    "(`mlem-jax train` with the same arguments resumes what is left)"
-)
-
-
-def _damaged(path: str, what: str) -> ValueError:
-    """The error (to `raise`) for the ladder directory `path` whose manifest `what`."""
-    return ValueError(f"{os.path.join(path, MANIFEST)!r} {what}; {_REDO}.")
-
-
-_SPEC_FIELDS = (
-    ("image_shape", lambda v: _positive_ints(v, 3), "3 positive ints"),
-    ("widths", _positive_ints, "a list of positive ints"),
-    ("unet", lambda v: isinstance(v, dict), "an object"),
-    ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
-    (
-        "sde",
-        lambda v: (
-            isinstance(v, dict)
-            and _number(v.get("beta_min"))
-            and _number(v.get("beta_max"))
-            and 0 < v["beta_min"] < v["beta_max"]
-        ),
-        "an object with 0 < beta_min < beta_max",
-    ),
-)
-"""What `read_manifest` asks of each field of `spec`: (name, test, expected)."""
-
-
-def _level_fields(i: int):
-    """What `read_manifest` asks of each field of `levels[i]`."""
-    return (
-        ("level", lambda v: v == i and not isinstance(v, bool), str(i)),
-        ("width", lambda v: _positive_ints([v]), "an int"),
-        ("flops_per_image", lambda v: _number(v) and v > 0, "a positive number"),
-        (
-            "file",
-            lambda v: isinstance(v, str) and v and os.path.basename(v) == v,
-            "a file name",
-        ),
-    )
-
-
-def _check_fields(path: str, where: str, record: dict, fields) -> None:
-    for name, ok, expected in fields:
-        if not ok(value := record.get(name)):
-            raise _damaged(path, f"has {where}{name} = {value!r}; expected {expected}")
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a ladder directory's manifest, without loading any weights.
-
-    Raises `FileNotFoundError` if `path` is not a ladder directory, and a
-    `ValueError` naming the bad file, what is wrong with it and what to do for a
-    manifest that is not valid JSON, misses a field, has a field of the wrong type,
-    or lists a weights file that is missing or empty.
-    """
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"`path`: {path!r} is not a directory.")
-    if not os.path.isfile(os.path.join(path, MANIFEST)):
-        what = f"is not a ladder directory (no {MANIFEST})"
-        write = "write one with `mlem-jax train --out DIR`"
-        raise FileNotFoundError(f"`path`: {path!r} {what}; {write}.")
-    manifest = _read_manifest_json(path)
-    spec = manifest.get("spec")
-    if not isinstance(spec, dict):
-        raise _damaged(path, "has no `spec` object")
-    _check_fields(path, "spec.", spec, _SPEC_FIELDS)
-    levels = manifest.get("levels")
-    if not isinstance(levels, list):
-        raise _damaged(path, "has no `levels` list")
-    if not levels:
-        what = f"has no finished level yet ({MANIFEST} lists none)"
-        fix = (
-            "finish training it (rerun the same `mlem-jax train` command) or delete it"
-        )
-        raise ValueError(f"ladder {path!r} {what}; {fix}.")
-    for i, entry in enumerate(levels):
-        _check_level(path, i, entry, spec["widths"])
-    return manifest
-
-
-def _read_manifest_json(path: str) -> dict[str, Any]:
-    """The manifest of the ladder directory `path`, a JSON object of this format."""
-    manifest_path = os.path.join(path, MANIFEST)
-    try:
-        with open(manifest_path, "rb") as f:
-            manifest = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _damaged(path, f"is not valid JSON ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{manifest_path!r} cannot be read: {e}.") from None
-    if not isinstance(manifest, dict):
-        what = f"holds a JSON {type(manifest).__name__}, not a ladder manifest"
-        raise _damaged(path, what)
-    if "format_version" not in manifest:
-        raise _damaged(path, "has no `format_version`: it is not a ladder manifest")
-    if (version := manifest["format_version"]) != FORMAT_VERSION:
-        fix = "Use the mlem_jax version that wrote it, or retrain."
-        what = f"has format_version {version!r}; this mlem_jax reads {FORMAT_VERSION}"
-        raise ValueError(f"{manifest_path!r} {what}. {fix}")
-    return manifest
-
-
-def _check_level(path: str, i: int, entry, widths: list) -> None:
-    """Refuse `levels[i]` of the manifest of `path` unless it lists a level of
-    `widths[i]` (if the spec has it) whose weights file is there."""
-    if not isinstance(entry, dict):
-        raise _damaged(path, f"has levels[{i}] = {entry!r}; expected an object")
-    _check_fields(path, f"levels[{i}].", entry, _level_fields(i))
-    if i < len(widths) and entry["width"] != widths[i]:
-        what = f"levels[{i}].width = {entry['width']!r} but spec.widths[{i}] = "
-        raise _damaged(path, f"has {what}{widths[i]!r}; they must agree")
-    weights = os.path.join(path, entry["file"])
-    if not os.path.isfile(weights):
-        listed = f"level {i}'s weights {weights!r} (listed in {MANIFEST})"
-        raise ValueError(f"{listed} are missing; {_REDO}.")
-    if os.path.getsize(weights) == 0:
-        raise ValueError(f"level {i}'s weights {weights!r} are empty; {_REDO}.")
-
-
-def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, Any]]:
-    """Read a ladder directory written by [`mlem_jax.training.train_ladder`][].
-
-    **Arguments:**
-
-    - `path`: the ladder directory.
-
-    **Returns:**
-
-    `(models, manifest)`: the finished levels' EMA networks, narrowest first, and the
-    manifest dict (`manifest["spec"]` holds architecture, SDE and dataset).
-    Build the SDE with `VPSDE(**{k: v for k, v in spec["sde"].items() if k != "name"})`.
-    Weights stored in a lower precision (the shipped ladders use float16) are cast
-    back to the networks' dtype.
-
-    A damaged ladder (a manifest that is not valid JSON or misses a field, a weights
-    file that is missing, empty, truncated or of another architecture) raises a
-    `ValueError` naming the file and what to do (see [`read_manifest`][]).
-    """
-    path = os.fspath(path)
-    manifest = read_manifest(path)
-    spec = manifest["spec"]
-    listed, planned = len(manifest["levels"]), len(spec["widths"])
-    if listed != planned:
-        # Fewer levels than widths: an unfinished training run, or a manifest that
-        # lost an entry; either way the top network is not the ladder's top.
-        what = f"lists {listed} level(s) but its spec.widths names {planned}"
-        raise _damaged(path, f"{what} ({spec['widths']})")
-    base = jr.key(spec["seed"])
-    models = []
-    for entry in manifest["levels"]:
-        weights = os.path.join(path, entry["file"])
-        level, key = entry["level"], jr.fold_in(base, 2 * entry["level"])
-        try:
-            skeleton = _build_unet(
-                spec["image_shape"], entry["width"], spec["unet"], key
-            )
-        except Exception as e:  # bad UNet hyperparameters in spec.unet
-            what = f"has spec.unet = {spec['unet']!r}, not a UNet for level {level}"
-            raise _damaged(path, f"{what} ({type(e).__name__}: {e})") from None
-        models.append(_read_weights(weights, skeleton, level))
-    return tuple(models), manifest
-
-
-_RESTORE = "restore the file from a copy or retrain the ladder"
-
-
-def _read_weights(weights: str, skeleton, level: int):
-    """Deserialise one level's weights into `skeleton`, all of the file and no more."""
-    what = f"level {level}'s weights {weights!r} are"
-    try:
-        with open(weights, "rb") as f:
-            model = eqx.tree_deserialise_leaves(
-                f, skeleton, filter_spec=_cast_to_skeleton
-            )
-            trailing = f.read(1)
-    except Exception as e:  # equinox/numpy raise assorted errors on bad files
-        why = f"written for another architecture ({type(e).__name__}: {e})"
-        raise ValueError(
-            f"{what} truncated or corrupt, or were {why}; {_RESTORE}."
-        ) from None
-    if trailing:
-        why = "longer than the architecture in the manifest: the file or the manifest"
-        why += " is damaged"
-        raise ValueError(f"{what} {why}; {_RESTORE}.")
-    return model
-
-
-def _cast_to_skeleton(f, x):
-    """Deserialise an array leaf with the dtype of the skeleton's leaf."""
-    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-        return jnp.asarray(np.load(f), dtype=x.dtype)
-    return eqx.default_deserialise_filter_spec(f, x)
-
-
-def sde_from_manifest(manifest: dict[str, Any]) -> VPSDE:
-    """The [`mlem_jax.diffusion.VPSDE`][] a ladder was trained with."""
-    sde = manifest["spec"]["sde"]
-    return VPSDE(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
-
-
-def param_from_manifest(manifest: dict[str, Any]):
-    """The [`mlem_jax.diffusion.VPLinear`][] parametrisation of the VP-SDE a ladder
-    was trained with: what `mlem_jax.diffusion.sample` and `mlem_sample` take with
-    its networks (which predict `ε`)."""
-    sde = manifest["spec"]["sde"]
-    return VPLinear(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
