@@ -779,9 +779,8 @@ def _check_unet(image_shape, width, unet_kwargs) -> None:
     except Exception as e:
         unet = f"a UNet of width {width} with {unet_kwargs or 'default settings'}"
         why = f"{type(e).__name__}: {e}; use a larger image size or fewer channel_mults"
-        raise ValueError(
-            f"{unet} cannot take images of shape {shape} ({why})."
-        ) from None
+        unet += f" cannot take images of shape {shape}"
+        raise ValueError(f"{unet} ({why}).") from None
 
 
 def _read_out_manifest(manifest_path: str, again: str) -> dict[str, Any]:

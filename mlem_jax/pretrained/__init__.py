@@ -334,10 +334,8 @@ def _read_weights(weights: str, skeleton, level: int):
             )
             trailing = f.read(1)
     except Exception as e:  # equinox/numpy raise assorted errors on bad files
-        why = f"written for another architecture ({type(e).__name__}: {e})"
-        raise ValueError(
-            f"{what} truncated or corrupt, or were {why}; {_RESTORE}."
-        ) from None
+        what += " truncated or corrupt, or were written for another architecture"
+        raise ValueError(f"{what} ({type(e).__name__}: {e}); {_RESTORE}.") from None
     if trailing:
         why = "longer than the architecture in the manifest: the file or the manifest"
         why += " is damaged"
