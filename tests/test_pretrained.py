@@ -223,3 +223,14 @@ def test_quality_of_every_shipped_ladder(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="mixture.npz' is not a mixture written by"):
         pretrained.read_mixture(bad)
+
+
+def test_one_ladder_loader_for_directories_and_shipped_names():
+    from mlem_jax import pretrained, training
+
+    # The reading half of the format is one set of functions, re-exported by training.
+    for name in ("load_ladder", "read_manifest", "sde_from_manifest", "MANIFEST"):
+        assert getattr(training, name) is getattr(pretrained, name)
+    manifest = pretrained.read_manifest("digits_wide")
+    assert manifest == pretrained.read_manifest(pretrained_path("digits_wide"))
+    assert manifest["spec"]["widths"] == [4, 8, 16, 24, 48]

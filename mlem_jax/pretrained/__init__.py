@@ -190,12 +190,13 @@ def _check_fields(path: str, where: str, record: dict, fields) -> None:
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a ladder directory's manifest, without loading any weights.
 
-    Raises `FileNotFoundError` if `path` is not a ladder directory, and a
-    `ValueError` naming the bad file, what is wrong with it and what to do for a
-    manifest that is not valid JSON, misses a field, has a field of the wrong type,
-    or lists a weights file that is missing or empty.
+    `path` is what [`load_ladder`][] takes: a ladder directory or the name of a
+    shipped ladder (`resolve_ladder`). Raises `FileNotFoundError` if `path` is not a
+    ladder directory, and a `ValueError` naming the bad file, what is wrong with it
+    and what to do for a manifest that is not valid JSON, misses a field, has a
+    field of the wrong type, or lists a weights file that is missing or empty.
     """
-    path = os.fspath(path)
+    path = resolve_ladder(path)[0]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"`path`: {path!r} is not a directory.")
     if not os.path.isfile(os.path.join(path, MANIFEST)):
