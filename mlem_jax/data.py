@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
+from . import _checks as checks
 from ._misc import missing_extra
 
 try:
@@ -46,15 +47,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _SPLITS = ("train", "test", "all")
 
 
-def _check_split(split: str) -> None:
-    if split not in _SPLITS:
-        raise ValueError(f"`split` must be one of {_SPLITS}, got {split!r}.")
+def _check_split(where: str, split: str, test_fraction: float | None = None) -> None:
+    """Refuse a `split` not in `_SPLITS` and a `test_fraction` not in (0, 1)."""
+    checks.choice(where, "split", split, _SPLITS)
+    if test_fraction is not None and not 0.0 < test_fraction < 1.0:
+        raise checks.fail(where, "test_fraction", "in (0, 1)", test_fraction)
 
 
 def _split_indices(n: int, split: str, test_fraction: float, seed: int) -> np.ndarray:
-    _check_split(split)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction}.")
     perm = np.random.default_rng(seed).permutation(n)
     n_test = max(1, int(round(test_fraction * n)))
     if split == "all":
@@ -105,10 +105,9 @@ def digits(
     except ModuleNotFoundError as e:
         raise missing_extra(e, "diffusion", "mlem_jax.data") from e
 
-    if size is not None and int(size) < 1:
-        raise ValueError(f"`size` must be a positive int or None, got {size}.")
-    if int(pad) < 0:
-        raise ValueError(f"`pad` must be >= 0, got {pad}.")
+    checks.integer("digits", "size", size, none_ok=True)
+    checks.integer("digits", "pad", pad, minimum=0)
+    _check_split("digits", split, test_fraction)
     images = np.asarray(load_digits().images) / 16.0  # type: ignore[attr-defined]  # (N, 8, 8) in [0, 1]
     idx = _split_indices(images.shape[0], split, test_fraction, seed=0)
     images = images[idx]
@@ -127,6 +126,7 @@ def digits_labels(split: str = "all", test_fraction: float = 0.1) -> np.ndarray:
     except ModuleNotFoundError as e:
         raise missing_extra(e, "diffusion", "mlem_jax.data") from e
 
+    _check_split("digits_labels", split, test_fraction)
     target = np.asarray(load_digits().target)  # type: ignore[attr-defined]
     return target[_split_indices(target.shape[0], split, test_fraction, seed=0)]
 
@@ -170,14 +170,9 @@ def patches(
 
     A float32 array `(num, C, size, size)` in `[−1, 1]`.
     """
-    _check_split(split)
-    if int(size) < 1 or int(num) < 1 or int(downscale) < 1:
-        raise ValueError(
-            "`size`, `num` and `downscale` must be positive ints, got "
-            f"size={size}, num={num}, downscale={downscale}."
-        )
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction}.")
+    _check_split("patches", split, test_fraction)
+    for name, value in (("size", size), ("num", num), ("downscale", downscale)):
+        checks.integer("patches", name, value)
     rng = np.random.default_rng([seed, _SPLITS.index(split)])
     photos = []
     for photo in _sample_photos():
@@ -195,11 +190,8 @@ def patches(
         cut = int(round(h * (1.0 - test_fraction)))
         lo, hi = {"train": (0, cut), "test": (cut, h), "all": (0, h)}[split]
         if hi - lo < size or w < size:
-            raise ValueError(
-                f"`size`={size} is larger than the {split!r} region "
-                f"({hi - lo}×{w} pixels after downscale={downscale}); use a smaller "
-                "`size`, `downscale` or `test_fraction`."
-            )
+            region = f"the {split!r} region ({hi - lo}×{w} pixels after downscale)"
+            raise checks.fail("patches", "size", f"at most {region}", size)
         ys = rng.integers(lo, hi - size + 1, count)
         xs = rng.integers(0, w - size + 1, count)
         out.extend(arr[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True))
@@ -246,16 +238,12 @@ def folder(
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"`path`: folder {path!r} does not exist.")
+        raise FileNotFoundError(f"folder: `path` {path!r} does not exist.")
     if not os.path.isdir(path):
-        raise NotADirectoryError(
-            f"`path`: {path!r} is a file, expected a folder of images."
-        )
-    if int(size) < 1:
-        raise ValueError(f"`size` must be a positive int, got {size}.")
-    if limit is not None and int(limit) < 1:
-        raise ValueError(f"`limit` must be a positive int or None, got {limit}.")
-    _check_split(split)
+        raise checks.fail("folder", "path", "a folder", path, NotADirectoryError)
+    checks.integer("folder", "size", size)
+    checks.integer("folder", "limit", limit, none_ok=True)
+    _check_split("folder", split, test_fraction)
     if recursive:
         files = sorted(
             os.path.join(root, f) for root, _, names in os.walk(path) for f in names
@@ -269,16 +257,12 @@ def folder(
     images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     others = len(files) - len(images)
     if not images:
-        raise ValueError(
-            f"`path`: folder {path!r} holds no image files (extensions "
-            f"{', '.join(IMAGE_EXTENSIONS)}); found {len(files)} other file(s)."
-        )
+        what = "a folder of images; it holds no image files"
+        what += f" ({', '.join(IMAGE_EXTENSIONS)})"
+        raise checks.fail("folder", "path", f"{what}, {len(files)} others", path)
     if others:
-        warnings.warn(
-            f"folder {path!r}: ignored {others} file(s) without an image extension "
-            f"({', '.join(IMAGE_EXTENSIONS)}).",
-            stacklevel=2,
-        )
+        exts = ", ".join(IMAGE_EXTENSIONS)
+        _warn(path, f"ignored {others} file(s) without an image extension ({exts})")
     if limit is not None:
         images = images[: int(limit)]
     mode = "L" if grey else "RGB"
@@ -294,19 +278,20 @@ def folder(
             bad.append(f"{os.path.basename(f)} ({type(e).__name__})")
             continue
         arrays.append(arr[None] if grey else arr.transpose(2, 0, 1))
+    named = f"{', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}"
     if not arrays:
-        raise ValueError(
-            f"`path`: none of the {len(images)} image file(s) in {path!r} could be "
-            f"read: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}."
-        )
+        what = f"a folder of images that can be read (none of {len(images)} can"
+        raise checks.fail("folder", "path", f"{what}: {named})", path)
     if bad:
-        warnings.warn(
-            f"folder {path!r}: skipped {len(bad)} of {len(images)} image file(s) that "
-            f"could not be read: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}.",
-            stacklevel=2,
-        )
+        skipped = f"skipped {len(bad)} of {len(images)} image file(s)"
+        _warn(path, f"{skipped} that could not be read: {named}")
     data = _to_unit_range(np.stack(arrays), 255.0)
     return data[_split_indices(data.shape[0], split, test_fraction, seed=0)]
+
+
+def _warn(path: str, what: str) -> None:
+    """A warning about the folder `path` read by `folder`, shown at its caller."""
+    warnings.warn(f"folder {path!r}: {what}.", stacklevel=3)
 
 
 _MIXTURE_DEFAULTS = {"n_components": 256, "rank": 8, "reg_covar": 1e-2, "seed": 0}
@@ -339,20 +324,16 @@ def digits_mixture(
 
     **Returns:** a `GaussianMixture` of event shape `(1, 8, 8)`, float32.
     """
-    for name, value in (("n_components", n_components), ("rank", rank)):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    where = "digits_mixture"
+    n_components = checks.integer(where, "n_components", n_components)
+    rank = checks.integer(where, "rank", rank)
     if rank > 64:
-        raise ValueError(f"`rank` must be at most the 64 pixels, got {rank}.")
+        raise checks.fail(where, "rank", "at most the 64 pixels", rank)
     if n_components > 1797:
-        raise ValueError(
-            f"`n_components` must be at most the 1797 digits, got {n_components}."
-        )
-    if not (isinstance(reg_covar, (int, float)) and 0 < reg_covar < np.inf):
-        raise ValueError(
-            f"`reg_covar` must be a positive finite number, got {reg_covar!r}."
-        )
-    return _fit_digits_mixture(int(n_components), int(rank), float(reg_covar), seed)
+        most = "at most the 1797 digits"
+        raise checks.fail(where, "n_components", most, n_components)
+    reg_covar = checks.number(where, "reg_covar", reg_covar)
+    return _fit_digits_mixture(n_components, rank, reg_covar, seed)
 
 
 @functools.lru_cache(maxsize=4)
@@ -422,9 +403,8 @@ def digits_mixture_samples(
     """
     import jax.random as jr
 
-    _check_split(split)
-    if not (isinstance(num, int) and not isinstance(num, bool) and num >= 1):
-        raise ValueError(f"`num` must be a positive int, got {num!r}.")
+    _check_split("digits_mixture_samples", split)
+    checks.integer("digits_mixture_samples", "num", num)
     mixture = digits_mixture(**mixture_kwargs)
     key = jr.fold_in(jr.key(20260), _SPLITS.index(split))
     return np.asarray(mixture.sample(key, num), np.float32)
@@ -451,10 +431,7 @@ def load_dataset(name: str, **kwargs: Any) -> Float[np.ndarray, " n c h w"]:
 
     A float32 array `(N, C, H, W)` in `[−1, 1]`.
     """
-    if name not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r}; expected one of {', '.join(sorted(DATASETS))}."
-        )
+    checks.choice("load_dataset", "name", name, sorted(DATASETS))
     return DATASETS[name](**kwargs)
 
 
@@ -489,22 +466,13 @@ def image_grid(
     """
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 1:
-        raise ValueError(
-            "image_grid: `images` must have shape (n, channels, height, width) with "
-            f"n >= 1 and 1 or 3 channels; got {x.shape}."
-        )
+        what = "of shape (n, channels, height, width) with n >= 1 and 1 or 3 channels"
+        raise checks.fail("image_grid", "images", what, x.shape)
     if not np.all(np.isfinite(x)):
         raise ValueError("image_grid: `images` holds NaN or inf values.")
     n, _, h, w = x.shape
-    for name, value in (("ncol", ncol), ("scale", scale)):
-        if value is not None and (
-            not isinstance(value, (int, np.integer))
-            or isinstance(value, bool)
-            or value < 1
-        ):
-            raise ValueError(
-                f"image_grid: `{name}` must be a positive int; got {value!r}."
-            )
+    checks.integer("image_grid", "ncol", ncol, none_ok=True)
+    checks.integer("image_grid", "scale", scale, none_ok=True)
     ncol = int(ncol or math.ceil(math.sqrt(n)))
     nrow = int(math.ceil(n / ncol))
     if scale is None:
@@ -542,7 +510,5 @@ def save_image_grid(
     try:
         atomic_write(os.fspath(path), lambda f: picture.save(f, format="PNG"))
     except OSError as e:
-        raise type(e)(
-            e.errno,
-            f"save_image_grid: cannot write `path` {os.fspath(path)!r} ({e.strerror})",
-        ) from e
+        message = f"save_image_grid: cannot write `path` {os.fspath(path)!r}"
+        raise type(e)(e.errno, f"{message} ({e.strerror})") from e

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from . import _checks as checks
 from ._levels import Levels
 
 
@@ -121,27 +122,17 @@ def random_feature_hierarchy(
     the reference, so `‖f^l − reference‖` falls like `n_l^{−1/γ}`
     (`feature_error` gives the predicted value).
     """
-    if gamma <= 0:
-        raise ValueError(f"random_feature_hierarchy: `gamma` must be > 0; got {gamma}.")
-    if num_levels < 1:
-        raise ValueError(
-            f"random_feature_hierarchy: `num_levels` must be >= 1; got {num_levels}."
-        )
+    where = "random_feature_hierarchy"
+    checks.number(where, "gamma", gamma)
+    checks.integer(where, "num_levels", num_levels)
     features = [base_features * growth**l for l in range(num_levels)]
     total = reference_features or 4 * features[-1]
-    least = (2 if exact_tail else 1) * features[-1]
-    if total < least:
-        raise ValueError(
-            "random_feature_hierarchy: `reference_features` must be at least "
-            + ("twice " if exact_tail else "")
-            + f"the top level's {features[-1]} terms"
-            + (
-                " (with `exact_tail`, half of them carry the tail)"
-                if exact_tail
-                else ""
-            )
-            + f"; got {total}."
-        )
+    if total < (2 if exact_tail else 1) * features[-1]:
+        twice = "twice " if exact_tail else ""
+        what = f"at least {twice}the top level's {features[-1]} terms"
+        if exact_tail:
+            what += " (with `exact_tail`, half of them carry the tail)"
+        raise checks.fail(where, "reference_features", what, total)
     k_omega, k_phase, k_dir = jax.random.split(key, 3)
     omega = frequency * jax.random.normal(k_omega, (dim, total), dtype)
     phase = jax.random.uniform(k_phase, (total,), dtype, 0, 2 * np.pi)

@@ -30,18 +30,30 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from . import _checks as checks
 from ._env import versions
 from ._io import atomic_write as atomic_write, write_json as _write_json
 from ._misc import missing_extra
 from .diffusion import (
     VPSDE,
-    VPLinear,
     distillation_loss,
     drift_flops,
     dsm_loss,
     reverse_drift,
 )
 from .nn import UNet, count_params
+from .nn._ladder import check_widths
+from .pretrained import (  # the ladder-directory format, read and written here
+    FORMAT_VERSION as FORMAT_VERSION,
+    MANIFEST as MANIFEST,
+    _build_unet,
+    _read_weights,
+    load_ladder as load_ladder,
+    num_classes_from_manifest as num_classes_from_manifest,
+    param_from_manifest as param_from_manifest,
+    read_manifest as read_manifest,
+    sde_from_manifest as sde_from_manifest,
+)
 
 __all__ = [
     "TrainConfig",
@@ -60,9 +72,6 @@ __all__ = [
     "MANIFEST",
     "FORMAT_VERSION",
 ]
-
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,36 +109,21 @@ class TrainConfig:
     label_dropout: float = 0.1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0:
-            raise ValueError("`warmup_steps` and `checkpoint_every` must be >= 0.")
-        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
-            raise ValueError(
-                "`learning_rate` must be a positive finite number, got "
-                f"{self.learning_rate}."
-            )
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"`ema_decay` must lie in [0, 1), got {self.ema_decay}.")
-        if not (self.grad_clip > 0 and np.isfinite(self.grad_clip)):
-            # <= 0 would flip the gradient (ascent) or freeze training.
-            raise ValueError(
-                "`grad_clip` must be a positive finite number (the global-norm "
-                f"clipping threshold), got {self.grad_clip}."
-            )
-        if not (self.weight_decay >= 0 and np.isfinite(self.weight_decay)):
-            raise ValueError(
-                f"`weight_decay` must be finite and >= 0, got {self.weight_decay}."
-            )
-        if not 0 < self.t_min < 1:
-            raise ValueError(f"`t_min` must lie in (0, 1), got {self.t_min}.")
-        if not 0 <= self.label_dropout < 1:
-            # 1 would never train the conditional prediction.
-            raise ValueError(
-                "`label_dropout` must lie in [0, 1) (the fraction of labels "
-                f"replaced by the null label), got {self.label_dropout}."
-            )
+        where = "TrainConfig"
+        checks.integer(where, "steps", self.steps)
+        checks.integer(where, "batch_size", self.batch_size)
+        checks.integer(where, "warmup_steps", self.warmup_steps, minimum=0)
+        checks.integer(where, "checkpoint_every", self.checkpoint_every, minimum=0)
+        checks.number(where, "learning_rate", self.learning_rate)
+        # The global-norm clipping threshold: <= 0 would flip the gradient (ascent)
+        # or freeze training.
+        checks.number(where, "grad_clip", self.grad_clip)
+        checks.number(where, "weight_decay", self.weight_decay, zero_ok=True)
+        # `label_dropout` 1 would never train the conditional prediction.
+        for name in ("ema_decay", "t_min", "label_dropout"):
+            value, low = getattr(self, name), "(" if name == "t_min" else "["
+            if not (0 <= value < 1 and (low == "[" or value > 0)):
+                raise checks.fail(where, name, f"in {low}0, 1)", value)
 
 
 def _config_record(config: TrainConfig, conditional: bool) -> dict[str, Any]:
@@ -224,11 +218,11 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
             else "it is corrupt or was written by a different architecture or "
             "TrainConfig"
         )
-        raise ValueError(
-            f"checkpoint {path!r} does not match the model and training config it is "
-            f"loaded into: {what} ({type(e).__name__}: {e}). Delete it to restart "
-            "that level from scratch; finished levels are kept."
-        ) from None
+        what = f"{what} ({type(e).__name__}: {e}). Delete it to restart that level"
+        loaded = "the model and training config it is loaded into"
+        fix = "from scratch; finished levels are kept"
+        message = f"checkpoint {path!r} does not match {loaded}: {what} {fix}."
+        raise ValueError(message) from None
 
 
 @eqx.filter_jit
@@ -283,16 +277,6 @@ def _is_source(data) -> bool:
     """Whether `data` is a data source (an `eqx.Module` with `sample(key, n)` and
     `event_shape`, e.g. `mlem_jax.diffusion.GaussianMixture`) rather than images."""
     return isinstance(data, eqx.Module) and callable(getattr(data, "sample", None))
-
-
-def _check_source(name: str, data) -> tuple[int, ...]:
-    shape = getattr(data, "event_shape", None)
-    if not (isinstance(shape, tuple) and len(shape) == 3):
-        raise ValueError(
-            f"`{name}`: a data source must have an `event_shape` (C, H, W); got "
-            f"{shape!r}."
-        )
-    return shape
 
 
 def train(
@@ -353,7 +337,7 @@ def train(
     sde = VPSDE() if sde is None else sde
     if not _is_source(data):
         data = jnp.asarray(data)
-    num_classes = _check_labels("labels", model, data, labels)
+    num_classes = _check_labels("train", model, data, labels)
     if labels is not None:
         labels = jnp.asarray(labels, jnp.int32)
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -406,40 +390,32 @@ def train(
     )
 
 
-def _check_labels(name: str, model, data, labels) -> int | None:
+def _check_labels(where: str, model, data, labels) -> int | None:
     """The model's `num_classes` after checking that `labels` fit it and `data`."""
-    num_classes = getattr(model, "num_classes", None)
+    k = getattr(model, "num_classes", None)
+    if labels is None and k is not None:
+        what = (
+            "the class of each training image for a class-conditional model "
+            f"(num_classes={k}), e.g. mlem_jax.data.digits_labels()"
+        )
+        raise checks.fail(where, "labels", what, None)
     if labels is None:
-        if num_classes is not None:
-            raise ValueError(
-                f"`{name}`: the model is class-conditional (num_classes="
-                f"{num_classes}) but no labels were given; pass the class of each "
-                "training image (e.g. mlem_jax.data.digits_labels())."
-            )
         return None
-    if num_classes is None:
-        raise ValueError(
-            f"`{name}` given but the model is unconditional; build it with "
-            "`num_classes` (e.g. UNet(..., num_classes=10)) to train on labels."
-        )
+    if k is None:
+        what = "None for an unconditional model (build it with `num_classes`)"
+        raise checks.fail(where, "labels", what, type(labels).__name__)
     if _is_source(data):
-        raise ValueError(
-            f"`{name}`: class-conditional training needs an image array `data`, not "
-            "a data source."
-        )
-    values = np.asarray(labels)
-    if values.shape != (data.shape[0],) or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(
-            f"`{name}` must be integers of shape (N,) = ({data.shape[0]},), one class "
-            f"per image; got dtype {values.dtype} and shape {values.shape}."
-        )
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(
-            f"`{name}` must lie in [0, {num_classes}) (the model's num_classes; "
-            f"{num_classes} is the null label); got values in [{values.min()}, "
-            f"{values.max()}]."
-        )
-    return num_classes
+        what = "an image array, not a data source, for class-conditional training"
+        raise checks.fail(where, "data", what, type(data).__name__)
+    values, n = np.asarray(labels), data.shape[0]
+    if values.shape != (n,) or not np.issubdtype(values.dtype, np.integer):
+        got = f"{values.dtype} of shape {values.shape}"
+        raise checks.fail(where, "labels", f"integers of shape (N,) = ({n},)", got)
+    if values.size and (values.min() < 0 or values.max() >= k):
+        what = f"in [0, {k}) (the model's num_classes; {k} is the null label)"
+        got = f"values in [{values.min()}, {values.max()}]"
+        raise checks.fail(where, "labels", what, got)
+    return k
 
 
 # The held-out losses' noise draws: fixed, not derived from `seed`, so that the
@@ -487,11 +463,91 @@ def _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset):
     }
 
 
-def _build_unet(image_shape, width, unet_kwargs, key) -> UNet:
-    kw: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in unet_kwargs.items()
-    }
-    return UNet(tuple(image_shape), width, key=key, **kw)
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A checked run of `train_ladder` or `distill_ladder`: the directory it writes,
+    what each level trains on and how (`image_shape`, `widths`, `unet_kwargs` and
+    `flops_batch` are `train_ladder`'s only)."""
+
+    out_dir: str
+    data: Any  # an image array (jnp) or a data source
+    config: TrainConfig
+    sde: VPSDE
+    seed: int
+    eval_data: Any  # float32 images (jnp) or None
+    eval_labels: Any
+    progress: bool
+    labels: Any
+    image_shape: tuple[int, ...] = ()
+    widths: tuple[int, ...] = ()
+    unet_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    flops_batch: int = 1
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.out_dir, MANIFEST)
+
+    def checkpoint(self, level: int) -> str:
+        return os.path.join(self.out_dir, "checkpoints", f"level_{level}.ckpt")
+
+    def fit(self, model, level: int, key, label: str, teacher=None) -> TrainResult:
+        """`train` one level, checkpointing into this run's directory."""
+        return train(
+            model,
+            self.data,
+            key=key,
+            config=self.config,
+            sde=self.sde,
+            checkpoint_path=self.checkpoint(level),
+            progress=label if self.progress else False,
+            teacher=teacher,
+            labels=self.labels,
+        )
+
+    def held_out_loss(self, model, key, teacher=None) -> float | None:
+        """`model`'s loss on `eval_data` (None without it)."""
+        if self.eval_data is None:
+            return None
+        data, labels = self.eval_data, self.eval_labels
+        return _eval_loss(self.sde, model, data, key, teacher=teacher, labels=labels)
+
+
+def _held_out(eval_data):
+    return None if eval_data is None else jnp.asarray(eval_data, jnp.float32)
+
+
+def _ladder_data(where: str, data, expected: tuple | None = None):
+    """`(data, image_shape)`: images `(N, C, H, W)` as float32, or a data source,
+    checked (against the image shape `expected`, if given)."""
+    shape: Any
+    if _is_source(data):
+        shape = getattr(data, "event_shape", None)
+        ok = isinstance(shape, tuple) and len(shape) == 3
+    else:
+        data = np.asarray(data, np.float32)
+        shape, ok = data.shape, data.ndim == 4
+    if not ok or (expected is not None and tuple(shape[-3:]) != expected):
+        s = "(C, H, W)" if expected is None else str(expected)
+        images = "(N, C, H, W)" if expected is None else f"(N, *{s})"
+        what = f"images of shape {images} or a data source of event_shape {s}"
+        raise checks.fail(where, "data", what, shape)
+    return data, tuple(shape[-3:])
+
+
+def _unet_kwargs(where: str, unet_kwargs, labels) -> dict[str, Any]:
+    """`unet_kwargs` with the `num_classes` that `labels` ask for."""
+    unet_kwargs = dict(unet_kwargs or {})
+    if labels is None and "num_classes" in unet_kwargs:
+        what = "given for a class-conditional UNet (`unet_kwargs` has num_classes)"
+        raise checks.fail(where, "labels", what, None)
+    if labels is None:
+        return unet_kwargs
+    values = np.asarray(labels)
+    if values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+        got = f"{values.dtype} of shape {values.shape}"
+        raise checks.fail(where, "labels", "a non-empty integer array", got)
+    unet_kwargs.setdefault("num_classes", int(values.max()) + 1)
+    return unet_kwargs
 
 
 def train_ladder(
@@ -548,87 +604,40 @@ def train_ladder(
 
     The trained (EMA) models, narrowest first, and the manifest as a dict.
     """
+    where = "train_ladder"
     sde = VPSDE() if sde is None else sde
-    out_dir = os.fspath(out_dir)
-    if _is_source(data):
-        image_shape = _check_source("data", data)
-    else:
-        data = np.asarray(data, np.float32)
-        if data.ndim != 4:
-            raise ValueError(f"`data` must have shape (N, C, H, W), got {data.shape}.")
-        image_shape = tuple(data.shape[1:])
-    widths = tuple(int(w) for w in widths)
-    if (
-        not widths
-        or any(b <= a for a, b in zip(widths, widths[1:], strict=False))
-        or widths[0] < 1
-    ):
-        raise ValueError(
-            f"`widths` must be positive and strictly increasing, got {widths}."
-        )
-    unet_kwargs = dict(unet_kwargs or {})
-    if labels is not None:
-        values = np.asarray(labels)
-        if values.size == 0 or not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(
-                f"`labels` must be a non-empty integer array; got dtype {values.dtype} "
-                f"and shape {values.shape}."
-            )
-        unet_kwargs.setdefault("num_classes", int(values.max()) + 1)
-    elif "num_classes" in unet_kwargs:
-        raise ValueError(
-            "`unet_kwargs` asks for a class-conditional UNet (num_classes) but no "
-            "`labels` were given."
-        )
+    data, image_shape = _ladder_data(where, data)
+    widths = check_widths(where, widths)
+    unet_kwargs = _unet_kwargs(where, unet_kwargs, labels)
     spec = _ladder_spec(image_shape, widths, unet_kwargs, config, sde, seed, dataset)
     if labels is not None:
         spec["num_classes"] = unet_kwargs["num_classes"]
-        # Refused before anything is written.
-        _check_labels("labels", _Classes(spec["num_classes"]), data, labels)
+        _check_labels(where, _Classes(spec["num_classes"]), data, labels)
     # Everything that can be refused is refused before anything is written.
-    _check_out_dir("out_dir", out_dir)
+    _check_out_dir(where, os.fspath(out_dir))
     # One width suffices: the others share the architecture's down/upsampling.
     _check_unet(image_shape, widths[0], unet_kwargs)
-    manifest_path = os.path.join(out_dir, MANIFEST)
-    manifest = _read_resumable(out_dir)
-    created = None  # set on a first run: whether it made `out_dir`
-    if manifest is not None:
-        if manifest.get("spec") != json.loads(json.dumps(spec)):
-            raise ValueError(
-                f"`out_dir` {out_dir!r} already holds a ladder trained with different "
-                "arguments; use a new directory (or delete it) to train this one."
-            )
-    else:
-        created = not os.path.exists(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "spec": spec,
-            "versions": versions(),
-            # None: a data source, a fresh batch every step.
-            "num_train_images": None if _is_source(data) else int(data.shape[0]),
-            "levels": [],
-        }
-        _write_json(manifest_path, manifest)
+    run = _Run(
+        out_dir=os.fspath(out_dir),
+        data=data if _is_source(data) else jnp.asarray(data),
+        config=config,
+        sde=sde,
+        seed=seed,
+        eval_data=_held_out(eval_data),
+        eval_labels=eval_labels if labels is not None else None,
+        progress=progress,
+        labels=labels,
+        image_shape=image_shape,
+        widths=widths,
+        unet_kwargs=unet_kwargs,
+        flops_batch=checks.integer(where, "flops_batch", flops_batch),
+    )
+    manifest, created = _open_ladder(run, spec)
     try:
-        return _train_levels(
-            out_dir,
-            manifest,
-            data,
-            widths,
-            unet_kwargs,
-            config,
-            sde,
-            seed,
-            eval_data,
-            flops_batch,
-            progress,
-            labels,
-            eval_labels,
-        )
+        return _train_levels(run, manifest)
     except BaseException:
         if created is not None:  # a failed first run leaves nothing behind
-            _remove_if_no_work(out_dir, manifest, created)
+            _remove_if_no_work(run.out_dir, manifest, created)
         raise
 
 
@@ -639,11 +648,36 @@ class _Classes:
         self.num_classes = num_classes
 
 
-def num_classes_from_manifest(manifest: dict[str, Any]) -> int | None:
-    """The number of classes of a class-conditional ladder (its null label), or
-    `None` for an unconditional one."""
-    k = manifest["spec"].get("unet", {}).get("num_classes")
-    return None if k is None else int(k)
+def _open_ladder(run: _Run, spec: dict) -> tuple[dict[str, Any], bool | None]:
+    """`(manifest, created)`: the manifest of an earlier run with the same `spec`,
+    to resume (`created` None), or a new one, written (`created`: whether this run
+    made `out_dir`)."""
+    manifest = _read_resumable(run.out_dir)
+    if manifest is not None:
+        if manifest.get("spec") != json.loads(json.dumps(spec)):
+            what = (
+                "a new directory, not one holding a ladder trained with other arguments"
+            )
+            raise checks.fail("train_ladder", "out_dir", what, run.out_dir)
+        return manifest, None
+    created = not os.path.exists(run.out_dir)
+    os.makedirs(run.out_dir, exist_ok=True)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "spec": spec,
+        "versions": versions(),
+        # None: a data source, a fresh batch every step.
+        "num_train_images": None if _is_source(run.data) else int(run.data.shape[0]),
+        "levels": [],
+    }
+    _write_json(run.manifest_path, manifest)
+    return manifest, created
+
+
+def _remove_empty_checkpoints(out_dir: str) -> None:
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
+        os.rmdir(ckpt_dir)
 
 
 def _remove_if_no_work(out_dir: str, manifest: dict, created: bool) -> None:
@@ -653,8 +687,7 @@ def _remove_if_no_work(out_dir: str, manifest: dict, created: bool) -> None:
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     if manifest["levels"] or (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
         return
-    if os.path.isdir(ckpt_dir):
-        os.rmdir(ckpt_dir)
+    _remove_empty_checkpoints(out_dir)
     manifest_path = os.path.join(out_dir, MANIFEST)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
@@ -662,109 +695,72 @@ def _remove_if_no_work(out_dir: str, manifest: dict, created: bool) -> None:
         os.rmdir(out_dir)
 
 
-def _train_levels(
-    out_dir,
-    manifest,
-    data,
-    widths,
-    unet_kwargs,
-    config,
-    sde,
-    seed,
-    eval_data,
-    flops_batch,
-    progress,
-    labels=None,
-    eval_labels=None,
-):
-    manifest_path = os.path.join(out_dir, MANIFEST)
-    image_shape = (
-        _check_source("data", data) if _is_source(data) else tuple(data.shape[1:])
-    )
-    base = jr.key(seed)
-    data_j = data if _is_source(data) else jnp.asarray(data)
+def _train_levels(run: _Run, manifest: dict) -> tuple[tuple[UNet, ...], dict]:
+    """Train the levels `manifest` does not list yet, recording each when done."""
+    base = jr.key(run.seed)
     models = []
-    for lvl, width in enumerate(widths):
+    for lvl, width in enumerate(run.widths):
         weights = f"level_{lvl}.eqx"
-        init = _build_unet(image_shape, width, unet_kwargs, jr.fold_in(base, 2 * lvl))
+        key = jr.fold_in(base, 2 * lvl)
+        init = _build_unet(run.image_shape, width, run.unet_kwargs, key)
         if lvl < len(manifest["levels"]):
-            models.append(_read_weights(os.path.join(out_dir, weights), init, lvl))
+            models.append(_read_weights(os.path.join(run.out_dir, weights), init, lvl))
             continue
-        ckpt = os.path.join(out_dir, "checkpoints", f"level_{lvl}.ckpt")
         wall, cpu = time.perf_counter(), time.process_time()
-        result = train(
-            init,
-            data_j,
-            key=jr.fold_in(base, 2 * lvl + 1),
-            config=config,
-            sde=sde,
-            checkpoint_path=ckpt,
-            progress=f"level {lvl} (width {width})" if progress else False,
-            labels=labels,
-        )
+        key, label = jr.fold_in(base, 2 * lvl + 1), f"level {lvl} (width {width})"
+        result = run.fit(init, lvl, key, label)
         model = result.model
         jax.block_until_ready(model)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        save_checkpoint(os.path.join(out_dir, weights), model)
+        save_checkpoint(os.path.join(run.out_dir, weights), model)
         losses = np.asarray(result.losses)
-        tail = max(1, config.steps // 10)
-        y = jnp.zeros((flops_batch, *image_shape), jnp.float32)
-        flops = drift_flops(reverse_drift(sde, model), y)
+        steps, batch = run.config.steps, run.flops_batch
+        tail = max(1, steps // 10)
+        y = jnp.zeros((batch, *run.image_shape), jnp.float32)
+        flops = drift_flops(reverse_drift(run.sde, model), y)
         entry = {
             "level": lvl,
             "width": width,
             "file": weights,
             "params": count_params(model),
             "flops": flops,
-            "flops_batch": flops_batch,
-            "flops_per_image": flops / flops_batch,
-            "steps": config.steps,
+            "flops_batch": batch,
+            "flops_per_image": flops / batch,
+            "steps": steps,
             "final_loss": float(np.mean(losses[-tail:])),
             # Of this process only (a resumed level counts its last run); includes
             # compilation.
             "train_wall_s": round(wall, 1),
             "train_cpu_s": round(cpu, 1),
             "loss_curve": [float(x) for x in np.mean(losses.reshape(-1, tail), 1)]
-            if config.steps % tail == 0
+            if steps % tail == 0
             else None,
         }
-        if eval_data is not None:
-            entry["eval_loss"] = _eval_loss(
-                sde,
-                model,
-                jnp.asarray(eval_data, jnp.float32),
-                jr.key(EVAL_KEY),
-                labels=eval_labels if labels is not None else None,
-            )
+        if run.eval_data is not None:
+            entry["eval_loss"] = run.held_out_loss(model, jr.key(EVAL_KEY))
         manifest["levels"].append(entry)
-        _write_json(manifest_path, manifest)
-        os.remove(ckpt)
+        _write_json(run.manifest_path, manifest)
+        os.remove(run.checkpoint(lvl))
         models.append(model)
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
-    if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
-        os.rmdir(ckpt_dir)
+    _remove_empty_checkpoints(run.out_dir)
     return tuple(models), manifest
 
 
-def _check_out_dir(name: str, out_dir: str) -> None:
+def _check_out_dir(where: str, out_dir: str) -> None:
     """Refuse an output directory that cannot be created or written, before work."""
     probe = os.path.abspath(out_dir)
     if os.path.exists(probe) and not os.path.isdir(probe):
-        raise NotADirectoryError(
-            f"`{name}`: {out_dir!r} exists and is not a directory."
-        )
+        raise checks.fail(where, "out_dir", "a directory", out_dir, NotADirectoryError)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise NotADirectoryError(
-            f"`{name}`: {out_dir!r} cannot be created: {probe!r} is a file."
-        )
+        what = f"a directory that can be created ({probe!r} is a file)"
+        raise checks.fail(where, "out_dir", what, out_dir, NotADirectoryError)
     try:
         fd, tmp = tempfile.mkstemp(dir=probe, prefix=".mlem-jax-write-test.")
     except OSError as e:
-        raise ValueError(
-            f"`{name}`: {out_dir!r} cannot be written ({probe!r}: {e.strerror})."
-        ) from None
+        what = f"a directory that can be written ({probe!r}: {e.strerror})"
+        raise checks.fail(where, "out_dir", what, out_dir) from None
     os.close(fd)
     os.remove(tmp)
 
@@ -772,24 +768,33 @@ def _check_out_dir(name: str, out_dir: str) -> None:
 def _check_unet(image_shape, width, unet_kwargs) -> None:
     """Trace (without compute) one UNet of `width` on one image: refuses image sizes
     and hyperparameters the architecture cannot take, before anything is written."""
+    shape = tuple(image_shape)
     try:
-        model = _build_unet(image_shape, width, unet_kwargs, jr.key(0))
-        out = eqx.filter_eval_shape(
+        model = _build_unet(shape, width, unet_kwargs, jr.key(0))
+        eqx.filter_eval_shape(
             lambda m, x: m(jnp.zeros(()), x),
             model,
-            jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32),
+            jax.ShapeDtypeStruct(shape, jnp.float32),
         )
     except Exception as e:
-        raise ValueError(
-            f"a UNet of width {width} with {unet_kwargs or 'default settings'} cannot "
-            f"take images of shape {tuple(image_shape)} ({type(e).__name__}: {e}); "
-            "use a larger image size or fewer `channel_mults`."
-        ) from None
-    if out.shape != tuple(image_shape):
-        raise ValueError(
-            f"a UNet of width {width} maps images of shape {tuple(image_shape)} to "
-            f"{out.shape}; use an image side divisible by 2**(len(channel_mults) - 1)."
-        )
+        unet = f"a UNet of width {width} with {unet_kwargs or 'default settings'}"
+        why = f"{type(e).__name__}: {e}; use a larger image size or fewer channel_mults"
+        unet += f" cannot take images of shape {shape}"
+        raise ValueError(f"{unet} ({why}).") from None
+
+
+def _read_out_manifest(manifest_path: str, again: str) -> dict[str, Any]:
+    """The JSON object in an output directory's manifest (`again`: the command that
+    rewrites a damaged one)."""
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        why = f"({e}); delete it (or the directory) and {again} again"
+        raise ValueError(f"`out_dir`: {manifest_path!r} is damaged {why}.") from None
+    return manifest
 
 
 def _read_resumable(out_dir: str) -> dict[str, Any] | None:
@@ -799,19 +804,7 @@ def _read_resumable(out_dir: str) -> dict[str, Any] | None:
     manifest_path = os.path.join(out_dir, MANIFEST)
     if not os.path.exists(manifest_path):
         return None
-    try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"`out_dir`: {manifest_path!r} is damaged ({e}); delete it (or the "
-            "directory) and train again."
-        ) from None
-    if not isinstance(manifest, dict):
-        raise ValueError(
-            f"`out_dir`: {manifest_path!r} is not a ladder manifest; use a new "
-            "directory or delete it."
-        )
+    manifest = _read_out_manifest(manifest_path, "train")
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     has_ckpt = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
     if not manifest.get("levels") and not has_ckpt:
@@ -863,335 +856,85 @@ def distill_ladder(
 
     **Returns:** the new ladder's models, narrowest first, and its manifest.
     """
-    source, out_dir = os.fspath(source), os.fspath(out_dir)
+    where, source = "distill_ladder", os.fspath(source)
     models, manifest = load_ladder(source)
     if len(models) < 2:
-        raise ValueError(f"`source` {source!r} has a single level: nothing to distil.")
+        what = "a ladder of two levels or more (nothing to distil in one)"
+        raise checks.fail(where, "source", what, source)
     expected = tuple(manifest["spec"]["image_shape"])
-    if _is_source(data):
-        shape = _check_source("data", data)
-        if shape != expected:
-            raise ValueError(
-                f"`data`: the source's event_shape {shape} is not the ladder's "
-                f"image shape {expected}."
-            )
-    else:
-        data = np.asarray(data, np.float32)
-        if data.ndim != 4 or tuple(data.shape[1:]) != expected:
-            raise ValueError(
-                f"`data` must have shape (N, *{expected}), got {data.shape}."
-            )
-    sde = sde_from_manifest(manifest)
+    data, _ = _ladder_data(where, data, expected)
+    _check_labels(where, models[0], data, labels)
+    run = _Run(
+        out_dir=os.fspath(out_dir),
+        data=data if _is_source(data) else jnp.asarray(data),
+        config=config,
+        sde=sde_from_manifest(manifest),
+        seed=seed,
+        eval_data=_held_out(eval_data),
+        eval_labels=eval_labels,
+        progress=progress,
+        labels=labels,
+    )
+    out = _open_distilled(run, manifest, len(models) - 1)
+    teacher = models[-1]
+    save_checkpoint(os.path.join(run.out_dir, out["levels"][-1]["file"]), teacher)
+    students = _distill_levels(run, models, out)
+    return (*students, teacher), out
+
+
+def _open_distilled(run: _Run, manifest: dict, teacher_level: int) -> dict[str, Any]:
+    """The distilled ladder's manifest: an earlier run's of the same distillation,
+    to resume, or the source's with a `distillation` record, written."""
     conditional = num_classes_from_manifest(manifest) is not None
-    if conditional:
-        _check_labels("labels", models[0], data, labels)
-    elif labels is not None:
-        raise ValueError(
-            f"`labels` given but `source` {source!r} is an unconditional ladder."
-        )
     record = {
         "source_levels": [lv.get("final_loss") for lv in manifest["levels"]],
-        "teacher_level": len(models) - 1,
-        "config": _config_record(config, conditional),
-        "seed": seed,
+        "teacher_level": teacher_level,
+        "config": _config_record(run.config, conditional),
+        "seed": run.seed,
         "warm_start": True,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    manifest_path = os.path.join(out_dir, MANIFEST)
-    if os.path.exists(manifest_path):
-        try:
-            with open(manifest_path) as f:
-                out = json.load(f)
-            if not isinstance(out, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ValueError(
-                f"`out_dir`: {manifest_path!r} is damaged ({e}); delete it (or the "
-                "directory) and distil again."
-            ) from None
-        if out.get("distillation") != json.loads(json.dumps(record)) or out.get(
-            "spec"
-        ) != manifest.get("spec"):
-            raise ValueError(
-                f"`out_dir` {out_dir!r} already holds a ladder distilled from a "
-                "different source or with different arguments; use a new directory."
-            )
-    else:
-        out = dict(manifest, distillation=record, versions=versions())
+    os.makedirs(run.out_dir, exist_ok=True)
+    if not os.path.exists(run.manifest_path):
+        out: dict[str, Any] = dict(manifest, distillation=record, versions=versions())
         out["levels"] = [dict(lv) for lv in manifest["levels"]]
-        _write_json(manifest_path, out)
+        _write_json(run.manifest_path, out)
+        return out
+    out = _read_out_manifest(run.manifest_path, "distil")
+    same = out.get("distillation") == json.loads(json.dumps(record))
+    if not (same and out.get("spec") == manifest.get("spec")):
+        what = (
+            "a new directory, not one holding a ladder distilled from a different "
+            "source or with different arguments"
+        )
+        raise checks.fail("distill_ladder", "out_dir", what, run.out_dir)
+    return out
+
+
+def _distill_levels(run: _Run, models: Sequence, out: dict) -> list:
+    """Distil the top of `models` into each level below it that `out` does not
+    mark distilled yet, recording each when done; the students, narrowest first."""
     teacher = models[-1]
-    top = out["levels"][-1]
-    save_checkpoint(os.path.join(out_dir, top["file"]), teacher)
-    held_out = None if eval_data is None else jnp.asarray(eval_data, jnp.float32)
-    data_j = data if _is_source(data) else jnp.asarray(data)
-    result = []
-    for lvl, (model, entry) in enumerate(
-        zip(models[:-1], out["levels"][:-1], strict=True)
-    ):
-        weights = os.path.join(out_dir, entry["file"])
+    students = []
+    levels = zip(models[:-1], out["levels"][:-1], strict=True)
+    for lvl, (model, entry) in enumerate(levels):
+        weights = os.path.join(run.out_dir, entry["file"])
         if entry.get("distilled"):
-            result.append(eqx.tree_deserialise_leaves(weights, model))
+            students.append(eqx.tree_deserialise_leaves(weights, model))
             continue
-        before = (
-            _eval_loss(
-                sde,
-                model,
-                held_out,
-                jr.key(DISTILL_EVAL_KEY),
-                teacher=teacher,
-                labels=eval_labels,
-            )
-            if held_out is not None
-            else None
-        )
-        ckpt = os.path.join(out_dir, "checkpoints", f"level_{lvl}.ckpt")
-        trained = train(
-            model,
-            data_j,
-            key=jr.fold_in(jr.key(seed), lvl),
-            config=config,
-            sde=sde,
-            checkpoint_path=ckpt,
-            progress=f"distil level {lvl}" if progress else False,
-            teacher=teacher,
-            labels=labels,
-        )
-        save_checkpoint(weights, trained.model)
-        losses = np.asarray(trained.losses)
-        entry.update(
-            distilled=True,
-            distill_loss=float(np.mean(losses[-max(1, config.steps // 10) :])),
-        )
-        if held_out is not None:
+        before = run.held_out_loss(model, jr.key(DISTILL_EVAL_KEY), teacher)
+        key, label = jr.fold_in(jr.key(run.seed), lvl), f"distil level {lvl}"
+        result = run.fit(model, lvl, key, label, teacher)
+        trained = result.model
+        save_checkpoint(weights, trained)
+        losses = np.asarray(result.losses)
+        tail = max(1, run.config.steps // 10)
+        entry.update(distilled=True, distill_loss=float(np.mean(losses[-tail:])))
+        if run.eval_data is not None:
             entry["distill_eval_loss_before"] = before
-            entry["distill_eval_loss"] = _eval_loss(
-                sde,
-                trained.model,
-                held_out,
-                jr.key(DISTILL_EVAL_KEY),
-                teacher=teacher,
-                labels=eval_labels,
-            )
-        _write_json(manifest_path, out)
-        os.remove(ckpt)
-        result.append(trained.model)
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
-    if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
-        os.rmdir(ckpt_dir)
-    return (*result, teacher), out
-
-
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
-
-
-def _positive_ints(x, length=None) -> bool:
-    return (
-        isinstance(x, list)
-        and len(x) > 0
-        and (length is None or len(x) == length)
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in x)
-    )
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a ladder directory's manifest, without loading any weights.
-
-    Raises `FileNotFoundError` if `path` is not a ladder directory, and a
-    `ValueError` naming the bad file, what is wrong with it and what to do for a
-    manifest that is not valid JSON, misses a field, has a field of the wrong type,
-    or lists a weights file that is missing or empty.
-    """
-    path = os.fspath(path)
-    manifest_path = os.path.join(path, MANIFEST)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"`path`: {path!r} is not a directory.")
-    if not os.path.isfile(manifest_path):
-        raise FileNotFoundError(
-            f"`path`: {path!r} is not a ladder directory (no {MANIFEST}); write one "
-            "with `mlem-jax train --out DIR`."
-        )
-    redo = (
-        "the ladder directory is damaged: restore it from a copy, or retrain it "
-        "(`mlem-jax train` with the same arguments resumes what is left)"
-    )
-
-    def bad(what: str) -> ValueError:
-        return ValueError(f"{manifest_path!r} {what}; {redo}.")
-
-    try:
-        with open(manifest_path, "rb") as f:
-            manifest = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad(f"is not valid JSON ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{manifest_path!r} cannot be read: {e}.") from None
-    if not isinstance(manifest, dict):
-        raise bad(f"holds a JSON {type(manifest).__name__}, not a ladder manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        if "format_version" not in manifest:
-            raise bad("has no `format_version`: it is not a ladder manifest")
-        raise ValueError(
-            f"{manifest_path!r} has format_version {version!r}; this mlem_jax reads "
-            f"{FORMAT_VERSION}. Use the mlem_jax version that wrote it, or retrain."
-        )
-    spec = manifest.get("spec")
-    if not isinstance(spec, dict):
-        raise bad("has no `spec` object")
-    checks = (
-        ("image_shape", lambda v: _positive_ints(v, 3), "3 positive ints"),
-        ("widths", _positive_ints, "a list of positive ints"),
-        ("unet", lambda v: isinstance(v, dict), "an object"),
-        ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
-        (
-            "sde",
-            lambda v: (
-                isinstance(v, dict)
-                and _number(v.get("beta_min"))
-                and _number(v.get("beta_max"))
-                and 0 < v["beta_min"] < v["beta_max"]
-            ),
-            "an object with 0 < beta_min < beta_max",
-        ),
-    )
-    for name, ok, expected in checks:
-        if not ok(spec.get(name)):
-            raise bad(f"has spec.{name} = {spec.get(name)!r}; expected {expected}")
-    levels = manifest.get("levels")
-    if not isinstance(levels, list):
-        raise bad("has no `levels` list")
-    if not levels:
-        raise ValueError(
-            f"ladder {path!r} has no finished level yet ({MANIFEST} lists none); "
-            "finish training it (rerun the same `mlem-jax train` command) or delete "
-            "the directory."
-        )
-    for i, entry in enumerate(levels):
-        where = f"levels[{i}]"
-        if not isinstance(entry, dict):
-            raise bad(f"has {where} = {entry!r}; expected an object")
-        if entry.get("level") != i or isinstance(entry.get("level"), bool):
-            raise bad(f"has {where}.level = {entry.get('level')!r}; expected {i}")
-        if not _positive_ints([entry.get("width")]):
-            raise bad(f"has {where}.width = {entry.get('width')!r}; expected an int")
-        if i < len(spec["widths"]) and entry["width"] != spec["widths"][i]:
-            raise bad(
-                f"has {where}.width = {entry['width']!r} but spec.widths[{i}] = "
-                f"{spec['widths'][i]!r}; they must agree"
-            )
-        if not (_number(entry.get("flops_per_image")) and entry["flops_per_image"] > 0):
-            raise bad(
-                f"has {where}.flops_per_image = {entry.get('flops_per_image')!r}; "
-                "expected a positive number"
-            )
-        file = entry.get("file")
-        if not (isinstance(file, str) and file and os.path.basename(file) == file):
-            raise bad(f"has {where}.file = {file!r}; expected a file name")
-        weights = os.path.join(path, file)
-        if not os.path.isfile(weights):
-            raise ValueError(
-                f"level {i}'s weights {weights!r} (listed in {MANIFEST}) are missing; "
-                f"{redo}."
-            )
-        if os.path.getsize(weights) == 0:
-            raise ValueError(f"level {i}'s weights {weights!r} are empty; {redo}.")
-    return manifest
-
-
-def load_ladder(path: str | os.PathLike) -> tuple[tuple[UNet, ...], dict[str, Any]]:
-    """Read a ladder directory written by [`mlem_jax.training.train_ladder`][].
-
-    **Arguments:**
-
-    - `path`: the ladder directory.
-
-    **Returns:**
-
-    `(models, manifest)`: the finished levels' EMA networks, narrowest first, and the
-    manifest dict (`manifest["spec"]` holds architecture, SDE and dataset).
-    Build the SDE with `VPSDE(**{k: v for k, v in spec["sde"].items() if k != "name"})`.
-    Weights stored in a lower precision (the shipped ladders use float16) are cast
-    back to the networks' dtype.
-
-    A damaged ladder (a manifest that is not valid JSON or misses a field, a weights
-    file that is missing, empty, truncated or of another architecture) raises a
-    `ValueError` naming the file and what to do (see [`read_manifest`][]).
-    """
-    path = os.fspath(path)
-    manifest = read_manifest(path)
-    spec = manifest["spec"]
-    listed, planned = len(manifest["levels"]), len(spec["widths"])
-    if listed != planned:
-        # Fewer levels than widths: an unfinished training run, or a manifest that
-        # lost an entry; either way the top network is not the ladder's top.
-        raise ValueError(
-            f"{os.path.join(path, MANIFEST)!r} lists {listed} level(s) but its "
-            f"spec.widths names {planned} ({spec['widths']}): the training did not "
-            "finish (rerun the same `mlem-jax train` command to resume it) or the "
-            "manifest lost an entry (restore it from a copy)."
-        )
-    base = jr.key(spec["seed"])
-    models = []
-    for entry in manifest["levels"]:
-        weights = os.path.join(path, entry["file"])
-        try:
-            skeleton = _build_unet(
-                spec["image_shape"],
-                entry["width"],
-                spec["unet"],
-                jr.fold_in(base, 2 * entry["level"]),
-            )
-        except Exception as e:  # bad UNet hyperparameters in spec.unet
-            raise ValueError(
-                f"{os.path.join(path, MANIFEST)!r}: spec.unet {spec['unet']!r} does "
-                f"not describe a UNet for level {entry['level']} ({type(e).__name__}: "
-                f"{e}); the manifest is damaged."
-            ) from None
-        models.append(_read_weights(weights, skeleton, entry["level"]))
-    return tuple(models), manifest
-
-
-def _read_weights(weights: str, skeleton, level: int):
-    """Deserialise one level's weights into `skeleton`, all of the file and no more."""
-    try:
-        with open(weights, "rb") as f:
-            model = eqx.tree_deserialise_leaves(
-                f, skeleton, filter_spec=_cast_to_skeleton
-            )
-            trailing = f.read(1)
-    except Exception as e:  # equinox/numpy raise assorted errors on bad files
-        raise ValueError(
-            f"level {level}'s weights {weights!r} are truncated or corrupt, or were "
-            f"written for another architecture ({type(e).__name__}: {e}); restore "
-            "the file from a copy or retrain the ladder."
-        ) from None
-    if trailing:
-        raise ValueError(
-            f"level {level}'s weights {weights!r} are longer than the architecture in "
-            "the manifest: the file or the manifest is damaged; restore it from a "
-            "copy or retrain the ladder."
-        )
-    return model
-
-
-def _cast_to_skeleton(f, x):
-    """Deserialise an array leaf with the dtype of the skeleton's leaf."""
-    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-        return jnp.asarray(np.load(f), dtype=x.dtype)
-    return eqx.default_deserialise_filter_spec(f, x)
-
-
-def sde_from_manifest(manifest: dict[str, Any]) -> VPSDE:
-    """The [`mlem_jax.diffusion.VPSDE`][] a ladder was trained with."""
-    sde = manifest["spec"]["sde"]
-    return VPSDE(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
-
-
-def param_from_manifest(manifest: dict[str, Any]):
-    """The [`mlem_jax.diffusion.VPLinear`][] parametrisation of the VP-SDE a ladder
-    was trained with: what `mlem_jax.diffusion.sample` and `mlem_sample` take with
-    its networks (which predict `ε`)."""
-    sde = manifest["spec"]["sde"]
-    return VPLinear(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
+            key = jr.key(DISTILL_EVAL_KEY)
+            entry["distill_eval_loss"] = run.held_out_loss(trained, key, teacher)
+        _write_json(run.manifest_path, out)
+        os.remove(run.checkpoint(lvl))
+        students.append(trained)
+    _remove_empty_checkpoints(run.out_dir)
+    return students

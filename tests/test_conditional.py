@@ -134,18 +134,22 @@ def test_train_label_errors():
     cond = UNet((1, 8, 8), 4, num_classes=K, key=jr.key(0))
     plain = UNet((1, 8, 8), 4, key=jr.key(0))
     config = training.TrainConfig(steps=1, batch_size=4)
-    with pytest.raises(ValueError, match="`labels`: the model is class-conditional"):
+    with pytest.raises(
+        ValueError, match="`labels` must be the class of each training image"
+    ):
         training.train(cond, x, key=jr.key(0), config=config, progress=False)
-    with pytest.raises(ValueError, match="`labels` given but the model is uncond"):
+    with pytest.raises(
+        ValueError, match="`labels` must be None for an unconditional model"
+    ):
         training.train(plain, x, key=jr.key(0), config=config, labels=labels,
                        progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"`labels` must be in \[0, 10\)"):
         training.train(cond, x, key=jr.key(0), config=config, labels=labels + 5,
                        progress=False)  # fmt: skip
     with pytest.raises(ValueError, match=r"`labels` must be integers of shape \(N,\)"):
         training.train(cond, x, key=jr.key(0), config=config, labels=labels[:-1],
                        progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="`label_dropout` must lie in"):
+    with pytest.raises(ValueError, match="`label_dropout` must be in"):
         training.TrainConfig(label_dropout=1.0)
 
 
@@ -192,7 +196,9 @@ def test_distill_conditional_ladder(cond_ladder, tmp_path):
     path, _, _ = cond_ladder
     x, labels = _tiny_data(128)
     config = training.TrainConfig(steps=2, batch_size=8, warmup_steps=0)
-    with pytest.raises(ValueError, match="`labels`: the model is class-conditional"):
+    with pytest.raises(
+        ValueError, match="`labels` must be the class of each training image"
+    ):
         training.distill_ladder(path, tmp_path / "a", x, config=config,
                                 progress=False)  # fmt: skip
     models, out = training.distill_ladder(

@@ -85,7 +85,9 @@ def test_unet_bad_input():
     with pytest.raises(ValueError, match="base_width"):
         mnn.UNet((1, 8, 8), 0, key=jr.key(0))
     net = mnn.UNet((1, 8, 8), 4, (1, 2), 1, key=jr.key(0))
-    with pytest.raises(ValueError, match=r"expected \(1, 8, 8\) or \(batch, 1, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"`x` must be of shape \(1, 8, 8\) or \(batch, 1, 8, 8\)"
+    ):
         net(0.5, jnp.zeros((2, 1, 6, 6)))
 
 

@@ -208,13 +208,29 @@ def test_quality_of_every_shipped_ladder(tmp_path):
     # The digits ladders' classifier KID (a short training keeps this test quick).
     for name in ("digits", "digits_wide"):
         assert isinstance(pretrained.quality(name, steps=5), md.SampleQuality)
-    with pytest.raises(ValueError, match="`name`: no shipped ladder 'cifar'"):
+    with pytest.raises(
+        ValueError, match="quality: `name` must be one of 'digits', .*; got 'cifar'"
+    ):
         pretrained.quality("cifar")
     with pytest.raises(ValueError, match="takes no keyword arguments"):
         pretrained.quality("digits_mixture", steps=5)
-    with pytest.raises(ValueError, match="no shipped ladder 'digits' with a known"):
+    with pytest.raises(
+        ValueError,
+        match="mixture: `name` must be one of 'digits_mixture'; got 'digits'",
+    ):
         pretrained.mixture("digits")
     bad = tmp_path / "mixture.npz"
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="mixture.npz' is not a mixture written by"):
         pretrained.read_mixture(bad)
+
+
+def test_one_ladder_loader_for_directories_and_shipped_names():
+    from mlem_jax import pretrained, training
+
+    # The reading half of the format is one set of functions, re-exported by training.
+    for name in ("load_ladder", "read_manifest", "sde_from_manifest", "MANIFEST"):
+        assert getattr(training, name) is getattr(pretrained, name)
+    manifest = pretrained.read_manifest("digits_wide")
+    assert manifest == pretrained.read_manifest(pretrained_path("digits_wide"))
+    assert manifest["spec"]["widths"] == [4, 8, 16, 24, 48]

@@ -10,6 +10,7 @@ import jax
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
+from .. import _checks as checks
 from ._unet import UNet
 
 
@@ -40,17 +41,22 @@ def unet_ladder(
 
     A tuple of `UNet`s.
     """
-    widths = tuple(int(w) for w in widths)
-    if len(widths) < 1 or any(w < 1 for w in widths):
-        raise ValueError(
-            f"`widths` must be a non-empty list of positive ints, got {widths}."
-        )
-    if any(b <= a for a, b in zip(widths, widths[1:], strict=False)):
-        raise ValueError(f"`widths` must be strictly increasing, got {widths}.")
+    widths = check_widths("unet_ladder", widths)
     return tuple(
         UNet(image_shape, w, key=jr.fold_in(key, i), **unet_kwargs)
         for i, w in enumerate(widths)
     )
+
+
+def check_widths(where: str, widths: Sequence[int]) -> tuple[int, ...]:
+    """`widths` as a tuple of ints if they are positive and strictly increasing
+    (a ladder's `base_width`s, narrowest first)."""
+    widths = tuple(int(w) for w in widths)
+    increasing = all(a < b for a, b in zip(widths, widths[1:], strict=False))
+    if not (widths and widths[0] >= 1 and increasing):
+        what = "a non-empty list of positive ints, strictly increasing"
+        raise checks.fail(where, "widths", what, widths)
+    return widths
 
 
 def count_params(model: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, TypeVar
 
@@ -112,10 +113,8 @@ def conv_hwc(
 ) -> Float[Array, "h2 w2 c2"]:
     """Apply an `eqx.nn.Conv2d` (weights OIHW) to a channels-last image."""
     if layer.padding_mode != "ZEROS" or layer.groups != 1:
-        raise NotImplementedError(
-            "conv_hwc supports zero padding and groups=1, got "
-            f"padding_mode={layer.padding_mode!r}, groups={layer.groups}."
-        )
+        got = f"got padding_mode={layer.padding_mode!r}, groups={layer.groups}"
+        raise NotImplementedError(f"conv_hwc: zero padding and groups=1 only; {got}.")
     kernel = jnp.transpose(layer.weight, (2, 3, 1, 0))  # OIHW -> HWIO
     out = jax.lax.conv_general_dilated(
         x[None],
@@ -223,6 +222,101 @@ class AttentionBlock(eqx.Module):
         return x + z.reshape(h, w, c)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Builder:
+    """Builds the layers of `unet`, whose hyperparameters (its static fields) are
+    set, with at most `num_groups` GroupNorm groups and `num_heads` attention
+    heads."""
+
+    unet: UNet
+    num_groups: int
+    num_heads: int
+
+    def layers(self, key: PRNGKeyArray) -> dict[str, Any]:
+        """Every layer of the UNet, by field name (randomly initialised; `UNet`
+        builds them abstractly and draws the weights in `_materialise`)."""
+        u = self.unet
+        n = 64 + 4 * len(u.channel_mults) * (u.num_res_blocks + 2)
+        keys = iter(jr.split(key, n))
+        c, base, emb = u.image_shape[0], u.base_width, u.embed_dim
+        fields: dict[str, Any] = {
+            "time_mlp": (
+                eqx.nn.Linear(base, emb, key=next(keys)),
+                eqx.nn.Linear(emb, emb, key=next(keys)),
+            ),
+            "conv_in": eqx.nn.Conv2d(c, base, 3, padding=1, key=next(keys)),
+        }
+        down, skip_chs = self._down(keys)
+        fields.update(down)
+        ch, g = skip_chs[-1], self.num_groups
+        fields["mid_res"] = (
+            ResBlock(ch, ch, emb, g, key=next(keys)),
+            ResBlock(ch, ch, emb, g, key=next(keys)),
+        )
+        fields["mid_attn"] = (
+            AttentionBlock(ch, g, self.num_heads, key=next(keys))
+            if u.attn_resolutions
+            else None
+        )
+        fields.update(self._up(keys, skip_chs))
+        ch = u.base_width * u.channel_mults[0]
+        fields["norm_out"] = eqx.nn.GroupNorm(_num_groups(ch, g), ch)
+        fields["conv_out"] = _zero(eqx.nn.Conv2d(ch, c, 3, padding=1, key=next(keys)))
+        if u.num_classes is not None:
+            # One row per class and one for the null label `num_classes`.
+            rows = u.num_classes + 1
+            fields["class_embed"] = eqx.nn.Embedding(rows, emb, key=next(keys))
+        return fields
+
+    def _attn(self, ch: int, res: int, keys) -> AttentionBlock | None:
+        u = self.unet
+        if res in u.attn_resolutions:
+            return AttentionBlock(ch, self.num_groups, self.num_heads, key=next(keys))
+        return None
+
+    def _down(self, keys) -> tuple[dict[str, Any], list[int]]:
+        """The way down, and the channels of each skip connection it leaves."""
+        u = self.unet
+        res_blocks, attn, downsample = [], [], []
+        ch, res, emb = u.base_width, u.image_shape[1], u.embed_dim
+        skip_chs = [ch]
+        for i, mult in enumerate(u.channel_mults):
+            out = u.base_width * mult
+            for _ in range(u.num_res_blocks):
+                block = ResBlock(ch, out, emb, self.num_groups, key=next(keys))
+                res_blocks.append(block)
+                attn.append(self._attn(out, res, keys))
+                ch = out
+                skip_chs.append(ch)
+            if i < len(u.channel_mults) - 1:
+                conv = eqx.nn.Conv2d(ch, ch, 3, stride=2, padding=1, key=next(keys))
+                downsample.append(conv)
+                skip_chs.append(ch)
+                res //= 2
+        layers = {"down_res": res_blocks, "down_attn": attn, "downsample": downsample}
+        return {k: tuple(v) for k, v in layers.items()}, skip_chs
+
+    def _up(self, keys, skip_chs: list[int]) -> dict[str, Any]:
+        """The way up, taking the skip connections of `_down` (consumed)."""
+        u = self.unet
+        res_blocks, attn, upsample = [], [], []
+        ch, emb = skip_chs[-1], u.embed_dim
+        res = u.image_shape[1] // 2 ** (len(u.channel_mults) - 1)
+        for i, mult in reversed(list(enumerate(u.channel_mults))):
+            out = u.base_width * mult
+            for _ in range(u.num_res_blocks + 1):
+                in_ch = ch + skip_chs.pop()
+                block = ResBlock(in_ch, out, emb, self.num_groups, key=next(keys))
+                res_blocks.append(block)
+                attn.append(self._attn(out, res, keys))
+                ch = out
+            if i > 0:
+                upsample.append(eqx.nn.Conv2d(ch, ch, 3, padding=1, key=next(keys)))
+                res *= 2
+        layers = {"up_res": res_blocks, "up_attn": attn, "upsample": upsample}
+        return {k: tuple(v) for k, v in layers.items()}
+
+
 class UNet(eqx.Module):
     """A UNet `ε_θ(t, x)` for images of shape `(channels, height, width)`.
 
@@ -310,119 +404,34 @@ class UNet(eqx.Module):
         *,
         key: PRNGKeyArray,
     ):
-        image_shape = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
-        if len(image_shape) != 3 or min(image_shape) < 1:
-            raise ValueError(
-                "`image_shape` must be (channels, height, width) with positive "
-                f"entries, got {image_shape}."
-            )
-        if base_width < 1 or num_res_blocks < 1 or len(channel_mults) < 1:
-            raise ValueError(
-                "`base_width` and `num_res_blocks` must be >= 1 and `channel_mults` "
-                f"non-empty, got base_width={base_width}, "
-                f"num_res_blocks={num_res_blocks}, channel_mults={channel_mults}."
-            )
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise checks.fail("UNet", "image_shape", "(C, H, W), positive", shape)
+        if len(channel_mults) < 1:
+            raise checks.fail("UNet", "channel_mults", "non-empty", channel_mults)
+        factor = 2 ** (len(channel_mults) - 1)
+        if shape[1] % factor or shape[2] % factor:
+            what = "(C, H, W) with H and W divisible by 2 ** (len(channel_mults) - 1)"
+            raise checks.fail("UNet", "image_shape", f"{what} = {factor}", shape)
+        self.image_shape = shape  # type: ignore[assignment]
+        self.base_width = checks.integer("UNet", "base_width", base_width)
+        self.channel_mults = tuple(int(m) for m in channel_mults)
+        self.num_res_blocks = checks.integer("UNet", "num_res_blocks", num_res_blocks)
+        self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
+        self.embed_dim = 4 * self.base_width
         what = (
             "a positive int (a class-conditional UNet) or None (an unconditional one)"
         )
         self.num_classes = checks.integer(
             "UNet", "num_classes", num_classes, none_ok=True, what=what
         )
-        c, height, width = image_shape
-        factor = 2 ** (len(channel_mults) - 1)
-        if height % factor or width % factor:
-            raise ValueError(
-                f"`image_shape` {image_shape}: height and width must be divisible by "
-                f"2 ** (len(channel_mults) - 1) = {factor} for "
-                f"channel_mults={tuple(channel_mults)}."
-            )
-        self.image_shape = image_shape  # type: ignore[assignment]
-        self.base_width = int(base_width)
-        self.channel_mults = tuple(int(m) for m in channel_mults)
-        self.num_res_blocks = int(num_res_blocks)
-        self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
-        emb = self.embed_dim = 4 * self.base_width
-        attn_res = self.attn_resolutions
-
-        def build(key):
-            fields = {}
-            keys = iter(
-                jr.split(key, 64 + 4 * len(channel_mults) * (num_res_blocks + 2))
-            )
-            g = num_groups
-
-            def attn(ch, res):
-                if res in attn_res:
-                    return AttentionBlock(ch, g, num_heads, key=next(keys))
-                return None
-
-            fields["time_mlp"] = (
-                eqx.nn.Linear(base_width, emb, key=next(keys)),
-                eqx.nn.Linear(emb, emb, key=next(keys)),
-            )
-            fields["conv_in"] = eqx.nn.Conv2d(
-                c, base_width, 3, padding=1, key=next(keys)
-            )
-
-            down_res, down_attn, downsample = [], [], []
-            skip_chs = [base_width]
-            ch, res = base_width, height
-            for i, mult in enumerate(self.channel_mults):
-                out = base_width * mult
-                for _ in range(num_res_blocks):
-                    down_res.append(ResBlock(ch, out, emb, g, key=next(keys)))
-                    down_attn.append(attn(out, res))
-                    ch = out
-                    skip_chs.append(ch)
-                if i < len(self.channel_mults) - 1:
-                    downsample.append(
-                        eqx.nn.Conv2d(ch, ch, 3, stride=2, padding=1, key=next(keys))
-                    )
-                    skip_chs.append(ch)
-                    res //= 2
-            fields["down_res"] = tuple(down_res)
-            fields["down_attn"] = tuple(down_attn)
-            fields["downsample"] = tuple(downsample)
-
-            fields["mid_res"] = (
-                ResBlock(ch, ch, emb, g, key=next(keys)),
-                ResBlock(ch, ch, emb, g, key=next(keys)),
-            )
-            fields["mid_attn"] = (
-                AttentionBlock(ch, g, num_heads, key=next(keys)) if attn_res else None
-            )
-
-            up_res, up_attn, upsample = [], [], []
-            for i, mult in reversed(list(enumerate(self.channel_mults))):
-                out = base_width * mult
-                for _ in range(num_res_blocks + 1):
-                    up_res.append(
-                        ResBlock(ch + skip_chs.pop(), out, emb, g, key=next(keys))
-                    )
-                    up_attn.append(attn(out, res))
-                    ch = out
-                if i > 0:
-                    upsample.append(eqx.nn.Conv2d(ch, ch, 3, padding=1, key=next(keys)))
-                    res *= 2
-            fields["up_res"] = tuple(up_res)
-            fields["up_attn"] = tuple(up_attn)
-            fields["upsample"] = tuple(upsample)
-
-            fields["norm_out"] = eqx.nn.GroupNorm(_num_groups(ch, g), ch)
-            fields["conv_out"] = _zero(
-                eqx.nn.Conv2d(ch, c, 3, padding=1, key=next(keys))
-            )
-            if self.num_classes is not None:
-                # One row per class and one for the null label `num_classes`.
-                fields["class_embed"] = eqx.nn.Embedding(
-                    self.num_classes + 1, emb, key=next(keys)
-                )
-            return fields
-
         # Build with abstract shapes only, then draw every weight from one random
         # array: initialising layer by layer compiles one small XLA program per
         # distinct weight shape, seconds per UNet on a CPU.
-        fields = _materialise(eqx.filter_eval_shape(build, key), key)
+        fields = _materialise(
+            eqx.filter_eval_shape(_Builder(self, num_groups, num_heads).layers, key),
+            key,
+        )
         for name, value in fields.items():
             setattr(self, name, value)
         if self.num_classes is None:
@@ -455,11 +464,8 @@ class UNet(eqx.Module):
             x.ndim == len(self.image_shape) + 1 and x.shape[1:] == self.image_shape
         )
         if not batched and x.shape != self.image_shape:
-            raise ValueError(
-                f"UNet built for image_shape={self.image_shape} got an input of shape "
-                f"{x.shape}; expected {self.image_shape} or (batch, "
-                f"{', '.join(map(str, self.image_shape))})."
-            )
+            what = f"of shape {self.image_shape} or (batch, {str(self.image_shape)[1:]}"
+            raise checks.fail("UNet", "x", what, x.shape)
         if self.num_classes is None:
             if batched:
                 return jax.vmap(self._eps, in_axes=(None, 0, None))(t, x, None)
@@ -476,26 +482,19 @@ class UNet(eqx.Module):
         assert k is not None
         if args is None:
             return jnp.asarray(k, jnp.int32)
+        what = "the class labels, an int or an integer array of shape () or (batch,)"
         try:
             labels = jnp.asarray(args)
         except TypeError:
-            raise TypeError(
-                "UNet: `args` must be the class labels of a class-conditional UNet, "
-                f"an int or an integer array of shape () or (batch,); got "
-                f"{type(args).__name__}."
-            ) from None
+            got = type(args).__name__
+            raise checks.fail("UNet", "args", what, got, TypeError) from None
         if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise TypeError(
-                "UNet: `args` (the class labels) must have an integer dtype; got "
-                f"{labels.dtype}."
-            )
+            what = "class labels of an integer dtype"
+            raise checks.fail("UNet", "args", what, str(labels.dtype), TypeError)
         shapes = ((),) if batch is None else ((), (batch,))
         if labels.shape not in shapes:
-            raise ValueError(
-                "UNet: `args` (the class labels) must have shape "
-                + (" or ".join(str(s) for s in shapes))
-                + f" for an input of this shape; got {labels.shape}."
-            )
+            what = "class labels of shape " + " or ".join(map(str, shapes))
+            raise checks.fail("UNet", "args", what, labels.shape)
         message = (
             f"UNet: `args` holds a class label outside [0, {k}) that is not the null "
             f"label {k}."

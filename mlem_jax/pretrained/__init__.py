@@ -1,4 +1,5 @@
-"""Pretrained UNet ladders shipped with mlem_jax, and a loader for ladder directories.
+"""Pretrained UNet ladders shipped with mlem_jax, and the one loader of ladder
+directories (the format's reading half; `mlem_jax.training` writes it).
 
 Four ladders ship: `digits`, `digits_mixture` and `digits_cond` (below), and
 `digits_wide`, five UNets of widths 4, 8, 16, 24, 48 (123× from the cheapest to the
@@ -71,11 +72,21 @@ manifest records each level's held-out distillation loss before and after).
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
+
+from .. import _checks as checks
+from ..nn import UNet
+
+if TYPE_CHECKING:
+    from ..diffusion import VPSDE
 
 PRETRAINED_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("digits", "digits_wide", "digits_mixture", "digits_cond")
@@ -89,31 +100,191 @@ MIXTURE_NAMES = ("digits_mixture",)
 
 def pretrained_path(name: str = "digits") -> str:
     """The directory of the shipped ladder `name` (one of `NAMES`)."""
-    if name not in NAMES:
-        raise ValueError(
-            f"`name`: no pretrained ladder {name!r}; available: {', '.join(NAMES)}."
-        )
+    checks.choice("pretrained_path", "name", name, NAMES)
     return os.path.join(PRETRAINED_DIR, name)
 
 
-def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str, Any]]:
-    """Read a ladder directory: a shipped one or one written by `mlem-jax train`.
+# ------------------------------------------------------------ ladder directories
 
-    `mlem_jax.training.load_ladder` (which casts the shipped float16 weights back to
-    float32, and names the damaged file of a corrupt ladder) with a default path.
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def _build_unet(image_shape, width, unet_kwargs, key) -> UNet:
+    kw: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in unet_kwargs.items()
+    }
+    return UNet(tuple(image_shape), width, key=key, **kw)
+
+
+def num_classes_from_manifest(manifest: dict[str, Any]) -> int | None:
+    """The number of classes of a class-conditional ladder (its null label), or
+    `None` for an unconditional one."""
+    k = manifest["spec"].get("unet", {}).get("num_classes")
+    return None if k is None else int(k)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _positive_ints(x, length=None) -> bool:
+    return (
+        isinstance(x, list)
+        and len(x) > 0
+        and (length is None or len(x) == length)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in x)
+    )
+
+
+_REDO = (
+    "the ladder directory is damaged: restore it from a copy, or retrain it "
+    "(`mlem-jax train` with the same arguments resumes what is left)"
+)
+
+
+def _damaged(path: str, what: str) -> ValueError:
+    """The error (to `raise`) for the ladder directory `path` whose manifest `what`."""
+    return ValueError(f"{os.path.join(path, MANIFEST)!r} {what}; {_REDO}.")
+
+
+_SPEC_FIELDS = (
+    ("image_shape", lambda v: _positive_ints(v, 3), "3 positive ints"),
+    ("widths", _positive_ints, "a list of positive ints"),
+    ("unet", lambda v: isinstance(v, dict), "an object"),
+    ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
+    (
+        "sde",
+        lambda v: (
+            isinstance(v, dict)
+            and _number(v.get("beta_min"))
+            and _number(v.get("beta_max"))
+            and 0 < v["beta_min"] < v["beta_max"]
+        ),
+        "an object with 0 < beta_min < beta_max",
+    ),
+)
+"""What `read_manifest` asks of each field of `spec`: (name, test, expected)."""
+
+
+def _level_fields(i: int):
+    """What `read_manifest` asks of each field of `levels[i]`."""
+    return (
+        ("level", lambda v: v == i and not isinstance(v, bool), str(i)),
+        ("width", lambda v: _positive_ints([v]), "an int"),
+        ("flops_per_image", lambda v: _number(v) and v > 0, "a positive number"),
+        (
+            "file",
+            lambda v: isinstance(v, str) and v and os.path.basename(v) == v,
+            "a file name",
+        ),
+    )
+
+
+def _check_fields(path: str, where: str, record: dict, fields) -> None:
+    for name, ok, expected in fields:
+        if not ok(value := record.get(name)):
+            raise _damaged(path, f"has {where}{name} = {value!r}; expected {expected}")
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a ladder directory's manifest, without loading any weights.
+
+    `path` is what [`load_ladder`][] takes: a ladder directory or the name of a
+    shipped ladder (`resolve_ladder`). Raises `FileNotFoundError` if `path` is not a
+    ladder directory, and a `ValueError` naming the bad file, what is wrong with it
+    and what to do for a manifest that is not valid JSON, misses a field, has a
+    field of the wrong type, or lists a weights file that is missing or empty.
+    """
+    path = resolve_ladder(path)[0]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"`path`: {path!r} is not a directory.")
+    if not os.path.isfile(os.path.join(path, MANIFEST)):
+        what = f"is not a ladder directory (no {MANIFEST})"
+        write = "write one with `mlem-jax train --out DIR`"
+        raise FileNotFoundError(f"`path`: {path!r} {what}; {write}.")
+    manifest = _read_manifest_json(path)
+    spec = manifest.get("spec")
+    if not isinstance(spec, dict):
+        raise _damaged(path, "has no `spec` object")
+    _check_fields(path, "spec.", spec, _SPEC_FIELDS)
+    levels = manifest.get("levels")
+    if not isinstance(levels, list):
+        raise _damaged(path, "has no `levels` list")
+    if not levels:
+        what = f"has no finished level yet ({MANIFEST} lists none)"
+        fix = (
+            "finish training it (rerun the same `mlem-jax train` command) or delete it"
+        )
+        raise ValueError(f"ladder {path!r} {what}; {fix}.")
+    for i, entry in enumerate(levels):
+        _check_level(path, i, entry, spec["widths"])
+    return manifest
+
+
+def _read_manifest_json(path: str) -> dict[str, Any]:
+    """The manifest of the ladder directory `path`, a JSON object of this format."""
+    manifest_path = os.path.join(path, MANIFEST)
+    try:
+        with open(manifest_path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(path, f"is not valid JSON ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{manifest_path!r} cannot be read: {e}.") from None
+    if not isinstance(manifest, dict):
+        what = f"holds a JSON {type(manifest).__name__}, not a ladder manifest"
+        raise _damaged(path, what)
+    if "format_version" not in manifest:
+        raise _damaged(path, "has no `format_version`: it is not a ladder manifest")
+    if (version := manifest["format_version"]) != FORMAT_VERSION:
+        fix = "Use the mlem_jax version that wrote it, or retrain."
+        what = f"has format_version {version!r}; this mlem_jax reads {FORMAT_VERSION}"
+        raise ValueError(f"{manifest_path!r} {what}. {fix}")
+    return manifest
+
+
+def _check_level(path: str, i: int, entry, widths: list) -> None:
+    """Refuse `levels[i]` of the manifest of `path` unless it lists a level of
+    `widths[i]` (if the spec has it) whose weights file is there."""
+    if not isinstance(entry, dict):
+        raise _damaged(path, f"has levels[{i}] = {entry!r}; expected an object")
+    _check_fields(path, f"levels[{i}].", entry, _level_fields(i))
+    if i < len(widths) and entry["width"] != widths[i]:
+        what = f"levels[{i}].width = {entry['width']!r} but spec.widths[{i}] = "
+        raise _damaged(path, f"has {what}{widths[i]!r}; they must agree")
+    weights = os.path.join(path, entry["file"])
+    if not os.path.isfile(weights):
+        listed = f"level {i}'s weights {weights!r} (listed in {MANIFEST})"
+        raise ValueError(f"{listed} are missing; {_REDO}.")
+    if os.path.getsize(weights) == 0:
+        raise ValueError(f"level {i}'s weights {weights!r} are empty; {_REDO}.")
+
+
+def load_ladder(
+    path: str | os.PathLike | None = None,
+) -> tuple[tuple[UNet, ...], dict[str, Any]]:
+    """Read a ladder directory: a shipped one, or one written by
+    [`mlem_jax.training.train_ladder`][] (`mlem-jax train`) or
+    [`mlem_jax.training.distill_ladder`][]. The one ladder loader:
+    `mlem_jax.training.load_ladder` is this function.
 
     **Arguments:**
 
     - `path`: a ladder directory (with `manifest.json`), or the name of a shipped
-      ladder (`NAMES`: `"digits"`, `"digits_wide"`; `"shipped"` is `"digits"`; a
-      directory of that name in the working directory wins only if it holds a
+      ladder (`NAMES`: `"digits"`, `"digits_wide"`, ...; `"shipped"` is `"digits"`;
+      a directory of that name in the working directory wins only if it holds a
       `manifest.json`); `None` loads the shipped `digits` ladder.
 
     **Returns:**
 
-    `(models, manifest)`: the networks, narrowest first, and the manifest dict.
-    Each network is an `f(t, y, args)` on one image or a batch, so it plugs into
-    the samplers as it is, with the parametrisation it was trained with:
+    `(models, manifest)`: the finished levels' EMA networks, narrowest first, and the
+    manifest dict (`manifest["spec"]` holds architecture, SDE and dataset;
+    `sde_from_manifest` and `param_from_manifest` build its SDE and
+    parametrisation). Weights stored in a lower precision (the shipped ladders use
+    float16) are cast back to the networks' dtype. Each network is an
+    `f(t, y, args)` on one image or a batch, so it plugs into the samplers as it is,
+    with the parametrisation it was trained with:
 
     ```python
     models, manifest = load_ladder("digits_wide")
@@ -121,10 +292,81 @@ def load_ladder(path: str | os.PathLike | None = None) -> tuple[tuple, dict[str,
     x, info = mlem_jax.diffusion.sample(models[-1], param, DPMSolverPP2M(), y0,
                                         t0=1.0, t1=1e-3, num_steps=20)
     ```
-    """
-    from .. import training
 
-    return training.load_ladder(resolve_ladder(path)[0])
+    A damaged ladder (a manifest that is not valid JSON or misses a field, a weights
+    file that is missing, empty, truncated or of another architecture) raises a
+    `ValueError` naming the file and what to do (see [`read_manifest`][]).
+    """
+    path = resolve_ladder(path)[0]
+    manifest = read_manifest(path)
+    spec = manifest["spec"]
+    listed, planned = len(manifest["levels"]), len(spec["widths"])
+    if listed != planned:
+        # Fewer levels than widths: an unfinished training run, or a manifest that
+        # lost an entry; either way the top network is not the ladder's top.
+        what = f"lists {listed} level(s) but its spec.widths names {planned}"
+        raise _damaged(path, f"{what} ({spec['widths']})")
+    base = jr.key(spec["seed"])
+    models = []
+    for entry in manifest["levels"]:
+        weights = os.path.join(path, entry["file"])
+        level, key = entry["level"], jr.fold_in(base, 2 * entry["level"])
+        try:
+            skeleton = _build_unet(
+                spec["image_shape"], entry["width"], spec["unet"], key
+            )
+        except Exception as e:  # bad UNet hyperparameters in spec.unet
+            what = f"has spec.unet = {spec['unet']!r}, not a UNet for level {level}"
+            raise _damaged(path, f"{what} ({type(e).__name__}: {e})") from None
+        models.append(_read_weights(weights, skeleton, level))
+    return tuple(models), manifest
+
+
+_RESTORE = "restore the file from a copy or retrain the ladder"
+
+
+def _read_weights(weights: str, skeleton, level: int):
+    """Deserialise one level's weights into `skeleton`, all of the file and no more."""
+    what = f"level {level}'s weights {weights!r} are"
+    try:
+        with open(weights, "rb") as f:
+            model = eqx.tree_deserialise_leaves(
+                f, skeleton, filter_spec=_cast_to_skeleton
+            )
+            trailing = f.read(1)
+    except Exception as e:  # equinox/numpy raise assorted errors on bad files
+        what += " truncated or corrupt, or were written for another architecture"
+        raise ValueError(f"{what} ({type(e).__name__}: {e}); {_RESTORE}.") from None
+    if trailing:
+        why = "longer than the architecture in the manifest: the file or the manifest"
+        why += " is damaged"
+        raise ValueError(f"{what} {why}; {_RESTORE}.")
+    return model
+
+
+def _cast_to_skeleton(f, x):
+    """Deserialise an array leaf with the dtype of the skeleton's leaf."""
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+        return jnp.asarray(np.load(f), dtype=x.dtype)
+    return eqx.default_deserialise_filter_spec(f, x)
+
+
+def sde_from_manifest(manifest: dict[str, Any]) -> VPSDE:
+    """The [`mlem_jax.diffusion.VPSDE`][] a ladder was trained with."""
+    from ..diffusion import VPSDE
+
+    sde = manifest["spec"]["sde"]
+    return VPSDE(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
+
+
+def param_from_manifest(manifest: dict[str, Any]):
+    """The [`mlem_jax.diffusion.VPLinear`][] parametrisation of the VP-SDE a ladder
+    was trained with: what `mlem_jax.diffusion.sample` and `mlem_sample` take with
+    its networks (which predict `ε`)."""
+    from ..diffusion import VPLinear
+
+    sde = manifest["spec"]["sde"]
+    return VPLinear(beta_min=sde["beta_min"], beta_max=sde["beta_max"])
 
 
 def resolve_ladder(path: str | os.PathLike | None) -> tuple[str, str | None]:
@@ -176,7 +418,6 @@ def load_ladder_levels(path: str | None, batch: int, drift: Any = None) -> Ladde
     """
     from .._levels import Levels
     from ..diffusion import ReverseDrift, ladder_drifts
-    from ..training import sde_from_manifest
 
     models, manifest = load_ladder(path)
     sde = sde_from_manifest(manifest)
@@ -266,10 +507,8 @@ def load_calibration(path: str | os.PathLike):
             return Calibration.from_json(text)
         except ValueError as e:
             problem = str(e)
-    raise ValueError(
-        f"{os.fspath(path)!r} is {problem}; delete it (the calibration pilots then "
-        "run instead) or rewrite it with `mlem_jax.pretrained.calibrate_shipped()`."
-    )
+    fix = "(the pilots then run instead) or rewrite it with `calibrate_shipped()`"
+    raise ValueError(f"{os.fspath(path)!r} is {problem}; delete it {fix}.")
 
 
 def calibrate_shipped(
@@ -311,9 +550,6 @@ def write_mixture(
     - `key`, `num`: the entropy estimate's draws.
     """
     import io
-    import json
-
-    import numpy as np
 
     from .._io import atomic_write
 
@@ -339,11 +575,6 @@ def read_mixture(path: str | os.PathLike):
     """`(mixture, info)` from a file written by `write_mixture`: the
     `GaussianMixture` and its record (`fit`, `neg_entropy`, `neg_entropy_stderr`,
     `entropy_samples`). A damaged file raises a `ValueError` naming it."""
-    import json
-
-    import jax.numpy as jnp
-    import numpy as np
-
     from ..diffusion import GaussianMixture
 
     try:
@@ -356,21 +587,16 @@ def read_mixture(path: str | os.PathLike):
         mixture = GaussianMixture(**arrays, event_shape=tuple(info["event_shape"]))
         return mixture, info
     except Exception as e:  # numpy/zip/json raise assorted errors on bad files
-        raise ValueError(
-            f"{os.fspath(path)!r} is not a mixture written by `write_mixture` "
-            f"({type(e).__name__}: {e}); restore it from a copy."
-        ) from None
+        why = f"({type(e).__name__}: {e}); restore it from a copy"
+        what = f"{os.fspath(path)!r} is not a mixture written by `write_mixture`"
+        raise ValueError(f"{what} {why}.") from None
 
 
 def mixture(name: str = "digits_mixture"):
     """The exact data distribution of the shipped ladder `name` (one of
     `MIXTURE_NAMES`): a `mlem_jax.diffusion.GaussianMixture` with exact sampling,
     log-density and VP-SDE score (`MixtureEps` makes it an exact top level)."""
-    if name not in MIXTURE_NAMES:
-        raise ValueError(
-            f"`name`: no shipped ladder {name!r} with a known distribution; "
-            f"available: {', '.join(MIXTURE_NAMES)}."
-        )
+    checks.choice("mixture", "name", name, MIXTURE_NAMES)
     return read_mixture(os.path.join(PRETRAINED_DIR, name, MIXTURE))[0]
 
 
@@ -388,20 +614,16 @@ def quality(name: str = "digits", **kwargs: Any):
       with `mode_kl` and `report` besides; the negative entropy is the shipped
       estimate (10⁶ exact draws). No keyword arguments.
     """
+    names = NAMES + tuple(n for n in MIXTURE_NAMES if n not in NAMES)
+    checks.choice("quality", "name", name, names)
     if name in MIXTURE_NAMES:
         if kwargs:
-            raise ValueError(
-                f"quality({name!r}) takes no keyword arguments, got {sorted(kwargs)}."
-            )
+            what = f"none: quality({name!r}) takes no keyword arguments"
+            raise checks.fail("quality", "**kwargs", what, sorted(kwargs))
         from ..diffusion import MixtureQuality
 
         mix, info = read_mixture(os.path.join(PRETRAINED_DIR, name, MIXTURE))
         return MixtureQuality(mix, info["neg_entropy"], info["neg_entropy_stderr"])
-    if name in NAMES:
-        from ..diffusion import digits_quality
+    from ..diffusion import digits_quality
 
-        return digits_quality(**kwargs)
-    raise ValueError(
-        f"`name`: no shipped ladder {name!r}; available: "
-        f"{', '.join(NAMES + tuple(n for n in MIXTURE_NAMES if n not in NAMES))}."
-    )
+    return digits_quality(**kwargs)
