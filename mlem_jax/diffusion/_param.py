@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .. import _checks as checks
+
 PREDICTIONS = ("eps", "x0", "v")
 
 
@@ -272,14 +274,10 @@ class EDM(AbstractParametrisation):
         return jnp.exp(-jnp.asarray(lam))
 
 
-def check_prediction(name: str, value) -> str:
-    """Raise a clear error naming `name` unless `value` is one of `PREDICTIONS`."""
-    if not (isinstance(value, str) and value in PREDICTIONS):
-        raise ValueError(
-            f"`{name}` must be one of {PREDICTIONS} (noise, data or velocity "
-            f"prediction); got {value!r}."
-        )
-    return value
+def check_prediction(where: str, arg: str, value) -> str:
+    """`value` if it is one of `PREDICTIONS`, else an error naming `arg`."""
+    what = "one of 'eps', 'x0', 'v' (noise, data or velocity prediction)"
+    return checks.choice(where, arg, value, PREDICTIONS, what)
 
 
 def convert_prediction(
@@ -310,8 +308,8 @@ def convert_prediction(
 
     **Returns:** the `target` prediction, shaped and typed like `prediction`.
     """
-    check_prediction("source", source)
-    check_prediction("target", target)
+    check_prediction("convert_prediction", "source", source)
+    check_prediction("convert_prediction", "target", target)
     prediction = jnp.asarray(prediction)
     y = jnp.asarray(y)
     if prediction.shape != y.shape:
