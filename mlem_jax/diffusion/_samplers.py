@@ -452,9 +452,10 @@ class _X0Joint(eqx.Module):
     def __call__(self, t, y, args):
         what = "the refinement's joint"
         coarse, refined = self.joint(t, y, args)
-        return tuple(
-            _to_x0(self.param, self.prediction, out, t, y, what)
-            for out in (coarse, refined)
+        param, prediction = self.param, self.prediction
+        return (
+            _to_x0(param, prediction, coarse, t, y, what),
+            _to_x0(param, prediction, refined, t, y, what),
         )
 
 
@@ -712,9 +713,8 @@ def _check_state(name: str, y0) -> Array:
     except TypeError as e:
         raise TypeError(f"{name}: `y0` must be an array.") from e
     if not jnp.issubdtype(y0.dtype, jnp.floating):
-        raise checks.fail(
-            name, "y0", "an array of a floating dtype", y0.dtype, TypeError
-        )
+        what = "an array of a floating dtype"
+        raise checks.fail(name, "y0", what, y0.dtype, TypeError)
     check_finite_state(name, y0)
     return y0
 
@@ -762,13 +762,14 @@ def _time_steps(name: str, param, grid: Grid, kind, rho) -> Grid:
     else:
         dts = jnp.diff(ts)
     tsc = concrete_or_none(ts)
-    steps = None if tsc is None else np.diff(tsc)
-    if tsc is not None and not (
-        np.all(np.isfinite(tsc)) and (np.all(steps < 0) or np.all(steps > 0))
-    ):
-        what = "finite, strictly monotone times"
-        raise checks.fail(name, "grid", what, tsc.tolist())
+    if tsc is not None and not _monotone(tsc):
+        raise checks.fail(name, "grid", "finite, strictly monotone times", tsc.tolist())
     return Grid(t0=t0, t1=t1, num_steps=num_steps, ts=ts, dts=dts)
+
+
+def _monotone(ts: np.ndarray) -> bool:
+    steps = np.diff(ts)
+    return bool(np.all(np.isfinite(ts)) and (np.all(steps < 0) or np.all(steps > 0)))
 
 
 def _always(schedule, dts, k: int) -> tuple[bool, ...] | None:

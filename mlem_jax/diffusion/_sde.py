@@ -16,7 +16,8 @@ def check_beta_range(owner: str, beta_min, beta_max) -> None:
     """The ends of a linear `β` schedule: `0 < beta_max < inf`, `beta_min` in
     `[0, beta_max]` (`VPSDE` and `VPLinear`)."""
     checks.number(owner, "beta_max", beta_max)
-    if not (isinstance(beta_min, numbers.Real) and 0 <= beta_min <= beta_max):
+    real = isinstance(beta_min, numbers.Real)
+    if not (real and 0 <= float(beta_min) <= beta_max):
         raise checks.fail(owner, "beta_min", f"in [0, beta_max = {beta_max}]", beta_min)
 
 
