@@ -723,3 +723,23 @@ def test_times_and_states_that_would_mislead_are_refused():
     assert y.shape == (1, 3)
     assert md.VPLinear().time_range() == (0.0, 1.0)
     assert md.EDM().time_range() == (0.0, np.inf)
+
+
+def test_a_traced_grid_that_does_not_decrease_is_refused_under_jit():
+    """A grid only known inside `jit` is checked there (`eqx.error_if`), as a
+    concrete one is checked at the call."""
+    model = AsEps(GaussianX0(P, MEAN, VAR))
+    y0 = jnp.zeros((2, 3))
+    kw = dict(t0=T0, t1=T1, num_steps=4)
+
+    @jax.jit
+    def run(ts):
+        return md.sample(model, P, md.DDIM(), y0, grid=ts, **kw)[0]
+
+    ts = jnp.linspace(T0, T1, 5)
+    eager = md.sample(model, P, md.DDIM(), y0, grid=ts, **kw)[0]
+    np.testing.assert_allclose(run(ts), eager, rtol=1e-6)
+    with pytest.raises(Exception, match="the time grid must be finite and decrease"):
+        jax.block_until_ready(run(ts[::-1]))
+    with pytest.raises(Exception, match="the time grid must be finite and decrease"):
+        jax.block_until_ready(run(ts.at[2].set(jnp.nan)))

@@ -755,16 +755,22 @@ def _time_steps(name: str, param, grid: Grid, kind, rho) -> Grid:
         if ts.shape != (num_steps + 1,):
             what = f"an array of shape (num_steps + 1,) = ({num_steps + 1},)"
             raise checks.fail(name, "grid", what, ts.shape)
+    tsc = concrete_or_none(ts)
+    if tsc is None:  # traced: checked where the grid is computed
+        decreasing = jnp.all(jnp.isfinite(ts)) & jnp.all(jnp.diff(ts) < 0)
+        ts = eqx.error_if(ts, ~decreasing, f"{name}: {_DECREASING}")
+    elif not _monotone(tsc):
+        raise checks.fail(name, "grid", "finite, strictly monotone times", tsc.tolist())
     # Step sizes: on the uniform grid `h = (t1 − t0)/num_steps` exactly, as em_solve
     # (and `brownian_increments`) use; else the grid's differences.
     if isinstance(kind, str) and kind == "uniform":
         dts = jnp.full((num_steps,), (t1 - t0) / num_steps, tdtype)
     else:
         dts = jnp.diff(ts)
-    tsc = concrete_or_none(ts)
-    if tsc is not None and not _monotone(tsc):
-        raise checks.fail(name, "grid", "finite, strictly monotone times", tsc.tolist())
     return Grid(t0=t0, t1=t1, num_steps=num_steps, ts=ts, dts=dts)
+
+
+_DECREASING = "the time grid must be finite and decrease from `t0` to `t1`."
 
 
 def _monotone(ts: np.ndarray) -> bool:
