@@ -118,7 +118,7 @@ def calibrate_sampler(
         checks.function(name, "reference", reference, what)
     problem = sampler_problem(
         name,
-        levels.fns,
+        levels,
         None,
         param,
         sampler,

@@ -520,7 +520,7 @@ def sample(
     cost = checks.number("sample", "cost", cost)
     problem = sampler_problem(
         "sample",
-        (model,),
+        model,
         None,
         param,
         sampler,
@@ -590,7 +590,7 @@ def mlem_sample(
     random_draws = not isinstance(schedule, (Periodic, Stitch))
     problem = sampler_problem(
         name,
-        levels.fns,
+        levels,
         schedule,
         param,
         sampler,
@@ -653,7 +653,7 @@ _SAMPLERS = (
 
 def sampler_problem(
     name: str,
-    fns: tuple,
+    networks: Levels | Callable,
     schedule,
     param,
     sampler,
@@ -672,7 +672,8 @@ def sampler_problem(
     checkpoint=True,
 ) -> Problem:
     """Check the arguments of a sampler run (errors name `name`) into a `Problem`
-    on the sampler's time grid, with the networks `fns` as data predictors.
+    on the sampler's time grid, with the `networks` (a ladder, or one network
+    `model`) as data predictors.
 
     `key` may be `None` unless `key_for` names what else needs it (e.g. `"the level
     draws"`) or the sampler draws noise and no `brownian` is given; a dummy key
@@ -690,8 +691,10 @@ def sampler_problem(
     times = _time_steps(name, param, ends, grid, rho)
     key, brownian = _noise_source(name, sampler, key, key_for, brownian, y0, num_steps)
     assert times.ts is not None
+    ladder = isinstance(networks, Levels)
+    fns = networks.fns if ladder else (networks,)
     for i, fn in enumerate(fns):
-        what = "`model`" if name == "sample" else f"level {i + 1}"
+        what = f"level {i + 1}" if ladder else "`model`"
         check_drift_output(eqx.filter_eval_shape(fn, times.ts[0], y0, args), y0, what)
     return Problem(
         fns=tuple(as_x0_prediction(fn, param, prediction) for fn in fns),
