@@ -135,7 +135,9 @@ def test_bad_names_and_shapes():
         md.convert_prediction(
             jnp.zeros((3, 2)), y, alpha=1.0, sigma=1.0, source="eps", target="x0"
         )
-    with pytest.raises(ValueError, match="`alpha` must be broadcastable to the shape of `y`"):
+    with pytest.raises(
+        ValueError, match="`alpha` must be broadcastable to the shape of `y`"
+    ):
         md.convert_prediction(
             y, y, alpha=jnp.ones(4), sigma=1.0, source="eps", target="x0"
         )
