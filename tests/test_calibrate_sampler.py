@@ -173,7 +173,7 @@ def test_calibrate_sampler_errors_name_the_argument():
     levels = biased_ladder()
     y0 = jnp.zeros((2, 3))
     kw = dict(t0=T0, t1=T1, num_steps=8, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="`sampler` Heun"):
+    with pytest.raises(ValueError, match="`sampler` must be affine.*got Heun"):
         md.calibrate_sampler(levels, ISO, md.Heun(), y0, **kw)
     with pytest.raises(ValueError, match="`num_steps` must be at least `num_bins`"):
         md.calibrate_sampler(levels, ISO, md.DDIM(), y0, num_bins=16, **kw)

@@ -126,9 +126,7 @@ def test_make_levels_costs_and_mlem_sampling():
     assert 0 < levels.costs[0] < levels.costs[1]
     given = md.make_levels(SDE, ladder, y, costs=(1.0, 4.0))
     assert tuple(given.costs) == (1.0, 4.0)
-    with pytest.raises(
-        ValueError, match="`costs` has 1 entries but there are 2 models"
-    ):
+    with pytest.raises(ValueError, match="`costs` must be one cost per model"):
         md.make_levels(SDE, ladder, y, costs=(1.0,))
     # With every p_l = 1, ML-EM is Euler–Maruyama with the top level (same key, same
     # Brownian increments).

@@ -480,7 +480,7 @@ def test_bad_class_index_names_args():
             jnp.array([0, 1, 5]), KEY,
         )  # fmt: skip
         jax.block_until_ready(out)
-    with pytest.raises(TypeError, match="`args` must hold the class labels"):
+    with pytest.raises(TypeError, match="`args` must be the class labels"):
         run(levels, mj.FixedProbabilities((1.0, 1.0)), md.DDIM(), y0, None, KEY)
     with pytest.raises(TypeError, match="integer dtype"):
         run(levels, mj.FixedProbabilities((1.0, 1.0)), md.DDIM(), y0, jnp.ones(3), KEY)
@@ -498,19 +498,23 @@ def test_bad_guidance_arguments():
         md.autoguidance_levels((NET, NET), (1.0, 2.0), scale=jnp.inf)
     with pytest.raises(TypeError, match="`scale` must be a number"):
         md.cfg_levels(NET, 1.0, scale="2", num_classes=2)
-    with pytest.raises(ValueError, match="`null_label` 1 is one of the classes"):
+    with pytest.raises(
+        ValueError, match="`null_label` must be a label outside the classes"
+    ):
         md.cfg_levels(NET, 1.0, scale=W, num_classes=2, null_label=1)
     with pytest.raises(ValueError, match="`num_classes` must be a positive int"):
         md.cfg_levels(NET, 1.0, scale=W, num_classes=0)
-    with pytest.raises(ValueError, match="`costs` has 1 entries"):
+    with pytest.raises(ValueError, match="`costs` must be one cost per network"):
         md.cfg_levels((NET, NET), 1.0, scale=W, num_classes=2)
     with pytest.raises(ValueError, match="at least 2"):
         md.autoguidance_levels((NET,), (1.0,), scale=W)
-    with pytest.raises(ValueError, match=r"`interval` \(0.5, 1.5\) must lie within"):
+    with pytest.raises(
+        ValueError, match=r"`interval` must be within the time range.*got \(0.5, 1.5\)"
+    ):
         md.guidance_interval(2, (0.5, 1.5), t0=T0, t1=T1)
     with pytest.raises(ValueError, match="`interval` must be two finite times a < b"):
         md.guidance_interval(2, (0.7, 0.3), t0=T0, t1=T1)
-    with pytest.raises(ValueError, match="`rates` must have shape"):
+    with pytest.raises(ValueError, match="`rates` must be of shape"):
         md.guidance_interval(3, (0.3, 0.7), t0=T0, t1=T1, rates=(1.0,))
     with pytest.raises(ValueError, match=r"`fns\[0\]` is a Refinement"):
         mj.Levels((mj.Refinement(lambda t, y, a, c: c),), (1.0,))

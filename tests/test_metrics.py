@@ -108,13 +108,17 @@ def test_kernel_distance_standard_error_matches_its_spread():
 
 def test_kernel_distance_bad_input():
     x = np.zeros((16, 3))
-    with pytest.raises(ValueError, match="`num_blocks` must be an int >= 2"):
+    with pytest.raises(ValueError, match="`num_blocks` must be an int ≥ 2"):
         md.kernel_distance(x, x, num_blocks=1)
-    with pytest.raises(ValueError, match="same feature dimension, got 3 and 2"):
+    with pytest.raises(
+        ValueError, match="`y` must be of the same feature dimension as `x`, 3; got 2"
+    ):
         md.kernel_distance(x, np.zeros((16, 2)))
     with pytest.raises(ValueError, match="at least 2 samples per block"):
         md.kernel_distance(x, np.zeros((8, 3)), num_blocks=8)
-    with pytest.raises(ValueError, match="`x1` and `x2` must have the same shape"):
+    with pytest.raises(ValueError, match="`x2` must be of the same shape as `x1`"):
         md.kernel_distance_difference(x, np.zeros((8, 3)), x)
-    with pytest.raises(ValueError, match="`x1` and `y` must have the same feature"):
+    with pytest.raises(
+        ValueError, match="`y` must be of the same feature dimension as `x1`"
+    ):
         md.kernel_distance_difference(x, x, np.zeros((16, 2)))

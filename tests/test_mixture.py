@@ -247,7 +247,7 @@ def test_bad_inputs_are_named(mixture, quality):
 
     with pytest.raises(ValueError, match="`weights` must be non-negative and sum to 1"):
         build(0, args[0] * 2)
-    with pytest.raises(ValueError, match=r"`means` must have shape \(K, D\)"):
+    with pytest.raises(ValueError, match=r"`means` must be of shape \(K, D\)"):
         build(1, args[1][:2])
     with pytest.raises(ValueError, match="`basis` must have orthonormal columns"):
         build(2, 2 * args[2])
@@ -259,7 +259,7 @@ def test_bad_inputs_are_named(mixture, quality):
         build(1, np.full_like(args[1], np.nan))
     with pytest.raises(ValueError, match="`event_shape`"):
         md.GaussianMixture.from_arrays(*args, (2, 2))
-    with pytest.raises(ValueError, match=r"`x` must have shape \(n, 1, 2, 3\)"):
+    with pytest.raises(ValueError, match=r"`x` must be of shape \(n, 1, 2, 3\)"):
         m.log_prob(jnp.zeros((2, 6)))
     with pytest.raises(ValueError, match="needs the forward process `sde`"):
         m.log_prob(jnp.zeros((2, *SHAPE)), 0.5)

@@ -131,11 +131,13 @@ def test_bad_names_and_shapes():
         md.convert_prediction(y, y, alpha=1.0, sigma=1.0, source="epsilon", target="x0")
     with pytest.raises(ValueError, match="`target`"):
         md.convert_prediction(y, y, alpha=1.0, sigma=1.0, source="eps", target="score")
-    with pytest.raises(ValueError, match="`prediction` has shape"):
+    with pytest.raises(ValueError, match="`prediction` must be of the shape of `y`"):
         md.convert_prediction(
             jnp.zeros((3, 2)), y, alpha=1.0, sigma=1.0, source="eps", target="x0"
         )
-    with pytest.raises(ValueError, match="`alpha` has shape"):
+    with pytest.raises(
+        ValueError, match="`alpha` must be broadcastable to the shape of `y`"
+    ):
         md.convert_prediction(
             y, y, alpha=jnp.ones(4), sigma=1.0, source="eps", target="x0"
         )

@@ -48,11 +48,11 @@ def test_feature_net_training_is_deterministic():
 
 
 def test_feature_net_bad_input(quality):
-    with pytest.raises(ValueError, match=r"expected images of shape \(n, 1, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"`x` must be images of shape \(n, 1, 8, 8\)"):
         quality.net.features(np.zeros((4, 64)))
-    with pytest.raises(ValueError, match="`labels` one integer per image"):
+    with pytest.raises(ValueError, match="`labels` must be one integer per image"):
         md.train_feature_net(
             np.zeros((4, 1, 8, 8)), np.zeros(3, int), key=jax.random.key(0)
         )
-    with pytest.raises(ValueError, match="`labels` must be non-negative integers"):
+    with pytest.raises(ValueError, match="`labels` must be integers"):
         md.train_feature_net(np.zeros((4, 1, 8, 8)), np.zeros(4), key=jax.random.key(0))

@@ -36,11 +36,13 @@ def test_every_sampler_by_name_and_class_name():
 
 
 def test_bad_names_and_arguments_are_named():
-    with pytest.raises(ValueError, match="no sampler called 'dpm3'; known: ddim, "):
+    with pytest.raises(ValueError, match="`name` must be one of ddim, .*; got 'dpm3'"):
         md.sampler("dpm3")
     with pytest.raises(TypeError, match="`name` must be a string"):
         md.sampler(md.DDIM)
-    with pytest.raises(TypeError, match=r"DPMSolverPP2M does not take .*\['eta'\]"):
+    with pytest.raises(
+        TypeError, match=r"the arguments DPMSolverPP2M takes; got \['eta'\]"
+    ):
         md.sampler("dpm++2m", eta=0.5)
     with pytest.raises(ValueError, match="`eta`"):
         md.sampler("ddim", eta=2.0)

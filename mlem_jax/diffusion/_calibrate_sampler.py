@@ -33,6 +33,7 @@ with the same machinery and the same `Calibration` as `calibrate`:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -52,12 +53,18 @@ from .._calibrate import (
     with_amplification,
 )
 from .._calibration import Calibration
-from .._integrate import AbstractStepper, Grid, Problem, integrate
+from .._integrate import AbstractStepper, Problem, integrate
 from .._levels import Levels
 from .._schedules import FixedProbabilities
 from .._step import check_drift_output
 from ._param import AbstractParametrisation
-from ._samplers import AbstractSampler, _X0Prediction, mlem_sample, sampler_problem
+from ._samplers import (
+    AbstractSampler,
+    _SamplerStep,
+    _X0Prediction,
+    check_affine,
+    sampler_problem,
+)
 
 
 def calibrate_sampler(
@@ -105,18 +112,13 @@ def calibrate_sampler(
     """
     name = "calibrate_sampler"
     num_steps = check_pilot(name, levels, num_steps, num_bins, pilot_keys)
-    if isinstance(sampler, AbstractSampler) and not sampler.affine:
-        raise ValueError(
-            f"{name}: `sampler` {type(sampler).__name__} is not affine in the "
-            "network's prediction, so it has no unbiased multilevel version; use "
-            "Euler, DDIM, DPMSolverPP2M, SDEDPMSolverPP1 or SDEDPMSolverPP2M."
-        )
+    check_affine(name, sampler)
     if reference is not None:
         what = "a network f(t, y, args) or None"
         checks.function(name, "reference", reference, what)
     problem = sampler_problem(
         name,
-        levels.fns,
+        levels,
         None,
         param,
         sampler,
@@ -125,98 +127,99 @@ def calibrate_sampler(
         t1=t1,
         num_steps=num_steps,
         key=key,
-        needs_key=True,
+        key_for="the pilot's noise and probes",
         prediction=prediction,
         grid=grid,
         rho=rho,
         args=args,
-        brownian=None,
-        checkpoint=True,
     )
-    y0, key, x0_fns = jnp.asarray(problem.y0), problem.key, problem.fns
+    stepper = _SamplerStep(sampler, param)
+    pilot_key, level_key = jax.random.split(problem.key)
+    dw = _pilot_noise(problem, pilot_key) if stepper.stochastic else None
+    problem = dataclasses.replace(problem, brownian=dw)
+    fns = problem.fns + _reference(name, reference, problem, param, prediction)
+    y1, states, coefficients, per_step, growth = _measure(
+        dataclasses.replace(problem, fns=fns), stepper, levels.num_levels, pilot_key
+    )
+    coefficients = _check_pilot_run(name, sampler, y1, states, coefficients)
+    sensitivity = np.asarray(growth, np.float64) / coefficients**2
     ts, dts = problem.grid.ts, problem.grid.dts
     assert ts is not None and dts is not None
-    if reference is not None:
-        out = jax.eval_shape(reference, ts[0], y0, args)
-        try:
-            check_drift_output(out, y0, "`reference`")
-        except (TypeError, ValueError) as e:
-            raise type(e)(str(e).replace("mlem_jax:", f"{name}:", 1)) from None
-        x0_fns = x0_fns + (_X0Prediction(reference, param, prediction),)
-    k = levels.num_levels
-    dtype = y0.dtype
-    pilot_key, level_key = jax.random.split(key)
-    dw = None
-    if sampler.stochastic:
-        # The pilot's noise as Brownian increments, the layout `mlem_sample` reads.
-        brownian_key, _ = split_key(pilot_key)
-        noise = jax.vmap(
-            lambda n: step_increment(brownian_key, n, y0.shape, 1.0, dtype)
-        )(jnp.arange(num_steps))
-        scale = jnp.sqrt(jnp.abs(dts)).astype(dtype)
-        dw = noise * scale.reshape((num_steps,) + (1,) * y0.ndim)
-
-    y1, states, coefficients, per_step, growth = _measure(
-        x0_fns, k, param, sampler, y0, ts, dts, dw, args, pilot_key
-    )
-    states_c, coefficients_c = np.asarray(states), np.asarray(coefficients, np.float64)
-    if not (np.all(np.isfinite(states_c)) and np.all(np.isfinite(np.asarray(y1)))):
-        raise ValueError(
-            f"{name}: the pilot run of {type(sampler).__name__} with the top level "
-            "produced NaN or infinite states from a finite `y0`: the top network "
-            "returns NaN/inf on the pilot trajectory (or the grid reaches a time where "
-            "the parametrisation is singular, e.g. `t1 = 0` for VP)."
-        )
-    if np.any(coefficients_c == 0):
-        raise ValueError(
-            f"{name}: the sampler does not use the network at some step of the grid "
-            "(zero coefficient); check `t0`, `t1` and `grid`."
-        )
-    sensitivity = np.asarray(growth, np.float64) / coefficients_c**2
-    grid_c = np.asarray(ts, np.float64)
-    steps_c = np.asarray(dts, np.float64)
+    grid_c, steps_c = np.asarray(ts, np.float64), np.asarray(dts, np.float64)
     idx = np.round(np.linspace(0, num_steps, num_bins + 1)).astype(int)
-    edges = np.sort(grid_c[idx])
     calibration = assemble_calibration(
         name,
         levels,
         per_step,
         sensitivity,
-        edges,
+        np.sort(grid_c[idx]),
         grid_c[:-1] + steps_c / 2,
         t0=float(grid_c[0]),
         t1=float(grid_c[-1]),
         num_steps=num_steps,
         grid=grid_c,
         top_is_reference=reference is None,
-        costs_at=(ts[num_steps // 2], y0, args) if measure_costs else None,
+        costs_at=(ts[num_steps // 2], problem.y0, args) if measure_costs else None,
         what="network",
     )
-    if pilot_keys > 0 and k > 1:
+    if pilot_keys == 0 or levels.num_levels == 1:
+        return calibration
+    # The amplification pilots: `mlem_sample` on the pilot's noise, its checked
+    # problem at `FixedProbabilities(probs)` (the ladder and `y0` are operands of
+    # one compiled program).
+    mean_added = mean_added_error(_pilot_sample, (stepper, problem), y1)
+    return with_amplification(calibration, mean_added, level_key, pilot_keys)
 
-        def run(operands, probs, key):
-            levels, y0, dw = operands
-            schedule = FixedProbabilities(probs)
-            return mlem_sample(
-                levels,
-                schedule,
-                param,
-                sampler,
-                y0,
-                t0=t0,
-                t1=t1,
-                num_steps=num_steps,
-                key=key,
-                prediction=prediction,
-                grid=grid,
-                rho=rho,
-                args=args,
-                brownian=dw,
-            )[0]
 
-        mean_added = mean_added_error(run, (levels, y0, dw), y1)
-        calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
-    return calibration
+def _pilot_noise(problem: Problem, key) -> Array:
+    """The pilot's noise as Brownian increments over the grid's steps, in the
+    layout `mlem_sample` reads."""
+    y0, dts, num_steps = problem.y0, problem.grid.dts, problem.grid.num_steps
+    assert dts is not None
+    brownian_key, _ = split_key(key)
+    noise = jax.vmap(
+        lambda n: step_increment(brownian_key, n, y0.shape, 1.0, y0.dtype)
+    )(jnp.arange(num_steps))
+    scale = jnp.sqrt(jnp.abs(dts)).astype(y0.dtype)
+    return noise * scale.reshape((num_steps,) + (1,) * y0.ndim)
+
+
+def _reference(name, reference, problem: Problem, param, prediction) -> tuple:
+    """`()`, or the checked `reference` network as a data predictor, to measure the
+    levels' errors against."""
+    if reference is None:
+        return ()
+    assert problem.grid.ts is not None
+    y0 = problem.y0
+    out = jax.eval_shape(reference, problem.grid.ts[0], y0, problem.args)
+    try:
+        check_drift_output(out, y0, "`reference`")
+    except (TypeError, ValueError) as e:
+        raise type(e)(str(e).replace("mlem_jax:", f"{name}:", 1)) from None
+    return (_X0Prediction(reference, param, prediction),)
+
+
+_NON_FINITE = (
+    "the pilot run of {} with the top level produced NaN or infinite states from a "
+    "finite `y0`: the top network returns NaN/inf on the pilot trajectory (or the "
+    "grid reaches a time where the parametrisation is singular, e.g. `t1 = 0` for VP)."
+)
+_UNUSED = (
+    "the sampler does not use the network at some step of the grid (zero "
+    "coefficient); check `t0`, `t1` and `grid`."
+)
+
+
+def _check_pilot_run(name, sampler, y1, states, coefficients) -> np.ndarray:
+    """The pilot's coefficients `c_n` (float64), once its states are known finite
+    and every step uses the network."""
+    finite = np.all(np.isfinite(np.asarray(states))) and np.all(np.isfinite(y1))
+    if not finite:
+        raise ValueError(f"{name}: " + _NON_FINITE.format(type(sampler).__name__))
+    coefficients = np.asarray(coefficients, np.float64)
+    if np.any(coefficients == 0):
+        raise ValueError(f"{name}: {_UNUSED}")
+    return coefficients
 
 
 class _Linearised(AbstractStepper):
@@ -224,27 +227,25 @@ class _Linearised(AbstractStepper):
     `n`, recording each step's start state and its coefficient of the prediction,
     `c_n = ∂y_{n+1}/∂x̂_0` (a scalar: every affine sampler's is)."""
 
-    sampler: AbstractSampler
-    param: AbstractParametrisation
+    stepper: _SamplerStep
     perturbation: Array
     unit_noise: ClassVar[bool] = True
 
     @property
     def stochastic(self) -> bool:
-        return self.sampler.stochastic
+        return self.stepper.stochastic
 
     def init(self, y0):
-        return self.sampler.init(y0), jnp.zeros((), jnp.int32)
+        return self.stepper.init(y0), jnp.zeros((), jnp.int32)
 
     def step(self, t, t_next, dt, y, predict, noise, state, args):
-        del dt, args
         inner, n = state
         x0 = predict(t, y) + self.perturbation[n]
 
         def advance(shift):
-            return self.sampler.step(
-                self.param, t, t_next, y, lambda tt, yy: x0 + shift, noise, inner
-            )
+            shifted = lambda tt, yy: x0 + shift  # noqa: E731
+            out = self.stepper.step(t, t_next, dt, y, shifted, noise, inner, args)
+            return out[:2]
 
         zero = jnp.zeros((), y.dtype)
         (y_next, inner), (tangent, _) = jax.jvp(
@@ -253,45 +254,35 @@ class _Linearised(AbstractStepper):
         return y_next, (inner, n + 1), (y, jnp.mean(tangent))
 
 
-def _pilot(top, param, sampler, y0, ts, dts, dw, args, perturbation=None):
-    """The sampler with the data predictor `top` on the grid `ts` (noise `dw`, none
-    if `None`), with `perturbation[n]` added to the prediction of step `n`: `(y1,
-    states, c)`, the state at the start of every step and each step's coefficient
-    `c_n` of the prediction."""
-    num_steps = ts.shape[0] - 1
-    if perturbation is None:
-        perturbation = jnp.zeros((num_steps, *y0.shape), y0.dtype)
-    if dw is None:
-        dw = jnp.zeros((num_steps, *y0.shape), y0.dtype)
-    problem = Problem(
-        fns=(top,),
-        schedule=None,
-        always=None,
-        y0=y0,
-        grid=Grid(t0=ts[0], t1=ts[-1], num_steps=num_steps, ts=ts, dts=dts),
-        key=jax.random.key(0),  # unused: the noise is `dw`, no level draws
-        args=args,
-        brownian=dw,
-    )
-    stepper = _Linearised(sampler, param, perturbation)
-    y1, _, (states, coefficients), _ = integrate(stepper, problem)
-    return y1, states, coefficients
-
-
 @eqx.filter_jit
-def _measure(x0_fns, k, param, sampler, y0, ts, dts, dw, args, key):
-    """The pilot run with the top level; the `trajectory_statistics` of
-    `(c_n/h_n) x̂_0^l(t_n, y_n)` at every step; and the `perturbation_growth` of a
-    perturbation of each step's prediction. One compiled program."""
-    y1, states, coefficients = _pilot(
-        x0_fns[k - 1], param, sampler, y0, ts, dts, dw, args
+def _measure(problem: Problem, stepper: _SamplerStep, k: int, key):
+    """The pilot run with the top level (`problem.fns[k - 1]`); the
+    `trajectory_statistics` of `(c_n/h_n) x̂_0^l(t_n, y_n)` of `problem.fns` at
+    every step; and the `perturbation_growth` of a perturbation of each step's
+    prediction. One compiled program."""
+    y0, grid = problem.y0, problem.grid
+    assert grid.ts is not None and grid.dts is not None
+    top = dataclasses.replace(problem, fns=(problem.fns[k - 1],))
+
+    def pilot(perturbation):
+        linearised = _Linearised(stepper, perturbation)
+        y1, _, (states, coefficients), _ = integrate(linearised, top)
+        return y1, states, coefficients
+
+    y1, states, coefficients = pilot(jnp.zeros((grid.num_steps, *y0.shape), y0.dtype))
+    scales = (coefficients / grid.dts.astype(coefficients.dtype)).astype(states.dtype)
+    per_step = trajectory_statistics(
+        problem.fns, grid.ts[:-1], states, problem.args, k, scales
     )
-
-    scales = (coefficients / dts.astype(coefficients.dtype)).astype(states.dtype)
-    per_step = trajectory_statistics(x0_fns, ts[:-1], states, args, k, scales)
-
-    def final(p):
-        return _pilot(x0_fns[k - 1], param, sampler, y0, ts, dts, dw, args, p)[0]
-
-    growth = perturbation_growth(final, ts.shape[0] - 1, y0, key)
+    growth = perturbation_growth(lambda p: pilot(p)[0], grid.num_steps, y0, key)
     return y1, states, coefficients, per_step, growth
+
+
+def _pilot_sample(operands, probs, key):
+    """The final state of `mlem_sample` at `FixedProbabilities(probs)` on the
+    checked pilot problem (`operands = (stepper, problem)`)."""
+    stepper, problem = operands
+    schedule = FixedProbabilities(probs)
+    return integrate(stepper, dataclasses.replace(problem, schedule=schedule, key=key))[
+        0
+    ]

@@ -50,31 +50,30 @@ from .._levels import Levels, Refinement
 from .._misc import concrete_or_none
 from .._schedules import Rates
 
+_SCALE = "(the guidance scale w; 1 is the conditional network alone, 0 the other)"
+
 
 def _check_scale(name: str, scale) -> Array:
     """The guidance scale as a 0-d float array; a clear error unless it is a finite
-    number (NaN or inf would make every guided prediction NaN)."""
-    if isinstance(scale, bool) or not isinstance(
-        scale, (numbers.Real, np.ndarray, jax.Array)
-    ):
-        raise TypeError(
-            f"{name}: `scale` must be a number (the guidance scale w); got "
-            f"{type(scale).__name__}."
-        )
+    number (NaN or inf would make every guided prediction NaN; traced, it is
+    checked where it is computed, with `eqx.error_if`)."""
+    real = (numbers.Real, np.ndarray, jax.Array)
+    if isinstance(scale, bool) or not isinstance(scale, real):
+        raise checks.fail(name, "scale", f"a number {_SCALE}", scale, TypeError)
     value = jnp.asarray(scale)
     if value.shape != () or not jnp.issubdtype(value.dtype, jnp.number):
-        raise ValueError(
-            f"{name}: `scale` must be a scalar; got shape {value.shape} and dtype "
-            f"{value.dtype}."
-        )
+        raise checks.fail(name, "scale", f"a real scalar {_SCALE}", value)
+    value = value.astype(jnp.result_type(float))
     concrete = concrete_or_none(value)
-    if concrete is not None and not math.isfinite(float(concrete)):
-        raise ValueError(
-            f"{name}: `scale` must be a finite number (the guidance scale w; 1 is the "
-            f"conditional network alone, 0 the unconditional one); got "
-            f"{float(concrete)}."
-        )
-    return value.astype(jnp.result_type(float))
+    if concrete is None:
+        message = f"{name}: `scale` must be a finite number {_SCALE}."
+        return eqx.error_if(value, ~jnp.isfinite(value), message)
+    if not math.isfinite(float(concrete)):
+        raise checks.fail(name, "scale", f"a finite number {_SCALE}", float(concrete))
+    return value
+
+
+_NETWORKS = "a network f(t, y, args) or a sequence of them, cheapest first"
 
 
 def _check_networks(
@@ -86,10 +85,7 @@ def _check_networks(
     try:
         networks = tuple(networks)
     except TypeError:
-        raise TypeError(
-            f"{name}: `networks` must be a network f(t, y, args) or a sequence of "
-            f"them, cheapest first; got {type(networks).__name__}."
-        ) from None
+        raise checks.fail(name, "networks", _NETWORKS, networks, TypeError) from None
     for i, f in enumerate(networks):
         checks.function(name, f"networks[{i}]", f, "a callable f(t, y, args)")
     if isinstance(costs, numbers.Real):
@@ -97,20 +93,14 @@ def _check_networks(
     try:
         costs = tuple(costs)
     except TypeError:
-        raise TypeError(
-            f"{name}: `costs` must be a sequence of numbers, one per network; got "
-            f"{type(costs).__name__}."
-        ) from None
+        what = "a sequence of numbers, one per network"
+        raise checks.fail(name, "costs", what, costs, TypeError) from None
     if len(costs) != len(networks):
-        raise ValueError(
-            f"{name}: `costs` has {len(costs)} entries but `networks` has "
-            f"{len(networks)}; expected one cost per network."
-        )
+        what = f"one cost per network ({len(networks)})"
+        raise checks.fail(name, "costs", what, costs)
     if len(networks) < extra:
-        raise ValueError(
-            f"{name}: `networks` has {len(networks)} network(s); expected at least "
-            f"{extra}."
-        )
+        what = f"at least {extra} networks"
+        raise checks.fail(name, "networks", what, len(networks))
     return networks, costs
 
 
@@ -132,31 +122,22 @@ class _Conditional(eqx.Module):
 def check_labels(labels, y, num_classes: int, null_label: int):
     """`labels` (the sampler's `args`) checked to be class indices for the batch
     `y`; errors name `args`."""
+    labels_of = "the class labels of the batch, integers of shape () or (batch,)"
     if labels is None:
-        raise TypeError(
-            "guidance: `args` must hold the class labels of the batch (an integer "
-            "array of shape () or (batch,)); got None. Pass `args=labels` to the "
-            "sampler."
-        )
+        what = f"{labels_of} (pass `args=labels` to the sampler)"
+        raise checks.fail("guidance", "args", what, labels, TypeError)
     try:
         labels = jnp.asarray(labels)
     except TypeError:
-        raise TypeError(
-            "guidance: `args` must be the class labels, an integer array of shape () "
-            f"or (batch,); got {type(labels).__name__}."
-        ) from None
+        raise checks.fail("guidance", "args", labels_of, labels, TypeError) from None
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(
-            f"guidance: `args` (the class labels) must have an integer dtype; got "
-            f"{labels.dtype}."
-        )
+        what = "class labels of an integer dtype"
+        raise checks.fail("guidance", "args", what, labels.dtype, TypeError)
     leaves = jax.tree.leaves(y)
     batch = leaves[0].shape[0] if leaves and leaves[0].ndim > 0 else None
     if labels.shape not in ((), (batch,)):
-        raise ValueError(
-            f"guidance: `args` (the class labels) must have shape () or (batch,) = "
-            f"({batch},); got {labels.shape}."
-        )
+        what = f"class labels of shape () or (batch,) = ({batch},)"
+        raise checks.fail("guidance", "args", what, labels.shape)
     value = concrete_or_none(labels)
     message = (
         f"guidance: `args` holds a class label outside [0, {num_classes}) that is not "
@@ -274,12 +255,10 @@ def cfg_levels(
     num_classes = checks.integer(name, "num_classes", num_classes)
     null = num_classes if null_label is None else null_label
     if isinstance(null, bool) or not isinstance(null, (int, np.integer)):
-        raise TypeError(f"{name}: `null_label` must be an int; got {null!r}.")
+        raise checks.fail(name, "null_label", "an int", null, TypeError)
     if 0 <= null < num_classes:
-        raise ValueError(
-            f"{name}: `null_label` {null} is one of the classes [0, {num_classes}); "
-            "expected a label of its own (the default is `num_classes`)."
-        )
+        what = f"a label outside the classes [0, {num_classes})"
+        raise checks.fail(name, "null_label", what, null)
     null = int(null)
     conditional = tuple(_Conditional(f, num_classes, null) for f in nets)
     checks.instance(name, "batched", batched, bool, "a bool")
@@ -350,32 +329,25 @@ def guidance_interval(
     try:
         lo_t, hi_t = sorted((float(t0), float(t1)))
     except (TypeError, ValueError):
-        raise TypeError(
-            f"{name}: `t0` and `t1` must be numbers; got {t0!r}, {t1!r}."
-        ) from None
+        raise checks.fail(name, "t0, t1", "numbers", (t0, t1), TypeError) from None
     try:
         a, b = (float(x) for x in interval)
     except (TypeError, ValueError):
-        raise TypeError(
-            f"{name}: `interval` must be two numbers (a, b); got {interval!r}."
-        ) from None
+        what = "two numbers (a, b)"
+        raise checks.fail(name, "interval", what, interval, TypeError) from None
     if not (math.isfinite(a) and math.isfinite(b) and a < b):
         raise checks.fail(name, "interval", "two finite times a < b", (a, b))
     if not (lo_t <= a and b <= hi_t):
-        raise ValueError(
-            f"{name}: `interval` ({a:g}, {b:g}) must lie within the time range "
-            f"[{lo_t:g}, {hi_t:g}] of t0 = {float(t0):g}, t1 = {float(t1):g}."
-        )
+        what = f"within the time range [{lo_t:g}, {hi_t:g}] of `t0` and `t1`"
+        raise checks.fail(name, "interval", what, (a, b))
     if rates is None:
         rates = np.full((num_levels - 1,), np.inf)
     below = np.asarray(rates, np.float64).reshape(-1)
     if below.shape != (num_levels - 1,):
-        raise ValueError(
-            f"{name}: `rates` must have shape (num_levels - 1,) = ({num_levels - 1},); "
-            f"got {np.shape(rates)}."
-        )
+        what = f"of shape (num_levels - 1,) = ({num_levels - 1},)"
+        raise checks.fail(name, "rates", what, np.shape(rates))
     if not (isinstance(rate, numbers.Real) and rate > 0):
-        raise ValueError(f"{name}: `rate` must be a positive number; got {rate!r}.")
+        raise checks.fail(name, "rate", "a positive number", rate)
     edges, guided = [lo_t], []
     if a > lo_t:
         edges.append(a)

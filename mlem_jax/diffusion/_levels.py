@@ -8,6 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .. import _checks as checks
 from .._cost import count_flops
 from ._score import EpsilonScore, ReverseDrift
 from ._sde import VPSDE
@@ -70,7 +71,6 @@ def make_levels(
     if costs is None:
         costs = tuple(drift_flops(f, y_example) for f in fns)
     elif len(costs) != len(fns):
-        raise ValueError(
-            f"`costs` has {len(costs)} entries but there are {len(fns)} models."
-        )
+        what = f"one cost per model ({len(fns)})"
+        raise checks.fail("make_levels", "costs", what, costs)
     return Levels(fns=fns, costs=tuple(float(c) for c in costs))

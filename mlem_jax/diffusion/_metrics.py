@@ -13,15 +13,15 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .. import _checks as checks
 from .._calibrate import trajectory_statistics
 
 
-def _flat(x: Array, name: str) -> Array:
+def _flat(where: str, x: Array, name: str) -> Array:
+    """`x` (samples along a leading axis) as a matrix, one sample a row."""
     x = jnp.asarray(x)
     if x.ndim < 2:
-        raise ValueError(
-            f"`{name}` must have a leading sample axis, got shape {x.shape}."
-        )
+        raise checks.fail(where, name, "samples along a leading axis", x.shape)
     return x.reshape(x.shape[0], -1)
 
 
@@ -34,11 +34,9 @@ def strong_error(
     `mlem_jax.em_solve`'s `key` / `brownian` arguments).
     """
     if jnp.shape(y) != jnp.shape(y_ref):
-        raise ValueError(
-            f"`y` and `y_ref` must have the same shape, got {jnp.shape(y)} and "
-            f"{jnp.shape(y_ref)}."
-        )
-    d = _flat(y, "y") - _flat(y_ref, "y_ref")
+        what = f"of the same shape as `y`, {jnp.shape(y)}"
+        raise checks.fail("strong_error", "y_ref", what, jnp.shape(y_ref))
+    d = _flat("strong_error", y, "y") - _flat("strong_error", y_ref, "y_ref")
     return jnp.sqrt(jnp.mean(jnp.sum(d**2, axis=1)))
 
 
@@ -83,12 +81,10 @@ def sliced_wasserstein(
 
     A non-negative scalar.
     """
-    xf, yf = _flat(x, "x"), _flat(y, "y")
+    xf, yf = _flat("sliced_wasserstein", x, "x"), _flat("sliced_wasserstein", y, "y")
     if xf.shape[1] != yf.shape[1]:
-        raise ValueError(
-            f"`x` and `y` must have the same sample shape, got {jnp.shape(x)[1:]} and "
-            f"{jnp.shape(y)[1:]}."
-        )
+        what = f"samples of the same sample shape as `x`, {jnp.shape(x)[1:]}"
+        raise checks.fail("sliced_wasserstein", "y", what, jnp.shape(y)[1:])
     theta = jr.normal(key, (xf.shape[1], num_projections), xf.dtype)
     theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
     a = jnp.sort(xf @ theta, axis=0)
@@ -116,10 +112,10 @@ def mmd(
 
     A scalar estimate of `MMD²`.
     """
-    xf, yf = _flat(x, "x"), _flat(y, "y")
+    xf, yf = _flat("mmd", x, "x"), _flat("mmd", y, "y")
     n, m = xf.shape[0], yf.shape[0]
     if n < 2 or m < 2:
-        raise ValueError(f"`x` and `y` need at least 2 samples each, got {n} and {m}.")
+        raise checks.fail("mmd", "x" if n < 2 else "y", "at least 2 samples", min(n, m))
 
     def sqdist(a, b):
         return jnp.maximum(
@@ -160,26 +156,30 @@ def kernel_distance(
 
     **Returns:** `(kid, standard_error)` as Python floats.
     """
-    values = _kid_blocks(_flat(x, "x"), _flat(y, "y"), num_blocks, "x")
+    where = "kernel_distance"
+    xf, yf = _flat(where, x, "x"), _flat(where, y, "y")
+    num_blocks = _check_blocks(where, xf, yf, num_blocks, "x")
+    values = _kid_blocks(xf, yf, num_blocks)
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(num_blocks))
 
 
-def _kid_blocks(xf: Array, yf: Array, num_blocks: int, name: str) -> np.ndarray:
-    """Unbiased cubic-kernel MMD² of each of `num_blocks` (x-block, y-block) pairs,
-    after checking the arguments (`name`: what the error messages call `xf`)."""
+def _check_blocks(where: str, xf: Array, yf: Array, num_blocks, name: str) -> int:
+    """`num_blocks` once the features `xf` (called `name`) and `yf` can be split
+    into that many blocks of at least 2 samples each."""
     if xf.shape[1] != yf.shape[1]:
-        raise ValueError(
-            f"`{name}` and `y` must have the same feature dimension, got "
-            f"{xf.shape[1]} and {yf.shape[1]}."
-        )
-    if not (isinstance(num_blocks, int) and num_blocks >= 2):
-        raise ValueError(f"`num_blocks` must be an int >= 2, got {num_blocks!r}.")
+        what = f"of the same feature dimension as `{name}`, {xf.shape[1]}"
+        raise checks.fail(where, "y", what, yf.shape[1])
+    num_blocks = checks.integer(where, "num_blocks", num_blocks, minimum=2)
+    fewer = min(xf.shape[0], yf.shape[0])
+    if fewer < 2 * num_blocks:
+        what = f"at least 2 samples per block, {2 * num_blocks} for {num_blocks} blocks"
+        raise checks.fail(where, name if xf.shape[0] == fewer else "y", what, fewer)
+    return num_blocks
+
+
+def _kid_blocks(xf: Array, yf: Array, num_blocks: int) -> np.ndarray:
+    """Unbiased cubic-kernel MMD² of each of `num_blocks` (x-block, y-block) pairs."""
     n, m = xf.shape[0] // num_blocks, yf.shape[0] // num_blocks
-    if n < 2 or m < 2:
-        raise ValueError(
-            f"`{name}` and `y` need at least 2 samples per block ({num_blocks} "
-            f"blocks); got {xf.shape[0]} and {yf.shape[0]} samples."
-        )
     d = xf.shape[1]
     xb = xf[: n * num_blocks].reshape(num_blocks, n, d)
     yb = yf[: m * num_blocks].reshape(num_blocks, m, d)
@@ -211,12 +211,14 @@ def kernel_distance_difference(
     standard error is the block differences' standard deviation over
     `sqrt(num_blocks)`. Arguments as `kernel_distance`; `x1` and `x2` must have the
     same shape."""
-    f1, f2, yf = _flat(x1, "x1"), _flat(x2, "x2"), _flat(y, "y")
+    where = "kernel_distance_difference"
+    f1, f2, yf = _flat(where, x1, "x1"), _flat(where, x2, "x2"), _flat(where, y, "y")
     if f1.shape != f2.shape:
-        raise ValueError(
-            f"`x1` and `x2` must have the same shape, got {f1.shape} and {f2.shape}."
+        raise checks.fail(
+            where, "x2", f"of the same shape as `x1`, {f1.shape}", f2.shape
         )
-    diff = _kid_blocks(f1, yf, num_blocks, "x1") - _kid_blocks(f2, yf, num_blocks, "x2")
+    num_blocks = _check_blocks(where, f1, yf, num_blocks, "x1")
+    diff = _kid_blocks(f1, yf, num_blocks) - _kid_blocks(f2, yf, num_blocks)
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(num_blocks))
 
 
@@ -246,11 +248,11 @@ def drift_errors(
     An array of shape `(len(fns),)`; the reference's own entry is 0.
     """
     ts, ys = jnp.asarray(ts), jnp.asarray(ys)
-    if ts.ndim != 1 or ys.shape[0] != ts.shape[0]:
-        raise ValueError(
-            f"`ts` must be (T,) and `ys` (T, batch, ...) with the same T, got "
-            f"{ts.shape} and {ys.shape}."
-        )
+    if ts.ndim != 1:
+        raise checks.fail("drift_errors", "ts", "times of shape (T,)", ts.shape)
+    if ys.shape[0] != ts.shape[0]:
+        what = f"states (T, batch, ...) with the same T = {ts.shape[0]} as `ts`"
+        raise checks.fail("drift_errors", "ys", what, ys.shape)
     reference = fns[-1] if reference is None else reference
     # The drifts (and their weights) are arguments of the compiled function, never
     # closed-over constants: XLA constant-folds captured weights very slowly.

@@ -23,7 +23,39 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .. import _checks as checks
 from ._sde import VPSDE
+
+_WHERE = "GaussianMixture.from_arrays"
+
+
+def _check_mixture(w, mu, u, lam, c) -> None:
+    """`from_arrays`'s checks of the NumPy arrays of a mixture."""
+    k = w.shape[0] if w.ndim == 1 and w.size >= 1 else -1
+    d = mu.shape[1] if mu.ndim == 2 else -1
+    r = u.shape[2] if u.ndim == 3 else -1
+    for arg, a, shape, spelled in (
+        ("weights", w, (k,), "a 1-D array (K,)"),
+        ("means", mu, (k, d), f"of shape (K, D) = ({k}, D)"),
+        ("basis", u, (k, d, r), f"of shape (K, D, r) = ({k}, {d}, r)"),
+        ("variances", lam, (k, r), f"of shape (K, r) = ({k}, {r})"),
+        ("floor", c, (k,), f"of shape (K,) = ({k},)"),
+    ):
+        if a.shape != shape:
+            raise checks.fail(_WHERE, arg, spelled, a.shape)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{_WHERE}: `{arg}` must be finite.")
+    if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-4:
+        raise checks.fail(_WHERE, "weights", "non-negative and sum to 1", w.tolist())
+    if np.any(lam < 0):
+        raise checks.fail(_WHERE, "variances", ">= 0", float(lam.min()))
+    if np.any(c <= 0):
+        raise checks.fail(_WHERE, "floor", "positive", c.tolist())
+    gram = np.einsum("kdi,kdj->kij", u, u)
+    err = np.abs(gram - np.eye(r)).max() if r else 0.0
+    if err > 1e-3:
+        message = f"`basis` must have orthonormal columns; deviation {err:.3g}"
+        raise ValueError(f"{_WHERE}: {message} (U_kᵀ U_k = I within 1e-3).")
 
 
 class GaussianMixture(eqx.Module):
@@ -75,61 +107,12 @@ class GaussianMixture(eqx.Module):
         u = np.asarray(basis, np.float64)
         lam = np.asarray(variances, np.float64)
         c = np.asarray(floor, np.float64)
-        if w.ndim != 1 or w.size < 1:
-            raise ValueError(
-                f"`weights` must be a 1-D array (K,), got shape {w.shape}."
-            )
-        k = w.shape[0]
-        if mu.ndim != 2 or mu.shape[0] != k:
-            raise ValueError(
-                f"`means` must have shape (K, D) = ({k}, D), got {mu.shape}."
-            )
-        d = mu.shape[1]
-        if u.ndim != 3 or u.shape[:2] != (k, d):
-            raise ValueError(
-                f"`basis` must have shape (K, D, r) = ({k}, {d}, r), got {u.shape}."
-            )
-        r = u.shape[2]
-        if lam.shape != (k, r):
-            raise ValueError(
-                f"`variances` must have shape (K, r) = ({k}, {r}), got {lam.shape}."
-            )
-        if c.shape != (k,):
-            raise ValueError(f"`floor` must have shape (K,) = ({k},), got {c.shape}.")
-        for name, a in (
-            ("weights", w),
-            ("means", mu),
-            ("basis", u),
-            ("variances", lam),
-            ("floor", c),
-        ):
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"`{name}` must be finite.")
-        if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-4:
-            raise ValueError(
-                f"`weights` must be non-negative and sum to 1, got sum {w.sum()!r} "
-                f"and minimum {w.min()!r}."
-            )
-        if np.any(lam < 0):
-            raise ValueError(f"`variances` must be >= 0, got minimum {lam.min()!r}.")
-        if np.any(c <= 0):
-            raise ValueError(
-                f"`floor` must be positive (the isotropic variance that makes every "
-                f"covariance invertible), got minimum {c.min()!r}."
-            )
-        gram = np.einsum("kdi,kdj->kij", u, u)
-        err = np.abs(gram - np.eye(r)).max() if r else 0.0
-        if err > 1e-3:
-            raise ValueError(
-                "`basis` must have orthonormal columns (U_kᵀ U_k = I); deviation "
-                f"{err:.3g}."
-            )
+        _check_mixture(w, mu, u, lam, c)
+        d = u.shape[1]
         shape = (d,) if event_shape is None else tuple(int(s) for s in event_shape)
         if math.prod(shape) != d:
-            raise ValueError(
-                f"`event_shape` {shape} holds {math.prod(shape)} values; the means "
-                f"have D = {d}."
-            )
+            what = f"a shape of D = {d} values, the means' size"
+            raise checks.fail(_WHERE, "event_shape", what, shape)
         with np.errstate(divide="ignore"):
             log_w = np.log(w / w.sum())
         return cls(
@@ -202,7 +185,9 @@ class GaussianMixture(eqx.Module):
     def _coefficients(self, t, sde):
         if sde is None:
             if t is not None:
-                raise ValueError("a time `t` needs the forward process `sde`.")
+                raise ValueError(
+                    "GaussianMixture: `t` needs the forward process `sde`."
+                )
             return jnp.ones((), self.means.dtype), jnp.zeros((), self.means.dtype)
         t = jnp.asarray(t, self.means.dtype)
         return sde.alpha(t).astype(t.dtype), sde.sigma(t).astype(t.dtype)
@@ -210,10 +195,8 @@ class GaussianMixture(eqx.Module):
     def _flat(self, x, name="x"):
         x = jnp.asarray(x)
         if x.shape[1:] != self.event_shape:
-            raise ValueError(
-                f"`{name}` must have shape (n, {', '.join(map(str, self.event_shape))})"
-                f"; got {x.shape}."
-            )
+            what = f"of shape (n, {', '.join(map(str, self.event_shape))})"
+            raise checks.fail("GaussianMixture", name, what, x.shape)
         return x.reshape(x.shape[0], self.dim).astype(self.means.dtype)
 
     def _parts(self, y, alpha, sigma):
@@ -279,9 +262,9 @@ class GaussianMixture(eqx.Module):
     def entropy(self, key: PRNGKeyArray, n: int = 100_000, batch: int = 10_000):
         """A Monte Carlo estimate of the differential entropy `−E log p(X)` from `n`
         exact draws, with its standard error: `(entropy, standard_error)`."""
-        if int(n) < 2 or int(batch) < 1:
-            raise ValueError(f"`n` must be >= 2 and `batch` >= 1; got {n}, {batch}.")
-        lp = _log_prob_of_draws(self, key, int(n), int(batch))
+        n = checks.integer("GaussianMixture.entropy", "n", n, minimum=2)
+        batch = checks.integer("GaussianMixture.entropy", "batch", batch)
+        lp = _log_prob_of_draws(self, key, n, batch)
         return float(-lp.mean()), float(lp.std(ddof=1) / math.sqrt(lp.size))
 
 
@@ -382,18 +365,16 @@ class MixtureQuality(eqx.Module):
         cls, mixture: GaussianMixture, *, key: PRNGKeyArray, num: int = 200_000
     ) -> MixtureQuality:
         """Estimate the negative entropy `E_p log p` from `num` exact draws."""
-        if not (isinstance(num, int) and num >= 2):
-            raise ValueError(f"`num` must be an int >= 2, got {num!r}.")
+        checks.integer("MixtureQuality.from_mixture", "num", num, minimum=2)
         h, se = mixture.entropy(key, num)
         return cls(mixture, -h, se)
 
     def _check(self, x, name):
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[1:] != self.mixture.event_shape or x.shape[0] < 2:
-            raise ValueError(
-                f"`{name}` must be at least 2 samples of shape (n, "
-                f"{', '.join(map(str, self.mixture.event_shape))}); got {x.shape}."
-            )
+            shape = ", ".join(map(str, self.mixture.event_shape))
+            what = f"at least 2 samples of shape (n, {shape})"
+            raise checks.fail("MixtureQuality", name, what, x.shape)
         return x
 
     def log_probs(self, samples: Float[ArrayLike, " n *shape"]) -> np.ndarray:
@@ -419,10 +400,8 @@ class MixtureQuality(eqx.Module):
         a = self._check(samples, "samples")
         b = self._check(other, "other")
         if a.shape != b.shape:
-            raise ValueError(
-                f"`samples` and `other` must have the same shape (paired samples), "
-                f"got {a.shape} and {b.shape}."
-            )
+            what = f"paired with `samples`: the same shape, {a.shape}"
+            raise checks.fail("MixtureQuality.difference", "other", what, b.shape)
         d = self.log_probs(b) - self.log_probs(a)
         return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 

@@ -29,6 +29,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .. import _checks as checks
+from ._sde import check_beta_range
+
 PREDICTIONS = ("eps", "x0", "v")
 
 
@@ -97,22 +100,14 @@ class AbstractParametrisation(eqx.Module):
         )
 
 
-def _check_positive(owner: str, **values) -> None:
-    for name, value in values.items():
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(
-                f"{owner}: `{name}` must be a positive finite number; got {value!r}."
-            )
-
-
-def _check_sigma_range(owner: str, sigma_min, sigma_max, **others) -> None:
+def _check_sigma_range(owner: str, sigma_min, sigma_max) -> None:
     """The noise range of a σ-parametrisation (`VE`, `EDM`): positive finite
-    `sigma_min < sigma_max` (and positive finite `others`)."""
-    _check_positive(owner, sigma_min=sigma_min, sigma_max=sigma_max, **others)
+    `sigma_min < sigma_max`."""
+    checks.number(owner, "sigma_min", sigma_min)
+    checks.number(owner, "sigma_max", sigma_max)
     if not sigma_min < sigma_max:
-        raise ValueError(
-            f"{owner}: `sigma_min` ({sigma_min}) must be below `sigma_max` "
-            f"({sigma_max})."
+        raise checks.fail(
+            owner, "sigma_min", f"below `sigma_max` ({sigma_max})", sigma_min
         )
 
 
@@ -129,18 +124,7 @@ class VPLinear(AbstractParametrisation):
     beta_max: float = eqx.field(static=True, default=20.0)
 
     def __check_init__(self):
-        if not (
-            isinstance(self.beta_min, (int, float))
-            and isinstance(self.beta_max, (int, float))
-            and 0 <= self.beta_min <= self.beta_max
-            and self.beta_max > 0
-            and math.isfinite(self.beta_max)
-        ):
-            raise ValueError(
-                "VPLinear: `beta_min`, `beta_max` must satisfy 0 <= beta_min <= "
-                f"beta_max, 0 < beta_max < inf; got {self.beta_min!r}, "
-                f"{self.beta_max!r}."
-            )
+        check_beta_range("VPLinear", self.beta_min, self.beta_max)
 
     def time_range(self):
         return (0.0, 1.0)
@@ -182,7 +166,7 @@ class VPCosine(AbstractParametrisation):
     s: float = eqx.field(static=True, default=0.008)
 
     def __check_init__(self):
-        _check_positive("VPCosine", s=self.s)
+        checks.number("VPCosine", "s", self.s)
 
     def time_range(self):
         return (0.0, 1.0)
@@ -255,9 +239,8 @@ class EDM(AbstractParametrisation):
     sigma_data: float = eqx.field(static=True, default=0.5)
 
     def __check_init__(self):
-        _check_sigma_range(
-            "EDM", self.sigma_min, self.sigma_max, sigma_data=self.sigma_data
-        )
+        _check_sigma_range("EDM", self.sigma_min, self.sigma_max)
+        checks.number("EDM", "sigma_data", self.sigma_data)
 
     def time_range(self):
         return (0.0, math.inf)
@@ -272,14 +255,10 @@ class EDM(AbstractParametrisation):
         return jnp.exp(-jnp.asarray(lam))
 
 
-def check_prediction(name: str, value) -> str:
-    """Raise a clear error naming `name` unless `value` is one of `PREDICTIONS`."""
-    if not (isinstance(value, str) and value in PREDICTIONS):
-        raise ValueError(
-            f"`{name}` must be one of {PREDICTIONS} (noise, data or velocity "
-            f"prediction); got {value!r}."
-        )
-    return value
+def check_prediction(where: str, arg: str, value) -> str:
+    """`value` if it is one of `PREDICTIONS`, else an error naming `arg`."""
+    what = "one of 'eps', 'x0', 'v' (noise, data or velocity prediction)"
+    return checks.choice(where, arg, value, PREDICTIONS, what)
 
 
 def convert_prediction(
@@ -310,15 +289,13 @@ def convert_prediction(
 
     **Returns:** the `target` prediction, shaped and typed like `prediction`.
     """
-    check_prediction("source", source)
-    check_prediction("target", target)
+    check_prediction("convert_prediction", "source", source)
+    check_prediction("convert_prediction", "target", target)
     prediction = jnp.asarray(prediction)
     y = jnp.asarray(y)
     if prediction.shape != y.shape:
-        raise ValueError(
-            f"convert_prediction: `prediction` has shape {prediction.shape} but `y` "
-            f"has shape {y.shape}; they must match."
-        )
+        what = f"of the shape of `y`, {y.shape}"
+        raise checks.fail("convert_prediction", "prediction", what, prediction.shape)
     dtype = prediction.dtype
     a = jnp.asarray(alpha).astype(dtype)
     s = jnp.asarray(sigma).astype(dtype)
@@ -326,10 +303,8 @@ def convert_prediction(
         try:
             jnp.broadcast_shapes(c.shape, y.shape)
         except ValueError:
-            raise ValueError(
-                f"convert_prediction: `{name}` has shape {c.shape}, which does not "
-                f"broadcast to the shape of `y` {y.shape}."
-            ) from None
+            what = f"broadcastable to the shape of `y`, {y.shape}"
+            raise checks.fail("convert_prediction", name, what, c.shape) from None
     if source == target:
         return prediction
     # Through x0 and eps; v ↔ (x0, eps) are the only non-trivial maps.

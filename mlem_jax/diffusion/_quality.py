@@ -14,6 +14,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .. import _checks as checks
 from ._metrics import kernel_distance, kernel_distance_difference
 
 
@@ -32,10 +33,8 @@ class FeatureNet(eqx.Module):
         """Penultimate activations of a batch of images (leading sample axis)."""
         x = jnp.asarray(x)
         if x.shape[1:] != self.image_shape:
-            raise ValueError(
-                f"FeatureNet: expected images of shape (n, {', '.join(map(str, self.image_shape))}); "
-                f"got {x.shape}."
-            )
+            what = f"images of shape (n, {', '.join(map(str, self.image_shape))})"
+            raise checks.fail("FeatureNet.features", "x", what, x.shape)
         h = x.reshape(x.shape[0], -1)
         for layer in self.layers[:-1]:
             h = jax.nn.gelu(jax.vmap(layer)(h))
@@ -72,22 +71,13 @@ def train_feature_net(
     """
     import optax  # the optimiser is only needed here
 
+    name = "train_feature_net"
     images = np.asarray(images, np.float32)
-    labels = np.asarray(labels)
-    if images.ndim < 2 or labels.shape != images.shape[:1]:
-        raise ValueError(
-            "train_feature_net: `images` must have a leading sample axis and `labels` "
-            f"one integer per image; got shapes {images.shape} and {labels.shape}."
-        )
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise ValueError(
-            "train_feature_net: `labels` must be non-negative integers; got dtype "
-            f"{labels.dtype} with minimum {labels.min()}."
-        )
+    if images.ndim < 2:
+        raise checks.fail(name, "images", "images (n, *shape)", images.shape)
+    labels = _check_class_labels(name, labels, images.shape[0], None)
     if not hidden or any(int(h) < 1 for h in hidden):
-        raise ValueError(
-            f"train_feature_net: `hidden` must be positive widths; got {hidden}."
-        )
+        raise checks.fail(name, "hidden", "positive widths", hidden)
     classes = int(labels.max()) + 1
     sizes = (math.prod(images.shape[1:]), *map(int, hidden), classes)
     init_key, train_key = jr.split(key)
@@ -202,21 +192,25 @@ def digits_quality(num_blocks: int = 8, seed: int = 0, **kwargs: Any) -> SampleQ
     return SampleQuality.from_data(net, images, num_blocks)
 
 
-def _check_class_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
+def _check_class_labels(where: str, labels, n: int, num_classes: int | None):
+    """`labels` (an int, or one per sample) as the integers of shape `(n,)` of the
+    classes the samples belong to, each in `[0, num_classes)` (`None`: any
+    non-negative one)."""
+    if n < 1:
+        raise ValueError(f"{where}: there are no samples.")
     values = np.asarray(labels)
-    if values.shape == ():
-        values = np.full((n,), values)
-    if not np.issubdtype(values.dtype, np.integer) or values.shape != (n,):
-        raise ValueError(
-            f"{name}: `labels` must be an int or integers of shape (n,) = ({n},), the "
-            f"class each sample was conditioned on; got dtype {values.dtype} and "
-            f"shape {values.shape}."
+    values = np.full((n,), values) if values.shape == () else values
+    if not np.issubdtype(values.dtype, np.integer):
+        what = "integers, one class per sample"
+        raise checks.fail(where, "labels", what, values.dtype)
+    if values.shape != (n,):
+        raise checks.fail(
+            where, "labels", f"one integer per image, ({n},)", values.shape
         )
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(
-            f"{name}: `labels` must lie in [0, {num_classes}); got values in "
-            f"[{values.min()}, {values.max()}]."
-        )
+    top = math.inf if num_classes is None else num_classes
+    if values.size and (values.min() < 0 or values.max() >= top):
+        what = f"non-negative integers below {top}"
+        raise checks.fail(where, "labels", what, (int(values.min()), int(values.max())))
     return values
 
 
@@ -275,11 +269,13 @@ class ClassQuality(eqx.Module):
         their conditioning class `labels` (an int, or one per sample), and its
         binomial standard error."""
         n = int(np.shape(samples)[0])
-        if n < 1:
-            raise ValueError("ClassQuality.accuracy: `samples` is empty.")
         labels = _check_class_labels(
             "ClassQuality.accuracy", labels, n, self.num_classes
         )
+        return self._accuracy(samples, labels)
+
+    def _accuracy(self, samples, labels) -> tuple[float, float]:
+        n = labels.shape[0]
         hits = np.asarray(self.predict(samples)) == labels
         a = float(hits.mean())
         return a, math.sqrt(a * (1.0 - a) / n)
@@ -295,6 +291,9 @@ class ClassQuality(eqx.Module):
         labels = _check_class_labels(
             "ClassQuality.class_kid", labels, n, self.num_classes
         )
+        return self._class_kid(samples, labels)
+
+    def _class_kid(self, samples, labels) -> dict[str, Any]:
         features = np.asarray(self.quality.features(samples))
         per_class = {}
         for k in range(self.num_classes):
@@ -305,10 +304,8 @@ class ClassQuality(eqx.Module):
                 jnp.asarray(mine), self.classes[k], num_blocks=self.num_blocks
             )
         if not per_class:
-            raise ValueError(
-                "ClassQuality.class_kid: no class has the "
-                f"{2 * self.num_blocks} samples a per-class KID needs."
-            )
+            what = f"{2 * self.num_blocks} of one class at least (a per-class KID)"
+            raise checks.fail("ClassQuality.class_kid", "samples", what, len(labels))
         values = np.array([v[0] for v in per_class.values()])
         errors = np.array([v[1] for v in per_class.values()])
         mean = float(values.mean())
@@ -326,11 +323,11 @@ class ClassQuality(eqx.Module):
         )
         counts = np.bincount(labels, minlength=self.num_classes)
         if counts.max() >= 2 * self.num_blocks:
-            per = self.class_kid(samples, labels)
+            per = self._class_kid(samples, labels)
         else:
             per = {"mean": (math.nan, math.nan), "kid": {}}
         return {
-            "accuracy": self.accuracy(samples, labels),
+            "accuracy": self._accuracy(samples, labels),
             "kid": self.quality(samples),
             "class_kid": per["mean"],
             "per_class_kid": per["kid"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 
+from .. import _checks as checks
 from ._samplers import (
     DDIM,
     AbstractSampler,
@@ -52,19 +53,17 @@ def sampler(name: str, **kwargs) -> AbstractSampler:
     **Raises:** `ValueError` naming the known samplers for an unknown `name`, and
     `TypeError` for arguments the sampler does not take.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"sampler: `name` must be a string; got {type(name).__name__}.")
+    checks.instance("sampler", "name", name, str, "a string")
     key = name.strip().lower()
     by_class = {cls.__name__.lower(): cls for cls in SAMPLERS.values()}
     cls = SAMPLERS.get(key) or by_class.get(key)
     if cls is None:
-        raise ValueError(
-            f"sampler: no sampler called {name!r}; known: {', '.join(SAMPLERS)} "
-            "(or their class names)."
-        )
+        what = f"one of {', '.join(SAMPLERS)} (or their class names)"
+        raise checks.fail("sampler", "name", what, name)
     try:
         return cls(**kwargs)
     except TypeError:
-        raise TypeError(
-            f"sampler: {cls.__name__} does not take the arguments {sorted(kwargs)}."
+        what = f"the arguments {cls.__name__} takes"
+        raise checks.fail(
+            "sampler", "kwargs", what, sorted(kwargs), TypeError
         ) from None

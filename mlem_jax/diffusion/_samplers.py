@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .. import _checks as checks
 from .._integrate import AbstractStepper, Grid, Problem
 from .._levels import Levels, Refinement
 from .._misc import check_key, check_num_steps, concrete_or_none
@@ -96,10 +97,17 @@ def time_grid(
 
     The end points are `t0` and `t1` exactly.
     """
-    if kind not in GRIDS:
-        raise ValueError(f"`grid` must be one of {GRIDS} or an array; got {kind!r}.")
-    if not (isinstance(rho, (int, float)) and rho > 0):
-        raise ValueError(f"`rho` must be a positive number; got {rho!r}.")
+    checks.choice("time_grid", "kind", kind, GRIDS)
+    rho = checks.number("time_grid", "rho", rho)
+    t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
+    if kind == "quadratic" and t0c is not None and t1c is not None:
+        if min(t0c, t1c) < 0:
+            raise checks.fail("time_grid", "t0, t1", "times >= 0", (t0, t1))
+    return _grid_times(param, num_steps, t0, t1, kind, rho, dtype)
+
+
+def _grid_times(param, num_steps, t0, t1, kind, rho, dtype):
+    """`time_grid`'s times, of checked arguments."""
     t0 = jnp.asarray(t0, dtype)
     t1 = jnp.asarray(t1, dtype)
     u = jnp.arange(num_steps + 1, dtype=dtype) / num_steps
@@ -107,11 +115,6 @@ def time_grid(
         # t0 + n·h, the grid of `em_solve`, bit for bit.
         ts = t0 + jnp.arange(num_steps + 1, dtype=dtype) * ((t1 - t0) / num_steps)
     elif kind == "quadratic":
-        t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
-        if t0c is not None and t1c is not None and min(t0c, t1c) < 0:
-            raise ValueError(
-                f'`grid="quadratic"` needs t0, t1 >= 0; got {float(t0c)}, {float(t1c)}.'
-            )
         ts = (jnp.sqrt(t0) + u * (jnp.sqrt(t1) - jnp.sqrt(t0))) ** 2
     else:
         lam0, lam1 = param.log_snr(t0), param.log_snr(t1)
@@ -172,6 +175,27 @@ def _coefficients(param, t, t_next):
     return param.alpha(t_next), ratio, h
 
 
+def _ode_step(coefficients, y, x0):
+    """`y' = (σ'/σ) y + α'(1 − e^{−h}) x̂_0`, the step of DPM-Solver++(1) on the
+    probability-flow ODE (= DDIM), without cancellation."""
+    alpha_next, ratio, h = coefficients
+    dt = y.dtype
+    return ratio.astype(dt) * y + (alpha_next * -jnp.expm1(-h)).astype(dt) * x0
+
+
+def _sde_step(param, t_next, coefficients, y, x0, z):
+    """`y' = (σ'/σ) e^{−h} y + α'(1 − e^{−2h}) x̂_0 + σ' sqrt(1 − e^{−2h}) z`, the step
+    of SDE-DPM-Solver++(1) on the reverse SDE."""
+    alpha_next, ratio, h = coefficients
+    dt = y.dtype
+    one_minus = -jnp.expm1(-2 * h)
+    return (
+        (ratio * jnp.exp(-h)).astype(dt) * y
+        + (alpha_next * one_minus).astype(dt) * x0
+        + (param.sigma(t_next) * jnp.sqrt(one_minus)).astype(dt) * z
+    )
+
+
 class DDIM(AbstractSampler):
     """DDIM (Song et al. 2021) with stochasticity `eta ∈ [0, 1]`:
 
@@ -193,9 +217,7 @@ class DDIM(AbstractSampler):
 
     def __check_init__(self):
         if not (isinstance(self.eta, (int, float)) and 0 <= self.eta <= 1):
-            raise ValueError(
-                f"DDIM: `eta` must be a number in [0, 1]; got {self.eta!r}."
-            )
+            raise checks.fail("DDIM", "eta", "a number in [0, 1]", self.eta)
 
     @property
     def stochastic(self):
@@ -206,19 +228,16 @@ class DDIM(AbstractSampler):
         return None
 
     def step(self, param, t, t_next, y, predict, z, carry):
-        alpha_next, ratio, h = _coefficients(param, t, t_next)
+        coefficients = _coefficients(param, t, t_next)
         x0 = predict(t, y)
-        dt = y.dtype
         if self.eta == 0:
-            # y' = (σ'/σ) y + α'(1 − e^{−h}) x̂_0, the same map without cancellation.
-            y_next = (
-                ratio.astype(dt) * y + (alpha_next * -jnp.expm1(-h)).astype(dt) * x0
-            )
-            return y_next, carry
+            return _ode_step(coefficients, y, x0), carry
+        alpha_next, ratio, h = coefficients
+        dt = y.dtype
         one_minus = -jnp.expm1(-2 * h)  # 1 − e^{−2h}
         keep = jnp.sqrt(1 - self.eta**2 * one_minus)  # sqrt(σ'² − c²) / σ'
         c = self.eta * param.sigma(t_next) * jnp.sqrt(one_minus)
-        assert z is not None  # a stochastic step: `_run` draws z
+        assert z is not None  # a stochastic step: the loop draws z
         y_next = (
             (ratio * keep).astype(dt) * y
             + (alpha_next * (1 - keep * jnp.exp(-h))).astype(dt) * x0
@@ -248,17 +267,9 @@ class SDEDPMSolverPP1(AbstractSampler):
         return None
 
     def step(self, param, t, t_next, y, predict, z, carry):
-        alpha_next, ratio, h = _coefficients(param, t, t_next)
-        x0 = predict(t, y)
-        dt = y.dtype
-        one_minus = -jnp.expm1(-2 * h)
-        assert z is not None  # a stochastic step: `_run` draws z
-        y_next = (
-            (ratio * jnp.exp(-h)).astype(dt) * y
-            + (alpha_next * one_minus).astype(dt) * x0
-            + (param.sigma(t_next) * jnp.sqrt(one_minus)).astype(dt) * z
-        )
-        return y_next, carry
+        coefficients = _coefficients(param, t, t_next)
+        assert z is not None  # a stochastic step: the loop draws z
+        return _sde_step(param, t_next, coefficients, y, predict(t, y), z), carry
 
 
 class _Multistep(AbstractSampler):
@@ -296,11 +307,9 @@ class DPMSolverPP2M(_Multistep):
         return False
 
     def step(self, param, t, t_next, y, predict, z, carry):
-        alpha_next, ratio, h = _coefficients(param, t, t_next)
-        d, carry = self._extrapolate(predict(t, y), h, carry)
-        dt = y.dtype
-        y_next = ratio.astype(dt) * y + (alpha_next * -jnp.expm1(-h)).astype(dt) * d
-        return y_next, carry
+        coefficients = _coefficients(param, t, t_next)
+        d, carry = self._extrapolate(predict(t, y), coefficients[2], carry)
+        return _ode_step(coefficients, y, d), carry
 
 
 class SDEDPMSolverPP2M(_Multistep):
@@ -320,17 +329,10 @@ class SDEDPMSolverPP2M(_Multistep):
         return True
 
     def step(self, param, t, t_next, y, predict, z, carry):
-        alpha_next, ratio, h = _coefficients(param, t, t_next)
-        d, carry = self._extrapolate(predict(t, y), h, carry)
-        dt = y.dtype
-        one_minus = -jnp.expm1(-2 * h)
-        assert z is not None  # a stochastic step: `_run` draws z
-        y_next = (
-            (ratio * jnp.exp(-h)).astype(dt) * y
-            + (alpha_next * one_minus).astype(dt) * d
-            + (param.sigma(t_next) * jnp.sqrt(one_minus)).astype(dt) * z
-        )
-        return y_next, carry
+        coefficients = _coefficients(param, t, t_next)
+        d, carry = self._extrapolate(predict(t, y), coefficients[2], carry)
+        assert z is not None  # a stochastic step: the loop draws z
+        return _sde_step(param, t_next, coefficients, y, d, z), carry
 
 
 def _pf_ode_term(param, predict):
@@ -399,6 +401,15 @@ class Heun(_DiffraxODE):
 # The samplers as solves
 
 
+def _to_x0(param, prediction: str, out, t, y, what: str) -> Array:
+    """A network's output `out` at `(t, y)`, predicting `prediction`, as the data
+    prediction in `y`'s dtype (`what` names the network in a shape error)."""
+    out = jnp.asarray(out)
+    check_drift_output(out, y, what)
+    x0 = param.convert(out.astype(y.dtype), t, y, source=prediction, target="x0")
+    return x0.astype(y.dtype)
+
+
 class _X0Prediction(eqx.Module):
     """A network `f(t, y, args)` predicting `prediction`, as a data predictor
     `f(t, y, args) -> x̂_0` (a level function for `mlem_drift`)."""
@@ -408,12 +419,8 @@ class _X0Prediction(eqx.Module):
     prediction: str = eqx.field(static=True)
 
     def __call__(self, t, y, args):
-        out = jnp.asarray(self.fn(t, y, args))
-        check_drift_output(out, y, "the network")
-        x0 = self.param.convert(
-            out.astype(y.dtype), t, y, source=self.prediction, target="x0"
-        )
-        return x0.astype(y.dtype)
+        out = self.fn(t, y, args)
+        return _to_x0(self.param, self.prediction, out, t, y, "the network")
 
 
 class _X0Refine(eqx.Module):
@@ -431,12 +438,8 @@ class _X0Refine(eqx.Module):
             coarse = self.param.convert(
                 coarse, t, y, source="x0", target=self.prediction
             ).astype(y.dtype)
-        out = jnp.asarray(self.refine(t, y, args, coarse))
-        check_drift_output(out, y, "the refinement")
-        x0 = self.param.convert(
-            out.astype(y.dtype), t, y, source=self.prediction, target="x0"
-        )
-        return x0.astype(y.dtype)
+        out = self.refine(t, y, args, coarse)
+        return _to_x0(self.param, self.prediction, out, t, y, "the refinement")
 
 
 class _X0Joint(eqx.Module):
@@ -447,15 +450,13 @@ class _X0Joint(eqx.Module):
     prediction: str = eqx.field(static=True)
 
     def __call__(self, t, y, args):
-        def x0(out):
-            out = jnp.asarray(out)
-            check_drift_output(out, y, "the refinement's joint")
-            return self.param.convert(
-                out.astype(y.dtype), t, y, source=self.prediction, target="x0"
-            ).astype(y.dtype)
-
+        what = "the refinement's joint"
         coarse, refined = self.joint(t, y, args)
-        return x0(coarse), x0(refined)
+        param, prediction = self.param, self.prediction
+        return (
+            _to_x0(param, prediction, coarse, t, y, what),
+            _to_x0(param, prediction, refined, t, y, what),
+        )
 
 
 def as_x0_prediction(fn, param, prediction):
@@ -515,15 +516,11 @@ def sample(
     **Returns:** `(y1, info)`, `info` a `mlem_jax.SolveInfo` with
     `evaluations = [num_steps · evaluations per step]`.
     """
-    if not callable(model):
-        raise TypeError(
-            f"sample: `model` must be a callable f(t, y, args); got "
-            f"{type(model).__name__}."
-        )
-    cost = _check_cost(cost)
+    checks.function("sample", "model", model, "a callable f(t, y, args)")
+    cost = checks.number("sample", "cost", cost)
     problem = sampler_problem(
         "sample",
-        (model,),
+        model,
         None,
         param,
         sampler,
@@ -532,7 +529,7 @@ def sample(
         t1=t1,
         num_steps=num_steps,
         key=key,
-        needs_key=False,
+        key_for=None,
         prediction=prediction,
         grid=grid,
         rho=rho,
@@ -540,13 +537,8 @@ def sample(
         brownian=brownian,
         checkpoint=checkpoint,
     )
-    return run_problem(
-        "sample",
-        problem,
-        _SamplerStep(sampler, param),
-        (cost,),
-        per_step=sampler.evaluations_per_step,
-    )
+    step, per_step = _SamplerStep(sampler, param), sampler.evaluations_per_step
+    return run_problem("sample", problem, step, (cost,), per_step=per_step)
 
 
 def mlem_sample(
@@ -587,35 +579,18 @@ def mlem_sample(
     **Returns:** `(y1, info)` as `mlem_jax.mlem_solve`: `info.evaluations[l]` is the
     number of steps at which level `l` was evaluated.
     """
-    if not isinstance(levels, Levels):
-        raise TypeError(
-            f"mlem_sample: `levels` must be a mlem_jax.Levels; got "
-            f"{type(levels).__name__}."
-        )
-    if not isinstance(schedule, (AbstractSchedule, Periodic)):
-        raise TypeError(
-            "mlem_sample: `schedule` must be a mlem_jax schedule (FixedProbabilities, "
-            f"Rates, ...) or a mlem_jax.diffusion.Periodic; got "
-            f"{type(schedule).__name__}."
-        )
+    name = "mlem_sample"
+    checks.instance(name, "levels", levels, Levels, "a mlem_jax.Levels")
+    what = "a mlem_jax schedule (FixedProbabilities, Rates, ...) or a Periodic"
+    checks.instance(name, "schedule", schedule, (AbstractSchedule, Periodic), what)
     if schedule.num_levels != levels.num_levels:
-        raise ValueError(
-            f"mlem_sample: `schedule` has {schedule.num_levels} levels but `levels` "
-            f"has {levels.num_levels}; expected one probability, rate or period per "
-            "level."
-        )
-    if isinstance(sampler, AbstractSampler) and not sampler.affine:
-        raise ValueError(
-            f"mlem_sample: `sampler` {type(sampler).__name__} is not affine in the "
-            "network's prediction, so the randomized telescope would bias it; use "
-            "Euler, DDIM, DPMSolverPP2M, SDEDPMSolverPP1 or SDEDPMSolverPP2M."
-        )
+        what = f"a schedule of {levels.num_levels} levels, one per level of `levels`"
+        raise checks.fail(name, "schedule", what, schedule.num_levels)
+    check_affine(name, sampler)
     random_draws = not isinstance(schedule, (Periodic, Stitch))
-    if key is None and random_draws:
-        raise TypeError("mlem_sample: `key` is required (it drives the level draws).")
     problem = sampler_problem(
-        "mlem_sample",
-        levels.fns,
+        name,
+        levels,
         schedule,
         param,
         sampler,
@@ -624,7 +599,7 @@ def mlem_sample(
         t1=t1,
         num_steps=num_steps,
         key=key,
-        needs_key=random_draws,
+        key_for="the level draws" if random_draws else None,
         prediction=prediction,
         grid=grid,
         rho=rho,
@@ -632,23 +607,19 @@ def mlem_sample(
         brownian=brownian,
         checkpoint=checkpoint,
     )
-    return run_problem(
-        "mlem_sample",
-        problem,
-        _SamplerStep(sampler, param),
-        levels.costs,
-        per_step=sampler.evaluations_per_step,
-    )
+    step, per_step = _SamplerStep(sampler, param), sampler.evaluations_per_step
+    return run_problem(name, problem, step, levels.costs, per_step=per_step)
 
 
-def _check_cost(cost) -> float:
-    if isinstance(cost, bool) or not (
-        isinstance(cost, (int, float)) and math.isfinite(cost) and cost > 0
-    ):
-        raise ValueError(
-            f"sample: `cost` must be a positive finite number; got {cost!r}."
-        )
-    return float(cost)
+_AFFINE = "Euler, DDIM, DPMSolverPP2M, SDEDPMSolverPP1 or SDEDPMSolverPP2M"
+
+
+def check_affine(name: str, sampler) -> None:
+    """Refuse a sampler that is not affine in the prediction (Heun): the randomized
+    telescope would bias it, so it has no unbiased multilevel version."""
+    if isinstance(sampler, AbstractSampler) and not sampler.affine:
+        what = f"affine in the network's prediction (multilevel: {_AFFINE})"
+        raise checks.fail(name, "sampler", what, sampler)
 
 
 class _SamplerStep(AbstractStepper):
@@ -673,9 +644,16 @@ class _SamplerStep(AbstractStepper):
         return y_next, state, None
 
 
+_PARAMS = "a mlem_jax.diffusion parametrisation (VPLinear, VPCosine, VE, EDM)"
+_SAMPLERS = (
+    "a mlem_jax.diffusion sampler (DDIM, DPMSolverPP2M, SDEDPMSolverPP1, "
+    "SDEDPMSolverPP2M, Euler, Heun)"
+)
+
+
 def sampler_problem(
     name: str,
-    fns,
+    networks: Levels | Callable,
     schedule,
     param,
     sampler,
@@ -685,77 +663,45 @@ def sampler_problem(
     t1,
     num_steps,
     key,
-    needs_key: bool,
+    key_for: str | None,
     prediction,
     grid,
     rho,
     args,
-    brownian,
-    checkpoint,
+    brownian=None,
+    checkpoint=True,
 ) -> Problem:
     """Check the arguments of a sampler run (errors name `name`) into a `Problem`
-    on the sampler's time grid, with the networks as data predictors and a key (a
-    dummy one where none is needed: `needs_key` false and no noise to draw)."""
-    if not isinstance(param, AbstractParametrisation):
-        raise TypeError(
-            f"{name}: `param` must be a mlem_jax.diffusion parametrisation (VPLinear, "
-            f"VPCosine, VE, EDM); got {type(param).__name__}."
-        )
-    if not isinstance(sampler, AbstractSampler):
-        raise TypeError(
-            f"{name}: `sampler` must be a mlem_jax.diffusion sampler (DDIM, "
-            "DPMSolverPP2M, SDEDPMSolverPP1, SDEDPMSolverPP2M, Euler, Heun); got "
-            f"{type(sampler).__name__}."
-        )
-    try:
-        check_prediction("prediction", prediction)
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
+    on the sampler's time grid, with the `networks` (a ladder, or one network
+    `model`) as data predictors.
+
+    `key` may be `None` unless `key_for` names what else needs it (e.g. `"the level
+    draws"`) or the sampler draws noise and no `brownian` is given; a dummy key
+    then stands in (nothing is drawn with it)."""
+    checks.instance(name, "param", param, AbstractParametrisation, _PARAMS)
+    checks.instance(name, "sampler", sampler, AbstractSampler, _SAMPLERS)
+    check_prediction(name, "prediction", prediction)
     num_steps = check_num_steps(name, num_steps)
-    try:
-        y0 = jnp.asarray(y0)
-    except TypeError as e:
-        raise TypeError(f"{name}: `y0` must be an array.") from e
-    if not jnp.issubdtype(y0.dtype, jnp.floating):
-        raise TypeError(f"{name}: `y0` must have a floating dtype; got {y0.dtype}.")
-    check_finite_state(name, y0)
-    dtype = y0.dtype
-    tdtype = dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
-    t0 = jnp.asarray(t0, tdtype)
-    t1 = jnp.asarray(t1, tdtype)
+    y0 = _check_state(name, y0)
+    tdtype = y0.dtype if jnp.finfo(y0.dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    t0, t1 = jnp.asarray(t0, tdtype), jnp.asarray(t1, tdtype)
     if t0.shape != () or t1.shape != ():
         raise ValueError(f"{name}: `t0` and `t1` must be scalars.")
-    ts, dts = _time_steps(name, param, num_steps, t0, t1, grid, rho, tdtype)
-    needs_key = needs_key or (sampler.stochastic and brownian is None)
-    if key is None:
-        if needs_key:
-            raise TypeError(
-                f"{name}: `key` is required for the stochastic sampler "
-                f"{type(sampler).__name__} (or pass `brownian`)."
-            )
-    else:
-        check_key(name, key)
-    if brownian is not None:
-        if not sampler.stochastic:
-            raise ValueError(
-                f"{name}: `brownian` was given but the sampler "
-                f"{type(sampler).__name__} is deterministic; drop `brownian`."
-            )
-        brownian = check_increments(
-            name, brownian, num_steps, y0, "an array of increments"
-        )
+    ends = Grid(t0=t0, t1=t1, num_steps=num_steps)
+    times = _time_steps(name, param, ends, grid, rho)
+    key, brownian = _noise_source(name, sampler, key, key_for, brownian, y0, num_steps)
+    assert times.ts is not None
+    ladder = isinstance(networks, Levels)
+    fns = networks.fns if ladder else (networks,)
     for i, fn in enumerate(fns):
-        out = eqx.filter_eval_shape(fn, ts[0], y0, args)
-        check_drift_output(out, y0, "`model`" if name == "sample" else f"level {i + 1}")
-    x0_fns = tuple(as_x0_prediction(fn, param, prediction) for fn in fns)
-    if key is None:
-        key = jax.random.key(0)  # unused: no draws and no noise
+        what = f"level {i + 1}" if ladder else "`model`"
+        check_drift_output(eqx.filter_eval_shape(fn, times.ts[0], y0, args), y0, what)
     return Problem(
-        fns=x0_fns,
+        fns=tuple(as_x0_prediction(fn, param, prediction) for fn in fns),
         schedule=schedule,
-        always=_always(schedule, dts, len(fns)),
+        always=_always(schedule, times.dts, len(fns)),
         y0=y0,
-        grid=Grid(t0=t0, t1=t1, num_steps=num_steps, ts=ts, dts=dts),
+        grid=times,
         key=key,
         args=args,
         brownian=brownian,
@@ -763,39 +709,76 @@ def sampler_problem(
     )
 
 
-def _time_steps(name, param, num_steps, t0, t1, grid, rho, tdtype):
-    """The checked time grid `ts` of a sampler run and its steps `dts`."""
+def _check_state(name: str, y0) -> Array:
+    """`y0` as a floating array, refused if it holds NaN or inf (when concrete)."""
+    try:
+        y0 = jnp.asarray(y0)
+    except TypeError as e:
+        raise TypeError(f"{name}: `y0` must be an array.") from e
+    if not jnp.issubdtype(y0.dtype, jnp.floating):
+        what = "an array of a floating dtype"
+        raise checks.fail(name, "y0", what, y0.dtype, TypeError)
+    check_finite_state(name, y0)
+    return y0
+
+
+def _noise_source(name, sampler, key, key_for, brownian, y0, num_steps):
+    """The checked `(key, brownian)` of a sampler run (see `sampler_problem`)."""
+    sname = type(sampler).__name__
+    if brownian is not None and not sampler.stochastic:
+        raise ValueError(f"{name}: `brownian` was given to the deterministic {sname}.")
+    if brownian is not None:
+        brownian = check_increments(
+            name, brownian, num_steps, y0, "an array of increments"
+        )
+    if key is not None:
+        check_key(name, key)
+        return key, brownian
+    if key_for is None and sampler.stochastic and brownian is None:
+        key_for = f"the noise of {sname} (or pass `brownian`)"
+    if key_for is not None:
+        raise TypeError(f"{name}: `key` is required for {key_for}.")
+    return jax.random.key(0), brownian  # unused: no draws and no noise
+
+
+def _time_steps(name: str, param, grid: Grid, kind, rho) -> Grid:
+    """`grid` (its ends and steps) with the checked times `ts` of the sampler's
+    grid `kind` (a name or an array) and its steps `dts`."""
+    t0, t1, num_steps, tdtype = grid.t0, grid.t1, grid.num_steps, grid.t0.dtype
     t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
     if t0c is not None and t1c is not None:
-        _check_times(name, param, float(t0c), float(t1c), grid)
-    if isinstance(grid, str):
-        try:
-            ts = time_grid(
-                param, num_steps, t0=t0, t1=t1, kind=grid, rho=rho, dtype=tdtype
-            )
-        except ValueError as e:
-            raise ValueError(f"{name}: {e}") from None
+        _check_times(name, param, float(t0c), float(t1c), kind)
+    if isinstance(kind, str):
+        what = f"one of {', '.join(map(repr, GRIDS))} or an array"
+        checks.choice(name, "grid", kind, GRIDS, what)
+        rho = checks.number(name, "rho", rho)
+        ts = _grid_times(param, num_steps, t0, t1, kind, rho, tdtype)
     else:
-        ts = jnp.asarray(grid, tdtype)
+        ts = jnp.asarray(kind, tdtype)
         if ts.shape != (num_steps + 1,):
-            raise ValueError(
-                f"{name}: an array `grid` must have shape (num_steps + 1,) = "
-                f"({num_steps + 1},); got {ts.shape}."
-            )
+            what = f"an array of shape (num_steps + 1,) = ({num_steps + 1},)"
+            raise checks.fail(name, "grid", what, ts.shape)
+    tsc = concrete_or_none(ts)
+    if tsc is None:  # traced: checked where the grid is computed
+        decreasing = jnp.all(jnp.isfinite(ts)) & jnp.all(jnp.diff(ts) < 0)
+        ts = eqx.error_if(ts, ~decreasing, f"{name}: {_DECREASING}")
+    elif not _monotone(tsc):
+        raise checks.fail(name, "grid", "finite, strictly monotone times", tsc.tolist())
     # Step sizes: on the uniform grid `h = (t1 − t0)/num_steps` exactly, as em_solve
     # (and `brownian_increments`) use; else the grid's differences.
-    if isinstance(grid, str) and grid == "uniform":
+    if isinstance(kind, str) and kind == "uniform":
         dts = jnp.full((num_steps,), (t1 - t0) / num_steps, tdtype)
     else:
         dts = jnp.diff(ts)
-    tsc = concrete_or_none(ts)
-    if tsc is not None and not np.all(np.isfinite(tsc)):
-        raise ValueError(f"{name}: the time grid has non-finite times: {tsc.tolist()}.")
-    if tsc is not None and not (np.all(np.diff(tsc) < 0) or np.all(np.diff(tsc) > 0)):
-        raise ValueError(
-            f"{name}: the time grid must be strictly monotone; got {tsc.tolist()}."
-        )
-    return ts, dts
+    return Grid(t0=t0, t1=t1, num_steps=num_steps, ts=ts, dts=dts)
+
+
+_DECREASING = "the time grid must be finite and decrease from `t0` to `t1`."
+
+
+def _monotone(ts: np.ndarray) -> bool:
+    steps = np.diff(ts)
+    return bool(np.all(np.isfinite(ts)) and (np.all(steps < 0) or np.all(steps > 0)))
 
 
 def _always(schedule, dts, k: int) -> tuple[bool, ...] | None:
@@ -810,41 +793,24 @@ def _always(schedule, dts, k: int) -> tuple[bool, ...] | None:
     return tuple(all(a[l] for a in per_step) for l in range(k))
 
 
+_REVERSE = "above `t1` (samplers run in reverse time, from noise to data)"
+
+
 def _check_times(name: str, param, t0: float, t1: float, grid) -> None:
     """Samplers run in reverse time, from noise at `t0` to data at `t1`, inside the
     parametrisation's range and, on a log-SNR grid, where `λ_t` is finite."""
+    if not (math.isfinite(t0) and math.isfinite(t1) and t0 > t1):
+        raise checks.fail(name, "t0", _REVERSE, (t0, t1))
     pname = type(param).__name__
-    if not (math.isfinite(t0) and math.isfinite(t1)):
-        raise ValueError(f"{name}: `t0` and `t1` must be finite; got {t0:g}, {t1:g}.")
-    if t0 == t1:
-        raise ValueError(f"{name}: `t0` and `t1` must differ; both are {t0}.")
-    if t0 < t1:
-        raise ValueError(
-            f"{name}: samplers run in reverse time, from noise at `t0` to data at "
-            f"`t1`, so `t0` must be above `t1`; got t0={t0:g}, t1={t1:g} (swap them)."
-        )
     lo, hi = param.time_range()
+    log_snr_grid = isinstance(grid, str) and grid in ("logsnr", "edm")
     for arg, t in (("t0", t0), ("t1", t1)):
         if not lo <= t <= hi:
-            raise ValueError(
-                f"{name}: `{arg}` = {t:g} is outside {pname}'s time range [{lo}, {hi}]."
-            )
+            raise checks.fail(name, arg, f"in {pname}'s time range [{lo}, {hi}]", t)
         alpha, sigma = param.alpha(t), param.sigma(t)
         if not (np.isfinite(alpha) and np.isfinite(sigma) and alpha > 0):
-            raise ValueError(
-                f"{name}: `{arg}` = {t:g}: {pname} has no usable coefficients there "
-                f"(α_t = {float(alpha):.3g}, σ_t = {float(sigma):.3g}); choose a time "
-                "where α_t > 0."
-            )
-    if isinstance(grid, str) and grid in ("logsnr", "edm"):
-        for arg, t in (("t0", t0), ("t1", t1)):
-            if not np.isfinite(param.log_snr(t)):
-                raise ValueError(
-                    f'{name}: `grid="{grid}"` spaces the steps in the log-SNR, which '
-                    f"is infinite for {pname} at `{arg}` = {t:g}; "
-                    + (
-                        "use t1 > 0 (e.g. 1e-3)."
-                        if arg == "t1"
-                        else f"use a `{arg}` where σ_t > 0 and α_t > 0."
-                    )
-                )
+            what = f"a time where {pname} has α_t > 0 and a finite σ_t"
+            raise checks.fail(name, arg, what, t)
+        if log_snr_grid and not np.isfinite(param.log_snr(t)):
+            what = f"a time where {pname}'s log-SNR is finite (σ_t > 0), for {grid=}"
+            raise checks.fail(name, arg, what, t)

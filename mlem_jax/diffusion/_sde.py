@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import numbers
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float
+
+from .. import _checks as checks
+
+
+def check_beta_range(owner: str, beta_min, beta_max) -> None:
+    """The ends of a linear `β` schedule: `0 < beta_max < inf`, `beta_min` in
+    `[0, beta_max]` (`VPSDE` and `VPLinear`)."""
+    checks.number(owner, "beta_max", beta_max)
+    real = isinstance(beta_min, numbers.Real)
+    if not (real and 0 <= float(beta_min) <= beta_max):
+        raise checks.fail(owner, "beta_min", f"in [0, beta_max = {beta_max}]", beta_min)
 
 
 class VPSDE(eqx.Module):
@@ -27,11 +40,7 @@ class VPSDE(eqx.Module):
     beta_max: float = eqx.field(static=True, default=20.0)
 
     def __check_init__(self):
-        if not 0 <= self.beta_min <= self.beta_max or self.beta_max <= 0:
-            raise ValueError(
-                "`beta_min`, `beta_max` must satisfy 0 <= beta_min <= beta_max, "
-                f"beta_max > 0; got {self.beta_min}, {self.beta_max}."
-            )
+        check_beta_range("VPSDE", self.beta_min, self.beta_max)
 
     def beta(self, t: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
         """`β(t)`, the noise rate at time `t`."""
