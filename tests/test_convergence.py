@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import GaussianX0
+from helpers import AsEps, GaussianX0
 
+import mlem_jax as mj
 import mlem_jax.diffusion as md
+from mlem_jax._verdict import SAMPLER_BASELINE
 from mlem_jax.diffusion._convergence import FINE, sampler_convergence
 
 T0, T1 = 1.0, 1e-3
@@ -58,3 +60,35 @@ def test_a_stochastic_sampler_converges_on_one_path():
     error, order = sampler_convergence(NET, ISO, md.SDEDPMSolverPP1(), Y0, **args)
     assert order > 0.4
     assert np.isfinite(error) and error > 0
+
+
+def test_a_sampler_calibration_has_a_verdict():
+    """`calibrate_sampler` with pilots measures the top network's own error, so the
+    verdict is defined; at the quoted error the baseline takes the pilot's steps."""
+    exact = AsEps(NET)
+    u = jnp.array([1.0, -2.0, 0.5])
+
+    def level(beta):
+        return lambda t, y, args: exact(t, y) + beta * u
+
+    levels = mj.Levels(tuple(level(b) for b in (0.4, 0.1, 0.0)), (1.0, 4.0, 16.0))
+    cal = md.calibrate_sampler(
+        levels,
+        ISO,
+        md.DPMSolverPP2M(),
+        Y0[:16],
+        t0=T0,
+        t1=T1,
+        num_steps=8,
+        key=jax.random.key(2),
+        grid="logsnr",
+        pilot_keys=1,
+        measure_costs=False,
+    )
+    assert cal.em_error is not None and cal.em_error > 0
+    verdict = cal.verdict()
+    q = verdict.quoted
+    assert verdict.errors[q] == pytest.approx(cal.em_error)
+    assert verdict.em_steps[q] == pytest.approx(8)
+    assert np.sum(np.isclose(verdict.errors, cal.em_error)) == 1
+    assert verdict.baseline == SAMPLER_BASELINE and SAMPLER_BASELINE in str(verdict)

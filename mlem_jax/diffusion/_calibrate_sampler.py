@@ -57,6 +57,7 @@ from .._integrate import AbstractStepper, Problem, integrate
 from .._levels import Levels
 from .._schedules import FixedProbabilities
 from .._step import check_drift_output
+from ._convergence import sampler_convergence
 from ._param import AbstractParametrisation
 from ._samplers import (
     AbstractSampler,
@@ -100,7 +101,12 @@ def calibrate_sampler(
     - `reference`: an optional more accurate network predicting `prediction`, for
         the drift errors and `γ` (default: errors against the top level).
     - `pilot_keys`: `mlem_sample` pilots per level for the amplification (0 skips
-        them, taking amplification 1).
+        them, taking amplification 1). With pilots, the sampler's own error and
+        order with the top network are measured too (`em_error`, `em_order`:
+        `sample` on the grid, on it with every step halved and cut in 16, on one
+        Brownian path from `jax.random.fold_in(key, 2)`, the finest standing for
+        the exact solution; `19·num_steps` steps with the top level), which
+        `Calibration.verdict` needs.
     - `measure_costs`: measure FLOPs and wall-clock of each level on `y0`.
 
     **Returns:** a `mlem_jax.Calibration` whose `predict(schedule).error` is the
@@ -162,6 +168,18 @@ def calibrate_sampler(
         costs_at=(ts[num_steps // 2], problem.y0, args) if measure_costs else None,
         what="network",
     )
+    if pilot_keys > 0:  # the top network's own error, for the verdict
+        error, order = sampler_convergence(
+            levels.top,
+            param,
+            sampler,
+            problem.y0,
+            ts=grid_c,
+            key=jax.random.fold_in(problem.key, 2),
+            prediction=prediction,
+            args=args,
+        )
+        calibration = dataclasses.replace(calibration, em_error=error, em_order=order)
     if pilot_keys == 0 or levels.num_levels == 1:
         return calibration
     # The amplification pilots: `mlem_sample` on the pilot's noise, its checked
