@@ -169,17 +169,8 @@ def calibrate_sampler(
         what="network",
     )
     if pilot_keys > 0:  # the top network's own error, for the verdict
-        error, order = sampler_convergence(
-            levels.top,
-            param,
-            sampler,
-            problem.y0,
-            ts=grid_c,
-            key=jax.random.fold_in(problem.key, 2),
-            prediction=prediction,
-            args=args,
-        )
-        calibration = dataclasses.replace(calibration, em_error=error, em_order=order)
+        top = (levels.top, prediction)
+        calibration = _with_convergence(calibration, top, stepper, problem)
     if pilot_keys == 0 or levels.num_levels == 1:
         return calibration
     # The amplification pilots: `mlem_sample` on the pilot's noise, its checked
@@ -187,6 +178,24 @@ def calibrate_sampler(
     # one compiled program).
     mean_added = mean_added_error(_pilot_sample, (stepper, problem), y1)
     return with_amplification(calibration, mean_added, level_key, pilot_keys)
+
+
+def _with_convergence(calibration, top, stepper, problem: Problem) -> Calibration:
+    """`calibration` with the sampler's own error and order with the top network
+    (`top = (network, its prediction type)`) on the pilot's grid
+    (`sampler_convergence`, on the path of `fold_in(key, 2)`)."""
+    network, prediction = top
+    error, order = sampler_convergence(
+        network,
+        stepper.param,
+        stepper.sampler,
+        problem.y0,
+        ts=calibration.grid,
+        key=jax.random.fold_in(problem.key, 2),
+        prediction=prediction,
+        args=problem.args,
+    )
+    return dataclasses.replace(calibration, em_error=error, em_order=order)
 
 
 def _pilot_noise(problem: Problem, key) -> Array:
