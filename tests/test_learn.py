@@ -243,7 +243,7 @@ def test_bad_inputs():
     y0 = jnp.zeros((1, 2))
     with pytest.raises(ValueError, match="exactly one of `budget` or `cost_weight`"):
         mj.learn_schedule(levels, None, y0, **common)
-    with pytest.raises(ValueError, match="`budget` must exceed"):
+    with pytest.raises(ValueError, match="learn_schedule: `budget` must be above"):
         mj.learn_schedule(levels, None, y0, budget=0.5, **common)
     with pytest.raises(ValueError, match="`samples` must be an int ≥ 2"):
         mj.learn_schedule(levels, None, y0, cost_weight=0.1, samples=1, **common)
