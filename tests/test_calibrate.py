@@ -303,7 +303,7 @@ def test_schedule_bad_input(calibration):
     ):
         calibration.schedule(target_error=0.0)
     with pytest.raises(
-        ValueError, match="`budget` must exceed 64, the cost of running level 1"
+        ValueError, match="`budget` must be above 64, the cost of running level 1"
     ):
         calibration.schedule(budget=10.0)
     with pytest.raises(ValueError, match="cannot be met by scaling the rates"):
