@@ -224,7 +224,7 @@ def test_bad_inputs():
         mj.LogitProbabilities(jnp.zeros((3, 2)), jnp.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="`times` must be finite and strictly"):
         mj.LogitProbabilities(jnp.zeros((2, 2)), jnp.array([0.0, 1.0, 0.5]))
-    with pytest.raises(ValueError, match="`logits` contains NaN"):
+    with pytest.raises(ValueError, match="`logits` must be free of NaN"):
         mj.LogitProbabilities(jnp.array([0.0, jnp.nan]))
     with pytest.raises(ValueError, match="`keys` must be at least 2 keys"):
         mj.schedule_gradient(loss, sched, jax.random.split(jax.random.key(0), 1), **kw)
