@@ -30,10 +30,10 @@ BATCHED_DRAWS_MESSAGE = (
 )
 
 
-def refuse_batching(message: str) -> Callable[[Array], Array]:
-    """The identity on an array, raising `ValueError(message)` if `jax.vmap` batches
-    its argument: a guard that keeps what decides a `lax.cond` unbatched. (Give it a
-    boolean array: `custom_vmap` on a float breaks reverse-mode linearization.)"""
+def unbatching(batched: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """The identity on an array that `jax.vmap` never batches: under `vmap` it
+    returns `batched(x)` (of the batched `x`, with the batch axis first) as an
+    unbatched value. What keeps a `lax.cond`'s predicate unbatched."""
 
     @custom_vmap
     def unbatched(x):
@@ -42,11 +42,20 @@ def refuse_batching(message: str) -> Callable[[Array], Array]:
     @unbatched.def_vmap
     def rule(axis_size, in_batched, x):
         del axis_size
-        if in_batched[0]:
-            raise ValueError(message)
-        return x, False
+        return (batched(x) if in_batched[0] else x), False
 
     return unbatched
+
+
+def refuse_batching(message: str) -> Callable[[Array], Array]:
+    """The identity on an array, raising `ValueError(message)` if `jax.vmap` batches
+    its argument: a guard that keeps what decides a `lax.cond` unbatched. (Give it a
+    boolean array: `custom_vmap` on a float breaks reverse-mode linearization.)"""
+
+    def refuse(x):
+        raise ValueError(message)
+
+    return unbatching(refuse)
 
 
 _unbatched = refuse_batching(BATCHED_DRAWS_MESSAGE)
