@@ -115,7 +115,7 @@ def calibrate(
         mean_added = _em_added_error(calibration, levels, pilot, y_em)
         calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
     if pilot_keys > 0 and diffusion is not None:
-        em_error, em_order = _em_convergence(pilot, jax.random.fold_in(key, 2))
+        em_error, em_order = _convergence(pilot, jax.random.fold_in(key, 2))
         calibration = dataclasses.replace(
             calibration, em_error=em_error, em_order=em_order
         )
@@ -206,7 +206,16 @@ def _pilot_calibration(levels, pilot: _Pilot, num_bins, reference, measure_costs
     return calibration, states[-1]
 
 
-def _em_convergence(pilot: _Pilot, key):
+def _em_convergence(top, diffusion, y0, t0, t1, num_steps, key, args):
+    """`_convergence` of Euler–Maruyama with the drift `top` on `[t0, t1]` (what
+    `tests/test_verdict.py` checks against a finer reference)."""
+    options = SolveOptions(t0, t1, num_steps, key, args)
+    problem = solve_problem("calibrate", (top,), None, diffusion, y0, options)
+    pilot = _Pilot(problem, EulerMaruyama(diffusion), float(t0), float(t1))
+    return _convergence(pilot, key)
+
+
+def _convergence(pilot: _Pilot, key):
     """`(em_error, em_order)`: Euler–Maruyama with the top level at `num_steps`,
     `2·num_steps` and `16·num_steps` steps on one Brownian path (`key`'s, drawn at
     the finest and coarsened). The 16×-finer solve stands for the exact solution:
