@@ -74,6 +74,16 @@ class Refinement(eqx.Module):
         return self.refine(t, y, args, self.coarse(t, y, args))
 
 
+def _is_number(c) -> bool:
+    """A real number or a 0-d numeric array; not a bool, nor a string (which
+    `float("8")` would convert)."""
+    if isinstance(c, bool) or not isinstance(c, (numbers.Real, np.ndarray, jax.Array)):
+        return False
+    if isinstance(c, numbers.Real):
+        return True
+    return c.shape == () and bool(np.issubdtype(c.dtype, np.number))
+
+
 def refinements(fns: Sequence) -> tuple[bool, ...]:
     """Which of the level functions `fns` are `Refinement`s (static)."""
     return tuple(isinstance(f, Refinement) for f in fns)
@@ -119,24 +129,16 @@ class Levels(eqx.Module):
         try:
             costs = tuple(costs)
         except TypeError as e:
+            got = type(costs).__name__
             what = "a sequence of numbers, one per level"
-            raise checks.fail(
-                "Levels", "costs", what, type(costs).__name__, TypeError
-            ) from e
+            raise checks.fail("Levels", "costs", what, got, TypeError) from e
         for i, c in enumerate(costs):
-            # Strings would convert with float("8"): refuse them, and bools.
-            real = isinstance(c, (numbers.Real, np.ndarray, jax.Array))
-            if (
-                isinstance(c, bool)
-                or not (real and np.ndim(c) == 0)
-                or not (np.issubdtype(np.asarray(c).dtype, np.number))
-            ):
+            if not _is_number(c):
                 what = "a number (e.g. FLOPs of one evaluation)"
                 raise checks.fail("Levels", f"costs[{i}]", what, c, TypeError)
-        if len(costs) != len(fns):
-            raise ValueError(
-                f"Levels: `costs` has {len(costs)} entries but `fns` has {len(fns)}."
-            )
+        n, k = len(costs), len(fns)
+        if n != k:
+            raise ValueError(f"Levels: `costs` has {n} entries but `fns` has {k}.")
         costs = tuple(
             checks.number("Levels", f"costs[{i}]", c) for i, c in enumerate(costs)
         )

@@ -94,11 +94,9 @@ def check_grid(name: str, t0, t1, num_steps) -> int:
 def check_key(name: str, key) -> None:
     """Raise a clear error unless `key` is one PRNG key (typed or legacy uint32)."""
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        got = f"a key array of shape {key.shape} (for a batch, put it in `y0`)"
         if key.shape != ():
-            raise ValueError(
-                f"{name}: `key` must be a single PRNG key; got a key array of shape "
-                f"{key.shape}. For a batch, put it in `y0` and pass one key."
-            )
+            raise ValueError(f"{name}: `key` must be a single PRNG key; got {got}.")
         return
     if (
         isinstance(key, (jax.Array, np.ndarray))
@@ -106,12 +104,11 @@ def check_key(name: str, key) -> None:
         and key.dtype == jnp.uint32
     ):
         return
-    raise TypeError(
-        f"{name}: `key` must be a PRNG key from jax.random.key(seed) or "
-        f"jax.random.PRNGKey(seed); got {type(key).__name__}"
-        + (f" of shape {key.shape}" if hasattr(key, "shape") else "")
-        + "."
+    got = type(key).__name__ + (
+        f" of shape {key.shape}" if hasattr(key, "shape") else ""
     )
+    what = "a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed)"
+    raise TypeError(f"{name}: `key` must be {what}; got {got}.")
 
 
 def time_dtype(y0) -> jnp.dtype:

@@ -125,15 +125,8 @@ def choose_levels(
         if len(idx) == 1:
             schedule = FixedProbabilities(np.ones(1, np.float32))
         else:
-            try:
-                schedule = sub.schedule(
-                    target_error=target_error,
-                    budget=budget,
-                    num_steps=num_steps,
-                    min_probability=min_probability,
-                    cost=cost,
-                )
-            except ValueError:  # infeasible for this sub-ladder
+            schedule = _telescope(sub, target, num_steps, min_probability, cost)
+            if schedule is None:  # infeasible for this sub-ladder
                 continue
         pred = sub.predict(schedule, num_steps, cost)
         value = target.measure(pred) if target.meets(pred, 1e-6) else math.inf
@@ -267,18 +260,25 @@ def _hybrid_pool(cal, target: _Target, num_steps, min_probability, cost):
         (sched, cal.predict(sched, num_steps, cost))
         for sched in cal.stitches(num_steps)
     ]
+    telescope = _telescope(cal, target, num_steps, min_probability, cost)
+    if telescope is not None:  # the plain telescope can meet it
+        candidates.append((telescope, cal.predict(telescope, num_steps, cost)))
+    return candidates
+
+
+def _telescope(cal, target: _Target, num_steps, min_probability, cost) -> Rates | None:
+    """`schedule`'s rates for `target` on `cal`, or `None` where no scale of them
+    meets it."""
     try:
-        telescope = cal.schedule(
+        return cal.schedule(
             target_error=target.target_error,
             budget=target.budget,
             num_steps=num_steps,
             min_probability=min_probability,
             cost=cost,
         )
-        candidates.append((telescope, cal.predict(telescope, num_steps, cost)))
-    except ValueError:  # the plain telescope cannot meet it
-        pass
-    return candidates
+    except ValueError:
+        return None
 
 
 def _rescaled(cal, sched, target: _Target, num_steps, cost) -> Rates:

@@ -77,12 +77,11 @@ def binned_table(values, times, name: str, noun: str, owner: str):
         if values.ndim != 2 or values.shape[0] != m:
             what, shape = f"shape (m, k) = ({m}, k), `times` m + 1 edges", values.shape
             raise ValueError(f"{owner}: `{name}` must have {what}; got {shape}.")
-        tvalue = concrete_or_none(times)
-        if tvalue is not None and not (
-            np.all(np.isfinite(tvalue)) and np.all(np.diff(tvalue) > 0)
-        ):
+        edges = concrete_or_none(times)
+        edges = np.zeros(0) if edges is None else edges  # traced: not checked
+        if not (np.all(np.isfinite(edges)) and np.all(np.diff(edges) > 0)):
             what = "finite and strictly increasing"
-            raise checks.fail(owner, "times", what, tvalue.tolist())
+            raise checks.fail(owner, "times", what, edges.tolist())
     if values.shape[-1] == 0:
         raise checks.fail(owner, name, "at least one level", values.shape)
     return values, times
@@ -264,9 +263,8 @@ class LogitProbabilities(AbstractSchedule):
         )
         value = concrete_or_none(logits)
         if value is not None and np.any(np.isnan(value)):
-            raise checks.fail(
-                "LogitProbabilities", "logits", "free of NaN", value.tolist()
-            )
+            what = "free of NaN"
+            raise checks.fail("LogitProbabilities", "logits", what, value.tolist())
         self.logits = logits
         self.times = times
 
@@ -435,9 +433,8 @@ class Stitch(AbstractSchedule):
             what = "finite and strictly monotone step times t_0, ..., t_N (1-D, N ≥ 1)"
             raise checks.fail(where, "grid", what, ts.tolist())
         f = np.asarray(_as_float_array(fractions, "fractions", where)).reshape(-1)
-        if not (np.all(np.isfinite(f)) and np.all((f >= 0) & (f <= 1))) or np.any(
-            np.diff(f) < 0
-        ):
+        in_range = np.all(np.isfinite(f)) and np.all((f >= 0) & (f <= 1))
+        if not in_range or np.any(np.diff(f) < 0):
             what = "non-decreasing fractions of the steps, in [0, 1]"
             raise checks.fail(where, "fractions", what, f.tolist())
         n = ts.shape[0] - 1
@@ -469,10 +466,7 @@ def _stitch_levels(levels, k: int) -> tuple[int, ...]:
         values = tuple(levels)
     except TypeError:
         values = None
-    if not values or not all(
-        isinstance(l, (int, np.integer)) and not isinstance(l, bool) and 0 <= l < k
-        for l in values
-    ):
+    if not values or not all(_is_int(l) and 0 <= l < k for l in values):
         what = f"a non-empty sequence of level indices in [0, {k}) (one per segment)"
         raise checks.fail("Stitch", "levels", what, levels)
     return tuple(int(l) for l in values)
@@ -482,14 +476,17 @@ def _interval(t0, t1) -> tuple[float, float]:
     try:
         t0c, t1c = float(t0), float(t1)
     except (TypeError, ValueError):
-        raise TypeError(
-            f"Stitch: `t0` and `t1` must be numbers; got {t0!r}, {t1!r}."
-        ) from None
+        got = f"{t0!r}, {t1!r}"
+        raise TypeError(f"Stitch: `t0` and `t1` must be numbers; got {got}.") from None
     if not (math.isfinite(t0c) and math.isfinite(t1c)) or t0c == t1c:
-        raise ValueError(
-            f"Stitch: `t0` and `t1` must be finite and differ; got {t0c}, {t1c}."
-        )
+        got = f"{t0c}, {t1c}"
+        raise ValueError(f"Stitch: `t0` and `t1` must be finite and differ; got {got}.")
     return t0c, t1c
+
+
+def _is_int(x) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 class Periodic(eqx.Module):
@@ -524,10 +521,7 @@ class Periodic(eqx.Module):
             values = tuple(periods)
         except TypeError:
             raise checks.fail("Periodic", "periods", what, periods, TypeError) from None
-        if not values or not all(
-            isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1
-            for m in values
-        ):
+        if not values or not all(_is_int(m) and m >= 1 for m in values):
             raise checks.fail("Periodic", "periods", what, periods)
         self.periods = tuple(int(m) for m in values)
 

@@ -133,9 +133,11 @@ def _rows(x: Array, axis_name: Hashable) -> Array:
     """Rows `[d·b, (d+1)·b)` of `x` on device `d` of `axis_name`."""
     devices = jax.lax.axis_size(axis_name)
     if x.ndim == 0 or x.shape[0] % devices:
+        want = (
+            f"a leading batch axis divisible by the {devices} devices of {axis_name!r}"
+        )
         raise ValueError(
-            f"ShardedPath: the path's increments have shape {x.shape}; expected a "
-            f"leading batch axis divisible by the {devices} devices of {axis_name!r}."
+            f"ShardedPath: the path's increments have shape {x.shape}; expected {want}."
         )
     b = x.shape[0] // devices
     return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis_name) * b, b, 0)
@@ -293,10 +295,8 @@ def _check_shard(y0, mesh, axis_name, draws) -> tuple[Array, _Shard]:
     if y0.ndim == 0 or y0.shape[0] % devices:
         got = "a scalar" if y0.ndim == 0 else f"one of size {y0.shape[0]}"
         what = f"mesh axis {axis_name!r} ({devices}); pad the batch to a multiple"
-        raise ValueError(
-            f"{name}: `y0` must have a leading batch axis divisible by the devices "
-            f"of {what}; got {got}."
-        )
+        what = f"a leading batch axis divisible by the devices of {what}"
+        raise ValueError(f"{name}: `y0` must have {what}; got {got}.")
     return y0, _Shard(axis_name, devices, draws)
 
 
@@ -360,10 +360,9 @@ def process_rows(x: Array, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     for shard in x.addressable_shards:
         others = [d for j, d in enumerate(shard.data.shape) if j != axis]
         if others != [d for j, d in enumerate(x.shape) if j != axis]:
+            why = f"split along axes other than `axis` ({axis}) too: a shard has shape"
             raise ValueError(
-                f"process_rows: `x` (shape {x.shape}) is split along axes other than "
-                f"`axis` ({axis}) too: a shard has shape {shard.data.shape}; expected "
-                "an array split along `axis` only."
+                f"process_rows: `x` (shape {x.shape}) is {why} {shard.data.shape}."
             )
         start, stop, _ = shard.index[axis].indices(n)
         blocks.setdefault(start, (stop, shard.data))

@@ -269,21 +269,18 @@ def _check_brownian(name: str, brownian, diffusion, y0, grid: Grid):
     if brownian is None:
         return None
     if diffusion is None:
-        raise ValueError(
-            f"{name}: `brownian` was given but `diffusion` is None (an ODE has no "
-            "noise); pass a diffusion g(t, y, args) or drop `brownian`."
-        )
+        why = "`diffusion` is None (an ODE has no noise)"
+        raise ValueError(f"{name}: `brownian` was given but {why}; drop one of them.")
     if not isinstance(brownian, diffrax.AbstractPath):
         what = "an array of increments or a diffrax Brownian path"
         return check_increments(name, brownian, grid.num_steps, y0, what)
     increment = lambda p: path_increment(p, grid.t0, grid.t1)  # noqa: E731
     out = jax.eval_shape(increment, brownian)
-    shapes = lambda tree: jax.tree.map(lambda x: getattr(x, "shape", None), tree)  # noqa: E731
-    if jax.tree.structure(out) != jax.tree.structure(y0) or shapes(out) != shapes(y0):
-        raise ValueError(
-            f"{name}: the Brownian path `brownian` has shape {shapes(out)}; "
-            f"expected y0's shape {shapes(y0)}."
-        )
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+    got, want = shapes(out), shapes(y0)
+    if jax.tree.structure(out) != jax.tree.structure(y0) or got != want:
+        what = f"the Brownian path `brownian` has shape {got}; expected y0's shape"
+        raise ValueError(f"{name}: {what} {want}.")
     return brownian
 
 
@@ -318,10 +315,8 @@ def check_increments(
     structure = jax.tree.structure(y0)
     if not jtu.treedef_is_leaf(structure):
         if jax.tree.structure(brownian) != structure:
-            raise ValueError(
-                f"{name}: `brownian` increments must be a PyTree with the structure "
-                f"of `y0` {structure}; got {jax.tree.structure(brownian)}."
-            )
+            what = f"increments in a PyTree with the structure of `y0` {structure}"
+            raise checks.fail(name, "brownian", what, jax.tree.structure(brownian))
         paths = [jtu.keystr(p) for p, _ in jtu.tree_flatten_with_path(y0)[0]]
         leaves = [
             _check_leaf_increments(name, b, num_steps, yi, expected, f" at {p}")
@@ -337,15 +332,14 @@ def _check_leaf_increments(name, brownian, num_steps, y0, expected, where):
     try:
         brownian = jnp.asarray(brownian, y0.dtype)
     except TypeError as e:
+        got = type(brownian).__name__
         raise TypeError(
-            f"{name}: `brownian`{where} must be {expected}; got "
-            f"{type(brownian).__name__}."
+            f"{name}: `brownian`{where} must be {expected}; got {got}."
         ) from e
+    got = f"increments{where} have shape {brownian.shape}"
+    want = f"(num_steps, *y0.shape) = {(num_steps, *y0.shape)}"
     if brownian.shape != (num_steps, *y0.shape):
-        raise ValueError(
-            f"{name}: `brownian` increments{where} have shape {brownian.shape}; "
-            f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
-        )
+        raise ValueError(f"{name}: `brownian` {got}; expected {want}.")
     return brownian
 
 
@@ -372,10 +366,8 @@ def check_finite_state(name: str, y0) -> None:
     states without a word (skipped under `jit`, where `y0` is traced)."""
     counts = _finite_count(y0)
     if counts is not None and counts[0]:
-        raise ValueError(
-            f"{name}: `y0` holds {counts[0]} non-finite value(s) (NaN or inf) of "
-            f"{counts[1]}; every entry of the initial state must be finite."
-        )
+        bad = f"{counts[0]} non-finite value(s) (NaN or inf) of {counts[1]}"
+        raise ValueError(f"{name}: `y0` holds {bad}; every entry must be finite.")
 
 
 def warn_non_finite(name: str, ys) -> None:
@@ -396,38 +388,25 @@ def warn_non_finite(name: str, ys) -> None:
 
 def _as_state(name: str, y0) -> PyTree[Array]:
     """`y0` as a floating array, or a PyTree of them, or a clear error."""
-    if isinstance(y0, list) and all(
-        isinstance(leaf, numbers.Number) for leaf in jax.tree.leaves(y0)
-    ):
-        raise TypeError(
-            f"{name}: `y0` is a Python list of numbers, which JAX reads as a PyTree "
-            "of scalar states (each drift would receive a list); pass an array, "
-            "`jnp.asarray(y0)`."
-        )
-    single = jtu.treedef_is_leaf(jax.tree.structure(y0))
-    what = "a floating array or a PyTree of floating arrays"
     leaves, structure = jax.tree.flatten(y0)
+    if isinstance(y0, list) and all(isinstance(x, numbers.Number) for x in leaves):
+        why = "JAX reads as a PyTree of scalar states; pass an array, `jnp.asarray(y0)`"
+        raise TypeError(f"{name}: `y0` is a Python list of numbers, which {why}.")
+    what = "a floating array or a PyTree of floating arrays"
     if not leaves:
-        raise TypeError(
-            f"{name}: `y0` must be {what}; got {type(y0).__name__} with no arrays."
-        )
+        got = f"{type(y0).__name__} with no arrays"
+        raise TypeError(f"{name}: `y0` must be {what}; got {got}.")
+    leaf_of = "" if jtu.treedef_is_leaf(structure) else "a leaf of "
     arrays = []
     for leaf in leaves:
         try:
             leaf = jnp.asarray(leaf)
         except (TypeError, ValueError) as e:
-            got = type(leaf).__name__
-            raise TypeError(
-                f"{name}: `y0` must be {what}; got "
-                + (got if single else f"a leaf of type {got}")
-                + "."
-            ) from e
+            got = f"{leaf_of}type {type(leaf).__name__}"
+            raise TypeError(f"{name}: `y0` must be {what}; got {got}.") from e
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            raise TypeError(
-                f"{name}: `y0` must have a floating dtype (float32 or float64); got "
-                + (str(leaf.dtype) if single else f"a leaf of dtype {leaf.dtype}")
-                + "."
-            )
+            got = f"{leaf_of}dtype {leaf.dtype}"
+            raise TypeError(f"{name}: `y0` must have a floating dtype; got {got}.")
         arrays.append(leaf)
     state = jax.tree.unflatten(structure, arrays)
     check_finite_state(name, state)
@@ -440,19 +419,14 @@ def _save_spec(name, saveat, grid: Grid) -> SaveSpec | None:
         return None
     checks.instance(name, "saveat", saveat, diffrax.SaveAt, "a diffrax.SaveAt or None")
     sub = saveat.subs
-    if (
-        not isinstance(sub, diffrax.SubSaveAt)
-        or saveat.dense
-        or saveat.solver_state
-        or saveat.controller_state
-        or saveat.made_jump
-        or sub.fn is not diffrax.SubSaveAt(t1=True).fn
-    ):
-        raise ValueError(
-            f"{name}: `saveat` supports only SaveAt(t0=..., t1=..., ts=..., steps=...) "
-            "with no `fn`, `subs`, `dense` or state saving; use diffrax.diffeqsolve "
-            "with mlem_jax.MLEMSolver for those."
-        )
+    plain = (
+        isinstance(sub, diffrax.SubSaveAt) and sub.fn is diffrax.SubSaveAt(t1=True).fn
+    )
+    states = saveat.solver_state or saveat.controller_state or saveat.made_jump
+    if not plain or saveat.dense or states:
+        what = "SaveAt(t0=..., t1=..., ts=..., steps=...); for `fn`, `subs`, `dense`"
+        what += " or state saving use diffrax.diffeqsolve with mlem_jax.MLEMSolver"
+        raise ValueError(f"{name}: `saveat` supports only {what}.")
     ts = None if sub.ts is None else _save_times(name, sub.ts, grid)
     spec = SaveSpec(
         t0=bool(sub.t0),

@@ -274,10 +274,10 @@ class MLEMSolver(diffrax.AbstractItoSolver):
             for x in jtu.tree_leaves(x, is_leaf=lambda x: isinstance(x, MultilevelTerm))
         )
         if len(multilevel) > 1 or nested != len(multilevel):
-            raise TypeError(
-                f"{expected}; got {nested} MultilevelTerms, expected one, directly "
-                "inside the MultiTerm."
+            got = (
+                f"{nested} MultilevelTerms, expected one, directly inside the MultiTerm"
             )
+            raise TypeError(f"{expected}; got {got}.")
         plain = [i for i, s in enumerate(inner) if isinstance(s, diffrax.ODETerm)]
         if not (multilevel or plain):
             names = ", ".join(type(s).__name__ for s in inner)
@@ -290,11 +290,9 @@ class MLEMSolver(diffrax.AbstractItoSolver):
             fns, source = drift.levels.fns, "the MultilevelTerm has"
         else:
             fns, source = (drift.vf,), "the ODETerm drift is a ladder of"
-        k = self.schedule.num_levels
+        k, n = self.schedule.num_levels, len(fns)
         if k != len(fns):
-            raise ValueError(
-                f"MLEMSolver: `schedule` has {k} levels but {source} {len(fns)}."
-            )
+            raise ValueError(f"MLEMSolver: `schedule` has {k} levels but {source} {n}.")
         for leaf in jtu.tree_leaves(y0):
             dtype = jnp.result_type(leaf)
             if not jnp.issubdtype(dtype, jnp.inexact):
@@ -325,14 +323,13 @@ def _check_noise_term(term, t0, t1, y0, args) -> None:
             control = shapes(eqx.filter_eval_shape(term.contr, t0, t1))
         except (TypeError, ValueError):
             control = "?"
-        raise ValueError(
-            f"MLEMSolver: the noise term's control (its Brownian path) has "
-            f"increments of shape {control}, which does not fit y0 of shape "
-            f"{shapes(y0)} ({e}); build the path with y0's shape, e.g. "
-            "mlem_jax.StepBrownianPath(y0.shape, key, ...)."
-        ) from None
-    if jtu.tree_structure(out) != jtu.tree_structure(y0) or shapes(out) != shapes(y0):
-        raise ValueError(
-            f"MLEMSolver: the noise term gives increments of shape {shapes(out)}; "
-            f"expected y0's shape {shapes(y0)}."
+        got = f"increments of shape {control}, which does not fit y0 of shape"
+        fix = "build the path with y0's shape, e.g. mlem_jax.StepBrownianPath(y0.shape)"
+        why = (
+            f"the noise term's control (its Brownian path) has {got} {shapes(y0)} ({e})"
         )
+        raise ValueError(f"MLEMSolver: {why}; {fix}.") from None
+    got, want = shapes(out), shapes(y0)
+    if jtu.tree_structure(out) != jtu.tree_structure(y0) or got != want:
+        why = f"the noise term gives increments of shape {got}; expected y0's shape"
+        raise ValueError(f"MLEMSolver: {why} {want}.")

@@ -726,7 +726,7 @@ def test_pytree_bad_input():
     ):
         call(diffusion=g)
     with pytest.raises(
-        ValueError, match="`brownian` increments must be a PyTree with the structure"
+        ValueError, match="`brownian` must be increments in a PyTree with the structure"
     ):
         call(diffusion=lambda t, y, a: 1.0, brownian=jnp.ones((2, 5)))
     with pytest.raises(
