@@ -146,12 +146,10 @@ def brownian_increments(
     else:
         like = shape
         for leaf in jtu.tree_leaves(like):
-            if not isinstance(leaf, jax.ShapeDtypeStruct):
-                raise TypeError(
-                    "brownian_increments: `shape` must be a tuple of ints or a PyTree "
-                    "of jax.ShapeDtypeStruct (one per leaf of the state); got a leaf "
-                    f"{leaf!r}."
-                )
+            what = "a tuple of ints or a PyTree of jax.ShapeDtypeStruct (a leaf)"
+            checks.instance(
+                "brownian_increments", "shape", leaf, jax.ShapeDtypeStruct, what
+            )
     tdtype = time_dtype(like)
     h = (jnp.asarray(t1, tdtype) - jnp.asarray(t0, tdtype)) / num_steps
     brownian_key, _ = split_key(key)
@@ -206,9 +204,9 @@ def sample_increments(
     try:
         idx = np.asarray(indices)
     except Exception as e:  # a traced value cannot become a NumPy array
-        raise TypeError(
-            f"{name}: `indices` must be concrete ints (a list, tuple or NumPy array), "
-            f"not a traced value; got {type(indices).__name__}."
+        what = "concrete ints (a list, tuple or NumPy array), not a traced value"
+        raise checks.fail(
+            name, "indices", what, type(indices).__name__, TypeError
         ) from e
     if (
         idx.ndim != 1
@@ -216,18 +214,14 @@ def sample_increments(
         or not (np.issubdtype(idx.dtype, np.integer) and not idx.dtype == np.bool_)
         or (idx < 0).any()
     ):
-        raise ValueError(
-            f"{name}: `indices` must be a non-empty 1-D sequence of non-negative ints "
-            f"(sample indices in the batch); got {indices!r}."
-        )
+        what = "a non-empty 1-D sequence of non-negative ints (indices in the batch)"
+        raise checks.fail(name, "indices", what, indices)
     if not (
         isinstance(sample_shape, (tuple, list))
         and all(isinstance(d, int) and not isinstance(d, bool) for d in sample_shape)
     ):
-        raise TypeError(
-            f"{name}: `sample_shape` must be a tuple of ints (one sample's shape, "
-            f"without the batch axis); got {sample_shape!r}."
-        )
+        what = "a tuple of ints (one sample's shape, without the batch axis)"
+        raise checks.fail(name, "sample_shape", what, sample_shape, TypeError)
     like = jax.ShapeDtypeStruct((int(idx.max()) + 1, *sample_shape), jnp.dtype(dtype))
     tdtype = time_dtype(like)
     h = (jnp.asarray(t1, tdtype) - jnp.asarray(t0, tdtype)) / num_steps
@@ -253,8 +247,6 @@ def coarsen_increments(
     factor = checks.integer("coarsen_increments", "factor", factor)
     n = increments.shape[0]
     if n % factor != 0:
-        raise ValueError(
-            f"coarsen_increments: the number of increments ({n}) must be divisible by "
-            f"`factor` ({factor})."
-        )
+        why = f"the number of increments ({n}) must be divisible by `factor` ({factor})"
+        raise ValueError(f"coarsen_increments: {why}.")
     return increments.reshape(n // factor, factor, *increments.shape[1:]).sum(axis=1)

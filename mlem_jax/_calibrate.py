@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -39,11 +39,12 @@ from . import _checks as checks
 from ._brownian import brownian_increments, coarsen_increments
 from ._calibration import Calibration
 from ._cost import count_flops, fit_cost_exponent, time_in_scan
+from ._integrate import EulerMaruyama, Grid, Problem, integrate
 from ._levels import Levels, Refinement, refinements
-from ._misc import check_num_steps, concrete_or_none
+from ._misc import check_key, check_num_steps
 from ._pricing import _bin_index, _grid
 from ._schedules import FixedProbabilities
-from ._solve import em_solve, mlem_solve
+from ._solve import SolveOptions, mlem_solve, run_problem, solve_problem
 from ._step import check_drift_output
 
 
@@ -98,38 +99,43 @@ def calibrate(
     `.schedule(target_error=...)` or `.schedule(budget=...)` for rates, and
     `.predict(schedule)` for a schedule's expected cost and added error.
     """
-    num_steps, y0 = _check_calibrate(
-        levels, y0, t0, args, num_steps, num_bins, pilot_keys, reference
-    )
+    num_steps = check_pilot("calibrate", levels, num_steps, num_bins, pilot_keys)
+    check_key("calibrate", key)
     t0, t1 = float(t0), float(t1)
     pilot_key, level_key = jax.random.split(key)
+    saveat = diffrax.SaveAt(t0=True, steps=True)
+    options = SolveOptions(t0, t1, num_steps, pilot_key, args, None, saveat)
+    problem = solve_problem("calibrate", (levels.top,), None, diffusion, y0, options)
+    pilot = _Pilot(problem, EulerMaruyama(diffusion), t0, t1)
+    _check_reference(reference, problem)
     calibration, y_em = _pilot_calibration(
-        levels,
-        diffusion,
-        y0,
-        t0=t0,
-        t1=t1,
-        num_steps=num_steps,
-        key=pilot_key,
-        args=args,
-        num_bins=num_bins,
-        reference=reference,
-        measure_costs=measure_costs,
+        levels, pilot, num_bins, reference, measure_costs
     )
     if pilot_keys > 0 and levels.num_levels > 1:
-        mean_added = _em_added_error(
-            calibration, levels, diffusion, y0, y_em, pilot_key, args
-        )
+        mean_added = _em_added_error(calibration, levels, pilot, y_em)
         calibration = with_amplification(calibration, mean_added, level_key, pilot_keys)
     if pilot_keys > 0 and diffusion is not None:
-        em_key = jax.random.fold_in(key, 2)
-        em_error, em_order = _em_convergence(
-            levels.top, diffusion, y0, t0, t1, num_steps, em_key, args
-        )
+        em_error, em_order = _convergence(pilot, jax.random.fold_in(key, 2))
         calibration = dataclasses.replace(
             calibration, em_error=em_error, em_order=em_order
         )
     return calibration
+
+
+class _Pilot(NamedTuple):
+    """`calibrate`'s pilot, checked once: the Euler–Maruyama solve with the top
+    level on the pilot key's Brownian path, saving every state, and its interval as
+    the floats the calibration records. The other pilots are variants of it."""
+
+    problem: Problem
+    stepper: EulerMaruyama
+    t0: float
+    t1: float
+
+    def run(self, **changes) -> Any:
+        """The final state (or saved states) of the pilot with `changes` to its
+        `Problem` (`dataclasses.replace`)."""
+        return integrate(self.stepper, dataclasses.replace(self.problem, **changes))[0]
 
 
 def check_pilot(name: str, levels, num_steps, num_bins, pilot_keys) -> int:
@@ -145,63 +151,29 @@ def check_pilot(name: str, levels, num_steps, num_bins, pilot_keys) -> int:
     return num_steps
 
 
-def _check_calibrate(levels, y0, t0, args, num_steps, num_bins, pilot_keys, reference):
-    """`calibrate`'s checks of its inputs: `(num_steps, y0)` as it uses them."""
-    num_steps = check_pilot("calibrate", levels, num_steps, num_bins, pilot_keys)
-    y0 = jnp.asarray(y0)
-    y0c = concrete_or_none(y0)
-    if (
-        y0c is not None
-        and np.issubdtype(y0c.dtype, np.inexact)
-        and not np.all(np.isfinite(y0c))
-    ):
-        raise ValueError(
-            f"calibrate: `y0` contains {np.sum(~np.isfinite(y0c))} NaN or infinite "
-            "values; expected a finite batch of initial states."
-        )
-    if reference is not None:
-        if not callable(reference):
-            raise TypeError(
-                "calibrate: `reference` must be a drift f(t, y, args) or None; got "
-                f"{type(reference).__name__}."
-            )
-        out = eqx.filter_eval_shape(reference, jnp.asarray(t0, y0.dtype), y0, args)
-        try:
-            check_drift_output(out, y0, "`reference`")
-        except (TypeError, ValueError) as e:
-            raise type(e)(str(e).replace("mlem_jax:", "calibrate:", 1)) from None
-    return num_steps, y0
+def _check_reference(reference, problem: Problem) -> None:
+    """A clear error, naming `calibrate`, for a `reference` that is not a drift
+    shaped like the pilot's state."""
+    if reference is None:
+        return
+    what = "a drift f(t, y, args) or None"
+    checks.function("calibrate", "reference", reference, what)
+    y0 = problem.y0
+    t = jnp.asarray(problem.grid.t0, y0.dtype)
+    out = eqx.filter_eval_shape(reference, t, y0, problem.args)
+    try:
+        check_drift_output(out, y0, "`reference`")
+    except (TypeError, ValueError) as e:
+        raise type(e)(str(e).replace("mlem_jax:", "calibrate:", 1)) from None
 
 
-def _pilot_calibration(
-    levels,
-    diffusion,
-    y0,
-    *,
-    t0,
-    t1,
-    num_steps,
-    key,
-    args,
-    num_bins,
-    reference,
-    measure_costs,
-):
+def _pilot_calibration(levels, pilot: _Pilot, num_bins, reference, measure_costs):
     """`(calibration, y_em)`: the `Calibration` (amplification 1) measured along
-    one Euler–Maruyama solve with the top level on `key`'s Brownian path, saving
-    every state (every level and `reference` evaluated there, the sensitivity by
-    one reverse pass), and that solve's final state."""
-    states, _ = em_solve(
-        levels.top,
-        diffusion,
-        y0,
-        t0=t0,
-        t1=t1,
-        num_steps=num_steps,
-        key=key,
-        args=args,
-        saveat=diffrax.SaveAt(t0=True, steps=True),
-    )
+    the pilot solve (every level and `reference` evaluated at its states, the
+    sensitivity by one reverse pass), and that solve's final state."""
+    states, _ = run_problem("calibrate", pilot.problem, pilot.stepper, (1.0,))
+    t0, t1, num_steps = pilot.t0, pilot.t1, pilot.problem.grid.num_steps
+    y0, args = pilot.problem.y0, pilot.problem.args
     ts, h = _grid(t0, t1, num_steps)
     fns = levels.fns + ((reference,) if reference is not None else ())
     per_step = trajectory_statistics(
@@ -219,7 +191,7 @@ def _pilot_calibration(
         "calibrate",
         levels,
         per_step,
-        _sensitivity(levels.top, diffusion, y0, t0, t1, num_steps, key, args),
+        _sensitivity(pilot),
         edges,
         ts + h / 2,
         t0=t0,
@@ -235,10 +207,19 @@ def _pilot_calibration(
 
 
 def _em_convergence(top, diffusion, y0, t0, t1, num_steps, key, args):
-    """`(em_error, em_order)`: Euler–Maruyama with `top` at `num_steps`,
-    `2·num_steps` and `16·num_steps` steps on one Brownian path (drawn at the finest
-    and coarsened). The 16×-finer solve stands for the exact solution: the error at
-    `n` steps is the RMS distance to it, `e(n)`, and the strong order
+    """`_convergence` of Euler–Maruyama with the drift `top` on `[t0, t1]` (what
+    `tests/test_verdict.py` checks against a finer reference)."""
+    options = SolveOptions(t0, t1, num_steps, key, args)
+    problem = solve_problem("calibrate", (top,), None, diffusion, y0, options)
+    pilot = _Pilot(problem, EulerMaruyama(diffusion), float(t0), float(t1))
+    return _convergence(pilot, key)
+
+
+def _convergence(pilot: _Pilot, key):
+    """`(em_error, em_order)`: Euler–Maruyama with the top level at `num_steps`,
+    `2·num_steps` and `16·num_steps` steps on one Brownian path (`key`'s, drawn at
+    the finest and coarsened). The 16×-finer solve stands for the exact solution:
+    the error at `n` steps is the RMS distance to it, `e(n)`, and the strong order
     `q = log2(e(num_steps) / e(2·num_steps))` (clipped to [1/4, 2]).
 
     Not Richardson extrapolation from consecutive distances: a stochastic solve's
@@ -246,27 +227,21 @@ def _em_convergence(top, diffusion, y0, t0, t1, num_steps, key, args):
     path adds independent terms), which biases `‖y_n − y_2n‖ / (1 − 2^−q)` upward
     (by 25% on a test SDE). The finer solve's own error biases `e(n)` by at most
     `e(16n) / e(n)`, about 1/16 for a strong order-1 method."""
+    grid, y0, fns = pilot.problem.grid, pilot.problem.y0, pilot.problem.fns
+    num_steps = grid.num_steps
     fine = 16 * num_steps
     dw = brownian_increments(
-        key, y0.shape, t0=t0, t1=t1, num_steps=fine, dtype=y0.dtype
+        key, y0.shape, t0=pilot.t0, t1=pilot.t1, num_steps=fine, dtype=y0.dtype
     )
 
     @eqx.filter_jit
-    def solve(top, y0, dw):
-        return em_solve(
-            top,
-            diffusion,
-            y0,
-            t0=t0,
-            t1=t1,
-            num_steps=dw.shape[0],
-            key=key,
-            args=args,
-            brownian=dw,
-        )[0]
+    def solve(fns, y0, brownian):
+        steps = Grid(t0=grid.t0, t1=grid.t1, num_steps=brownian.shape[0])
+        changes = dict(grid=steps, key=key, brownian=brownian, save=None)
+        return pilot.run(fns=fns, y0=y0, **changes)
 
     y1, y2, y16 = (
-        np.asarray(solve(top, y0, coarsen_increments(dw, fine // n)), np.float64)
+        np.asarray(solve(fns, y0, coarsen_increments(dw, fine // n)), np.float64)
         for n in (num_steps, 2 * num_steps, fine)
     )
 
@@ -437,22 +412,27 @@ def perturbation_growth(final, num_steps: int, y0, key, probes: int = 4):
     return jnp.mean(jax.lax.map(one, keys), axis=0) / d
 
 
-def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int = 4):
+def _sensitivity(pilot: _Pilot, probes: int = 4):
     """Per step `n`, how much a perturbation added to the state at the end of step
     `n` of the pilot Euler–Maruyama solve grows by its end (`perturbation_growth`).
 
-    The pilot is `em_solve` itself on `key`'s Brownian path, the perturbation `z_n`
-    entering step `n` as the extra drift `z_n / h` (so the step adds `z_n`)."""
+    The pilot is rerun on its own Brownian path, the perturbation `z_n` entering
+    step `n` as the extra drift `z_n / h` (so the step adds `z_n`)."""
+    problem = pilot.problem
+    y0, args, key = problem.y0, problem.args, problem.key
+    t0, num_steps = pilot.t0, problem.grid.num_steps
+    (top,), diffusion = problem.fns, pilot.stepper.diffusion
     dtype = y0.dtype
-    h = (t1 - t0) / num_steps
+    h = (pilot.t1 - t0) / num_steps
     dw = None
     if diffusion is not None:
         dw = brownian_increments(
-            key, y0.shape, t0=t0, t1=t1, num_steps=num_steps, dtype=dtype
+            key, y0.shape, t0=t0, t1=pilot.t1, num_steps=num_steps, dtype=dtype
         )
         diffusion_of_zs = lambda t, y, zs: diffusion(t, y, args)
     else:
         diffusion_of_zs = None
+    rerun = pilot._replace(stepper=EulerMaruyama(diffusion_of_zs))
 
     def perturbed(t, y, zs):
         n = jnp.rint((t - t0) / h).astype(jnp.int32)  # t = t0 + n·h on the grid
@@ -461,34 +441,24 @@ def _sensitivity(top, diffusion, y0, t0, t1, num_steps, key, args, probes: int =
         )
 
     def final(zs):
-        return em_solve(
-            perturbed,
-            diffusion_of_zs,
-            y0,
-            t0=t0,
-            t1=t1,
-            num_steps=num_steps,
-            key=key,
-            args=zs,
-            brownian=dw,
-        )[0]
+        return rerun.run(fns=(perturbed,), args=zs, brownian=dw, save=None)
 
     growth = jax.jit(lambda k: perturbation_growth(final, num_steps, y0, k, probes))
     return np.asarray(growth(key), np.float64)
 
 
-def _em_added_error(cal, levels, diffusion, y0, y_em, pilot_key, args):
+def _em_added_error(cal, levels, pilot: _Pilot, y_em):
     """`mean_added(probs, keys)` for `with_amplification`: the mean over `keys` of
     the mean-square distance of ML-EM at `FixedProbabilities(probs)` to `y_em`, the
-    pilot Euler–Maruyama solve's final state (top level, `pilot_key`'s path), which
-    the ML-EM pilots rerun on that same path."""
-    kw = dict(t0=cal.t0, t1=cal.t1, num_steps=cal.num_steps, args=args)
+    pilot Euler–Maruyama solve's final state (top level, the pilot key's path),
+    which the ML-EM pilots rerun on that same path."""
+    problem, diffusion = pilot.problem, pilot.stepper.diffusion
+    y0 = problem.y0
+    kw = dict(t0=cal.t0, t1=cal.t1, num_steps=cal.num_steps, args=problem.args)
     dw = None
     if diffusion is not None:
-        from ._brownian import brownian_increments
-
         dw = brownian_increments(
-            pilot_key,
+            problem.key,
             y0.shape,
             t0=cal.t0,
             t1=cal.t1,

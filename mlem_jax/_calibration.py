@@ -93,10 +93,9 @@ class Calibration:
         if self.grid is not None:
             grid = np.asarray(self.grid, np.float64)
             if grid.shape != (self.num_steps + 1,):
-                raise ValueError(
-                    f"Calibration: `grid` must have shape (num_steps + 1,) = "
-                    f"({self.num_steps + 1},); got {grid.shape}."
-                )
+                got = grid.shape
+                what = f"shape (num_steps + 1,) = ({self.num_steps + 1},)"
+                raise ValueError(f"Calibration: `grid` must have {what}; got {got}.")
             object.__setattr__(self, "grid", grid)
 
     def steps(self, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -160,11 +159,9 @@ class Calibration:
                 if cost == "seconds"
                 else "calibrate with `measure_costs=True`"
             )
-            raise ValueError(
-                f"Calibration: `cost={cost!r}` needs measured {cost}, and this "
-                "calibration has none (it was made with `measure_costs=False` or "
-                f"loaded from a file); {fix}."
-            )
+            why = f"has no {cost} (made with `measure_costs=False` or read from a file)"
+            need = f"`cost={cost!r}` needs measured {cost}"
+            raise ValueError(f"Calibration: {need}, and this calibration {why}; {fix}.")
         return np.asarray(values, np.float64)
 
     def with_seconds(self, seconds) -> Calibration:
@@ -172,20 +169,15 @@ class Calibration:
         positive number per level, e.g. `mlem_jax.time_in_scan` of each level on the
         batch and device you will sample with). Seconds-optimal rates then follow
         from `schedule(..., cost="seconds")`."""
+        where, k = "Calibration.with_seconds", self.num_levels
+        what = f"{k} positive finite numbers (one per level)"
         try:
             values = tuple(float(x) for x in seconds)
         except (TypeError, ValueError) as e:
-            raise TypeError(
-                "Calibration.with_seconds: `seconds` must be a sequence of numbers, "
-                "one per level."
-            ) from e
-        if len(values) != self.num_levels or not all(
-            math.isfinite(x) and x > 0 for x in values
-        ):
-            raise ValueError(
-                f"Calibration.with_seconds: `seconds` must hold {self.num_levels} "
-                f"positive finite numbers (one per level); got {list(values)}."
-            )
+            what = "a sequence of numbers, one per level"
+            raise checks.fail(where, "seconds", what, seconds, TypeError) from e
+        if len(values) != k or not all(math.isfinite(x) and x > 0 for x in values):
+            raise checks.fail(where, "seconds", what, list(values))
         return dataclasses.replace(self, seconds=values)
 
     def restrict(self, levels: Sequence[int]) -> Calibration:
@@ -204,10 +196,8 @@ class Calibration:
         k = self.num_levels
         idx = [int(i) for i in levels]
         if not idx or idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= k:
-            raise ValueError(
-                "Calibration.restrict: `levels` must be increasing level indices in "
-                f"[0, {k}); got {list(levels)}."
-            )
+            what = f"increasing level indices in [0, {k})"
+            raise checks.fail("Calibration.restrict", "levels", what, list(levels))
         kept = [0] + [i + 1 for i in idx]  # index 0 is f^0 = 0
         pairs = self.pair_variances[:, kept][:, :, kept]
         variances = np.stack([pairs[:, n, n + 1] for n in range(len(idx))], axis=1)
@@ -243,10 +233,9 @@ class Calibration:
         """The RMS error of Euler–Maruyama with the top level at `num_steps` steps
         (array-like), from `em_error` and `em_order`."""
         if self.em_error is None or self.em_order is None:
+            why = "no `em_error` (Euler–Maruyama's own error: run `calibrate` with"
             raise ValueError(
-                "Calibration: this calibration has no `em_error` (Euler–Maruyama's "
-                "own error, measured by `calibrate` with `pilot_keys > 0`; "
-                "`calibrate_sampler` has none); run `mlem_jax.calibrate` with `pilot_keys > 0`."
+                f"Calibration: this calibration has {why} pilot_keys > 0)."
             )
         n = np.asarray(num_steps, np.float64)
         return self.em_error * (self.num_steps / n) ** self.em_order
@@ -347,10 +336,7 @@ def _check_finite_fields(fields: dict) -> None:
         array = np.asarray(value, np.float64)
         if not np.all(np.isfinite(array)):
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            raise ValueError(
-                f"`{name}` holds {bad} non-finite value(s) (NaN or inf); a "
-                "calibration must be finite"
-            )
+            raise ValueError(f"`{name}` holds {bad} non-finite value(s) (NaN or inf)")
         if name in names[1:] and np.any(array < 0):
             raise ValueError(f"`{name}` holds negative values; they must be >= 0")
     if any(c <= 0 for c in fields.get("costs", ())):

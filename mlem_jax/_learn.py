@@ -17,7 +17,6 @@ forward gradient (random tangent directions, no stored trajectory).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,7 @@ from ._brownian import brownian_increments, split_key
 from ._levels import Levels, refinements
 from ._misc import NumbersLike, check_grid, check_key
 from ._schedules import AbstractSchedule, LogitProbabilities as LogitProbabilities
-from ._solve import em_solve, mlem_solve
+from ._solve import check_ladder, em_solve, mlem_solve
 from ._step import expected_evaluations, step_fires
 
 if TYPE_CHECKING:  # optax loads only when a schedule is learned
@@ -172,28 +171,17 @@ def schedule_gradient(
     **Returns:** `(mean loss, gradient)`, the gradient a tree like `schedule`
     (zero on entries that are not learned), ready for `optax`.
     """
-    if mode not in ("reverse", "forward"):
-        raise ValueError(
-            f'schedule_gradient: `mode` must be "reverse" or "forward"; got {mode!r}.'
-        )
-    if not isinstance(schedule, AbstractSchedule):
-        raise TypeError(
-            "schedule_gradient: `schedule` must be a mlem_jax schedule; got "
-            f"{type(schedule).__name__}."
-        )
+    name = "schedule_gradient"
+    checks.choice(name, "mode", mode, ("reverse", "forward"), '"reverse" or "forward"')
+    what = "a mlem_jax schedule"
+    checks.instance(name, "schedule", schedule, AbstractSchedule, what)
     if getattr(keys, "ndim", 0) != 1 or keys.shape[0] < 2:
-        raise ValueError(
-            "schedule_gradient: `keys` must be at least 2 keys, shape (M,) from "
-            "jax.random.split (the baseline of each is the others' mean loss); got "
-            f"shape {getattr(keys, 'shape', None)}."
-        )
+        what = "at least 2 keys, shape (M,) from jax.random.split (each key's "
+        what += "baseline is the others' mean loss)"
+        raise checks.fail(name, "keys", what, getattr(keys, "shape", None))
     if mode == "forward" and tangent_key is None:
-        raise ValueError(
-            'schedule_gradient: mode="forward" needs a `tangent_key` for the random '
-            "tangent directions."
-        )
-    check_grid("schedule_gradient", t0, t1, num_steps)
-    mask = _trainable(schedule)
+        raise ValueError(f'{name}: mode="forward" needs a `tangent_key`.')
+    check_grid(name, t0, t1, num_steps)
     params, static = eqx.partition(schedule, eqx.is_inexact_array)
     grid: dict[str, Any] = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
 
@@ -203,53 +191,72 @@ def schedule_gradient(
     def log_prob_p(p, key):
         return draw_log_prob(eqx.combine(p, static), key, **grid)
 
-    m = keys.shape[0]
+    mask = _params_of(_trainable(schedule), params)
     if mode == "reverse":
-
-        def one(key):
-            value, g_path = jax.value_and_grad(loss_p)(params, key)
-            g_score = jax.grad(log_prob_p)(params, key)
-            return value, g_path, g_score
-
-        values, g_path, g_score = jax.lax.map(one, keys)
-        baseline = (jnp.sum(values) - values) / (m - 1)
-        weights = (values - baseline) / m
-        grad = jax.tree.map(
-            lambda a, b: (
-                jnp.sum(a, 0) / m + jnp.tensordot(weights.astype(b.dtype), b, 1)
-            ),
-            g_path,
-            g_score,
-        )
+        values, grad = _reverse_gradient(loss_p, log_prob_p, params, keys)
     else:
         assert tangent_key is not None  # checked above
+        estimate = _forward_gradient(loss_p, log_prob_p, params, mask)
+        values, grad = estimate(keys, tangent_key)
+    grad = _masked(grad, mask)
+    return jnp.mean(values), eqx.combine(grad, static)
+
+
+def _reverse_gradient(loss_p, log_prob_p, params, keys):
+    """`(losses, gradient)` of `schedule_gradient` in reverse mode: each key's
+    pathwise gradient and score, weighted by its leave-one-out advantage."""
+    m = keys.shape[0]
+
+    def one(key):
+        value, g_path = jax.value_and_grad(loss_p)(params, key)
+        g_score = jax.grad(log_prob_p)(params, key)
+        return value, g_path, g_score
+
+    values, g_path, g_score = jax.lax.map(one, keys)
+    baseline = (jnp.sum(values) - values) / (m - 1)
+    weights = (values - baseline) / m
+    grad = jax.tree.map(
+        lambda a, b: jnp.sum(a, 0) / m + jnp.tensordot(weights.astype(b.dtype), b, 1),
+        g_path,
+        g_score,
+    )
+    return values, grad
+
+
+def _forward_gradient(loss_p, log_prob_p, params, mask):
+    """`estimate(keys, tangent_key) -> (losses, gradient)` of `schedule_gradient`
+    as a forward gradient: one Gaussian tangent per key (masked to the learned
+    entries), `(∇L·v) v` with the leave-one-out baseline."""
+
+    def tangent(tkey):
+        leaves, treedef = jax.tree.flatten(params)
+        subkeys = jax.random.split(tkey, len(leaves))
+        v = [
+            jax.random.normal(k, x.shape, x.dtype)
+            for k, x in zip(subkeys, leaves, strict=True)
+        ]
+        return _masked(jax.tree.unflatten(treedef, v), mask)
+
+    def one(xs):
+        key, tkey = xs
+        v = tangent(tkey)
+        value, d_path = jax.jvp(lambda p: loss_p(p, key), (params,), (v,))
+        _, d_score = jax.jvp(lambda p: log_prob_p(p, key), (params,), (v,))
+        return value, d_path, d_score
+
+    def estimate(keys, tangent_key):
+        m = keys.shape[0]
         tangent_keys = jax.random.split(tangent_key, m)
-
-        def tangent(tkey):
-            leaves, treedef = jax.tree.flatten(params)
-            subkeys = jax.random.split(tkey, len(leaves))
-            v = [
-                jax.random.normal(k, x.shape, x.dtype)
-                for k, x in zip(subkeys, leaves, strict=True)
-            ]
-            return _masked(jax.tree.unflatten(treedef, v), _params_of(mask, params))
-
-        def one_forward(xs):
-            key, tkey = xs
-            v = tangent(tkey)
-            value, d_path = jax.jvp(lambda p: loss_p(p, key), (params,), (v,))
-            _, d_score = jax.jvp(lambda p: log_prob_p(p, key), (params,), (v,))
-            return value, d_path, d_score
-
-        values, d_path, d_score = jax.lax.map(one_forward, (keys, tangent_keys))
+        values, d_path, d_score = jax.lax.map(one, (keys, tangent_keys))
         baseline = (jnp.sum(values) - values) / (m - 1)
         directional = (d_path + (values - baseline) * d_score) / m
         tangents = jax.vmap(tangent)(tangent_keys)
         grad = jax.tree.map(
             lambda v: jnp.tensordot(directional.astype(v.dtype), v, 1), tangents
         )
-    grad = _masked(grad, _params_of(mask, params))
-    return jnp.mean(values), eqx.combine(grad, static)
+        return values, grad
+
+    return estimate
 
 
 def _params_of(mask, params):
@@ -362,82 +369,30 @@ def learn_schedule(
     `mlem_solve(levels, learned.schedule, ...)` or `MLEMSolver(learned.schedule, ...)`.
     """
     name = "learn_schedule"
-    if not isinstance(levels, Levels):
-        raise TypeError(f"{name}: `levels` must be a mlem_jax.Levels.")
-    if not isinstance(init, AbstractSchedule):
-        raise TypeError(
-            f"{name}: `init` must be a mlem_jax schedule (e.g. "
-            f"Calibration.schedule(budget=...)); got {type(init).__name__}."
-        )
-    if init.num_levels != levels.num_levels:
-        raise ValueError(
-            f"{name}: `init` has {init.num_levels} levels but `levels` has "
-            f"{levels.num_levels}."
-        )
+    check_ladder(name, levels, init, "init")
     if (budget is None) == (cost_weight is None):
         raise ValueError(f"{name}: give exactly one of `budget` or `cost_weight`.")
-    if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise ValueError(f"{name}: `budget` must be positive and finite; got {budget}.")
-    if cost_weight is not None and not (
-        math.isfinite(cost_weight) and cost_weight >= 0
-    ):
-        raise ValueError(
-            f"{name}: `cost_weight` must be non-negative and finite; got {cost_weight}."
-        )
+    checks.number(name, "budget", budget, none_ok=True)
+    checks.number(name, "cost_weight", cost_weight, zero_ok=True, none_ok=True)
     samples = checks.integer(name, "samples", samples, minimum=2)
     num_iterations = checks.integer(name, "num_iterations", num_iterations, minimum=0)
     check_grid(name, t0, t1, num_steps)
     check_key(name, key)
     y0 = jnp.asarray(y0)
-    dtype = y0.dtype
-    grid: dict[str, Any] = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=dtype)
-    schedule = init
-    if not isinstance(schedule, LogitProbabilities):
-        schedule = LogitProbabilities.from_schedule(
-            init, t0=t0, t1=t1, num_steps=num_steps, times=times
-        )
-    if budget is not None:
-        floor = float(expected_cost(levels, _shift_learned(schedule, -jnp.inf), **grid))
-        if not budget > floor:
-            raise ValueError(
-                f"{name}: `budget` must exceed {floor:.6g}, the cost of the levels "
-                f"that fire at every step; got {budget}."
-            )
-        schedule = jax.jit(lambda s: _project_to_budget(levels, s, budget, grid))(
-            schedule
-        )
+    grid: dict[str, Any] = dict(t0=t0, t1=t1, num_steps=num_steps, dtype=y0.dtype)
+    schedule = _initial_schedule(levels, init, budget, grid, times)
     initial = schedule
-    import optax
+    if optimizer is None:
+        import optax
 
-    optimizer = optax.adam(0.01) if optimizer is None else optimizer
-    params, static = eqx.partition(schedule, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
-    has_noise = diffusion is not None
+        optimizer = optax.adam(0.01)
+    opt_state = optimizer.init(eqx.filter(schedule, eqx.is_inexact_array))
+    solve = dict(t0=t0, t1=t1, num_steps=num_steps, args=args)
 
     @jax.jit
     def update(schedule, opt_state, key):
         path_key, level_key, tangent_key = jax.random.split(key, 3)
-        dw = None
-        if has_noise:
-            dw = brownian_increments(
-                path_key, y0.shape, t0=t0, t1=t1, num_steps=num_steps, dtype=dtype
-            )
-        kw: dict[str, Any] = dict(
-            t0=t0, t1=t1, num_steps=num_steps, args=args, brownian=dw
-        )
-        target, _ = em_solve(levels.top, diffusion, y0, key=path_key, **kw)
-
-        def loss(s, k):
-            y, _ = mlem_solve(
-                levels, s, diffusion, y0, key=k, checkpoint=checkpoint, **kw
-            )
-            d = (
-                (y - target).reshape(y.shape[0], -1)
-                if y.ndim > 1
-                else (y - target)[None]
-            )
-            return jnp.mean(jnp.sum(d**2, axis=-1))
-
+        loss = _added_error(levels, diffusion, y0, path_key, checkpoint, solve)
         value, grad = schedule_gradient(
             loss,
             schedule,
@@ -446,19 +401,8 @@ def learn_schedule(
             tangent_key=tangent_key,
             **grid,
         )
-        cost_fn = lambda s: expected_cost(levels, s, **grid)
-        cost, g_cost = jax.value_and_grad(cost_fn)(schedule)
-        grad_p = eqx.filter(grad, eqx.is_inexact_array)
-        if cost_weight is not None:
-            g_cost = _masked(
-                eqx.filter(g_cost, eqx.is_inexact_array),
-                _params_of(_trainable(schedule), grad_p),
-            )
-            grad_p = jax.tree.map(lambda a, b: a + cost_weight * b, grad_p, g_cost)
-        p, stat = eqx.partition(schedule, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grad_p, opt_state, p)
-        updates = _masked(updates, _params_of(_trainable(schedule), updates))
-        schedule = eqx.combine(optax.apply_updates(p, updates), stat)
+        cost, grad = _with_cost(levels, schedule, grad, cost_weight, grid)
+        schedule, opt_state = _apply(optimizer, schedule, grad, opt_state)
         if budget is not None:
             schedule = _project_to_budget(levels, schedule, budget, grid)
         return schedule, opt_state, value, cost
@@ -472,9 +416,71 @@ def learn_schedule(
         costs.append(float(cost))
         if callback is not None:
             callback(i, losses[-1], costs[-1])
-    del static
     return LearnedSchedule(
         schedule=schedule,
         initial=initial,
         history={"loss": np.asarray(losses), "expected_cost": np.asarray(costs)},
     )
+
+
+def _with_cost(levels, schedule, grad, cost_weight, grid):
+    """`(expected cost, gradient)`: the schedule's `expected_cost` on `grid` and
+    `grad` (its inexact arrays) plus, with a `cost_weight`, that weight times the
+    cost's gradient on the learned entries."""
+    cost_fn = lambda s: expected_cost(levels, s, **grid)  # noqa: E731
+    cost, g_cost = jax.value_and_grad(cost_fn)(schedule)
+    grad_p = eqx.filter(grad, eqx.is_inexact_array)
+    if cost_weight is not None:
+        g_cost = _masked(
+            eqx.filter(g_cost, eqx.is_inexact_array),
+            _params_of(_trainable(schedule), grad_p),
+        )
+        grad_p = jax.tree.map(lambda a, b: a + cost_weight * b, grad_p, g_cost)
+    return cost, grad_p
+
+
+def _apply(optimizer, schedule, grad_p, opt_state):
+    """`(schedule, opt_state)` after one `optimizer` update of the learned entries
+    of `schedule` by the gradient `grad_p`."""
+    import optax
+
+    p, stat = eqx.partition(schedule, eqx.is_inexact_array)
+    updates, opt_state = optimizer.update(grad_p, opt_state, p)
+    updates = _masked(updates, _params_of(_trainable(schedule), updates))
+    return eqx.combine(optax.apply_updates(p, updates), stat), opt_state
+
+
+def _initial_schedule(levels, init, budget, grid, times) -> LogitProbabilities:
+    """`init` as `LogitProbabilities` on `grid` (on its own bins, or `times`),
+    projected onto `budget` if one is given (which must exceed the cost of the
+    levels that fire at every step)."""
+    schedule = init
+    if not isinstance(schedule, LogitProbabilities):
+        on = dict(t0=grid["t0"], t1=grid["t1"], num_steps=grid["num_steps"])
+        schedule = LogitProbabilities.from_schedule(init, times=times, **on)
+    if budget is None:
+        return schedule
+    floor = float(expected_cost(levels, _shift_learned(schedule, -jnp.inf), **grid))
+    if not budget > floor:
+        what = f"above {floor:.6g}, the cost of the levels that fire at every step"
+        raise checks.fail("learn_schedule", "budget", what, budget)
+    return jax.jit(lambda s: _project_to_budget(levels, s, budget, grid))(schedule)
+
+
+def _added_error(levels, diffusion, y0, path_key, checkpoint, solve):
+    """`loss(schedule, key)`: the mean squared distance of the ML-EM solve with
+    `key`'s draws to Euler–Maruyama with the top level, both on `path_key`'s
+    Brownian path (`solve`: the grid and `args`)."""
+    dw = None
+    if diffusion is not None:
+        grid = dict(t0=solve["t0"], t1=solve["t1"], num_steps=solve["num_steps"])
+        dw = brownian_increments(path_key, y0.shape, dtype=y0.dtype, **grid)
+    kw: dict[str, Any] = dict(solve, brownian=dw)
+    target, _ = em_solve(levels.top, diffusion, y0, key=path_key, **kw)
+
+    def loss(s, k):
+        y, _ = mlem_solve(levels, s, diffusion, y0, key=k, checkpoint=checkpoint, **kw)
+        d = (y - target).reshape(y.shape[0], -1) if y.ndim > 1 else (y - target)[None]
+        return jnp.mean(jnp.sum(d**2, axis=-1))
+
+    return loss

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,19 +63,25 @@ class Refinement(eqx.Module):
         if self.joint is not None:
             what = "a callable joint(t, y, args) or None"
             checks.function("Refinement", "joint", self.joint, what)
-        if self.coarse is not None and not callable(self.coarse):
-            raise TypeError(
-                f"Refinement: `coarse` must be a level function f(t, y, args) or "
-                f"None; got {type(self.coarse).__name__}."
-            )
+        if self.coarse is not None:
+            what = "a level function f(t, y, args) or None"
+            checks.function("Refinement", "coarse", self.coarse, what)
 
     def __call__(self, t, y, args):
         if self.coarse is None:
-            raise TypeError(
-                "Refinement: this refinement is not bound to a coarse level; put it in "
-                "mlem_jax.Levels after the level it refines."
-            )
+            why = "not bound to a coarse level; put it in mlem_jax.Levels after it"
+            raise TypeError(f"Refinement: this refinement is {why}.")
         return self.refine(t, y, args, self.coarse(t, y, args))
+
+
+def _is_number(c) -> bool:
+    """A real number or a 0-d numeric array; not a bool, nor a string (which
+    `float("8")` would convert)."""
+    if isinstance(c, bool) or not isinstance(c, (numbers.Real, np.ndarray, jax.Array)):
+        return False
+    if isinstance(c, numbers.Real):
+        return True
+    return c.shape == () and bool(np.issubdtype(c.dtype, np.number))
 
 
 def refinements(fns: Sequence) -> tuple[bool, ...]:
@@ -114,61 +119,35 @@ class Levels(eqx.Module):
 
     def __init__(self, fns: Sequence[DriftFn], costs: Sequence[float]):
         if callable(fns):
-            raise TypeError(
-                "Levels: `fns` must be a sequence of level functions, cheapest first, "
-                "not a single function; wrap it as `fns=(f,)`."
-            )
+            what = "a sequence of level functions (`fns=(f,)`), not a single function"
+            raise checks.fail("Levels", "fns", what, type(fns).__name__, TypeError)
         fns = tuple(fns)
         if len(fns) == 0:
-            raise ValueError("Levels: `fns` is empty; expected at least one level.")
+            raise checks.fail("Levels", "fns", "at least one level", fns)
         for i, fn in enumerate(fns):
-            if not callable(fn):
-                raise TypeError(
-                    f"Levels: `fns[{i}]` is {type(fn).__name__}, expected a callable "
-                    "f(t, y, args)."
-                )
+            checks.function("Levels", f"fns[{i}]", fn, "a callable f(t, y, args)")
         try:
             costs = tuple(costs)
         except TypeError as e:
-            raise TypeError(
-                "Levels: `costs` must be a sequence of numbers, one per level; got "
-                f"{type(costs).__name__}."
-            ) from e
+            got = type(costs).__name__
+            what = "a sequence of numbers, one per level"
+            raise checks.fail("Levels", "costs", what, got, TypeError) from e
         for i, c in enumerate(costs):
-            # Strings would convert with float("8"): refuse them, and bools.
-            if isinstance(c, bool) or not isinstance(
-                c, (numbers.Real, np.ndarray, jax.Array)
-            ):
-                raise TypeError(
-                    f"Levels: `costs[{i}]` is {c!r} ({type(c).__name__}); expected a "
-                    "number (e.g. FLOPs of one evaluation)."
-                )
-            if isinstance(c, (np.ndarray, jax.Array)) and not (
-                c.shape == () and np.issubdtype(c.dtype, np.number)
-            ):
-                raise TypeError(
-                    f"Levels: `costs[{i}]` is an array of shape {c.shape} and dtype "
-                    f"{c.dtype}; expected a number."
-                )
-        costs = tuple(float(c) for c in costs)
-        if len(costs) != len(fns):
-            raise ValueError(
-                f"Levels: `costs` has {len(costs)} entries but `fns` has {len(fns)}; "
-                "expected one cost per level."
-            )
-        for i, c in enumerate(costs):
-            if not (math.isfinite(c) and c > 0):
-                raise ValueError(
-                    f"Levels: `costs[{i}]` is {c}; expected a positive finite number."
-                )
+            if not _is_number(c):
+                what = "a number (e.g. FLOPs of one evaluation)"
+                raise checks.fail("Levels", f"costs[{i}]", what, c, TypeError)
+        n, k = len(costs), len(fns)
+        if n != k:
+            raise ValueError(f"Levels: `costs` has {n} entries but `fns` has {k}.")
+        costs = tuple(
+            checks.number("Levels", f"costs[{i}]", c) for i, c in enumerate(costs)
+        )
         bound = []
         for i, fn in enumerate(fns):
             if isinstance(fn, Refinement):
                 if i == 0:
-                    raise ValueError(
-                        "Levels: `fns[0]` is a Refinement, but a refinement needs a "
-                        "level below it to refine; put it after that level."
-                    )
+                    why = "a Refinement; put it after the level it refines"
+                    raise ValueError(f"Levels: `fns[0]` is {why}.")
                 fn = Refinement(fn.refine, bound[-1], fn.joint)
             bound.append(fn)
         self.fns = tuple(bound)

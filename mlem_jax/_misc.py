@@ -12,6 +12,8 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import ArrayLike
 
+from . import _checks as checks
+
 # A small table of numbers as a user writes it: an array or scalar, or a (nested)
 # sequence of numbers, e.g. `(1.0, 0.5)` or `[[1.0, 0.5], [1.0, 0.2]]`. jaxtyping's
 # `ArrayLike` alone refuses tuples and lists under runtime type checking.
@@ -73,18 +75,10 @@ def concrete_or_none(x) -> np.ndarray | None:
 
 
 def check_num_steps(name: str, num_steps) -> int:
-    """`num_steps` as an `int`, the one rule for every grid of the package: a
-    positive Python or NumPy integer (`np.int64(8)` from an array of step counts is
-    fine; a bool, a float or `8.0` is not). Errors name `name`.
-
-    **Raises:** `TypeError` for a non-integer, `ValueError` for one below 1.
-    """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"{name}: `num_steps` must be an int; got {num_steps!r}.")
-    num_steps = int(num_steps)
-    if num_steps <= 0:
-        raise ValueError(f"{name}: `num_steps` must be positive; got {num_steps}.")
-    return num_steps
+    """`num_steps` as an `int`, the one rule for every grid of the package:
+    `checks.integer`'s positive int (`np.int64(8)` from an array of step counts is
+    fine; a bool, a float or `8.0` is not). Errors name `name`."""
+    return checks.integer(name, "num_steps", num_steps)
 
 
 def check_grid(name: str, t0, t1, num_steps) -> int:
@@ -100,11 +94,9 @@ def check_grid(name: str, t0, t1, num_steps) -> int:
 def check_key(name: str, key) -> None:
     """Raise a clear error unless `key` is one PRNG key (typed or legacy uint32)."""
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        got = f"a key array of shape {key.shape} (for a batch, put it in `y0`)"
         if key.shape != ():
-            raise ValueError(
-                f"{name}: `key` must be a single PRNG key; got a key array of shape "
-                f"{key.shape}. For a batch, put it in `y0` and pass one key."
-            )
+            raise ValueError(f"{name}: `key` must be a single PRNG key; got {got}.")
         return
     if (
         isinstance(key, (jax.Array, np.ndarray))
@@ -112,12 +104,11 @@ def check_key(name: str, key) -> None:
         and key.dtype == jnp.uint32
     ):
         return
-    raise TypeError(
-        f"{name}: `key` must be a PRNG key from jax.random.key(seed) or "
-        f"jax.random.PRNGKey(seed); got {type(key).__name__}"
-        + (f" of shape {key.shape}" if hasattr(key, "shape") else "")
-        + "."
+    got = type(key).__name__ + (
+        f" of shape {key.shape}" if hasattr(key, "shape") else ""
     )
+    what = "a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed)"
+    raise TypeError(f"{name}: `key` must be {what}; got {got}.")
 
 
 def time_dtype(y0) -> jnp.dtype:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -78,33 +78,21 @@ def schedule(
     """
     cal.level_costs(cost)  # an unknown `cost` or missing timings fail here
     # A budget too small is refused by _check_budget, which says the least one.
-    _check_target(
-        "Calibration.schedule", target_error, budget, min_probability, budget_ok=True
-    )
+    where = "Calibration.schedule"
+    target = _check_target(where, target_error, budget, min_probability, True)
     num_steps = cal.num_steps if num_steps is None else num_steps
     floor_rate = _floor_rate(cal, num_steps, min_probability)
-
-    def scaled(scale):
-        return _scaled(cal, scale, floor_rate, cost)
-
-    if target_error is not None:
-        # Added error falls with the scale: find where it meets the target.
-        def miss_error(log_s):
-            err = cal.predict(scaled(math.exp(log_s)), num_steps).error
-            return _log(err) - math.log(target_error)
-
-        miss, sign = miss_error, -1.0
-    else:
-        assert budget is not None
+    if budget is not None:
         _check_budget(cal, budget, num_steps, min_probability, cost)
 
-        def miss_cost(log_s, budget: float = budget):
-            spent = cal.predict(scaled(math.exp(log_s)), num_steps, cost).cost
-            return _log(spent) - math.log(budget)
+    def scaled(log_s):
+        return _scaled(cal, math.exp(log_s), floor_rate, cost)
 
-        miss, sign = miss_cost, 1.0
-    log_s = _bisect(miss, sign)
-    return scaled(math.exp(log_s))
+    # Added error falls with the scale, cost rises: find where it meets the target.
+    def miss(log_s):
+        return target.miss(cal.predict(scaled(log_s), num_steps, cost))
+
+    return scaled(_bisect(miss, target.sign))
 
 
 def choose_levels(
@@ -127,7 +115,7 @@ def choose_levels(
     FLOPs say, and levels whose seconds barely differ from the next one's add
     variance for little saving.
     """
-    _check_target("Calibration.choose_levels", target_error, budget)
+    target = _check_target("Calibration.choose_levels", target_error, budget)
     num_steps = cal.num_steps if num_steps is None else num_steps
     cal.level_costs(cost)
     k = cal.num_levels
@@ -137,32 +125,16 @@ def choose_levels(
         if len(idx) == 1:
             schedule = FixedProbabilities(np.ones(1, np.float32))
         else:
-            try:
-                schedule = sub.schedule(
-                    target_error=target_error,
-                    budget=budget,
-                    num_steps=num_steps,
-                    min_probability=min_probability,
-                    cost=cost,
-                )
-            except ValueError:  # infeasible for this sub-ladder
+            schedule = _telescope(sub, target, num_steps, min_probability, cost)
+            if schedule is None:  # infeasible for this sub-ladder
                 continue
         pred = sub.predict(schedule, num_steps, cost)
-        if target_error is not None:
-            ok = pred.error <= target_error * (1 + 1e-6)
-            value = pred.cost if ok else math.inf
-        else:
-            assert budget is not None
-            ok = pred.cost <= budget * (1 + 1e-6)
-            value = pred.error if ok else math.inf
+        value = target.measure(pred) if target.meets(pred, 1e-6) else math.inf
         if value < best_value:
             best, best_value = idx, value
     if best is None:
-        raise ValueError(
-            "Calibration.choose_levels: no sub-ladder meets the "
-            + ("target error" if target_error is not None else "budget")
-            + f" at {num_steps} steps."
-        )
+        what = f"no sub-ladder meets the {target.words} at {num_steps} steps"
+        raise ValueError(f"Calibration.choose_levels: {what}.")
     return best
 
 
@@ -203,33 +175,58 @@ def hybrid(
     at that step count and grid) or a `Stitch`.
     """
     cal.level_costs(cost)
-    _check_target("Calibration.hybrid", target_error, budget, min_probability)
+    where = "Calibration.hybrid"
+    target = _check_target(where, target_error, budget, min_probability)
     num_steps = cal.num_steps if num_steps is None else num_steps
-    candidates = _hybrid_pool(
-        cal, target_error, budget, num_steps, min_probability, cost
-    )
-    if target_error is not None:
-        ok = [c for c in candidates if c[1].error <= target_error * (1 + 1e-9)]
-        key = "cost"
-    else:
-        assert budget is not None
-        ok = [c for c in candidates if c[1].cost <= budget * (1 + 1e-9)]
-        key = "error"
+    candidates = _hybrid_pool(cal, target, num_steps, min_probability, cost)
+    ok = [c for c in candidates if target.meets(c[1], 1e-9)]
     if not ok:
-        raise ValueError(
-            "Calibration.hybrid: no schedule is predicted to meet the "
-            + ("target error" if target_error is not None else "budget")
-            + f" at {num_steps} steps (not even the top level alone)."
-        )
-    best = min(ok, key=lambda c: getattr(c[1], key))[0]
+        what = f"no schedule is predicted to meet the {target.words} at {num_steps}"
+        raise ValueError(f"{where}: {what} steps (not even the top level alone).")
+    best = min(ok, key=lambda c: target.measure(c[1]))[0]
     if isinstance(best, Rates):
-        best = _rescaled(cal, best, target_error, budget, num_steps, cost)
+        best = _rescaled(cal, best, target, num_steps, cost)
     return best
+
+
+class _Target(NamedTuple):
+    """What a schedule chooser is asked for: a `target_error` or a `budget` (the
+    other `None`)."""
+
+    target_error: float | None
+    budget: float | None
+
+    @property
+    def words(self) -> str:
+        return "target error" if self.target_error is not None else "budget"
+
+    @property
+    def sign(self) -> float:
+        """How `miss` moves as the rates grow: an error falls, a cost rises."""
+        return -1.0 if self.target_error is not None else 1.0
+
+    def measure(self, pred) -> float:
+        """What the choosers minimise among the schedules that meet the target:
+        the cost for a target error, the error for a budget."""
+        return pred.cost if self.target_error is not None else pred.error
+
+    def meets(self, pred, rtol: float) -> bool:
+        if self.target_error is not None:
+            return pred.error <= self.target_error * (1 + rtol)
+        assert self.budget is not None
+        return pred.cost <= self.budget * (1 + rtol)
+
+    def miss(self, pred) -> float:
+        """`log` of what `pred` gives over what is asked."""
+        if self.target_error is not None:
+            return _log(pred.error) - math.log(self.target_error)
+        assert self.budget is not None
+        return _log(pred.cost) - math.log(self.budget)
 
 
 def _check_target(
     where, target_error, budget, min_probability=0.0, budget_ok=False
-) -> None:
+) -> _Target:
     """The one check of what the schedule choosers are asked for: exactly one of
     `target_error` and `budget`, a positive finite number, and `min_probability` a
     probability (`budget_ok`: the caller checks the budget itself)."""
@@ -241,25 +238,20 @@ def _check_target(
         checks.number(where, "budget", budget)
     if not (isinstance(min_probability, numbers.Real) and 0 <= min_probability <= 1):
         raise checks.fail(where, "min_probability", "in [0, 1]", min_probability)
+    return _Target(target_error, budget)
 
 
 def _check_budget(cal, budget, num_steps, min_probability, cost):
     """Refuse a `budget` that not even `schedule`'s cheapest rates meet."""
     floor = cal.min_cost(num_steps, min_probability, cost)
     if not budget > floor:
-        raise ValueError(
-            f"Calibration.schedule: `budget` must exceed {floor:.6g}, the cost "
-            "of running level 1 alone at every step"
-            + (
-                f" and every other level with probability {min_probability}"
-                if min_probability > 0
-                else ""
-            )
-            + f"; got {budget}."
-        )
+        what = f"above {floor:.6g}, the cost of running level 1 alone at every step"
+        if min_probability > 0:
+            what += f" and every other level with probability {min_probability}"
+        raise checks.fail("Calibration.schedule", "budget", what, budget)
 
 
-def _hybrid_pool(cal, target_error, budget, num_steps, min_probability, cost):
+def _hybrid_pool(cal, target: _Target, num_steps, min_probability, cost):
     """`[(schedule, Prediction)]`: every schedule `hybrid` chooses from, the
     per-step choices, the stitches and, where it meets the target or the budget,
     `schedule`'s ML-EM rates."""
@@ -268,23 +260,30 @@ def _hybrid_pool(cal, target_error, budget, num_steps, min_probability, cost):
         (sched, cal.predict(sched, num_steps, cost))
         for sched in cal.stitches(num_steps)
     ]
+    telescope = _telescope(cal, target, num_steps, min_probability, cost)
+    if telescope is not None:  # the plain telescope can meet it
+        candidates.append((telescope, cal.predict(telescope, num_steps, cost)))
+    return candidates
+
+
+def _telescope(cal, target: _Target, num_steps, min_probability, cost) -> Rates | None:
+    """`schedule`'s rates for `target` on `cal`, or `None` where no scale of them
+    meets it."""
     try:
-        telescope = cal.schedule(
-            target_error=target_error,
-            budget=budget,
+        return cal.schedule(
+            target_error=target.target_error,
+            budget=target.budget,
             num_steps=num_steps,
             min_probability=min_probability,
             cost=cost,
         )
-        candidates.append((telescope, cal.predict(telescope, num_steps, cost)))
-    except ValueError:  # the plain telescope cannot meet it
-        pass
-    return candidates
+    except ValueError:
+        return None
 
 
-def _rescaled(cal, sched, target_error, budget, num_steps, cost) -> Rates:
+def _rescaled(cal, sched, target: _Target, num_steps, cost) -> Rates:
     """`sched` with its randomised rates (finite and non-zero) scaled by one
-    factor so that it meets `target_error` or `budget` exactly: the
+    factor so that it meets the target error or the budget exactly: the
     candidates of `hybrid` are a discrete set, usually more accurate (or
     cheaper) than asked."""
     table = np.asarray(sched.rates, np.float64)
@@ -296,22 +295,11 @@ def _rescaled(cal, sched, target_error, budget, num_steps, cost) -> Rates:
         out = np.where(random, table * math.exp(log_s), table)
         return Rates(jnp.asarray(out, jnp.float32), sched.times)
 
-    if target_error is not None:
+    def miss(log_s):
+        return target.miss(cal.predict(scaled(log_s), num_steps, cost))
 
-        def miss(log_s):
-            err = cal.predict(scaled(log_s), num_steps, cost).error
-            return _log(err) - math.log(target_error)
-
-        sign = -1.0
-    else:
-
-        def miss(log_s):
-            spent = cal.predict(scaled(log_s), num_steps, cost).cost
-            return _log(spent) - math.log(budget)
-
-        sign = 1.0
     try:
-        log_s = _bisect(miss, sign, lo=-10.0, hi=10.0, iters=40)
+        log_s = _bisect(miss, target.sign, lo=-10.0, hi=10.0, iters=40)
     except ValueError:  # already at the target (or cannot move): keep it
         return sched
     return scaled(log_s)

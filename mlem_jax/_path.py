@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
 
+from . import _checks as checks
 from ._brownian import split_key, step_increment
 from ._misc import check_num_steps, concrete_or_none
 
@@ -94,19 +95,16 @@ class StepBrownianPath(diffrax.AbstractBrownianPath):
         num_steps: int,
         dtype: DTypeLike | None = None,
     ):
+        name = "StepBrownianPath"
         try:
             shape = tuple(int(d) for d in shape)
         except (TypeError, ValueError) as e:
-            raise TypeError(
-                "StepBrownianPath: `shape` must be a tuple of ints (e.g. y0.shape); "
-                f"got {shape!r}."
-            ) from e
-        num_steps = check_num_steps("StepBrownianPath", num_steps)
+            what = "a tuple of ints (e.g. y0.shape)"
+            raise checks.fail(name, "shape", what, shape, TypeError) from e
+        num_steps = check_num_steps(name, num_steps)
         dtype = jnp.dtype(jnp.zeros((), dtype).dtype if dtype is None else dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"StepBrownianPath: `dtype` must be a floating dtype; got {dtype}."
-            )
+            raise checks.fail(name, "dtype", "a floating dtype", dtype, TypeError)
         t0 = jnp.asarray(t0, dtype)
         t1 = jnp.asarray(t1, dtype)
         if t0.shape != () or t1.shape != ():
@@ -117,9 +115,9 @@ class StepBrownianPath(diffrax.AbstractBrownianPath):
             and t1c is not None
             and not (np.isfinite(t0c) and np.isfinite(t1c) and t0c != t1c)
         ):
+            got = f"{float(t0c)}, {float(t1c)}"
             raise ValueError(
-                "StepBrownianPath: `t0` and `t1` must be finite and differ; got "
-                f"{float(t0c)}, {float(t1c)}."
+                f"{name}: `t0` and `t1` must be finite and differ; got {got}."
             )
         self.key, _ = split_key(key)
         self.grid_t0 = t0

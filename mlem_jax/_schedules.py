@@ -51,7 +51,8 @@ def _as_float_array(x, name: str, owner: str) -> Array:
     try:
         arr = jnp.asarray(x)
     except TypeError as e:
-        raise TypeError(f"{owner}: `{name}` must be an array of numbers.") from e
+        what = "an array of numbers"
+        raise checks.fail(owner, name, what, type(x).__name__, TypeError) from e
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(float)
     return arr
@@ -64,34 +65,25 @@ def binned_table(values, times, name: str, noun: str, owner: str):
     values = _as_float_array(values, name, owner)
     if times is None:
         if values.ndim != 1 or values.shape[0] == 0:
-            raise ValueError(
-                f"{owner}: without `times`, `{name}` must be a non-empty 1-D sequence "
-                f"with one {noun} per level; got shape {values.shape}."
-            )
+            what = f"a non-empty 1-D sequence (shape (k,), one {noun} per level)"
+            raise checks.fail(owner, name, what, values.shape)
         values = values[None, :]
     else:
         times = _as_float_array(times, "times", owner)
         if times.ndim != 1 or times.shape[0] < 2:
-            raise ValueError(
-                f"{owner}: `times` must be 1-D bin edges with at least 2 entries; got "
-                f"shape {times.shape}."
-            )
-        if values.ndim != 2 or values.shape[0] != times.shape[0] - 1:
-            raise ValueError(
-                f"{owner}: with `times` of length m + 1 = {times.shape[0]}, `{name}` "
-                f"must have shape (m, k) = ({times.shape[0] - 1}, k); got "
-                f"{values.shape}."
-            )
-        tvalue = concrete_or_none(times)
-        if tvalue is not None and not (
-            np.all(np.isfinite(tvalue)) and np.all(np.diff(tvalue) > 0)
-        ):
-            raise ValueError(
-                f"{owner}: `times` must be finite and strictly increasing; got "
-                f"{tvalue.tolist()}."
-            )
+            what = "1-D bin edges with at least 2 entries"
+            raise checks.fail(owner, "times", what, times.shape)
+        m = times.shape[0] - 1
+        if values.ndim != 2 or values.shape[0] != m:
+            what, shape = f"shape (m, k) = ({m}, k), `times` m + 1 edges", values.shape
+            raise ValueError(f"{owner}: `{name}` must have {what}; got {shape}.")
+        edges = concrete_or_none(times)
+        edges = np.zeros(0) if edges is None else edges  # traced: not checked
+        if not (np.all(np.isfinite(edges)) and np.all(np.diff(edges) > 0)):
+            what = "finite and strictly increasing"
+            raise checks.fail(owner, "times", what, edges.tolist())
     if values.shape[-1] == 0:
-        raise ValueError(f"{owner}: `{name}` has no levels.")
+        raise checks.fail(owner, name, "at least one level", values.shape)
     return values, times
 
 
@@ -127,44 +119,29 @@ class FixedProbabilities(AbstractSchedule):
     def __init__(self, probs: NumbersLike):
         table = _as_float_array(probs, "probs", "FixedProbabilities")
         if table.ndim != 1 or table.shape[0] == 0:
-            raise ValueError(
-                "FixedProbabilities: `probs` must be a non-empty 1-D sequence with one "
-                f"probability per level; got shape {table.shape}."
-            )
+            what = "a non-empty 1-D sequence (shape (k,), one probability per level)"
+            raise checks.fail("FixedProbabilities", "probs", what, table.shape)
         # A zero above the first positive entry drops a correction.
         above_base = jnp.cumsum((table > 0).astype(jnp.int32)) > 0
         dropped = above_base & (table == 0)
         value = concrete_or_none(table)
+        where = "FixedProbabilities"
+        in_range = "probabilities in [0, 1], one at least > 0"
+        # A dropped correction biases the solve: Rates (a zero rate) and Stitch drop
+        # one on purpose, FixedProbabilities is unbiased.
+        drop = "non-zero above the base level{} (to drop a correction: Rates, Stitch)"
         if value is None:
             # Traced (under jit, vmap or grad): checked when the program runs.
+            bad = ~jnp.all((table >= 0) & (table <= 1)) | ~jnp.any(table > 0)
+            table = eqx.error_if(table, bad, f"{where}: `probs` must be {in_range}.")
             table = eqx.error_if(
-                table,
-                ~jnp.all((table >= 0) & (table <= 1)) | ~jnp.any(table > 0),
-                "FixedProbabilities: every entry of `probs` must lie in [0, 1], "
-                "one at least > 0.",
+                table, jnp.any(dropped), f"{where}: `probs` must be {drop.format('')}."
             )
-            table = eqx.error_if(
-                table,
-                jnp.any(dropped),
-                "FixedProbabilities: `probs` has a zero above the base level (a "
-                "dropped correction, which biases the solve).",
-            )
-        else:
-            if not (np.all((value >= 0) & (value <= 1)) and np.any(value > 0)):
-                raise ValueError(
-                    "FixedProbabilities: every entry of `probs` must lie in [0, 1], "
-                    f"one at least > 0; got {value.tolist()}."
-                )
-            if np.any(np.asarray(dropped)):
-                level = int(np.flatnonzero(np.asarray(dropped))[0]) + 1
-                raise ValueError(
-                    f"FixedProbabilities: `probs` is 0 at level {level}, above the "
-                    f"base level {int(np.flatnonzero(value > 0)[0]) + 1} (the first "
-                    "non-zero): that drops its correction and biases the solve, and "
-                    "FixedProbabilities is unbiased for the top level. Give "
-                    "mlem_jax.Rates a zero rate (or use mlem_jax.Stitch) to drop a "
-                    f"correction on purpose; got {value.tolist()}."
-                )
+        elif not (np.all((value >= 0) & (value <= 1)) and np.any(value > 0)):
+            raise checks.fail(where, "probs", in_range, value.tolist())
+        elif np.any(np.asarray(dropped)):
+            base = f" {int(np.flatnonzero(value > 0)[0]) + 1}"
+            raise checks.fail(where, "probs", drop.format(base), value.tolist())
         self.probs = table
 
     @property
@@ -221,14 +198,9 @@ class Rates(AbstractSchedule):
                 ~jnp.all(table >= 0),  # also catches NaN
                 "Rates: `rates` must be non-negative and not NaN (inf for every step).",
             )
-        else:
-            if np.any(np.isnan(value)):
-                raise ValueError("Rates: `rates` contains NaN; expected rates >= 0.")
-            if np.any(value < 0):
-                raise ValueError(
-                    "Rates: `rates` must be non-negative (events per unit time, inf "
-                    f"for every step); got {value.tolist()}."
-                )
+        elif not np.all(value >= 0):  # also catches NaN
+            what = "non-negative and not NaN (events per unit time, inf for every step)"
+            raise checks.fail("Rates", "rates", what, value.tolist())
         self.rates = table
         self.times = times
 
@@ -291,7 +263,8 @@ class LogitProbabilities(AbstractSchedule):
         )
         value = concrete_or_none(logits)
         if value is not None and np.any(np.isnan(value)):
-            raise ValueError("LogitProbabilities: `logits` contains NaN.")
+            what = "free of NaN"
+            raise checks.fail("LogitProbabilities", "logits", what, value.tolist())
         self.logits = logits
         self.times = times
 
@@ -420,28 +393,21 @@ class Stitch(AbstractSchedule):
         self.levels = _stitch_levels(levels, self.size)
         t0c, t1c = _interval(t0, t1)
         switch = _as_float_array(switch_times, "switch_times", "Stitch").reshape(-1)
-        if switch.shape[0] != len(self.levels) - 1:
-            raise ValueError(
-                f"Stitch: `switch_times` must hold len(levels) - 1 = "
-                f"{len(self.levels) - 1} times (one per switch); got "
-                f"{switch.shape[0]}."
-            )
+        n = len(self.levels) - 1
+        if switch.shape[0] != n:
+            what = f"len(levels) - 1 = {n} times (one per switch)"
+            raise checks.fail("Stitch", "switch_times", what, switch.tolist())
         value = concrete_or_none(switch)
         if value is not None:
             lo, hi = min(t0c, t1c), max(t0c, t1c)
-            if not (
-                np.all(np.isfinite(value)) and np.all((value >= lo) & (value <= hi))
-            ):
-                raise ValueError(
-                    f"Stitch: `switch_times` must lie in the interval [{lo:g}, {hi:g}] "
-                    f"from t0 = {t0c:g} to t1 = {t1c:g}; got {value.tolist()}."
-                )
-            order = np.diff(value) * np.sign(t1c - t0c)
-            if not np.all(order >= 0):
-                raise ValueError(
-                    "Stitch: `switch_times` must be in the order the solve from t0 "
-                    f"= {t0c:g} to t1 = {t1c:g} passes them; got {value.tolist()}."
-                )
+            interval = f"from t0 = {t0c:g} to t1 = {t1c:g}"
+            inside = np.all((value >= lo) & (value <= hi))
+            if not (np.all(np.isfinite(value)) and inside):
+                what = f"in the interval [{lo:g}, {hi:g}] {interval}"
+                raise checks.fail("Stitch", "switch_times", what, value.tolist())
+            if not np.all(np.diff(value) * np.sign(t1c - t0c) >= 0):
+                what = f"in the order the solve {interval} passes them"
+                raise checks.fail("Stitch", "switch_times", what, value.tolist())
         self.switch_times = switch
         self.direction = float(np.sign(t1c - t0c))
 
@@ -459,28 +425,18 @@ class Stitch(AbstractSchedule):
         `len(levels) − 1` fractions in `[0, 1]`, non-decreasing; `grid`: the step
         times, strictly monotone.
         """
-        ts = np.asarray(_as_float_array(grid, "grid", "Stitch.from_fractions"))
-        if ts.ndim != 1 or ts.shape[0] < 2:
-            raise ValueError(
-                "Stitch.from_fractions: `grid` must be the 1-D step times t_0, ..., "
-                f"t_N (at least 2); got shape {ts.shape}."
-            )
-        steps = np.diff(ts)
-        if not (np.all(np.isfinite(ts)) and (np.all(steps > 0) or np.all(steps < 0))):
-            raise ValueError(
-                "Stitch.from_fractions: `grid` must be finite and strictly monotone; "
-                f"got {ts.tolist()}."
-            )
-        f = np.asarray(
-            _as_float_array(fractions, "fractions", "Stitch.from_fractions")
-        ).reshape(-1)
-        if not (np.all(np.isfinite(f)) and np.all((f >= 0) & (f <= 1))) or np.any(
-            np.diff(f) < 0
-        ):
-            raise ValueError(
-                "Stitch.from_fractions: `fractions` must be non-decreasing fractions "
-                f"of the steps, in [0, 1]; got {f.tolist()}."
-            )
+        where = "Stitch.from_fractions"
+        ts = np.asarray(_as_float_array(grid, "grid", where))
+        ok = ts.ndim == 1 and ts.shape[0] >= 2 and np.all(np.isfinite(ts))
+        steps = np.diff(ts) if ok else ts
+        if not (ok and (np.all(steps > 0) or np.all(steps < 0))):
+            what = "finite and strictly monotone step times t_0, ..., t_N (1-D, N ≥ 1)"
+            raise checks.fail(where, "grid", what, ts.tolist())
+        f = np.asarray(_as_float_array(fractions, "fractions", where)).reshape(-1)
+        in_range = np.all(np.isfinite(f)) and np.all((f >= 0) & (f <= 1))
+        if not in_range or np.any(np.diff(f) < 0):
+            what = "non-decreasing fractions of the steps, in [0, 1]"
+            raise checks.fail(where, "fractions", what, f.tolist())
         n = ts.shape[0] - 1
         switch = ts[np.rint(f * n).astype(int)]
         return cls(num_levels, levels, switch, t0=float(ts[0]), t1=float(ts[-1]))
@@ -510,14 +466,9 @@ def _stitch_levels(levels, k: int) -> tuple[int, ...]:
         values = tuple(levels)
     except TypeError:
         values = None
-    if not values or not all(
-        isinstance(l, (int, np.integer)) and not isinstance(l, bool) and 0 <= l < k
-        for l in values
-    ):
-        raise ValueError(
-            f"Stitch: `levels` must be a non-empty sequence of level indices in "
-            f"[0, {k}) (0-based, one per segment); got {levels!r}."
-        )
+    if not values or not all(_is_int(l) and 0 <= l < k for l in values):
+        what = f"a non-empty sequence of level indices in [0, {k}) (one per segment)"
+        raise checks.fail("Stitch", "levels", what, levels)
     return tuple(int(l) for l in values)
 
 
@@ -525,14 +476,17 @@ def _interval(t0, t1) -> tuple[float, float]:
     try:
         t0c, t1c = float(t0), float(t1)
     except (TypeError, ValueError):
-        raise TypeError(
-            f"Stitch: `t0` and `t1` must be numbers; got {t0!r}, {t1!r}."
-        ) from None
+        got = f"{t0!r}, {t1!r}"
+        raise TypeError(f"Stitch: `t0` and `t1` must be numbers; got {got}.") from None
     if not (math.isfinite(t0c) and math.isfinite(t1c)) or t0c == t1c:
-        raise ValueError(
-            f"Stitch: `t0` and `t1` must be finite and differ; got {t0c}, {t1c}."
-        )
+        got = f"{t0c}, {t1c}"
+        raise ValueError(f"Stitch: `t0` and `t1` must be finite and differ; got {got}.")
     return t0c, t1c
+
+
+def _is_int(x) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 class Periodic(eqx.Module):
@@ -562,21 +516,13 @@ class Periodic(eqx.Module):
     periods: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(self, periods):
+        what = "a non-empty sequence of positive ints, one per level"
         try:
             values = tuple(periods)
         except TypeError:
-            raise TypeError(
-                f"Periodic: `periods` must be a sequence of positive ints, one per "
-                f"level; got {periods!r}."
-            ) from None
-        if not values or not all(
-            isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1
-            for m in values
-        ):
-            raise ValueError(
-                "Periodic: `periods` must be a non-empty sequence of positive ints, "
-                f"one per level; got {periods!r}."
-            )
+            raise checks.fail("Periodic", "periods", what, periods, TypeError) from None
+        if not values or not all(_is_int(m) and m >= 1 for m in values):
+            raise checks.fail("Periodic", "periods", what, periods)
         self.periods = tuple(int(m) for m in values)
 
     @property

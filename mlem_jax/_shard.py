@@ -58,12 +58,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from . import _checks as checks
 from ._brownian import split_key
 from ._integrate import EulerMaruyama, integrate
 from ._levels import Levels
 from ._misc import check_key
 from ._schedules import AbstractSchedule
-from ._solve import DiffusionFn, check_ladder, solve_problem
+from ._solve import DiffusionFn, SolveOptions, check_ladder, solve_problem
 
 DRAWS = ("independent", "shared")
 
@@ -103,11 +104,8 @@ class ShardedPath(diffrax.AbstractPath):
     axis_name: Hashable = eqx.field(static=True)
 
     def __init__(self, path: diffrax.AbstractPath, axis_name: Hashable):
-        if not isinstance(path, diffrax.AbstractPath):
-            raise TypeError(
-                "ShardedPath: `path` must be a diffrax path (e.g. "
-                f"mlem_jax.StepBrownianPath); got {type(path).__name__}."
-            )
+        what = "a diffrax path (e.g. mlem_jax.StepBrownianPath)"
+        checks.instance("ShardedPath", "path", path, diffrax.AbstractPath, what)
         self.path = path
         self.axis_name = axis_name
 
@@ -135,9 +133,11 @@ def _rows(x: Array, axis_name: Hashable) -> Array:
     """Rows `[d·b, (d+1)·b)` of `x` on device `d` of `axis_name`."""
     devices = jax.lax.axis_size(axis_name)
     if x.ndim == 0 or x.shape[0] % devices:
+        want = (
+            f"a leading batch axis divisible by the {devices} devices of {axis_name!r}"
+        )
         raise ValueError(
-            f"ShardedPath: the path's increments have shape {x.shape}; expected a "
-            f"leading batch axis divisible by the {devices} devices of {axis_name!r}."
+            f"ShardedPath: the path's increments have shape {x.shape}; expected {want}."
         )
     b = x.shape[0] // devices
     return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis_name) * b, b, 0)
@@ -255,65 +255,10 @@ def mlem_solve_sharded(
     """
     name = "mlem_solve_sharded"
     check_ladder(name, levels, schedule)
-    if draws not in DRAWS:
-        raise ValueError(
-            f'{name}: `draws` must be "independent" or "shared"; got {draws!r}.'
-        )
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            f"{name}: `mesh` must be a jax.sharding.Mesh (e.g. "
-            f'jax.make_mesh((n,), ("batch",))); got {type(mesh).__name__}.'
-        )
-    if axis_name not in mesh.axis_names:
-        raise ValueError(
-            f"{name}: `mesh` has no axis named {axis_name!r} (its axes are "
-            f"{tuple(mesh.axis_names)}); pass `axis_name` naming the mesh axis to "
-            "split the batch over."
-        )
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(
-                f"{name}: `key` must be a single PRNG key; got a key array of shape "
-                f"{key.shape}. Pass one key: each device derives its own level key "
-                "from it (jax.random.fold_in(key, device index))."
-            )
-    check_key(name, key)
-    devices = int(mesh.shape[axis_name])
-    try:
-        y0 = jnp.asarray(y0)
-    except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"{name}: `y0` must be a single array with the batch in its leading "
-            f"axis; got {type(y0).__name__}."
-        ) from e
-    if y0.ndim == 0:
-        raise ValueError(
-            f"{name}: `y0` must have a leading batch axis to split over the devices; "
-            "got a scalar."
-        )
-    if y0.shape[0] % devices:
-        raise ValueError(
-            f"{name}: the batch axis of `y0` (size {y0.shape[0]}) must be divisible "
-            f"by the number of devices on mesh axis {axis_name!r} ({devices}); "
-            f"pad the batch to a multiple of {devices}."
-        )
+    y0, shard = _check_shard(y0, mesh, axis_name, draws)
+    options = SolveOptions(t0, t1, num_steps, key, args, brownian, saveat, checkpoint)
     # Checked once, for the global batch; each device runs its shard of it.
-    problem = solve_problem(
-        name,
-        levels.fns,
-        schedule,
-        diffusion,
-        y0,
-        t0=t0,
-        t1=t1,
-        num_steps=num_steps,
-        key=key,
-        args=args,
-        brownian=brownian,
-        saveat=saveat,
-        checkpoint=checkpoint,
-    )
-    shard = _Shard(axis_name, devices, draws)
+    problem = solve_problem(name, levels.fns, schedule, diffusion, y0, options)
     ys, evaluations, ts = _sharded(EulerMaruyama(diffusion), problem, mesh, shard)
     tdtype = problem.grid.t0.dtype
     cost = evaluations.astype(tdtype) @ jnp.asarray(levels.costs, tdtype)
@@ -327,6 +272,32 @@ def mlem_solve_sharded(
         draws=draws,
     )
     return ys, info
+
+
+def _check_shard(y0, mesh, axis_name, draws) -> tuple[Array, _Shard]:
+    """`mlem_solve_sharded`'s own checks (the rest are `solve_problem`'s): `y0` as
+    one array whose batch axis splits over `axis_name` of `mesh`, and the `_Shard`."""
+    name = "mlem_solve_sharded"
+    checks.choice(name, "draws", draws, DRAWS, '"independent" or "shared"')
+    what = 'a jax.sharding.Mesh (e.g. jax.make_mesh((n,), ("batch",)))'
+    checks.instance(name, "mesh", mesh, Mesh, what)
+    if axis_name not in mesh.axis_names:
+        what = (
+            f"name an axis of `mesh` {tuple(mesh.axis_names)} to split the batch over"
+        )
+        raise checks.fail(name, "axis_name", what, axis_name)
+    devices = int(mesh.shape[axis_name])
+    try:
+        y0 = jnp.asarray(y0)
+    except (TypeError, ValueError) as e:
+        what = "a single array with the batch in its leading axis"
+        raise checks.fail(name, "y0", what, type(y0).__name__, TypeError) from e
+    if y0.ndim == 0 or y0.shape[0] % devices:
+        got = "a scalar" if y0.ndim == 0 else f"one of size {y0.shape[0]}"
+        what = f"mesh axis {axis_name!r} ({devices}); pad the batch to a multiple"
+        what = f"a leading batch axis divisible by the devices of {what}"
+        raise ValueError(f"{name}: `y0` must have {what}; got {got}.")
+    return y0, _Shard(axis_name, devices, draws)
 
 
 @eqx.filter_jit
@@ -380,24 +351,18 @@ def process_rows(x: Array, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     copies), and those rows, `rows.shape[axis] == len(indices)`. On one process this
     is every row: `(np.arange(n), np.asarray(x))`.
     """
-    if not isinstance(x, jax.Array):
-        raise TypeError(
-            f"process_rows: `x` must be a jax.Array; got {type(x).__name__}."
-        )
+    checks.instance("process_rows", "x", x, jax.Array, "a jax.Array")
     if isinstance(axis, bool) or not isinstance(axis, int) or not 0 <= axis < x.ndim:
-        raise ValueError(
-            f"process_rows: `axis` must be an int in [0, {x.ndim}) for an array of "
-            f"shape {x.shape}; got {axis!r}."
-        )
+        what = f"an int in [0, {x.ndim}) for an array of shape {x.shape}"
+        raise checks.fail("process_rows", "axis", what, axis)
     n = x.shape[axis]
     blocks: dict[int, tuple[int, Any]] = {}
     for shard in x.addressable_shards:
         others = [d for j, d in enumerate(shard.data.shape) if j != axis]
         if others != [d for j, d in enumerate(x.shape) if j != axis]:
+            why = f"split along axes other than `axis` ({axis}) too: a shard has shape"
             raise ValueError(
-                f"process_rows: `x` (shape {x.shape}) is split along axes other than "
-                f"`axis` ({axis}) too: a shard has shape {shard.data.shape}; expected "
-                "an array split along `axis` only."
+                f"process_rows: `x` (shape {x.shape}) is {why} {shard.data.shape}."
             )
         start, stop, _ = shard.index[axis].indices(n)
         blocks.setdefault(start, (stop, shard.data))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -131,41 +131,20 @@ def mlem_solve(
     Multilevel Euler-Maruyama Method", arXiv:2603.24594 (2026).
     """
     check_ladder("mlem_solve", levels, schedule)
-    problem = solve_problem(
-        "mlem_solve",
-        levels.fns,
-        schedule,
-        diffusion,
-        y0,
-        t0=t0,
-        t1=t1,
-        num_steps=num_steps,
-        key=key,
-        args=args,
-        brownian=brownian,
-        saveat=saveat,
-        checkpoint=checkpoint,
-    )
+    options = SolveOptions(t0, t1, num_steps, key, args, brownian, saveat, checkpoint)
+    problem = solve_problem("mlem_solve", levels.fns, schedule, diffusion, y0, options)
     return run_problem("mlem_solve", problem, EulerMaruyama(diffusion), levels.costs)
 
 
-def check_ladder(name: str, levels, schedule) -> None:
+def check_ladder(name: str, levels, schedule, arg: str = "schedule") -> None:
     """Raise a clear error (naming `name`) unless `levels` is a `Levels` and
-    `schedule` a schedule with one entry per level."""
-    if not isinstance(levels, Levels):
-        raise TypeError(
-            f"{name}: `levels` must be a mlem_jax.Levels; got {type(levels).__name__}."
-        )
-    if not isinstance(schedule, AbstractSchedule):
-        raise TypeError(
-            f"{name}: `schedule` must be a mlem_jax schedule (FixedProbabilities, "
-            f"Rates, ...); got {type(schedule).__name__}."
-        )
-    if schedule.num_levels != levels.num_levels:
-        raise ValueError(
-            f"{name}: `schedule` has {schedule.num_levels} levels but `levels` has "
-            f"{levels.num_levels}; expected one probability or rate per level."
-        )
+    `schedule` (the argument `arg`) a schedule with one entry per level."""
+    checks.instance(name, "levels", levels, Levels, "a mlem_jax.Levels")
+    what = "a mlem_jax schedule (FixedProbabilities, Rates, ...)"
+    checks.instance(name, arg, schedule, AbstractSchedule, what)
+    k, n = schedule.num_levels, levels.num_levels
+    if k != n:
+        raise ValueError(f"{name}: `{arg}` has {k} levels but `levels` has {n}.")
 
 
 def em_solve(
@@ -197,109 +176,112 @@ def em_solve(
     """
     checks.function("em_solve", "drift", drift, "a callable f(t, y, args)")
     cost = checks.number("em_solve", "cost", cost)
-    problem = solve_problem(
-        "em_solve",
-        (drift,),
-        None,
-        diffusion,
-        y0,
-        t0=t0,
-        t1=t1,
-        num_steps=num_steps,
-        key=key,
-        args=args,
-        brownian=brownian,
-        saveat=saveat,
-        checkpoint=checkpoint,
-    )
+    options = SolveOptions(t0, t1, num_steps, key, args, brownian, saveat, checkpoint)
+    problem = solve_problem("em_solve", (drift,), None, diffusion, y0, options)
     return run_problem("em_solve", problem, EulerMaruyama(diffusion), (cost,))
 
 
+class SolveOptions(NamedTuple):
+    """The keyword arguments every solve front shares (see `mlem_solve`), handed
+    from the front to `solve_problem` as one record."""
+
+    t0: Any
+    t1: Any
+    num_steps: int
+    key: Any
+    args: Any = None
+    brownian: Any = None
+    saveat: diffrax.SaveAt | None = None
+    checkpoint: bool | str = True
+
+
 def solve_problem(
-    name: str,
-    fns,
-    schedule,
-    diffusion,
-    y0,
-    *,
-    t0,
-    t1,
-    num_steps: int,
-    key,
-    args,
-    brownian,
-    saveat,
-    checkpoint,
+    name: str, fns, schedule, diffusion, y0, options: SolveOptions
 ) -> Problem:
-    """Check the arguments of a solve (errors name `name`) into a `Problem`."""
-    num_steps = check_num_steps(name, num_steps)
+    """Check the arguments of a solve (errors name `name`) into a `Problem`: the
+    level functions `fns` (one drift when `schedule` is `None`), `diffusion`, `y0`
+    and the front's `options`."""
+    num_steps = check_num_steps(name, options.num_steps)
+    checkpoint = options.checkpoint
     if not (isinstance(checkpoint, bool) or checkpoint == "sqrt"):
         raise checks.fail(name, "checkpoint", 'True, False or "sqrt"', checkpoint)
     y0 = _as_state(name, y0)
     if diffusion is not None:
-        checks.function(
-            name, "diffusion", diffusion, "a callable g(t, y, args) or None (ODE)"
-        )
-    check_key(name, key)
-    tdtype = time_dtype(y0)
-    t0 = jnp.asarray(t0, tdtype)
-    t1 = jnp.asarray(t1, tdtype)
-    t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
+        what = "a callable g(t, y, args) or None (ODE)"
+        checks.function(name, "diffusion", diffusion, what)
+    check_key(name, options.key)
+    grid = _check_times(name, options.t0, options.t1, num_steps, time_dtype(y0))
+    brownian = _check_brownian(name, options.brownian, diffusion, y0, grid)
+    for i, fn in enumerate(fns):
+        # Abstract evaluation only: no compute, a clear error naming the level.
+        out = eqx.filter_eval_shape(fn, grid.t0, y0, options.args)
+        check_drift_tree(out, y0, "`drift`" if schedule is None else f"level {i + 1}")
+    h = _concrete_step(grid)
+    always = None
+    if schedule is not None and h is not None:
+        always = schedule.always_fires(h)
+    return Problem(
+        fns=tuple(fns),
+        schedule=schedule,
+        always=always,
+        y0=y0,
+        grid=grid,
+        key=options.key,
+        args=options.args,
+        brownian=brownian,
+        save=_save_spec(name, options.saveat, grid),
+        checkpoint=checkpoint,
+    )
+
+
+def _check_times(name: str, t0, t1, num_steps: int, tdtype) -> Grid:
+    """The uniform `Grid` from `t0` to `t1` in `tdtype`: scalars, and (when
+    concrete) finite and different."""
+    t0, t1 = jnp.asarray(t0, tdtype), jnp.asarray(t1, tdtype)
     if t0.shape != () or t1.shape != ():
         raise ValueError(f"{name}: `t0` and `t1` must be scalars.")
+    t0c, t1c = concrete_or_none(t0), concrete_or_none(t1)
     if t0c is not None and t1c is not None:
         if not (np.isfinite(t0c) and np.isfinite(t1c)):
             raise ValueError(f"{name}: `t0` and `t1` must be finite; got {t0c}, {t1c}.")
         if t0c == t1c:
             raise ValueError(f"{name}: `t0` and `t1` must differ; both are {t0c}.")
-    if brownian is not None:
-        if diffusion is None:
-            raise ValueError(
-                f"{name}: `brownian` was given but `diffusion` is None (an ODE has no "
-                "noise); pass a diffusion g(t, y, args) or drop `brownian`."
-            )
-        if isinstance(brownian, diffrax.AbstractPath):
-            out = jax.eval_shape(lambda p: path_increment(p, t0, t1), brownian)
-            shapes = lambda tree: jax.tree.map(
-                lambda x: getattr(x, "shape", None), tree
-            )
-            expected = shapes(y0)
-            if jax.tree.structure(out) != jax.tree.structure(y0) or (
-                shapes(out) != expected
-            ):
-                raise ValueError(
-                    f"{name}: the Brownian path `brownian` has shape {shapes(out)}; "
-                    f"expected y0's shape {expected}."
-                )
-        else:
-            brownian = check_increments(
-                name,
-                brownian,
-                num_steps,
-                y0,
-                "an array of increments or a diffrax Brownian path",
-            )
-    for i, fn in enumerate(fns):
-        # Abstract evaluation only: no compute, a clear error naming the level.
-        out = eqx.filter_eval_shape(fn, t0, y0, args)
-        check_drift_tree(out, y0, "`drift`" if schedule is None else f"level {i + 1}")
-    save = _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps)
-    always = None
-    if schedule is not None and t0c is not None and t1c is not None:
-        always = schedule.always_fires((float(t1c) - float(t0c)) / num_steps)
-    problem = Problem(
-        fns=tuple(fns),
-        schedule=schedule,
-        always=always,
-        y0=y0,
-        grid=Grid(t0=t0, t1=t1, num_steps=num_steps),
-        key=key,
-        args=args,
-        brownian=brownian,
-        save=save,
-        checkpoint=checkpoint,
-    )
-    return problem
+    return Grid(t0=t0, t1=t1, num_steps=num_steps)
+
+
+def _concrete_ends(grid: Grid) -> tuple[float, float] | None:
+    """`(t0, t1)` of `grid` as floats, or `None` if either is traced."""
+    t0c, t1c = concrete_or_none(grid.t0), concrete_or_none(grid.t1)
+    if t0c is None or t1c is None:
+        return None
+    return float(t0c), float(t1c)
+
+
+def _concrete_step(grid: Grid) -> float | None:
+    """The step `h` of `grid` as a float, or `None` if its ends are traced."""
+    ends = _concrete_ends(grid)
+    return None if ends is None else (ends[1] - ends[0]) / grid.num_steps
+
+
+def _check_brownian(name: str, brownian, diffusion, y0, grid: Grid):
+    """`brownian` checked against `y0` and the grid: `None`, a diffrax path shaped
+    like `y0`, or increments (`check_increments`)."""
+    if brownian is None:
+        return None
+    if diffusion is None:
+        why = "`diffusion` is None (an ODE has no noise)"
+        raise ValueError(f"{name}: `brownian` was given but {why}; drop one of them.")
+    if not isinstance(brownian, diffrax.AbstractPath):
+        what = "an array of increments or a diffrax Brownian path"
+        return check_increments(name, brownian, grid.num_steps, y0, what)
+    increment = lambda p: path_increment(p, grid.t0, grid.t1)  # noqa: E731
+    out = jax.eval_shape(increment, brownian)
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+    got, want = shapes(out), shapes(y0)
+    if jax.tree.structure(out) != jax.tree.structure(y0) or got != want:
+        what = f"the Brownian path `brownian` has shape {got}; expected y0's shape"
+        raise ValueError(f"{name}: {what} {want}.")
+    return brownian
 
 
 def run_problem(
@@ -333,10 +315,8 @@ def check_increments(
     structure = jax.tree.structure(y0)
     if not jtu.treedef_is_leaf(structure):
         if jax.tree.structure(brownian) != structure:
-            raise ValueError(
-                f"{name}: `brownian` increments must be a PyTree with the structure "
-                f"of `y0` {structure}; got {jax.tree.structure(brownian)}."
-            )
+            what = f"increments in a PyTree with the structure of `y0` {structure}"
+            raise checks.fail(name, "brownian", what, jax.tree.structure(brownian))
         paths = [jtu.keystr(p) for p, _ in jtu.tree_flatten_with_path(y0)[0]]
         leaves = [
             _check_leaf_increments(name, b, num_steps, yi, expected, f" at {p}")
@@ -352,15 +332,14 @@ def _check_leaf_increments(name, brownian, num_steps, y0, expected, where):
     try:
         brownian = jnp.asarray(brownian, y0.dtype)
     except TypeError as e:
+        got = type(brownian).__name__
         raise TypeError(
-            f"{name}: `brownian`{where} must be {expected}; got "
-            f"{type(brownian).__name__}."
+            f"{name}: `brownian`{where} must be {expected}; got {got}."
         ) from e
+    got = f"increments{where} have shape {brownian.shape}"
+    want = f"(num_steps, *y0.shape) = {(num_steps, *y0.shape)}"
     if brownian.shape != (num_steps, *y0.shape):
-        raise ValueError(
-            f"{name}: `brownian` increments{where} have shape {brownian.shape}; "
-            f"expected (num_steps, *y0.shape) = {(num_steps, *y0.shape)}."
-        )
+        raise ValueError(f"{name}: `brownian` {got}; expected {want}.")
     return brownian
 
 
@@ -387,10 +366,8 @@ def check_finite_state(name: str, y0) -> None:
     states without a word (skipped under `jit`, where `y0` is traced)."""
     counts = _finite_count(y0)
     if counts is not None and counts[0]:
-        raise ValueError(
-            f"{name}: `y0` holds {counts[0]} non-finite value(s) (NaN or inf) of "
-            f"{counts[1]}; every entry of the initial state must be finite."
-        )
+        bad = f"{counts[0]} non-finite value(s) (NaN or inf) of {counts[1]}"
+        raise ValueError(f"{name}: `y0` holds {bad}; every entry must be finite.")
 
 
 def warn_non_finite(name: str, ys) -> None:
@@ -411,98 +388,79 @@ def warn_non_finite(name: str, ys) -> None:
 
 def _as_state(name: str, y0) -> PyTree[Array]:
     """`y0` as a floating array, or a PyTree of them, or a clear error."""
-    if isinstance(y0, list) and all(
-        isinstance(leaf, numbers.Number) for leaf in jax.tree.leaves(y0)
-    ):
-        raise TypeError(
-            f"{name}: `y0` is a Python list of numbers, which JAX reads as a PyTree "
-            "of scalar states (each drift would receive a list); pass an array, "
-            "`jnp.asarray(y0)`."
-        )
-    single = jtu.treedef_is_leaf(jax.tree.structure(y0))
-    what = "a floating array or a PyTree of floating arrays"
     leaves, structure = jax.tree.flatten(y0)
+    if isinstance(y0, list) and all(isinstance(x, numbers.Number) for x in leaves):
+        why = "JAX reads as a PyTree of scalar states; pass an array, `jnp.asarray(y0)`"
+        raise TypeError(f"{name}: `y0` is a Python list of numbers, which {why}.")
+    what = "a floating array or a PyTree of floating arrays"
     if not leaves:
-        raise TypeError(
-            f"{name}: `y0` must be {what}; got {type(y0).__name__} with no arrays."
-        )
+        got = f"{type(y0).__name__} with no arrays"
+        raise TypeError(f"{name}: `y0` must be {what}; got {got}.")
+    leaf_of = "" if jtu.treedef_is_leaf(structure) else "a leaf of "
     arrays = []
     for leaf in leaves:
         try:
             leaf = jnp.asarray(leaf)
         except (TypeError, ValueError) as e:
-            got = type(leaf).__name__
-            raise TypeError(
-                f"{name}: `y0` must be {what}; got "
-                + (got if single else f"a leaf of type {got}")
-                + "."
-            ) from e
+            got = f"{leaf_of}type {type(leaf).__name__}"
+            raise TypeError(f"{name}: `y0` must be {what}; got {got}.") from e
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            raise TypeError(
-                f"{name}: `y0` must have a floating dtype (float32 or float64); got "
-                + (str(leaf.dtype) if single else f"a leaf of dtype {leaf.dtype}")
-                + "."
-            )
+            got = f"{leaf_of}dtype {leaf.dtype}"
+            raise TypeError(f"{name}: `y0` must have a floating dtype; got {got}.")
         arrays.append(leaf)
     state = jax.tree.unflatten(structure, arrays)
     check_finite_state(name, state)
     return state
 
 
-def _save_spec(name, saveat, t0, t1, t0c, t1c, num_steps):
+def _save_spec(name, saveat, grid: Grid) -> SaveSpec | None:
+    """`saveat` checked into a `SaveSpec` on `grid` (`None` for none)."""
     if saveat is None:
         return None
-    if not isinstance(saveat, diffrax.SaveAt):
-        raise TypeError(
-            f"{name}: `saveat` must be a diffrax.SaveAt or None; got "
-            f"{type(saveat).__name__}."
-        )
+    checks.instance(name, "saveat", saveat, diffrax.SaveAt, "a diffrax.SaveAt or None")
     sub = saveat.subs
-    if (
-        not isinstance(sub, diffrax.SubSaveAt)
-        or saveat.dense
-        or saveat.solver_state
-        or saveat.controller_state
-        or saveat.made_jump
-        or sub.fn is not diffrax.SubSaveAt(t1=True).fn
-    ):
-        raise ValueError(
-            f"{name}: `saveat` supports only SaveAt(t0=..., t1=..., ts=..., steps=...) "
-            "with no `fn`, `subs`, `dense` or state saving; use diffrax.diffeqsolve "
-            "with mlem_jax.MLEMSolver for those."
-        )
-    ts_index = None
-    save_ts = None
-    if sub.ts is not None:
-        ts = jnp.asarray(sub.ts, t0.dtype)
-        if ts.ndim != 1:
-            raise ValueError(f"{name}: `saveat.ts` must be 1-D; got shape {ts.shape}.")
-        h = (t1 - t0) / num_steps
-        index = (ts - t0) / h
-        tsc = concrete_or_none(ts)
-        if tsc is not None and t0c is not None and t1c is not None:
-            hc = (float(t1c) - float(t0c)) / num_steps
-            exact = (tsc.astype(np.float64) - float(t0c)) / hc
-            rounded = np.rint(exact)
-            if np.any(rounded < 0) or np.any(rounded > num_steps):
-                raise ValueError(
-                    f"{name}: `saveat.ts` must lie between t0={float(t0c)} and "
-                    f"t1={float(t1c)}; got {tsc.tolist()}."
-                )
-            if np.any(np.abs(exact - rounded) > 1e-3):
-                raise ValueError(
-                    f"{name}: `saveat.ts` must lie on the step grid t0 + n·h with "
-                    f"h = {hc}; got {tsc.tolist()}."
-                )
-        ts_index = jnp.rint(index).astype(jnp.int32)
-        save_ts = ts
+    plain = (
+        isinstance(sub, diffrax.SubSaveAt) and sub.fn is diffrax.SubSaveAt(t1=True).fn
+    )
+    states = saveat.solver_state or saveat.controller_state or saveat.made_jump
+    if not plain or saveat.dense or states:
+        what = "SaveAt(t0=..., t1=..., ts=..., steps=...); for `fn`, `subs`, `dense`"
+        what += " or state saving use diffrax.diffeqsolve with mlem_jax.MLEMSolver"
+        raise ValueError(f"{name}: `saveat` supports only {what}.")
+    ts = None if sub.ts is None else _save_times(name, sub.ts, grid)
     spec = SaveSpec(
         t0=bool(sub.t0),
         t1=bool(sub.t1),
         steps=bool(sub.steps),
-        ts_index=ts_index,
-        save_ts=save_ts,
+        ts_index=None if ts is None else ts[0],
+        save_ts=None if ts is None else ts[1],
     )
-    if not (spec.t0 or spec.t1 or spec.steps or ts_index is not None):
+    if not (spec.t0 or spec.t1 or spec.steps or ts is not None):
         raise ValueError(f"{name}: `saveat` saves nothing; set t0, t1, ts or steps.")
     return spec
+
+
+def _save_times(name, ts, grid: Grid):
+    """`(step indices, times)` of the `saveat.ts` times on the step grid (when
+    concrete, checked to lie on it)."""
+    t0, t1, num_steps = grid.t0, grid.t1, grid.num_steps
+    ts = jnp.asarray(ts, t0.dtype)
+    if ts.ndim != 1:
+        raise ValueError(f"{name}: `saveat.ts` must be 1-D; got shape {ts.shape}.")
+    index = (ts - t0) / ((t1 - t0) / num_steps)
+    tsc, ends = concrete_or_none(ts), _concrete_ends(grid)
+    if tsc is not None and ends is not None:
+        hc = (ends[1] - ends[0]) / num_steps
+        exact = (tsc.astype(np.float64) - ends[0]) / hc
+        rounded = np.rint(exact)
+        if np.any(rounded < 0) or np.any(rounded > num_steps):
+            what = f"between t0={ends[0]} and t1={ends[1]}"
+            raise ValueError(
+                f"{name}: `saveat.ts` must lie {what}; got {tsc.tolist()}."
+            )
+        if np.any(np.abs(exact - rounded) > 1e-3):
+            what = f"on the step grid t0 + n·h with h = {hc}"
+            raise ValueError(
+                f"{name}: `saveat.ts` must lie {what}; got {tsc.tolist()}."
+            )
+    return jnp.rint(index).astype(jnp.int32), ts

@@ -17,14 +17,14 @@ import numpy as np
 # AdjointTerm (same module, also unexported) is how BacksolveAdjoint's backward solve
 # arrives, which ML-EM must refuse by name.
 from diffrax._term import AdjointTerm, WrapTerm
-from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Int, PRNGKeyArray
 
+from . import _checks as checks
 from ._brownian import split_key
 from ._levels import refinements
 from ._misc import check_key, time_dtype
 from ._schedules import AbstractSchedule
-from ._step import mlem_drift, refuse_batching, step_draws
+from ._step import mlem_drift, refuse_batching, step_draws, unbatching
 from ._term import MultilevelTerm
 
 ADAPTIVE_MESSAGE = (
@@ -58,23 +58,13 @@ BATCHED_PROBABILITIES_MESSAGE = (
 _ANY_STEP = float(np.finfo(np.float32).tiny)
 
 
-@custom_vmap
-def _shared_step_count(step):
-    return step
-
-
-@_shared_step_count.def_vmap
-def _shared_step_count_rule(axis_size, in_batched, step):
-    # Under jax.vmap, diffrax's loop batches its whole carry, the step counter
-    # included, as soon as its stopping condition is batched (vmap over t0/t1, or over
-    # y0 with events). It still steps all batch elements together, and with a fixed
-    # step-size controller every step is accepted: the elements still running share
-    # one count (the largest), and the draws of finished ones are discarded. Taking
-    # that count keeps the level draws, and so every lax.cond, unbatched.
-    del axis_size
-    if in_batched[0]:
-        return jnp.max(step, axis=0), False
-    return step, False
+# Under jax.vmap, diffrax's loop batches its whole carry, the step counter included,
+# as soon as its stopping condition is batched (vmap over t0/t1, or over y0 with
+# events). It still steps all batch elements together, and with a fixed step-size
+# controller every step is accepted: the elements still running share one count (the
+# largest), and the draws of finished ones are discarded. Taking that count keeps the
+# level draws, and so every lax.cond, unbatched.
+_shared_step_count = unbatching(lambda step: jnp.max(step, axis=0))
 
 
 _unbatched_probabilities = refuse_batching(BATCHED_PROBABILITIES_MESSAGE)
@@ -192,11 +182,8 @@ class MLEMSolver(diffrax.AbstractItoSolver):
     key: PRNGKeyArray
 
     def __init__(self, schedule: AbstractSchedule, *, key: PRNGKeyArray):
-        if not isinstance(schedule, AbstractSchedule):
-            raise TypeError(
-                "MLEMSolver: `schedule` must be a mlem_jax schedule "
-                f"(FixedProbabilities, Rates, ...); got {type(schedule).__name__}."
-            )
+        what = "a mlem_jax schedule (FixedProbabilities, Rates, ...)"
+        checks.instance("MLEMSolver", "schedule", schedule, AbstractSchedule, what)
         check_key("MLEMSolver", key)
         self.schedule = schedule
         self.key = key
@@ -287,10 +274,10 @@ class MLEMSolver(diffrax.AbstractItoSolver):
             for x in jtu.tree_leaves(x, is_leaf=lambda x: isinstance(x, MultilevelTerm))
         )
         if len(multilevel) > 1 or nested != len(multilevel):
-            raise TypeError(
-                f"{expected}; got {nested} MultilevelTerms, expected one, directly "
-                "inside the MultiTerm."
+            got = (
+                f"{nested} MultilevelTerms, expected one, directly inside the MultiTerm"
             )
+            raise TypeError(f"{expected}; got {got}.")
         plain = [i for i, s in enumerate(inner) if isinstance(s, diffrax.ODETerm)]
         if not (multilevel or plain):
             names = ", ".join(type(s).__name__ for s in inner)
@@ -303,17 +290,14 @@ class MLEMSolver(diffrax.AbstractItoSolver):
             fns, source = drift.levels.fns, "the MultilevelTerm has"
         else:
             fns, source = (drift.vf,), "the ODETerm drift is a ladder of"
-        if self.schedule.num_levels != len(fns):
-            raise ValueError(
-                f"MLEMSolver: `schedule` has {self.schedule.num_levels} levels but "
-                f"{source} {len(fns)}; expected one probability or rate per level."
-            )
+        k, n = self.schedule.num_levels, len(fns)
+        if k != len(fns):
+            raise ValueError(f"MLEMSolver: `schedule` has {k} levels but {source} {n}.")
         for leaf in jtu.tree_leaves(y0):
-            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-                raise TypeError(
-                    "MLEMSolver: `y0` must be a PyTree of floating or complex arrays; "
-                    f"got a leaf of dtype {jnp.result_type(leaf)}."
-                )
+            dtype = jnp.result_type(leaf)
+            if not jnp.issubdtype(dtype, jnp.inexact):
+                what = "a PyTree of floating or complex arrays (a leaf's dtype)"
+                raise checks.fail("MLEMSolver", "y0", what, dtype, TypeError)
         others = tuple(s if i != index else None for i, s in enumerate(subterms))
         return fns, ladder, direction, others
 
@@ -339,14 +323,13 @@ def _check_noise_term(term, t0, t1, y0, args) -> None:
             control = shapes(eqx.filter_eval_shape(term.contr, t0, t1))
         except (TypeError, ValueError):
             control = "?"
-        raise ValueError(
-            f"MLEMSolver: the noise term's control (its Brownian path) has "
-            f"increments of shape {control}, which does not fit y0 of shape "
-            f"{shapes(y0)} ({e}); build the path with y0's shape, e.g. "
-            "mlem_jax.StepBrownianPath(y0.shape, key, ...)."
-        ) from None
-    if jtu.tree_structure(out) != jtu.tree_structure(y0) or shapes(out) != shapes(y0):
-        raise ValueError(
-            f"MLEMSolver: the noise term gives increments of shape {shapes(out)}; "
-            f"expected y0's shape {shapes(y0)}."
+        got = f"increments of shape {control}, which does not fit y0 of shape"
+        fix = "build the path with y0's shape, e.g. mlem_jax.StepBrownianPath(y0.shape)"
+        why = (
+            f"the noise term's control (its Brownian path) has {got} {shapes(y0)} ({e})"
         )
+        raise ValueError(f"MLEMSolver: {why}; {fix}.") from None
+    got, want = shapes(out), shapes(y0)
+    if jtu.tree_structure(out) != jtu.tree_structure(y0) or got != want:
+        why = f"the noise term gives increments of shape {got}; expected y0's shape"
+        raise ValueError(f"MLEMSolver: {why} {want}.")

@@ -30,10 +30,10 @@ BATCHED_DRAWS_MESSAGE = (
 )
 
 
-def refuse_batching(message: str) -> Callable[[Array], Array]:
-    """The identity on an array, raising `ValueError(message)` if `jax.vmap` batches
-    its argument: a guard that keeps what decides a `lax.cond` unbatched. (Give it a
-    boolean array: `custom_vmap` on a float breaks reverse-mode linearization.)"""
+def unbatching(batched: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """The identity on an array that `jax.vmap` never batches: under `vmap` it
+    returns `batched(x)` (of the batched `x`, with the batch axis first) as an
+    unbatched value. What keeps a `lax.cond`'s predicate unbatched."""
 
     @custom_vmap
     def unbatched(x):
@@ -42,11 +42,20 @@ def refuse_batching(message: str) -> Callable[[Array], Array]:
     @unbatched.def_vmap
     def rule(axis_size, in_batched, x):
         del axis_size
-        if in_batched[0]:
-            raise ValueError(message)
-        return x, False
+        return (batched(x) if in_batched[0] else x), False
 
     return unbatched
+
+
+def refuse_batching(message: str) -> Callable[[Array], Array]:
+    """The identity on an array, raising `ValueError(message)` if `jax.vmap` batches
+    its argument: a guard that keeps what decides a `lax.cond` unbatched. (Give it a
+    boolean array: `custom_vmap` on a float breaks reverse-mode linearization.)"""
+
+    def refuse(x):
+        raise ValueError(message)
+
+    return unbatching(refuse)
 
 
 _unbatched = refuse_batching(BATCHED_DRAWS_MESSAGE)
@@ -332,11 +341,11 @@ def check_drift_tree(value, y, what: str) -> None:
     if single or (value is None and structure.num_leaves > 0):
         check_drift_output(value, y, what)  # also the clear "returned None" message
         return
-    if jax.tree.structure(value) != structure:
+    got = jax.tree.structure(value)
+    if got != structure:
+        why = f"expected the structure of `y` {structure}: a PyTree like y"
         raise ValueError(
-            f"mlem_jax: {what} returned a PyTree of structure "
-            f"{jax.tree.structure(value)}, expected the structure of `y` "
-            f"{structure}. Each level f(t, y, args) must return a PyTree like y."
+            f"mlem_jax: {what} returned a PyTree of structure {got}, {why}."
         )
     for v, yi in zip(jax.tree.leaves(value), jax.tree.leaves(y), strict=True):
         check_drift_output(v, yi, what)
@@ -346,32 +355,25 @@ def check_drift_output(value, y, what: str) -> None:
     """Raise a clear error unless `value` (an array, or the `jax.ShapeDtypeStruct` of
     one) is a floating array shaped like `y`. `what` names the function in the
     message, e.g. "level 2" or "`drift`"."""
+    like_y = "each level f(t, y, args) must return an array like y"
     if value is None:
-        raise TypeError(
-            f"mlem_jax: {what} returned None; each level f(t, y, args) must return an "
-            "array like y (did the function forget a `return`?)."
-        )
+        why = f"{like_y} (did the function forget a `return`?)"
+        raise TypeError(f"mlem_jax: {what} returned None; {why}.")
     if not hasattr(value, "dtype"):
         try:
             value = jnp.asarray(value)
         except TypeError as e:
-            raise TypeError(
-                f"mlem_jax: {what} returned {type(value).__name__}; each level "
-                "f(t, y, args) must return an array like y."
-            ) from e
+            got = type(value).__name__
+            raise TypeError(f"mlem_jax: {what} returned {got}; {like_y}.") from e
     if value.shape != y.shape:
-        raise ValueError(
-            f"mlem_jax: {what} returned shape {value.shape}, expected the shape of `y` "
-            f"{y.shape}. Each level f(t, y, args) must return an array like y."
-        )
+        got = f"returned shape {value.shape}, expected the shape of `y` {y.shape}"
+        raise ValueError(f"mlem_jax: {what} {got}; {like_y}.")
     # int/bool would be cast silently (a truncated drift); complex for a real `y`
     # would drop its imaginary part. A complex `y` takes real or complex values.
     expected = (
         jnp.inexact if jnp.issubdtype(y.dtype, jnp.complexfloating) else jnp.floating
     )
+    kind = "floating or complex" if expected is jnp.inexact else "floating"
     if not jnp.issubdtype(value.dtype, expected):
-        raise TypeError(
-            f"mlem_jax: {what} returned dtype {value.dtype}, expected a "
-            f"{'floating or complex' if expected is jnp.inexact else 'floating'} dtype "
-            f"like `y` ({y.dtype})."
-        )
+        got = f"returned dtype {value.dtype}, expected a {kind} dtype like `y`"
+        raise TypeError(f"mlem_jax: {what} {got} ({y.dtype}).")

@@ -54,7 +54,7 @@ def test_pytree_key_layout():
 
 
 def test_brownian_helpers_bad_input():
-    with pytest.raises(ValueError, match="`num_steps` must be positive"):
+    with pytest.raises(ValueError, match="`num_steps` must be a positive int"):
         mj.brownian_increments(jax.random.key(0), (2,), t0=0.0, t1=1.0, num_steps=0)
     with pytest.raises(ValueError, match=r"\(10\) must be divisible by `factor` \(3\)"):
         mj.coarsen_increments(jnp.ones((10, 2)), 3)
@@ -184,5 +184,5 @@ def test_sample_increments_bad_input():
         mj.sample_increments(key, [0], 3, **GRID)  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match=r"`indices` must be concrete ints"):
         jax.jit(lambda i: mj.sample_increments(key, i, (3,), **GRID))(jnp.arange(2))
-    with pytest.raises(ValueError, match=r"`num_steps` must be positive"):
+    with pytest.raises(ValueError, match=r"`num_steps` must be a positive int"):
         mj.sample_increments(key, [0], (3,), t0=0.0, t1=1.0, num_steps=0)

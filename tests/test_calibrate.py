@@ -303,7 +303,7 @@ def test_schedule_bad_input(calibration):
     ):
         calibration.schedule(target_error=0.0)
     with pytest.raises(
-        ValueError, match="`budget` must exceed 64, the cost of running level 1"
+        ValueError, match="`budget` must be above 64, the cost of running level 1"
     ):
         calibration.schedule(budget=10.0)
     with pytest.raises(ValueError, match="cannot be met by scaling the rates"):
@@ -393,7 +393,9 @@ def test_time_in_scan_bad_input_and_result():
     f = lambda t, y, args: jnp.tanh(y)
     seconds = mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), num_steps=4, repeats=2)
     assert np.isfinite(seconds) and seconds > 0
-    with pytest.raises(ValueError, match="time_in_scan: `num_steps` must be positive"):
+    with pytest.raises(
+        ValueError, match="time_in_scan: `num_steps` must be a positive int"
+    ):
         mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), num_steps=0)
     with pytest.raises(ValueError, match="`repeats` must be a positive int"):
         mj.time_in_scan(f, 0.5, jnp.ones((4, 4)), repeats=0)

@@ -224,7 +224,7 @@ def test_bad_inputs():
         mj.LogitProbabilities(jnp.zeros((3, 2)), jnp.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="`times` must be finite and strictly"):
         mj.LogitProbabilities(jnp.zeros((2, 2)), jnp.array([0.0, 1.0, 0.5]))
-    with pytest.raises(ValueError, match="`logits` contains NaN"):
+    with pytest.raises(ValueError, match="`logits` must be free of NaN"):
         mj.LogitProbabilities(jnp.array([0.0, jnp.nan]))
     with pytest.raises(ValueError, match="`keys` must be at least 2 keys"):
         mj.schedule_gradient(loss, sched, jax.random.split(jax.random.key(0), 1), **kw)
@@ -243,7 +243,7 @@ def test_bad_inputs():
     y0 = jnp.zeros((1, 2))
     with pytest.raises(ValueError, match="exactly one of `budget` or `cost_weight`"):
         mj.learn_schedule(levels, None, y0, **common)
-    with pytest.raises(ValueError, match="`budget` must exceed"):
+    with pytest.raises(ValueError, match="learn_schedule: `budget` must be above"):
         mj.learn_schedule(levels, None, y0, budget=0.5, **common)
     with pytest.raises(ValueError, match="`samples` must be an int ≥ 2"):
         mj.learn_schedule(levels, None, y0, cost_weight=0.1, samples=1, **common)

@@ -20,12 +20,12 @@ def test_check_num_steps_accepts_python_and_numpy_integers():
 @pytest.mark.parametrize(
     "bad, error, words",
     [
-        (True, TypeError, "must be an int; got True"),
-        (8.0, TypeError, "must be an int; got 8.0"),
-        (np.float32(8), TypeError, "must be an int"),
-        ("8", TypeError, "must be an int"),
-        (0, ValueError, "must be positive; got 0"),
-        (np.int32(-2), ValueError, "must be positive; got -2"),
+        (True, TypeError, "must be a positive int; got True"),
+        (8.0, TypeError, "must be a positive int; got 8.0"),
+        (np.float32(8), TypeError, "must be a positive int"),
+        ("8", TypeError, "must be a positive int; got '8'"),
+        (0, ValueError, "must be a positive int; got 0"),
+        (np.int32(-2), ValueError, r"must be a positive int; got np.int32\(-2\)"),
     ],
 )
 def test_check_num_steps_refuses_the_rest_naming_the_caller(bad, error, words):
@@ -54,7 +54,7 @@ GRIDS = {
 @pytest.mark.parametrize("name", sorted(GRIDS))
 def test_every_grid_takes_numpy_integers_and_refuses_bools(name):
     GRIDS[name](np.int64(2))
-    with pytest.raises(TypeError, match=f"{name}: `num_steps` must be an int"):
+    with pytest.raises(TypeError, match=f"{name}: `num_steps` must be a positive int"):
         GRIDS[name](True)
-    with pytest.raises(TypeError, match=f"{name}: `num_steps` must be an int"):
+    with pytest.raises(TypeError, match=f"{name}: `num_steps` must be a positive int"):
         GRIDS[name](2.0)

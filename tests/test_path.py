@@ -58,7 +58,7 @@ def test_step_brownian_path_refuses_times_outside_its_grid():
 
 
 def test_constructor_errors():
-    with pytest.raises(ValueError, match="`num_steps` must be positive"):
+    with pytest.raises(ValueError, match="`num_steps` must be a positive int"):
         mj.StepBrownianPath(SHAPE, KEY, t0=0.0, t1=1.0, num_steps=0)
     with pytest.raises(ValueError, match="must be finite and differ"):
         mj.StepBrownianPath(SHAPE, KEY, t0=1.0, t1=1.0, num_steps=4)

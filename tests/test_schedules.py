@@ -17,7 +17,9 @@ def test_fixed_probabilities():
 
 @pytest.mark.parametrize("probs", [(1.5,), (1.0, -0.1), (float("nan"),), (0.0, 0.0)])
 def test_fixed_probabilities_out_of_range(probs):
-    with pytest.raises(ValueError, match=r"`probs` must lie in \[0, 1\], one at"):
+    with pytest.raises(
+        ValueError, match=r"`probs` must be probabilities in \[0, 1\], one at"
+    ):
         mj.FixedProbabilities(probs)
 
 
@@ -28,7 +30,7 @@ def test_fixed_probabilities_refuse_a_dropped_correction():
         mj.FixedProbabilities((0.0, 1.0, 0.5)).probabilities(0.0, 0.1), [0, 1, 0.5]
     )
     with pytest.raises(
-        ValueError, match=r"`probs` is 0 at level 3, above the base level 2.*Rates"
+        ValueError, match=r"`probs` must be non-zero above the base level 2.*Rates"
     ):
         mj.FixedProbabilities((0.0, 1.0, 0.0))
     with pytest.raises(Exception, match=r"zero above the base level"):
@@ -75,7 +77,7 @@ def test_rates_scale():
     "kwargs, match",
     [
         (dict(rates=(1.0, -1.0)), "must be non-negative"),
-        (dict(rates=(1.0, float("nan"))), "contains NaN"),
+        (dict(rates=(1.0, float("nan"))), "non-negative and not NaN"),
         (dict(rates=()), "non-empty 1-D"),
         (dict(rates=[[1.0]]), "non-empty 1-D"),
         (
@@ -127,7 +129,7 @@ def test_always_fires_is_abstract_every_schedule_implements_it():
 def test_traced_schedule_values_are_checked_at_run_time():
     probs = eqx.filter_jit(lambda p: mj.FixedProbabilities(p).probs)
     np.testing.assert_array_equal(probs(jnp.array([1.0, 0.5])), [1.0, 0.5])
-    with pytest.raises(Exception, match=r"must lie in \[0, 1\], one at least > 0"):
+    with pytest.raises(Exception, match=r"probabilities in \[0, 1\], one at least > 0"):
         probs(jnp.array([1.0, 1.5]))
     rates = eqx.filter_jit(lambda r: mj.Rates(r).rates)
     assert rates(jnp.array([jnp.inf, 2.0])).shape == (1, 2)

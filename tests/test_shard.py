@@ -104,7 +104,7 @@ def test_shared_gradient_equals_single_device_gradient(checks):
     "case, words",
     [
         ("indivisible", ["`y0`", "size 12", "divisible", "'batch' (8)"]),
-        ("no_axis", ["`mesh`", "no axis named 'batch'", "('data',)", "`axis_name`"]),
+        ("no_axis", ["`mesh`", "('data',)", "`axis_name`", "got 'batch'"]),
         ("batched_key", ["`key`", "single PRNG key", "shape (8,)"]),
         ("draws", ["`draws`", '"independent" or "shared"', "'per-sample'"]),
         ("mesh", ["TypeError", "`mesh`", "jax.sharding.Mesh", "list"]),

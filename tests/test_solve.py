@@ -489,8 +489,8 @@ def _call(**overrides):
             ValueError,
             "`schedule` has 2 levels but `levels` has 3",
         ),
-        (dict(num_steps=0), ValueError, "`num_steps` must be positive; got 0"),
-        (dict(num_steps=2.5), TypeError, "`num_steps` must be an int"),
+        (dict(num_steps=0), ValueError, "`num_steps` must be a positive int; got 0"),
+        (dict(num_steps=2.5), TypeError, "`num_steps` must be a positive int"),
         (dict(t0=1.0, t1=1.0), ValueError, "`t0` and `t1` must differ"),
         (dict(t1=float("nan")), ValueError, "`t0` and `t1` must be finite"),
         (dict(y0=jnp.ones(3, jnp.int32)), TypeError, "`y0` must have a floating dtype"),
@@ -562,7 +562,7 @@ def test_em_solve_bad_input():
         mj.em_solve(1.0, None, jnp.ones(2), **kw)
     with pytest.raises(ValueError, match="`cost` must be a positive finite number"):
         mj.em_solve(lambda t, y, a: y, None, jnp.ones(2), cost=0.0, **kw)
-    with pytest.raises(ValueError, match="`num_steps` must be positive"):
+    with pytest.raises(ValueError, match="`num_steps` must be a positive int"):
         mj.em_solve(lambda t, y, a: y, None, jnp.ones(2), **dict(kw, num_steps=-1))
 
 
@@ -726,7 +726,7 @@ def test_pytree_bad_input():
     ):
         call(diffusion=g)
     with pytest.raises(
-        ValueError, match="`brownian` increments must be a PyTree with the structure"
+        ValueError, match="`brownian` must be increments in a PyTree with the structure"
     ):
         call(diffusion=lambda t, y, a: 1.0, brownian=jnp.ones((2, 5)))
     with pytest.raises(
