@@ -59,7 +59,9 @@ class Calibration:
         level's equation on the same Brownian path) and its strong order `q`, so
         that at `n` steps it is about `em_error · (num_steps / n)^q`; measured by
         `calibrate` against a 16×-finer solve on the same path (see its
-        `pilot_keys`), `None` if not measured. What `verdict` compares ML-EM with.
+        `pilot_keys`; `calibrate_sampler` measures the sampler's with the top
+        network the same way), `None` if not measured. What `verdict` compares
+        ML-EM with.
     - `refinements`: per level, whether it is a `mlem_jax.Refinement` (a guided
         level, which needs the level below it at every step it runs), or `None`
         for none: pricing then counts the level below a guided base level too.
@@ -230,12 +232,14 @@ class Calibration:
     verdict = _verdict.verdict
 
     def em_error_at(self, num_steps) -> np.ndarray:
-        """The RMS error of Euler–Maruyama with the top level at `num_steps` steps
+        """The RMS error of Euler–Maruyama (or, for a `calibrate_sampler`
+        calibration, the sampler) with the top level at `num_steps` steps
         (array-like), from `em_error` and `em_order`."""
         if self.em_error is None or self.em_order is None:
-            why = "no `em_error` (Euler–Maruyama's own error: run `calibrate` with"
+            why = "no `em_error` (the top level's own error: run `calibrate` or"
             raise ValueError(
-                f"Calibration: this calibration has {why} pilot_keys > 0)."
+                f"Calibration: this calibration has {why} `calibrate_sampler` with "
+                "pilot_keys > 0)."
             )
         n = np.asarray(num_steps, np.float64)
         return self.em_error * (self.num_steps / n) ** self.em_order
