@@ -28,9 +28,13 @@ from ._budget import (
     priced_calibration,
 )
 from ._common import (
+    add_calibration_options,
+    add_command,
+    add_ladder_option,
     check_ladder,
     check_memory,
     check_output_dir,
+    check_pilot_steps,
     comma_list,
     interruptible,
     load_ladder,
@@ -53,9 +57,11 @@ def _sw_distance(x, y, key):
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
-        help="ML-EM vs Euler–Maruyama on the shipped digits diffusion model",
+        run,
+        summary="ML-EM vs Euler–Maruyama on the shipped digits diffusion model",
         description=(
             "Load a UNet ladder (default: the shipped digits ladder), draw a "
             "fine-step reference solve, then run Euler–Maruyama with the top level "
@@ -63,13 +69,8 @@ def add_parser(sub: Any) -> None:
             "scales, all on the same Brownian paths. Prints a table and writes a "
             "sample grid and a log–log cost–error plot."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--ladder",
-        help="ladder directory, or a shipped ladder's name: digits (the default), "
-        "digits_wide",
-    )
+    add_ladder_option(p)
     p.add_argument("--out", default="mlem-jax-demo", help="output folder")
     p.add_argument("--batch", type=positive_int, default=16, help="images per solve")
     p.add_argument(
@@ -81,6 +82,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--ref-steps", type=positive_int, default=128, help="reference solve steps"
     )
+    _add_run_options(p)
+    _add_rate_options(p)
+    add_calibration_options(p)
+
+
+def _add_run_options(p: Any) -> None:
+    """The runs compared: step counts and ML-EM's budgets."""
     p.add_argument(
         "--em-steps",
         type=comma_list(positive_int),
@@ -107,6 +115,10 @@ def add_parser(sub: Any) -> None:
         help="cost of the scale-1 ML-EM schedule, in top-level evaluations (of "
         "FLOPs or seconds, as --cost says)",
     )
+
+
+def _add_rate_options(p: Any) -> None:
+    """How ML-EM's rates are calibrated, and how many level keys each runs."""
     p.add_argument(
         "--cost",
         choices=COSTS,
@@ -137,11 +149,6 @@ def add_parser(sub: Any) -> None:
         help="floor on every level's firing probability per step (guards the "
         "stiff end of the reverse SDE against blown-up corrections)",
     )
-    p.add_argument(
-        "--pilot-steps", type=positive_int, default=32, help="calibration pilot steps"
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run, parser=p)
 
 
 def _distance_data(ladder: Ladder, limit: int = 512):
@@ -355,8 +362,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"--ref-steps ({args.ref_steps}) must be a multiple of every step count "
                 f"in --em-steps and --mlem-steps; {n} does not divide it"
             )
-    if args.pilot_steps < 8:
-        parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    check_pilot_steps(parser, args.pilot_steps)
     check_output_dir(
         parser, "--out", args.out, ("cost_error.png", "samples.png", "results.json")
     )

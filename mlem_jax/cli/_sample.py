@@ -34,9 +34,13 @@ from ._budget import (
     priced_calibration,
 )
 from ._common import (
+    add_calibration_options,
+    add_command,
+    add_ladder_option,
     check_ladder,
     check_memory,
     check_output_file,
+    check_pilot_steps,
     comma_list,
     interruptible,
     load_ladder,
@@ -61,22 +65,39 @@ from ._solves import eps_networks, run_diffusion, run_em, run_mlem, run_sharded
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "sample",
-        help="sample a trained ladder with ML-EM or Euler–Maruyama",
+        run,
+        summary="sample a trained ladder with ML-EM or Euler–Maruyama",
         description=(
             "Draw samples from a UNet ladder by solving the reverse VP-SDE from t=1 "
             "to t=1e-3, with ML-EM over every level or Euler–Maruyama with the top "
             "level. Writes a PNG grid and an .npz of the arrays; prints evaluations "
             "per level, FLOPs and wall-clock."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_ladder_option(p)
+    _add_method_options(p)
+    _add_rate_options(p)
+    add_calibration_options(p)
     p.add_argument(
-        "--ladder",
-        help="ladder directory, or a shipped ladder's name: digits (the default), "
-        "digits_wide",
+        "--devices",
+        type=parse_devices,
+        default="all",
+        help="split the batch over this many local devices (`all`: every local "
+        "device, or the most that divide --num; with --coordinator, every device of "
+        "every process); with more than one, each device draws its own levels "
+        "(mlem_jax.mlem_solve_sharded, --draws independent), which lowers the ML-EM "
+        "noise of the batch at the same cost",
     )
+    add_distributed_options(p)
+    add_guidance_options(p)
+
+
+def _add_method_options(p: Any) -> None:
+    """What runs: the sampler, its multilevel method, the grid, steps, samples,
+    seed and output."""
     p.add_argument(
         "--sampler",
         choices=("em", *SAMPLERS),
@@ -122,6 +143,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--out", default="samples.png", help="PNG grid; the .npz goes next to it"
     )
+
+
+def _add_rate_options(p: Any) -> None:
+    """How a multilevel method's rates are set: fixed, or calibrated for a budget
+    in a cost."""
     p.add_argument(
         "--probs",
         type=comma_list(probability),
@@ -158,23 +184,6 @@ def add_parser(sub: Any) -> None:
         "instead of measuring them (the values a previous run printed reproduce it "
         "exactly)",
     )
-    p.add_argument(
-        "--pilot-steps", type=positive_int, default=32, help="calibration pilot steps"
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument(
-        "--devices",
-        type=parse_devices,
-        default="all",
-        help="split the batch over this many local devices (`all`: every local "
-        "device, or the most that divide --num; with --coordinator, every device of "
-        "every process); with more than one, each device draws its own levels "
-        "(mlem_jax.mlem_solve_sharded, --draws independent), which lowers the ML-EM "
-        "noise of the batch at the same cost",
-    )
-    add_distributed_options(p)
-    add_guidance_options(p)
-    p.set_defaults(func=run, parser=p)
 
 
 def activation_bytes(ladder: Ladder) -> float:
@@ -268,8 +277,7 @@ def _run(
     npz = os.path.splitext(args.out)[0] + ".npz"
     check_output_file(parser, "--out", args.out)
     check_output_file(parser, "--out (its .npz)", npz)
-    if args.pilot_steps < 8:
-        parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    check_pilot_steps(parser, args.pilot_steps)
     if args.method == "em":
         args.method = "single"
     if guided(args):
