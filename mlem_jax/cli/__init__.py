@@ -36,7 +36,11 @@ from ._common import (
     check_output_dir as check_output_dir,
     check_output_file as check_output_file,
 )
-from ._demo import demo_calibration as demo_calibration, run_demo as run_demo
+from ._demo import (
+    DemoConfig as DemoConfig,
+    demo_calibration as demo_calibration,
+    run_demo as run_demo,
+)
 from ._demo_report import (
     format_table as format_table,
     matched_cost_lines as matched_cost_lines,

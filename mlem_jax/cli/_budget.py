@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import FixedProbabilities, pretrained
-from .._cost import time_in_scan
+from .. import FixedProbabilities, pretrained, time_in_scan
 from ..pretrained import MIN_PROBABILITY, T0, T1, Ladder
 from ._common import warn
 

@@ -5,6 +5,7 @@ loading, warnings and the Ctrl-C message of the training commands."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shlex
@@ -54,57 +55,48 @@ def stitch_spec(text: str) -> tuple[int, float]:
     return level, fraction
 
 
-def positive_int(text: str) -> int:
-    value = _parse_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _checked(
+    parse: Callable[[str], Any], holds: Callable[[Any], bool], expected: str
+) -> Callable[[str], Any]:
+    """An argument type: `parse`'s value where `holds(value)`, else the usage error
+    `expected` (a template of the value)."""
+
+    def convert(text: str):
+        value = parse(text)
+        if not holds(value):
+            raise argparse.ArgumentTypeError(expected.format(value))
+        return value
+
+    return convert
 
 
-def positive_float(text: str) -> float:
-    value = _parse_float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    value = _parse_int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    value = _parse_float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
-    return value
-
-
-def seed(text: str) -> int:
-    value = _parse_int(text)
-    if not -(2**63) <= value < 2**63:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer between -2**63 and 2**63 - 1, got {value}"
-        )
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = _parse_float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = _parse_float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"probabilities must lie in (0, 1], got {value}"
-        )
-    return value
+positive_int = _checked(
+    _parse_int, lambda v: v >= 1, "expected a positive integer, got {}"
+)
+positive_float = _checked(
+    _parse_float,
+    lambda v: v > 0 and math.isfinite(v),
+    "expected a positive number, got {}",
+)
+nonnegative_int = _checked(
+    _parse_int, lambda v: v >= 0, "expected an integer >= 0, got {}"
+)
+nonnegative_float = _checked(
+    _parse_float,
+    lambda v: v >= 0 and math.isfinite(v),
+    "expected a finite number >= 0, got {}",
+)
+seed = _checked(
+    _parse_int,
+    lambda v: -(2**63) <= v < 2**63,
+    "expected an integer between -2**63 and 2**63 - 1, got {}",
+)
+unit_interval = _checked(
+    _parse_float, lambda v: 0 <= v <= 1, "expected a number in [0, 1], got {}"
+)
+probability = _checked(
+    _parse_float, lambda v: 0 < v <= 1, "probabilities must lie in (0, 1], got {}"
+)
 
 
 def comma_list(convert: Callable[[str], Any]) -> Callable[[str], tuple]:
@@ -131,6 +123,47 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
     return values
+
+
+# ----------------------------------------------------------------------- parsers
+
+
+def add_command(
+    sub: Any, name: str, run: Callable[..., int], *, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """The subparser of the command `name` (defaults shown in its `--help`), which
+    `main` runs as `run(args, parser)`."""
+    p = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.set_defaults(func=run, parser=p)
+    return p
+
+
+def add_ladder_option(p: Any) -> None:
+    """`--ladder` of the sampling commands (`sample`, `demo`)."""
+    p.add_argument(
+        "--ladder",
+        help="ladder directory, or a shipped ladder's name: digits (the default), "
+        "digits_wide",
+    )
+
+
+def add_calibration_options(p: Any) -> None:
+    """`--pilot-steps` and `--no-progress`, the last options of the sampling
+    commands; `check_pilot_steps` refuses too few pilot steps."""
+    p.add_argument(
+        "--pilot-steps", type=positive_int, default=32, help="calibration pilot steps"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def check_pilot_steps(parser: argparse.ArgumentParser, pilot_steps: int) -> None:
+    if pilot_steps < 8:
+        parser.error(f"--pilot-steps must be at least 8, got {pilot_steps}")
 
 
 # ------------------------------------------------------------------------ ladders
@@ -341,6 +374,8 @@ def add_training_options(
     )
     group.add_argument(
         "--lr",
+        dest="learning_rate",
+        metavar="LR",
         type=positive_float,
         default=lr,
         help="peak AdamW learning rate (linear warm-up, then cosine decay)",
@@ -393,17 +428,9 @@ def add_training_options(
 
 
 def train_config(args: argparse.Namespace):
-    """The `TrainConfig` of the options `add_training_options` added."""
+    """The `TrainConfig` of the options `add_training_options` added (each named as
+    the field it sets)."""
     from ..training import TrainConfig
 
-    optional = ("weight_decay", "grad_clip")
-    return TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        warmup_steps=args.warmup_steps,
-        ema_decay=args.ema_decay,
-        checkpoint_every=args.checkpoint_every,
-        label_dropout=args.label_dropout,
-        **{name: getattr(args, name) for name in optional if hasattr(args, name)},
-    )
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

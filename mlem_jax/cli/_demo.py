@@ -4,11 +4,12 @@ one ladder, all on the same prior draws and Brownian paths."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +29,13 @@ from ._budget import (
     priced_calibration,
 )
 from ._common import (
+    add_calibration_options,
+    add_command,
+    add_ladder_option,
     check_ladder,
     check_memory,
     check_output_dir,
+    check_pilot_steps,
     comma_list,
     interruptible,
     load_ladder,
@@ -53,9 +58,11 @@ def _sw_distance(x, y, key):
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
-        help="ML-EM vs Euler–Maruyama on the shipped digits diffusion model",
+        run,
+        summary="ML-EM vs Euler–Maruyama on the shipped digits diffusion model",
         description=(
             "Load a UNet ladder (default: the shipped digits ladder), draw a "
             "fine-step reference solve, then run Euler–Maruyama with the top level "
@@ -63,13 +70,8 @@ def add_parser(sub: Any) -> None:
             "scales, all on the same Brownian paths. Prints a table and writes a "
             "sample grid and a log–log cost–error plot."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--ladder",
-        help="ladder directory, or a shipped ladder's name: digits (the default), "
-        "digits_wide",
-    )
+    add_ladder_option(p)
     p.add_argument("--out", default="mlem-jax-demo", help="output folder")
     p.add_argument("--batch", type=positive_int, default=16, help="images per solve")
     p.add_argument(
@@ -81,6 +83,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--ref-steps", type=positive_int, default=128, help="reference solve steps"
     )
+    _add_run_options(p)
+    _add_rate_options(p)
+    add_calibration_options(p)
+
+
+def _add_run_options(p: Any) -> None:
+    """The runs compared: step counts and ML-EM's budgets."""
     p.add_argument(
         "--em-steps",
         type=comma_list(positive_int),
@@ -107,6 +116,10 @@ def add_parser(sub: Any) -> None:
         help="cost of the scale-1 ML-EM schedule, in top-level evaluations (of "
         "FLOPs or seconds, as --cost says)",
     )
+
+
+def _add_rate_options(p: Any) -> None:
+    """How ML-EM's rates are calibrated, and how many level keys each runs."""
     p.add_argument(
         "--cost",
         choices=COSTS,
@@ -137,11 +150,6 @@ def add_parser(sub: Any) -> None:
         help="floor on every level's firing probability per step (guards the "
         "stiff end of the reverse SDE against blown-up corrections)",
     )
-    p.add_argument(
-        "--pilot-steps", type=positive_int, default=32, help="calibration pilot steps"
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run, parser=p)
 
 
 def _distance_data(ladder: Ladder, limit: int = 512):
@@ -155,75 +163,91 @@ def _distance_data(ladder: Ladder, limit: int = 512):
     return jnp.asarray(data[:limit])
 
 
-def run_demo(
-    ladder: Ladder,
-    *,
-    batch: int,
-    seed: int,
-    ref_steps: int,
-    em_steps: Sequence[int],
-    mlem_steps: Sequence[int],
-    scales: Sequence[float],
-    budget: float,
-    min_probability: float = MIN_PROBABILITY,
-    level_keys: int = 4,
-    pilot_steps: int,
-    path: str | None = None,
-    progress: bool = True,
-    calibration=None,
-    cost: str = "flops",
-    levels: str = "auto",
-) -> dict:
-    """The demo's measurements: one dict per run (method, steps, evaluations, cost,
-    FLOPs, seconds, strong error, sliced-Wasserstein distance) plus the samples.
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """What `run_demo` measures, each field as the `mlem-jax demo` option of its
+    name (`path`: `--ladder`).
 
-    All runs share one Brownian path per image (coarsened from the reference's
-    increments) and the same prior draws `y0`. `calibration`: the ladder's
-    calibration if already made (`demo_calibration`, priced for `cost`), else it is
-    made here. `cost`: what ML-EM's rates minimise and its budgets count, `"flops"`
-    (the default: deterministic) or `"seconds"` (measured at start-up). `levels`: `"auto"` (each budget on the sub-ladder
-    `Calibration.choose_levels` picks) or `"all"`.
+    `cost`: what ML-EM's rates minimise and its budgets count, `"flops"` (the
+    default: deterministic) or `"seconds"` (measured at start-up). `levels`:
+    `"auto"` (each budget on the sub-ladder `Calibration.choose_levels` picks) or
+    `"all"`.
     """
-    try:
-        from tqdm.auto import tqdm
-    except ModuleNotFoundError as e:
-        raise missing_extra(e, "diffusion", "mlem-jax demo") from e
 
-    from ..diffusion import strong_error
+    batch: int
+    seed: int
+    ref_steps: int
+    em_steps: Sequence[int]
+    mlem_steps: Sequence[int]
+    scales: Sequence[float]
+    budget: float
+    pilot_steps: int
+    min_probability: float = MIN_PROBABILITY
+    level_keys: int = 4
+    path: str | None = None
+    cost: str = "flops"
+    levels: str = "auto"
 
-    key = jax.random.key(seed)
-    k_y0, k_path, k_cal, k_level, k_sw = jax.random.split(key, 5)
-    shape = (batch, *ladder.shape)
-    y0 = ladder.sde.prior_sample(k_y0, shape)
-    fine = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=ref_steps)
-    held_out = _distance_data(ladder)
-    top = ladder.levels.costs[-1]
-    total = 2 + 2 * len(em_steps) + len(scales) * len(mlem_steps)
-    bar = tqdm(total=total, desc="mlem-jax demo", disable=not progress, unit="solve")
-    runs: list[dict] = []
-    samples: dict[str, np.ndarray] = {}
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DemoConfig:
+        names = {f.name for f in dataclasses.fields(cls)} - {"path"}
+        return cls(path=args.ladder, **{n: getattr(args, n) for n in names})
 
-    def record(method, steps, x, evaluations, secs, label, repeats=None, **extra):
-        # `repeats`: more solves of the same configuration (other level keys); the
-        # error is then the RMS over all of them, evaluations, cost and seconds
-        # their means.
-        xs = [x] + [r[0] for r in repeats or []]
-        evaluations = np.asarray(  # one mean count per level
-            np.mean(
-                [evaluations] + [r[1] for r in repeats or []], axis=0, dtype=np.float64
-            )
+
+class _Draws(NamedTuple):
+    """The demo's prior draws and the keys of its path, pilots, levels and
+    distance (one split of the seed)."""
+
+    y0: Any
+    k_path: Any
+    k_cal: Any
+    k_level: Any
+    k_sw: Any
+
+    @classmethod
+    def of(cls, ladder: Ladder, config: DemoConfig) -> _Draws:
+        k_y0, k_path, k_cal, k_level, k_sw = jax.random.split(
+            jax.random.key(config.seed), 5
         )
-        secs = float(np.mean([secs] + [r[2] for r in repeats or []]))
-        flops = float(np.dot(evaluations, ladder.levels.costs))
+        y0 = ladder.sde.prior_sample(k_y0, (config.batch, *ladder.shape))
+        return cls(y0, k_path, k_cal, k_level, k_sw)
+
+
+class _Record:
+    """The demo's runs, each measured against the reference `y_ref` and the
+    held-out data, and their samples by label."""
+
+    def __init__(self, ladder: Ladder, k_sw):
+        self.ladder = ladder
+        self.k_sw = k_sw
+        self.held_out = _distance_data(ladder)
+        self.y_ref: Any = None
+        self.runs: list[dict] = []
+        self.samples: dict[str, np.ndarray] = {}
+
+    def add(self, method, steps, x, evaluations, secs, label, repeats=(), **extra):
+        """One run; `repeats`: more solves of the same configuration (other level
+        keys), the error then the RMS over all of them, evaluations, cost and
+        seconds their means."""
+        from ..diffusion import strong_error
+
+        xs = [x] + [r[0] for r in repeats]
+        evaluations = np.asarray(  # one mean count per level
+            np.mean([evaluations] + [r[1] for r in repeats], axis=0, dtype=np.float64)
+        )
+        secs = float(np.mean([secs] + [r[2] for r in repeats]))
+        flops = float(np.dot(evaluations, self.ladder.levels.costs))
         err = (
-            math.sqrt(np.mean([float(strong_error(z, y_ref)) ** 2 for z in xs]))
+            math.sqrt(np.mean([float(strong_error(z, self.y_ref)) ** 2 for z in xs]))
             if method != "reference"
             else 0.0
         )
         sw = (
-            float(_sw_distance(x, held_out, k_sw)) if held_out is not None else math.nan
+            float(_sw_distance(x, self.held_out, self.k_sw))
+            if self.held_out is not None
+            else math.nan
         )
-        runs.append(
+        self.runs.append(
             dict(
                 method=method,
                 label=label,
@@ -233,7 +257,7 @@ def run_demo(
                     for e in evaluations
                 ],
                 level_keys=len(xs),
-                top_equivalent=flops / top,
+                top_equivalent=flops / self.ladder.levels.costs[-1],
                 flops=flops,
                 seconds=secs,
                 strong_error=err,
@@ -241,52 +265,122 @@ def run_demo(
                 **extra,
             )
         )
-        samples[label] = np.asarray(x)
+        self.samples[label] = np.asarray(x)
 
-    bar.set_postfix_str("reference")
-    y_ref, info, secs = run_em(ladder, y0, fine, k_level, ref_steps)
-    k = ladder.levels.num_levels
-    evals = [0] * (k - 1) + [int(info.evaluations[0])]
-    record("reference", ref_steps, y_ref, evals, secs, "reference")
-    bar.update()
-    for n in em_steps:
-        bar.set_postfix_str(f"EM {n} steps")
-        x, info, secs = run_em(
-            ladder, y0, coarsen_increments(fine, ref_steps // n), k_level, n
-        )
-        record("em", n, x, [0] * (k - 1) + [int(info.evaluations[0])], secs, f"EM {n}")
-        bar.update()
-    for n in em_steps:
-        # The single-network sampler a user would pick, on the same path.
-        bar.set_postfix_str(f"{SINGLE_SAMPLER} {n} steps")
-        x, info, secs = run_sampler(
-            ladder, y0, coarsen_increments(fine, ref_steps // n), n
-        )
-        evals = [0] * (k - 1) + [int(info.evaluations[0])]
-        record("sampler", n, x, evals, secs, f"SDE-DPM {n}", sampler=SINGLE_SAMPLER)
-        bar.update()
+
+def run_demo(
+    ladder: Ladder, config: DemoConfig, *, progress: bool = True, calibration=None
+) -> dict:
+    """The demo's measurements: one dict per run (method, steps, evaluations, cost,
+    FLOPs, seconds, strong error, sliced-Wasserstein distance) plus the samples.
+
+    All runs share one Brownian path per image (coarsened from the reference's
+    increments) and the same prior draws `y0`. `calibration`: the ladder's
+    calibration if already made (`demo_calibration`, priced for `config.cost`),
+    else it is made here.
+    """
+    try:
+        from tqdm.auto import tqdm
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "diffusion", "mlem-jax demo") from e
+
+    draws = _Draws.of(ladder, config)
+    fine = brownian_increments(
+        draws.k_path, draws.y0.shape, t0=T0, t1=T1, num_steps=config.ref_steps
+    )
+    total = 2 + 2 * len(config.em_steps) + len(config.scales) * len(config.mlem_steps)
+    bar = tqdm(total=total, desc="mlem-jax demo", disable=not progress, unit="solve")
+    record = _Record(ladder, draws.k_sw)
+    _single_network_runs(record, config, draws, fine, bar)
     bar.set_postfix_str("calibrate")
     cal = calibration
     if cal is None:
-        cal = ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
-        cal = priced_calibration(cal, ladder, y0, cost)
+        cal = _calibration(ladder, config, draws)
     bar.update()
-    unit = cost_unit(cost)
-    for n in mlem_steps:
+    _mlem_runs(record, config, draws, fine, cal, bar)
+    bar.close()
+    return dict(
+        runs=record.runs,
+        samples=record.samples,
+        calibration=dict(
+            gamma=float(cal.gamma),
+            drift_errors=[float(e) for e in cal.drift_errors],
+            warnings=list(cal.warnings),
+        ),
+        config=dict(
+            batch=config.batch,
+            seed=config.seed,
+            ref_steps=config.ref_steps,
+            em_steps=list(config.em_steps),
+            mlem_steps=list(config.mlem_steps),
+            cost=config.cost,
+            levels=config.levels,
+            scales=list(config.scales),
+            budget=config.budget,
+            min_probability=config.min_probability,
+            level_keys=config.level_keys,
+            pilot_steps=config.pilot_steps,
+            level_flops_per_image=list(ladder.flops_per_image),
+            t0=T0,
+            t1=T1,
+        ),
+    )
+
+
+def _single_network_runs(record: _Record, config: DemoConfig, draws: _Draws, fine, bar):
+    """The fine-step reference, then Euler–Maruyama and the single-network sampler
+    at every `--em-steps`, all with the top level on the same path."""
+    ladder, ref_steps = record.ladder, config.ref_steps
+    below = [0] * (ladder.levels.num_levels - 1)
+    bar.set_postfix_str("reference")
+    y_ref, info, secs = run_em(ladder, draws.y0, fine, draws.k_level, ref_steps)
+    record.y_ref = y_ref
+    evals = below + [int(info.evaluations[0])]
+    record.add("reference", ref_steps, y_ref, evals, secs, "reference")
+    bar.update()
+    for n in config.em_steps:
+        bar.set_postfix_str(f"EM {n} steps")
         dw = coarsen_increments(fine, ref_steps // n)
-        for s in scales:
+        x, info, secs = run_em(ladder, draws.y0, dw, draws.k_level, n)
+        record.add("em", n, x, below + [int(info.evaluations[0])], secs, f"EM {n}")
+        bar.update()
+    for n in config.em_steps:
+        # The single-network sampler a user would pick, on the same path.
+        bar.set_postfix_str(f"{SINGLE_SAMPLER} {n} steps")
+        dw = coarsen_increments(fine, ref_steps // n)
+        x, info, secs = run_sampler(ladder, draws.y0, dw, n)
+        evals = below + [int(info.evaluations[0])]
+        record.add("sampler", n, x, evals, secs, f"SDE-DPM {n}", sampler=SINGLE_SAMPLER)
+        bar.update()
+
+
+def _mlem_runs(record: _Record, config: DemoConfig, draws: _Draws, fine, cal, bar):
+    """ML-EM at every `--mlem-steps` and scale of `--budget`, each with
+    `--level-keys` level keys."""
+    ladder, unit = record.ladder, cost_unit(config.cost)
+    for n in config.mlem_steps:
+        dw = coarsen_increments(fine, config.ref_steps // n)
+        for s in config.scales:
             bar.set_postfix_str(f"ML-EM {n} steps x{s:g}")
             used, schedule = level_schedule(
-                cal, n, s * budget, min_probability, cost, levels
+                cal,
+                n,
+                s * config.budget,
+                config.min_probability,
+                config.cost,
+                config.levels,
             )
-            x, evals, secs = run_mlem(ladder, schedule, y0, dw, k_level, n, used)
-            repeats = []
-            for extra_key in jax.random.split(
-                jax.random.fold_in(k_level, 1), level_keys - 1
-            ):
-                repeats.append(run_mlem(ladder, schedule, y0, dw, extra_key, n, used))
+            x, evals, secs = run_mlem(
+                ladder, schedule, draws.y0, dw, draws.k_level, n, used
+            )
+            repeats = [
+                run_mlem(ladder, schedule, draws.y0, dw, extra_key, n, used)
+                for extra_key in jax.random.split(
+                    jax.random.fold_in(draws.k_level, 1), config.level_keys - 1
+                )
+            ]
             pred = cal.restrict(used).predict(schedule, n, unit)
-            record(
+            record.add(
                 "mlem",
                 n,
                 x,
@@ -295,56 +389,25 @@ def run_demo(
                 f"ML-EM {n} x{s:g}",
                 repeats=repeats,
                 scale=s,
-                cost=cost,
+                cost=config.cost,
                 levels=[i + 1 for i in used],
                 predicted_top_equivalent=pred.cost / cal.level_costs(unit)[-1],
             )
             bar.update()
-    bar.close()
-    return dict(
-        runs=runs,
-        samples=samples,
-        calibration=dict(
-            gamma=float(cal.gamma),
-            drift_errors=[float(e) for e in cal.drift_errors],
-            warnings=list(cal.warnings),
-        ),
-        config=dict(
-            batch=batch,
-            seed=seed,
-            ref_steps=ref_steps,
-            em_steps=list(em_steps),
-            mlem_steps=list(mlem_steps),
-            cost=cost,
-            levels=levels,
-            scales=list(scales),
-            budget=budget,
-            min_probability=min_probability,
-            level_keys=level_keys,
-            pilot_steps=pilot_steps,
-            level_flops_per_image=list(ladder.flops_per_image),
-            t0=T0,
-            t1=T1,
-        ),
+
+
+def _calibration(ladder: Ladder, config: DemoConfig, draws: _Draws):
+    cal = ladder_calibration(
+        ladder, draws.y0, draws.k_cal, pilot_steps=config.pilot_steps, path=config.path
     )
+    return priced_calibration(cal, ladder, draws.y0, config.cost)
 
 
-def demo_calibration(
-    ladder: Ladder,
-    *,
-    batch: int,
-    seed: int,
-    pilot_steps: int,
-    path,
-    cost: str = "flops",
-):
-    """The calibration `run_demo` uses for these arguments (same draws), priced for
-    `cost` (`priced_calibration`), so that a caller can check budgets against it
-    first."""
-    k_y0, _, k_cal, _, _ = jax.random.split(jax.random.key(seed), 5)
-    y0 = ladder.sde.prior_sample(k_y0, (batch, *ladder.shape))
-    cal = ladder_calibration(ladder, y0, k_cal, pilot_steps=pilot_steps, path=path)
-    return priced_calibration(cal, ladder, y0, cost)
+def demo_calibration(ladder: Ladder, config: DemoConfig):
+    """The calibration `run_demo` uses for `config` (same draws), priced for
+    `config.cost` (`priced_calibration`), so that a caller can check budgets
+    against it first."""
+    return _calibration(ladder, config, _Draws.of(ladder, config))
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -355,8 +418,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"--ref-steps ({args.ref_steps}) must be a multiple of every step count "
                 f"in --em-steps and --mlem-steps; {n} does not divide it"
             )
-    if args.pilot_steps < 8:
-        parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    check_pilot_steps(parser, args.pilot_steps)
     check_output_dir(
         parser, "--out", args.out, ("cost_error.png", "samples.png", "results.json")
     )
@@ -376,14 +438,8 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         3.0 * 4 * args.batch * math.prod(ladder.shape) * args.ref_steps,
         "lower --ref-steps or --batch.",
     )
-    cal = demo_calibration(
-        ladder,
-        batch=args.batch,
-        seed=args.seed,
-        pilot_steps=args.pilot_steps,
-        path=args.ladder,
-        cost=args.cost,
-    )
+    config = DemoConfig.from_args(args)
+    cal = demo_calibration(ladder, config)
     print(describe_cost(cal, args.cost, args.batch))
     for n in args.mlem_steps:
         for scale in args.scales:
@@ -403,24 +459,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     f"ML-EM {n} steps x{scale:g}: "
                     + note.replace("`budget`", "budget", 1)
                 )
-    result = run_demo(
-        ladder,
-        batch=args.batch,
-        seed=args.seed,
-        ref_steps=args.ref_steps,
-        em_steps=args.em_steps,
-        mlem_steps=args.mlem_steps,
-        scales=args.scales,
-        budget=args.budget,
-        min_probability=args.min_probability,
-        level_keys=args.level_keys,
-        pilot_steps=args.pilot_steps,
-        path=args.ladder,
-        progress=not args.no_progress,
-        calibration=cal,
-        cost=args.cost,
-        levels=args.levels,
-    )
+    result = run_demo(ladder, config, progress=not args.no_progress, calibration=cal)
     raise_if_interrupted()
     os.makedirs(args.out, exist_ok=True)
     cost_path, samples_path = plot_demo(result, args.out)

@@ -94,69 +94,48 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
     # A bare `Figure` renders to files with no pyplot state and no GUI backend.
     try:
         from matplotlib.figure import Figure
-        from matplotlib.ticker import FormatStrFormatter, LogLocator
     except ModuleNotFoundError as e:
         raise missing_extra(e, "cli", "mlem-jax demo's plots") from e
 
-    runs = result["runs"]
+    cost_path = os.path.join(out, "cost_error.png")
+    save_figure(_cost_error_figure(Figure, result["runs"]), cost_path)
+    samples_path = os.path.join(out, "samples.png")
+    save_figure(_samples_figure(Figure, result), samples_path)
+    return cost_path, samples_path
+
+
+def _cost_error_figure(Figure, runs: Sequence[dict]):
+    """Error against cost, in FLOPs and in seconds: Euler–Maruyama, the
+    single-network sampler, and ML-EM at each step count."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
     em = [r for r in runs if r["method"] == "em"]
     ml = [r for r in runs if r["method"] == "mlem"]
+    sde_dpm = [r for r in runs if r["method"] == "sampler"]
     top_seconds = next((r["seconds"] / r["steps"] for r in em), None)
     fig = Figure(figsize=(11, 4.6), dpi=120)
     axes = fig.subplots(1, 2)
     for ax, unit, xlabel in (
-        (axes[0], "flops", "cost in FLOPs (top-level-equivalent evaluations)"),
+        (axes[0], "top_equivalent", "cost in FLOPs (top-level-equivalent evaluations)"),
         (
             axes[1],
             "seconds",
             "cost in wall-clock seconds (this run, after compilation)",
         ),
     ):
-        x = (
-            (lambda r: r["top_equivalent"])
-            if unit == "flops"
-            else (lambda r: r["seconds"])
-        )
-
-        def curve(mine, style, color, label, note=None, offset=(5, 4), ax=ax, x=x):
-            """The runs `mine` as one line, each point labelled `note(run)`."""
-            ax.plot(
-                [x(r) for r in mine],
-                [r["strong_error"] for r in mine],
-                style,
-                color=color,
-                label=label,
-            )
-            if note is None:
-                return
-            for r in mine:
-                ax.annotate(
-                    note(r),
-                    (x(r), r["strong_error"]),
-                    textcoords="offset points",
-                    xytext=offset,
-                    fontsize=8,
-                    color=color,
-                )
-
-        curve(
-            em,
-            "o-",
-            "tab:blue",
-            "Euler–Maruyama, top level",
-            note=lambda r: f"{r['steps']} steps",
-        )
-        sde_dpm = [r for r in runs if r["method"] == "sampler"]
+        _curve(ax, unit, em, "o-", "tab:blue", "Euler–Maruyama, top level", _steps)
         if sde_dpm:
-            curve(sde_dpm, "^-", "tab:green", f"{SINGLE_SAMPLER}, top level")
+            _curve(ax, unit, sde_dpm, "^-", "tab:green", f"{SINGLE_SAMPLER}, top level")
         for i, n in enumerate(sorted({r["steps"] for r in ml})):
             mine = [r for r in ml if r["steps"] == n]
-            curve(
+            _curve(
+                ax,
+                unit,
                 mine,
                 "s--",
                 ("tab:red", "tab:orange", "tab:purple", "tab:brown")[i % 4],
                 f"ML-EM, {n} steps, rates by {mine[0].get('cost', 'flops')}",
-                note=lambda r: f"×{r['scale']:g}",
+                lambda r: f"×{r['scale']:g}",
                 offset=(5, -10),
             )
         ax.set_xscale("log")
@@ -174,10 +153,42 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
         "cost vs pathwise error: seconds"
         + (f" (top level ≈ {1e3 * top_seconds:.3g} ms/step)" if top_seconds else "")
     )
-    cost_path = os.path.join(out, "cost_error.png")
-    save_figure(fig, cost_path)
+    return fig
 
-    # Samples: the reference, the cheapest EM at least as costly as ML-EM ×1, ML-EM ×1.
+
+def _steps(run: dict) -> str:
+    return f"{run['steps']} steps"
+
+
+def _curve(ax, key, runs, style, color, label, note=None, offset=(5, 4)) -> None:
+    """The runs as one line of error against `run[key]`, each point labelled
+    `note(run)`."""
+    ax.plot(
+        [r[key] for r in runs],
+        [r["strong_error"] for r in runs],
+        style,
+        color=color,
+        label=label,
+    )
+    if note is None:
+        return
+    for r in runs:
+        ax.annotate(
+            note(r),
+            (r[key], r["strong_error"]),
+            textcoords="offset points",
+            xytext=offset,
+            fontsize=8,
+            color=color,
+        )
+
+
+def _samples_figure(Figure, result: dict):
+    """The reference, the EM run closest in cost to the middle ML-EM run, and that
+    ML-EM run, side by side."""
+    runs = result["runs"]
+    em = [r for r in runs if r["method"] == "em"]
+    ml = [r for r in runs if r["method"] == "mlem"]
     by_label = {r["label"]: r for r in runs}
     mid = ml[len(ml) // 2] if ml else None
     panels = ["reference"]
@@ -214,6 +225,4 @@ def plot_demo(result: dict, out: str) -> tuple[str, str]:
         ax.set_title(f"{label}\n{sub}", fontsize=9)
         ax.axis("off")
     fig.suptitle("Same prior draws and Brownian paths", fontsize=10)
-    samples_path = os.path.join(out, "samples.png")
-    save_figure(fig, samples_path)
-    return cost_path, samples_path
+    return fig

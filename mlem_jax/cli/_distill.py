@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ._common import (
+    add_command,
     add_training_options,
     check_ladder,
     check_output_dir,
@@ -16,9 +17,11 @@ from ._common import (
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "distill",
-        help="distil a ladder's top level into its cheaper levels",
+        run,
+        summary="distil a ladder's top level into its cheaper levels",
         description=(
             "Fine-tune every level below the top of a ladder to reproduce the top "
             "level (the teacher) on noised training images, starting from the "
@@ -26,7 +29,6 @@ def add_parser(sub: Any) -> None:
             "then differ far less, which is what ML-EM's cost depends on. Rerunning "
             "the same command resumes an interrupted run."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--ladder",
@@ -35,7 +37,6 @@ def add_parser(sub: Any) -> None:
         "digits_wide (`shipped` is digits)",
     )
     add_training_options(p, steps=1500, lr=1e-3, warmup_steps=50, ema_decay=0.995)
-    p.set_defaults(func=run, parser=p)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

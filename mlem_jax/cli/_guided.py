@@ -11,8 +11,8 @@ Everything here goes through the library's public guidance API
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-import os
 from typing import Any
 
 import equinox as eqx
@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import FixedProbabilities, Levels
+from .. import FixedProbabilities, Levels, brownian_increments
 from .._cost import timed_run
-from .._io import atomic_write
 from ..diffusion import (
     VPLinear,
     calibrate_sampler,
@@ -36,7 +35,7 @@ from ..pretrained import T0, T1, resolve_ladder
 from ..training import num_classes_from_manifest, read_manifest
 from ._budget import budget_schedule, feasible_budget
 from ._common import load_ladder, warn
-from ._images import image_grid, save_png
+from ._images import npz_path, write_samples
 from ._solves import eps_networks
 
 DEFAULT_SAMPLER = "sde-dpm++1"
@@ -189,114 +188,40 @@ def _solve(levels, schedule, param, sampler, y0, labels, key, steps, grid, dw):
     return mlem_sample(levels, schedule, param, sampler, y0, key=key, **kw)
 
 
+@dataclasses.dataclass
+class _Run:
+    """One guided `sample` run: its arguments, the ladder's ε-networks, the seed's
+    draws (prior draws `y0` and the keys of the path, the pilots and the levels)
+    and the labels each sample is conditioned on."""
+
+    args: argparse.Namespace
+    parser: argparse.ArgumentParser
+    sampler: Any
+    nets: Levels
+    param: VPLinear
+    num_classes: int
+    y0: Any
+    labels: Any
+    k_path: Any
+    k_cal: Any
+    k_level: Any
+
+
 def run_guided(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`mlem-jax sample` with guidance; `args` checked by `check_guided_args`."""
-    sampler = diffusion_sampler(args.sampler)
-    num_classes = ladder_classes(parser, args.ladder)
-    if args.class_ is not None and not 0 <= args.class_ < num_classes:
-        parser.error(
-            f"--class {args.class_} is not a class of this ladder: expected an int "
-            f"in [0, {num_classes})"
-        )
-    npz = os.path.splitext(args.out)[0] + ".npz"
-    ladder = load_ladder(parser, args.ladder, args.num)
-    nets = eps_networks(ladder)
-    key = jax.random.key(args.seed)
-    k_y0, k_path, k_cal, k_level = jax.random.split(key, 4)
-    shape = (args.num, *ladder.shape)
-    y0 = ladder.sde.prior_sample(k_y0, shape)
-    param = VPLinear(beta_min=ladder.sde.beta_min, beta_max=ladder.sde.beta_max)
-    if args.class_ is not None:
-        labels = jnp.full((args.num,), args.class_, jnp.int32)
-    else:
-        labels = jnp.arange(args.num, dtype=jnp.int32) % num_classes
-    w = args.guidance
-    cost_note = None
+    run = _load(args, parser)
     if args.method == "single":
-        levels = cfg_levels(
-            nets.fns[-1], nets.costs[-1], scale=w, num_classes=num_classes
-        )
-        if w == 1.0 and args.guidance_interval is None:
-            schedule = None  # x_u + 1 (x_c - x_u) = x_c: the conditional network
-        elif args.guidance_interval is not None:
-            try:
-                schedule = guidance_interval(2, args.guidance_interval, t0=T0, t1=T1)
-            except ValueError as e:
-                parser.error(
-                    "--guidance-interval: "
-                    + str(e).replace("guidance_interval: `interval` ", "")
-                )
-        else:
-            schedule = FixedProbabilities(jnp.ones(2, jnp.float32))
-        if args.probs is not None:
-            parser.error("--probs only applies to --method mlem")
+        levels, schedule, cost_note = _single(run), _single_schedule(run), None
     else:
-        levels = cfg_levels(nets.fns, nets.costs, scale=w, num_classes=num_classes)
-        k = levels.num_levels
-        if args.probs is not None:
-            if len(args.probs) != k:
-                parser.error(
-                    f"--probs needs {k} values with guidance (one per level, then "
-                    f"the guidance correction), got {len(args.probs)}"
-                )
-            schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
-        else:
-            pilots = y0[: min(args.num, 32)]
-            cal = calibrate_sampler(
-                levels,
-                param,
-                sampler,
-                pilots,
-                t0=T0,
-                t1=T1,
-                num_steps=args.pilot_steps,
-                key=k_cal,
-                grid=args.grid,
-                args=labels[: pilots.shape[0]],
-                num_bins=min(8, args.pilot_steps),
-                pilot_keys=0,
-                measure_costs=False,
-            )
-            budget = args.budget or float(args.steps)
-            try:
-                budget, note = feasible_budget(cal, args.steps, budget, cost="flops")
-            except ValueError as e:
-                parser.error(f"--budget: {str(e).replace('`budget` ', '', 1)}")
-            if note:
-                given = "--budget" if args.budget else "--budget (default: steps)"
-                warn(note.replace("`budget`", given, 1))
-            schedule = budget_schedule(cal, args.steps, budget, cost="flops")
-            cost_note = (
-                f"rates calibrated for {budget:g} top-level evaluations of FLOPs "
-                f"(full CFG: {2 * args.steps})"
-            )
-    dw = None
-    if sampler.stochastic and args.grid == "uniform":
-        from .. import brownian_increments
-
-        dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
-    solve_levels = (
-        Levels((levels.fns[0],), (levels.costs[0],)) if schedule is None else levels
-    )
-    (x, info), secs = timed_run(
-        lambda: _solve(
-            solve_levels,
-            schedule,
-            param,
-            sampler,
-            y0,
-            labels,
-            k_level,
-            args.steps,
-            args.grid,
-            dw,
+        levels = cfg_levels(
+            run.nets.fns,
+            run.nets.costs,
+            scale=args.guidance,
+            num_classes=run.num_classes,
         )
-    )
-    evaluations = np.asarray(info.evaluations, np.int64).reshape(-1)
-    if schedule is None:  # the conditional network alone: no guidance level
-        evaluations = np.array([int(evaluations[0]), 0], np.int64)
+        schedule, cost_note = _multilevel_schedule(run, levels)
+    x, evaluations, secs = _solve_guided(run, levels, schedule)
     flops = float(np.dot(evaluations, np.asarray(levels.costs, np.float64)))
-    x = np.asarray(x)
     if not np.all(np.isfinite(x)):
         print(
             "mlem-jax: error: the guided solve returned non-finite values; nothing "
@@ -305,30 +230,23 @@ def run_guided(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return 1
     interval = args.guidance_interval
     method = f"{args.sampler} {args.method} guided"
-    atomic_write(
-        npz,
-        lambda f: np.savez(
-            f,
-            samples=x,
-            labels=np.asarray(labels),
-            y0=np.asarray(y0),
-            guidance=w,
-            guidance_interval=np.asarray(interval if interval else [], np.float64),
-            evaluations=evaluations,
-            flops=flops,
-            seconds=secs,
-            method=method,
-            sampler=args.sampler,
-            grid=args.grid,
-            steps=args.steps,
-            seed=args.seed,
-            cost="flops",
-        ),
+    write_samples(
+        args,
+        x,
+        labels=np.asarray(run.labels),
+        y0=np.asarray(run.y0),
+        guidance=args.guidance,
+        guidance_interval=np.asarray(interval if interval else [], np.float64),
+        evaluations=evaluations,
+        flops=flops,
+        seconds=secs,
+        method=method,
+        cost="flops",
     )
-    save_png(image_grid(x), args.out)
     what = f"class {args.class_}" if args.class_ is not None else "every class"
     print(
-        f"{method}: {args.steps} steps, {args.num} samples ({what}), guidance {w:g}"
+        f"{method}: {args.steps} steps, {args.num} samples ({what}), guidance "
+        f"{args.guidance:g}"
         + (f" on [{interval[0]:g}, {interval[1]:g}]" if interval else "")
         + f", seed {args.seed}"
     )
@@ -338,9 +256,144 @@ def run_guided(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         "evaluations per level (the last: the unconditional prediction): "
         + " ".join(str(int(e)) for e in evaluations)
     )
-    top = nets.costs[-1]
+    top = run.nets.costs[-1]
     print(f"top-level-equivalent evaluations (by FLOPs): {flops / top:.1f}")
     print(f"FLOPs: {flops:.3g}")
     print(f"wall-clock: {secs:.2f} s (one solve, after compilation)")
-    print(f"wrote {args.out} and {npz}")
+    print(f"wrote {args.out} and {npz_path(args.out)}")
     return 0
+
+
+def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Run:
+    """Refuse a class the ladder lacks, load it, draw the seed's prior draws and
+    the labels (`--class`, else sample i of class i mod num_classes)."""
+    num_classes = ladder_classes(parser, args.ladder)
+    if args.class_ is not None and not 0 <= args.class_ < num_classes:
+        parser.error(
+            f"--class {args.class_} is not a class of this ladder: expected an int "
+            f"in [0, {num_classes})"
+        )
+    ladder = load_ladder(parser, args.ladder, args.num)
+    k_y0, k_path, k_cal, k_level = jax.random.split(jax.random.key(args.seed), 4)
+    if args.class_ is not None:
+        labels = jnp.full((args.num,), args.class_, jnp.int32)
+    else:
+        labels = jnp.arange(args.num, dtype=jnp.int32) % num_classes
+    return _Run(
+        args=args,
+        parser=parser,
+        sampler=diffusion_sampler(args.sampler),
+        nets=eps_networks(ladder),
+        param=VPLinear(beta_min=ladder.sde.beta_min, beta_max=ladder.sde.beta_max),
+        num_classes=num_classes,
+        y0=ladder.sde.prior_sample(k_y0, (args.num, *ladder.shape)),
+        labels=labels,
+        k_path=k_path,
+        k_cal=k_cal,
+        k_level=k_level,
+    )
+
+
+def _single(run: _Run) -> Levels:
+    """Full CFG with the top network: its conditional prediction and the guidance
+    correction as two levels."""
+    return cfg_levels(
+        run.nets.fns[-1],
+        run.nets.costs[-1],
+        scale=run.args.guidance,
+        num_classes=run.num_classes,
+    )
+
+
+def _single_schedule(run: _Run):
+    """`--method single`: the conditional network alone (None) at guidance 1,
+    guidance on `--guidance-interval`, or at every step."""
+    args = run.args
+    if args.guidance == 1.0 and args.guidance_interval is None:
+        schedule = None  # x_u + 1 (x_c - x_u) = x_c: the conditional network
+    elif args.guidance_interval is not None:
+        try:
+            schedule = guidance_interval(2, args.guidance_interval, t0=T0, t1=T1)
+        except ValueError as e:
+            run.parser.error(
+                "--guidance-interval: "
+                + str(e).replace("guidance_interval: `interval` ", "")
+            )
+    else:
+        schedule = FixedProbabilities(jnp.ones(2, jnp.float32))
+    if args.probs is not None:
+        run.parser.error("--probs only applies to --method mlem")
+    return schedule
+
+
+def _multilevel_schedule(run: _Run, levels: Levels):
+    """`--method mlem`: `--probs`, or rates calibrated along the sampler's grid for
+    `--budget` FLOPs (default: steps); `(schedule, the line saying so or None)`."""
+    args, k = run.args, levels.num_levels
+    if args.probs is not None:
+        if len(args.probs) != k:
+            run.parser.error(
+                f"--probs needs {k} values with guidance (one per level, then "
+                f"the guidance correction), got {len(args.probs)}"
+            )
+        return FixedProbabilities(jnp.asarray(args.probs, jnp.float32)), None
+    pilots = run.y0[: min(args.num, 32)]
+    cal = calibrate_sampler(
+        levels,
+        run.param,
+        run.sampler,
+        pilots,
+        t0=T0,
+        t1=T1,
+        num_steps=args.pilot_steps,
+        key=run.k_cal,
+        grid=args.grid,
+        args=run.labels[: pilots.shape[0]],
+        num_bins=min(8, args.pilot_steps),
+        pilot_keys=0,
+        measure_costs=False,
+    )
+    budget = args.budget or float(args.steps)
+    try:
+        budget, note = feasible_budget(cal, args.steps, budget, cost="flops")
+    except ValueError as e:
+        run.parser.error(f"--budget: {str(e).replace('`budget` ', '', 1)}")
+    if note:
+        given = "--budget" if args.budget else "--budget (default: steps)"
+        warn(note.replace("`budget`", given, 1))
+    return budget_schedule(cal, args.steps, budget, cost="flops"), (
+        f"rates calibrated for {budget:g} top-level evaluations of FLOPs "
+        f"(full CFG: {2 * args.steps})"
+    )
+
+
+def _solve_guided(run: _Run, levels: Levels, schedule):
+    """The timed solve; `(samples, evaluations of every level of `levels`,
+    seconds)`."""
+    args = run.args
+    dw = None
+    if run.sampler.stochastic and args.grid == "uniform":
+        dw = brownian_increments(
+            run.k_path, run.y0.shape, t0=T0, t1=T1, num_steps=args.steps
+        )
+    solve_levels = (
+        Levels((levels.fns[0],), (levels.costs[0],)) if schedule is None else levels
+    )
+    (x, info), secs = timed_run(
+        lambda: _solve(
+            solve_levels,
+            schedule,
+            run.param,
+            run.sampler,
+            run.y0,
+            run.labels,
+            run.k_level,
+            args.steps,
+            args.grid,
+            dw,
+        )
+    )
+    evaluations = np.asarray(info.evaluations, np.int64).reshape(-1)
+    if schedule is None:  # the conditional network alone: no guidance level
+        evaluations = np.array([int(evaluations[0]), 0], np.int64)
+    return np.asarray(x), evaluations, secs

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import numpy as np
 
 from .._io import atomic_write
@@ -31,3 +34,27 @@ def save_png(array: np.ndarray, path: str) -> None:
 def save_figure(fig, path: str) -> None:
     """Write a matplotlib figure as a PNG, atomically."""
     atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
+
+
+def npz_path(out: str) -> str:
+    """The `.npz` the `sample` command writes beside its PNG `out`."""
+    return os.path.splitext(out)[0] + ".npz"
+
+
+def write_samples(args: Any, x: np.ndarray, **arrays: Any) -> None:
+    """Write what a `sample` run drew: the `.npz` of the samples `x`, the run's
+    `arrays` and the arguments that reproduce it (sampler, grid, steps, seed), then
+    the PNG grid `args.out`."""
+    atomic_write(
+        npz_path(args.out),
+        lambda f: np.savez(
+            f,
+            samples=x,
+            sampler=args.sampler,
+            grid=args.grid,
+            steps=args.steps,
+            seed=args.seed,
+            **arrays,
+        ),
+    )
+    save_png(image_grid(x), args.out)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-import os
 import sys
 from typing import Any
 
@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import FixedProbabilities, Stitch, brownian_increments
-from .._io import atomic_write
 from ..diffusion import (
     GRIDS,
     SAMPLERS,
@@ -34,9 +33,13 @@ from ._budget import (
     priced_calibration,
 )
 from ._common import (
+    add_calibration_options,
+    add_command,
+    add_ladder_option,
     check_ladder,
     check_memory,
     check_output_file,
+    check_pilot_steps,
     comma_list,
     interruptible,
     load_ladder,
@@ -56,27 +59,44 @@ from ._guided import (
     guided,
     run_guided,
 )
-from ._images import image_grid, save_png
+from ._images import npz_path, write_samples
 from ._solves import eps_networks, run_diffusion, run_em, run_mlem, run_sharded
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "sample",
-        help="sample a trained ladder with ML-EM or Euler–Maruyama",
+        run,
+        summary="sample a trained ladder with ML-EM or Euler–Maruyama",
         description=(
             "Draw samples from a UNet ladder by solving the reverse VP-SDE from t=1 "
             "to t=1e-3, with ML-EM over every level or Euler–Maruyama with the top "
             "level. Writes a PNG grid and an .npz of the arrays; prints evaluations "
             "per level, FLOPs and wall-clock."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_ladder_option(p)
+    _add_method_options(p)
+    _add_rate_options(p)
+    add_calibration_options(p)
     p.add_argument(
-        "--ladder",
-        help="ladder directory, or a shipped ladder's name: digits (the default), "
-        "digits_wide",
+        "--devices",
+        type=parse_devices,
+        default="all",
+        help="split the batch over this many local devices (`all`: every local "
+        "device, or the most that divide --num; with --coordinator, every device of "
+        "every process); with more than one, each device draws its own levels "
+        "(mlem_jax.mlem_solve_sharded, --draws independent), which lowers the ML-EM "
+        "noise of the batch at the same cost",
     )
+    add_distributed_options(p)
+    add_guidance_options(p)
+
+
+def _add_method_options(p: Any) -> None:
+    """What runs: the sampler, its multilevel method, the grid, steps, samples,
+    seed and output."""
     p.add_argument(
         "--sampler",
         choices=("em", *SAMPLERS),
@@ -122,6 +142,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--out", default="samples.png", help="PNG grid; the .npz goes next to it"
     )
+
+
+def _add_rate_options(p: Any) -> None:
+    """How a multilevel method's rates are set: fixed, or calibrated for a budget
+    in a cost."""
     p.add_argument(
         "--probs",
         type=comma_list(probability),
@@ -158,23 +183,6 @@ def add_parser(sub: Any) -> None:
         "instead of measuring them (the values a previous run printed reproduce it "
         "exactly)",
     )
-    p.add_argument(
-        "--pilot-steps", type=positive_int, default=32, help="calibration pilot steps"
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument(
-        "--devices",
-        type=parse_devices,
-        default="all",
-        help="split the batch over this many local devices (`all`: every local "
-        "device, or the most that divide --num; with --coordinator, every device of "
-        "every process); with more than one, each device draws its own levels "
-        "(mlem_jax.mlem_solve_sharded, --draws independent), which lowers the ML-EM "
-        "noise of the batch at the same cost",
-    )
-    add_distributed_options(p)
-    add_guidance_options(p)
-    p.set_defaults(func=run, parser=p)
 
 
 def activation_bytes(ladder: Ladder) -> float:
@@ -265,11 +273,10 @@ def _run(
     check_ladder(parser, args.ladder)
     if not args.out.lower().endswith(".png"):
         parser.error(f"--out must name a .png file, got {args.out!r}")
-    npz = os.path.splitext(args.out)[0] + ".npz"
+    npz = npz_path(args.out)
     check_output_file(parser, "--out", args.out)
     check_output_file(parser, "--out (its .npz)", npz)
-    if args.pilot_steps < 8:
-        parser.error(f"--pilot-steps must be at least 8, got {args.pilot_steps}")
+    check_pilot_steps(parser, args.pilot_steps)
     if args.method == "em":
         args.method = "single"
     if guided(args):
@@ -327,12 +334,84 @@ def _run(
     )
 
 
+@dataclasses.dataclass
+class _Run:
+    """One `sample` run: its arguments, the loaded ladder and the seed's draws (the
+    prior draws `y0`, and the keys of the Brownian path, the calibration pilots and
+    the level draws)."""
+
+    args: argparse.Namespace
+    parser: argparse.ArgumentParser
+    dist: Distributed | None
+    ladder: Ladder
+    param: VPLinear
+    sampler: Any  # a `mlem_jax.diffusion` sampler, or None for --sampler em
+    y0: Any
+    k_path: Any
+    k_cal: Any
+    k_level: Any
+    bar: Any
+
+    @property
+    def num_levels(self) -> int:
+        return self.ladder.levels.num_levels
+
+
+@dataclasses.dataclass
+class _Plan:
+    """The schedule a run solves with (None: the top level alone), the 0-based
+    levels it runs (None: every level), the level seconds it priced, the devices."""
+
+    schedule: Any = None
+    used: tuple[int, ...] | None = None
+    level_seconds: list[float] | None = None
+    devices: int = 1
+
+
+@dataclasses.dataclass
+class _Solved:
+    """What a solve returned: the rows this process holds (global indices `rows`),
+    the evaluations of every level, per device when split, and the seconds."""
+
+    x: np.ndarray
+    rows: np.ndarray
+    evaluations: np.ndarray
+    per_device: Any
+    secs: float
+    flops: float
+
+
 def _sample(
     args: argparse.Namespace,
     parser: argparse.ArgumentParser,
     dist: Distributed | None = None,
 ) -> int:
-    npz = os.path.splitext(args.out)[0] + ".npz"
+    run = _load(args, parser, dist)
+    plan = _plan(run)
+    run.bar.update()
+    _choose_devices(run, plan)
+    run.bar.set_postfix_str("compile and solve")
+    solved = _solve(run, plan)
+    run.bar.update()
+    run.bar.set_postfix_str("write")
+    if not _check_samples(run, plan, solved):
+        return 1
+    raise_if_interrupted()
+    if dist is not None and not dist.writes:
+        run.bar.close()
+        return 0
+    _write(run, plan, solved)
+    run.bar.update()
+    run.bar.close()
+    _report(run, plan, solved)
+    return 0
+
+
+def _load(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, dist: Distributed | None
+) -> _Run:
+    """Load the ladder, refuse per-level options of another length and a run too
+    large for the memory, and draw the seed's prior draws."""
     ladder = load_ladder(parser, args.ladder, args.num)
     k = ladder.levels.num_levels
     if args.probs is not None and len(args.probs) != k:
@@ -354,149 +433,201 @@ def _sample(
         2.0 * 4 * size * args.steps + args.num * activation_bytes(ladder),
         "lower --num (or --steps).",
     )
-    key = jax.random.key(args.seed)
-    k_y0, k_path, k_cal, k_level = jax.random.split(key, 4)
-    shape = (args.num, *ladder.shape)
-    y0 = ladder.sde.prior_sample(k_y0, shape)
+    k_y0, k_path, k_cal, k_level = jax.random.split(jax.random.key(args.seed), 4)
+    y0 = ladder.sde.prior_sample(k_y0, (args.num, *ladder.shape))
     if dist is not None:
         dist.agree(args, ladder, y0)
-    param = VPLinear(beta_min=ladder.sde.beta_min, beta_max=ladder.sde.beta_max)
-    sampler = None if args.sampler == "em" else diffusion_sampler(args.sampler)
-    bar = progress_bar(3, "mlem-jax sample", not args.no_progress)
-    schedule = None
-    level_seconds = None
-    used = None
+    return _Run(
+        args=args,
+        parser=parser,
+        dist=dist,
+        ladder=ladder,
+        param=VPLinear(beta_min=ladder.sde.beta_min, beta_max=ladder.sde.beta_max),
+        sampler=None if args.sampler == "em" else diffusion_sampler(args.sampler),
+        y0=y0,
+        k_path=k_path,
+        k_cal=k_cal,
+        k_level=k_level,
+        bar=progress_bar(3, "mlem-jax sample", not args.no_progress),
+    )
+
+
+def _plan(run: _Run) -> _Plan:
+    """The schedule of `--method`: none (single), T-Stitch, fixed `--probs`, or
+    calibrated rates (mlem, hybrid)."""
+    args, k = run.args, run.num_levels
     if args.method == "stitch":
         level, fraction = args.stitch
         if level > k:
-            bar.close()
-            parser.error(f"--stitch: level {level} is not in a ladder of {k} levels")
+            run.bar.close()
+            run.parser.error(
+                f"--stitch: level {level} is not in a ladder of {k} levels"
+            )
         grid = (
             np.linspace(T0, T1, args.steps + 1)
-            if sampler is None
-            else time_grid(param, args.steps, t0=T0, t1=T1, kind=args.grid)
+            if run.sampler is None
+            else time_grid(run.param, args.steps, t0=T0, t1=T1, kind=args.grid)
         )
-        schedule = Stitch.from_fractions(k, (level - 1, k - 1), (fraction,), grid=grid)
-    if args.method in ("mlem", "hybrid"):
-        bar.set_postfix_str("calibrate")
-        if args.probs is not None:
-            schedule = FixedProbabilities(jnp.asarray(args.probs, jnp.float32))
-        else:
-            pilots = y0[: min(args.num, 32)]
-            if sampler is None:
-                cal = ladder_calibration(
-                    ladder,
-                    pilots,
-                    k_cal,
-                    pilot_steps=args.pilot_steps,
-                    path=args.ladder,
-                )
-            else:
-                # The hybrid's table has a bin per step: calibrate on its grid.
-                pilot_steps = (
-                    args.steps if args.method == "hybrid" else args.pilot_steps
-                )
-                cal = sampler_calibration(
-                    ladder, param, sampler, pilots, k_cal, pilot_steps, args.grid
-                )
-            if args.level_ms is not None:
-                level_seconds = [ms / 1e3 for ms in args.level_ms]
-            elif dist is not None and args.cost == "seconds":
-                level_seconds = dist.seconds(  # measured on process 0 only
-                    lambda: priced_calibration(cal, ladder, y0, "seconds").level_costs(
-                        "seconds"
-                    ),
-                    k,
-                )
-            cal = priced_calibration(cal, ladder, y0, args.cost, level_seconds)
-            if args.cost == "seconds":
-                level_seconds = list(cal.level_costs("seconds"))
-            bar.clear()
-            print(describe_cost(cal, args.cost, args.num))
-            budget = args.budget or args.steps / 4
-            try:
-                budget, note = feasible_budget(cal, args.steps, budget, cost=args.cost)
-            except ValueError as e:
-                bar.close()
-                parser.error(f"--budget: {str(e).replace('`budget` ', '', 1)}")
-            if note:
-                given = "--budget" if args.budget else "--budget (default steps/4)"
-                warn(note.replace("`budget`", given, 1))
-            if args.method == "hybrid":
-                schedule = hybrid_schedule(cal, args.steps, budget, cost=args.cost)
-                print(f"hybrid schedule: {type(schedule).__name__}, every level")
-            else:
-                used, schedule = level_schedule(
-                    cal, args.steps, budget, cost=args.cost, levels=args.levels
-                )
-                print(
-                    "levels used: "
-                    + ",".join(str(i + 1) for i in used)
-                    + " (1-based, cheapest = 1; Calibration.choose_levels returns "
-                    "0-based indices)"
-                )
-            verdict = ladder_verdict(cal, args.cost, args.steps)
-            if verdict is not None:
-                print(f"verdict: {verdict}")
-    bar.update()
-    devices, note = (1, None)
-    if dist is not None:
-        dist.check_same("schedule", schedule, used)
-        devices = dist.devices(args.devices, args.num)
-    elif sampler is None:
-        devices, note = sample_devices(parser, args.devices, args.num)
+        steps = Stitch.from_fractions(k, (level - 1, k - 1), (fraction,), grid=grid)
+        return _Plan(schedule=steps)
+    if args.method not in ("mlem", "hybrid"):
+        return _Plan()
+    run.bar.set_postfix_str("calibrate")
+    if args.probs is not None:
+        return _Plan(schedule=FixedProbabilities(jnp.asarray(args.probs, jnp.float32)))
+    return _calibrated(run)
+
+
+def _calibration(run: _Run):
+    """The ladder's calibration (along the sampler's grid for a named sampler),
+    priced in `--cost`; `(calibration, level seconds or None)`."""
+    args = run.args
+    pilots = run.y0[: min(args.num, 32)]
+    if run.sampler is None:
+        cal = ladder_calibration(
+            run.ladder,
+            pilots,
+            run.k_cal,
+            pilot_steps=args.pilot_steps,
+            path=args.ladder,
+        )
+    else:
+        # The hybrid's table has a bin per step: calibrate on its grid.
+        pilot_steps = args.steps if args.method == "hybrid" else args.pilot_steps
+        cal = sampler_calibration(
+            run.ladder,
+            run.param,
+            run.sampler,
+            pilots,
+            run.k_cal,
+            pilot_steps,
+            args.grid,
+        )
+    level_seconds = None
+    if args.level_ms is not None:
+        level_seconds = [ms / 1e3 for ms in args.level_ms]
+    elif run.dist is not None and args.cost == "seconds":
+        level_seconds = run.dist.seconds(  # measured on process 0 only
+            lambda: priced_calibration(cal, run.ladder, run.y0, "seconds").level_costs(
+                "seconds"
+            ),
+            run.num_levels,
+        )
+    cal = priced_calibration(cal, run.ladder, run.y0, args.cost, level_seconds)
+    if args.cost == "seconds":
+        level_seconds = list(cal.level_costs("seconds"))
+    return cal, level_seconds
+
+
+def _calibrated(run: _Run) -> _Plan:
+    """Calibrated rates at `--budget` (raised to the feasible range, with a
+    warning), over the levels `--levels` picks or as the hybrid; prints what they
+    minimise, the levels used and the verdict."""
+    args = run.args
+    cal, level_seconds = _calibration(run)
+    run.bar.clear()
+    print(describe_cost(cal, args.cost, args.num))
+    budget = args.budget or args.steps / 4
+    try:
+        budget, note = feasible_budget(cal, args.steps, budget, cost=args.cost)
+    except ValueError as e:
+        run.bar.close()
+        run.parser.error(f"--budget: {str(e).replace('`budget` ', '', 1)}")
+    if note:
+        given = "--budget" if args.budget else "--budget (default steps/4)"
+        warn(note.replace("`budget`", given, 1))
+    plan = _Plan(level_seconds=level_seconds)
+    if args.method == "hybrid":
+        plan.schedule = hybrid_schedule(cal, args.steps, budget, cost=args.cost)
+        print(f"hybrid schedule: {type(plan.schedule).__name__}, every level")
+    else:
+        plan.used, plan.schedule = level_schedule(
+            cal, args.steps, budget, cost=args.cost, levels=args.levels
+        )
+        print(
+            "levels used: "
+            + ",".join(str(i + 1) for i in plan.used)
+            + " (1-based, cheapest = 1; Calibration.choose_levels returns "
+            "0-based indices)"
+        )
+    verdict = ladder_verdict(cal, args.cost, args.steps)
+    if verdict is not None:
+        print(f"verdict: {verdict}")
+    return plan
+
+
+def _choose_devices(run: _Run, plan: _Plan) -> None:
+    """The devices the batch is split over (every device of a distributed run,
+    whose processes must have made the same schedule)."""
+    note = None
+    if run.dist is not None:
+        run.dist.check_same("schedule", plan.schedule, plan.used)
+        plan.devices = run.dist.devices(run.args.devices, run.args.num)
+    elif run.sampler is None:
+        plan.devices, note = sample_devices(run.parser, run.args.devices, run.args.num)
     if note:
         warn(note)
-    dw = brownian_increments(k_path, shape, t0=T0, t1=T1, num_steps=args.steps)
-    top = ladder.levels.costs[-1]
+
+
+def _solve(run: _Run, plan: _Plan) -> _Solved:
+    """The timed solve: a named sampler, ML-EM split over devices, Euler–Maruyama,
+    or ML-EM on one device."""
+    args, ladder, dist = run.args, run.ladder, run.dist
+    dw = brownian_increments(
+        run.k_path, run.y0.shape, t0=T0, t1=T1, num_steps=args.steps
+    )
     per_device = None
-    bar.set_postfix_str("compile and solve")
-    if sampler is not None:
+    if run.sampler is not None:
         x, evaluations, secs = run_diffusion(
             ladder,
-            param,
-            sampler,
-            schedule,
-            y0,
+            run.param,
+            run.sampler,
+            plan.schedule,
+            run.y0,
             dw,
-            k_level,
+            run.k_level,
             args.steps,
             args.grid,
-            used,
+            plan.used,
         )
-    elif devices > 1 or dist is not None:
+    elif plan.devices > 1 or dist is not None:
         x, evaluations, per_device, secs = run_sharded(
             ladder,
-            schedule,
-            y0,
+            plan.schedule,
+            run.y0,
             dw,
-            k_level,
+            run.k_level,
             args.steps,
-            used,
-            devices,
-            None if dist is None else dist.mesh(devices),
+            plan.used,
+            plan.devices,
+            None if dist is None else dist.mesh(plan.devices),
             args.draws,
         )
-    elif schedule is None:
-        x, info, secs = run_em(ladder, y0, dw, k_level, args.steps)
-        evaluations = np.zeros(k, np.int64)
+    elif plan.schedule is None:
+        x, info, secs = run_em(ladder, run.y0, dw, run.k_level, args.steps)
+        evaluations = np.zeros(run.num_levels, np.int64)
         evaluations[-1] = int(info.evaluations[0])
     else:
         x, evaluations, secs = run_mlem(
-            ladder, schedule, y0, dw, k_level, args.steps, used
+            ladder, plan.schedule, run.y0, dw, run.k_level, args.steps, plan.used
         )
-    bar.update()
-    bar.set_postfix_str("write")
-    if schedule is not None and evaluations[-1] == 0:
+    flops = float(np.dot(evaluations, ladder.levels.costs))
+    rows, x = (np.arange(args.num), np.asarray(x)) if dist is None else dist.rows(x)
+    return _Solved(x, rows, evaluations, per_device, secs, flops)
+
+
+def _check_samples(run: _Run, plan: _Plan, solved: _Solved) -> bool:
+    """Whether the samples can be written: warnings for a top level never evaluated
+    and for samples far off the data range; an error for non-finite values."""
+    x = solved.x
+    if plan.schedule is not None and solved.evaluations[-1] == 0:
         warn(
             "the top level was never evaluated in this solve (0 evaluations): "
             "the samples carry the cheaper levels' error and ML-EM's noise; "
             "raise --steps or --budget."
         )
-    flops = float(np.dot(evaluations, ladder.levels.costs))
-    rows, x = (np.arange(args.num), np.asarray(x)) if dist is None else dist.rows(x)
     if not np.all(np.isfinite(x)):
-        bar.close()
+        run.bar.close()
         bad = int(x.size - np.count_nonzero(np.isfinite(x)))
         print(
             f"mlem-jax: error: the solve returned {bad} non-finite value(s) (NaN or "
@@ -504,7 +635,7 @@ def _sample(
             "--probs below the floor), or try another --sampler.",
             file=sys.stderr,
         )
-        return 1
+        return False
     peak = float(np.max(np.abs(x)))
     if peak > 2.0:
         warn(
@@ -512,70 +643,77 @@ def _sample(
             "too few --steps (or too small a --budget) for this ladder; they are "
             "likely noise."
         )
-    method = args.method if sampler is None else f"{args.sampler} {args.method}"
-    if sampler is None and args.method == "single":
-        method = "em"
-    raise_if_interrupted()
-    if dist is not None and not dist.writes:
-        bar.close()
-        return 0
-    atomic_write(
-        npz,
-        lambda f: np.savez(
-            f,
-            samples=x,
-            rows=rows,
-            y0=np.asarray(y0)[rows],
-            evaluations=evaluations,
-            flops=flops,
-            seconds=secs,
-            method=method,
-            sampler=args.sampler,
-            grid=args.grid,
-            steps=args.steps,
-            seed=args.seed,
-            cost=args.cost,
-            level_seconds=np.asarray(level_seconds or [], np.float64),
-            devices=devices,
-            draws=args.draws,
-            processes=1 if dist is None else dist.count,
-            device_evaluations=np.asarray(
-                per_device if per_device is not None else [evaluations]
-            ),
+    return True
+
+
+def _method(args: argparse.Namespace) -> str:
+    """The run's name in the `.npz` and the report."""
+    if args.sampler == "em":
+        return "em" if args.method == "single" else args.method
+    return f"{args.sampler} {args.method}"
+
+
+def _write(run: _Run, plan: _Plan, solved: _Solved) -> None:
+    args, dist = run.args, run.dist
+    write_samples(
+        args,
+        solved.x,
+        rows=solved.rows,
+        y0=np.asarray(run.y0)[solved.rows],
+        evaluations=solved.evaluations,
+        flops=solved.flops,
+        seconds=solved.secs,
+        method=_method(args),
+        cost=args.cost,
+        level_seconds=np.asarray(plan.level_seconds or [], np.float64),
+        devices=plan.devices,
+        draws=args.draws,
+        processes=1 if dist is None else dist.count,
+        device_evaluations=np.asarray(
+            solved.per_device if solved.per_device is not None else [solved.evaluations]
         ),
     )
-    save_png(image_grid(x), args.out)
-    bar.update()
-    bar.close()
-    print(f"{method}: {args.steps} steps, {args.num} samples, seed {args.seed}")
-    if per_device is None:
+
+
+def _report(run: _Run, plan: _Plan, solved: _Solved) -> None:
+    args, dist = run.args, run.dist
+    print(f"{_method(args)}: {args.steps} steps, {args.num} samples, seed {args.seed}")
+    if solved.per_device is None:
         print(f"devices: 1 of {jax.local_device_count()} local")
-        print("evaluations per level: " + " ".join(str(int(e)) for e in evaluations))
+        print(
+            "evaluations per level: "
+            + " ".join(str(int(e)) for e in solved.evaluations)
+        )
     else:
-        where = (
-            f"{jax.local_device_count()} local"
-            if dist is None
-            else f"{jax.device_count()} on {dist.count} processes"
-        )
-        draws = {
-            "independent": ", independent level draws (device d: key fold_in(level "
-            "key, d))",
-            "shared": ", shared level draws (the single-device ones)",
-        }
-        print(
-            f"devices: {devices} of {where}, {args.num // devices} samples each"
-            + (draws[args.draws] if args.method == "mlem" else "")
-        )
-        for d, counts in enumerate(per_device):
-            print(f"  device {d} evaluations: " + " ".join(str(int(e)) for e in counts))
-        print(
-            "evaluations per level (whole-batch equivalent, mean over devices): "
-            + " ".join(f"{e:g}" for e in evaluations)
-        )
-    print(f"top-level-equivalent evaluations (by FLOPs): {flops / top:.1f}")
-    print(f"FLOPs: {flops:.3g}")
-    print(f"wall-clock: {secs:.2f} s (one solve, after compilation)")
-    print(f"wrote {args.out} and {npz}")
+        _report_devices(run, plan, solved)
+    top = run.ladder.levels.costs[-1]
+    print(f"top-level-equivalent evaluations (by FLOPs): {solved.flops / top:.1f}")
+    print(f"FLOPs: {solved.flops:.3g}")
+    print(f"wall-clock: {solved.secs:.2f} s (one solve, after compilation)")
+    print(f"wrote {args.out} and {npz_path(args.out)}")
     if dist is not None:
         print(dist.describe())
-    return 0
+
+
+def _report_devices(run: _Run, plan: _Plan, solved: _Solved) -> None:
+    args, dist = run.args, run.dist
+    where = (
+        f"{jax.local_device_count()} local"
+        if dist is None
+        else f"{jax.device_count()} on {dist.count} processes"
+    )
+    draws = {
+        "independent": ", independent level draws (device d: key fold_in(level "
+        "key, d))",
+        "shared": ", shared level draws (the single-device ones)",
+    }
+    print(
+        f"devices: {plan.devices} of {where}, {args.num // plan.devices} samples each"
+        + (draws[args.draws] if args.method == "mlem" else "")
+    )
+    for d, counts in enumerate(solved.per_device):
+        print(f"  device {d} evaluations: " + " ".join(str(int(e)) for e in counts))
+    print(
+        "evaluations per level (whole-batch equivalent, mean over devices): "
+        + " ".join(f"{e:g}" for e in solved.evaluations)
+    )

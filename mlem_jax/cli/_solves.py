@@ -39,19 +39,16 @@ class _EpsNet(eqx.Module):
         return jax.vmap(self.model, in_axes=(None, 0))(t, y)
 
 
+def _path(num_steps: int, key, dw) -> dict[str, Any]:
+    """The keywords every solve here shares: the sampling interval, the steps and
+    the Brownian increments `dw` (the level draws from `key`)."""
+    return dict(t0=T0, t1=T1, num_steps=num_steps, key=key, brownian=dw)
+
+
 @eqx.filter_jit
 def _em(levels: Levels, sde, y0, dw, key, num_steps: int):
-    return em_solve(
-        levels.top,
-        sde.diffusion,
-        y0,
-        t0=T0,
-        t1=T1,
-        num_steps=num_steps,
-        key=key,
-        brownian=dw,
-        cost=levels.costs[-1],
-    )
+    path = _path(num_steps, key, dw)
+    return em_solve(levels.top, sde.diffusion, y0, cost=levels.costs[-1], **path)
 
 
 @eqx.filter_jit
@@ -68,19 +65,11 @@ def _mlem(
 ):
     """ML-EM over `levels`; split over `mesh`'s devices (`mlem_solve_sharded`, with
     `draws` level draws) when one is given."""
-    kwargs = {} if mesh is None else {"mesh": mesh, "draws": draws}
-    solve = mlem_solve if mesh is None else mlem_solve_sharded
-    return solve(
-        levels,
-        schedule,
-        sde.diffusion,
-        y0,
-        t0=T0,
-        t1=T1,
-        num_steps=num_steps,
-        key=key,
-        brownian=dw,
-        **kwargs,
+    path = _path(num_steps, key, dw)
+    if mesh is None:
+        return mlem_solve(levels, schedule, sde.diffusion, y0, **path)
+    return mlem_solve_sharded(
+        levels, schedule, sde.diffusion, y0, mesh=mesh, draws=draws, **path
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ._common import (
+    add_command,
     add_training_options,
     check_output_dir,
     int_list,
@@ -18,17 +19,30 @@ from ._common import (
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "train",
-        help="train a UNet ladder on a dataset",
+        run,
+        summary="train a UNet ladder on a dataset",
         description=(
             "Train every level of a UNet ladder (one width per level) with denoising "
             "score matching on a VP-SDE, and write a ladder directory (weights + "
             "manifest.json). Rerunning the same command resumes an interrupted run."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d = p.add_argument_group("data")
+    _add_data_options(p.add_argument_group("data"))
+    _add_model_options(p.add_argument_group("model"))
+    add_training_options(
+        p.add_argument_group("training"),
+        steps=2000,
+        lr=2e-3,
+        warmup_steps=100,
+        ema_decay=0.999,
+        regularisation=True,
+    )
+
+
+def _add_data_options(d: Any) -> None:
     d.add_argument(
         "--dataset",
         choices=("digits", "patches", "folder", "digits_mixture"),
@@ -62,7 +76,8 @@ def add_parser(sub: Any) -> None:
         "--guidance)",
     )
 
-    m = p.add_argument_group("model")
+
+def _add_model_options(m: Any) -> None:
     m.add_argument(
         "--widths",
         type=int_list,
@@ -100,12 +115,6 @@ def add_parser(sub: Any) -> None:
         default=20.0,
         help="VP-SDE noise rate beta(t) at t = 1",
     )
-
-    t = p.add_argument_group("training")
-    add_training_options(
-        t, steps=2000, lr=2e-3, warmup_steps=100, ema_decay=0.999, regularisation=True
-    )
-    p.set_defaults(func=run, parser=p)
 
 
 def _dataset_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser):
