@@ -4,7 +4,6 @@ Euler–Maruyama pilot."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import equinox as eqx
@@ -14,11 +13,9 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from .._brownian import coarsen_increments
+from .._calibrate import FINE, strong_convergence
 from ._param import AbstractParametrisation
 from ._samplers import AbstractSampler, sample
-
-FINE = 16
-"""How much finer than the pilot's grid the solve standing for the exact one is."""
 
 
 def sampler_convergence(
@@ -55,7 +52,7 @@ def sampler_convergence(
         scale = jnp.sqrt(jnp.asarray(np.abs(np.diff(fine_ts)), y0.dtype))
         dw = z * scale.reshape((-1,) + (1,) * y0.ndim)
 
-    def solve(factor: int) -> np.ndarray:
+    def solve(factor: int) -> Array:
         grid = fine_ts[::factor]
 
         @eqx.filter_jit
@@ -76,14 +73,6 @@ def sampler_convergence(
             )[0]
 
         coarse = None if dw is None else coarsen_increments(dw, factor)
-        return np.asarray(run(model, y0, coarse), np.float64)
+        return run(model, y0, coarse)
 
-    exact = solve(1)
-
-    def rms(factor: int) -> float:
-        d = (solve(factor) - exact).reshape(exact.shape[0], -1)
-        return float(np.sqrt(np.mean(np.sum(d**2, axis=1))))
-
-    e1, e2 = rms(FINE), rms(FINE // 2)
-    order = 1.0 if not (e1 > 0 and e2 > 0) else math.log2(e1 / e2)
-    return e1, min(max(order, 0.25), 2.0)
+    return strong_convergence(solve(FINE), solve(FINE // 2), solve(1))
