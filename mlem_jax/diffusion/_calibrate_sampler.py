@@ -169,8 +169,9 @@ def calibrate_sampler(
         what="network",
     )
     if pilot_keys > 0:  # the top network's own error, for the verdict
-        top = (levels.top, prediction)
-        calibration = _with_convergence(calibration, top, stepper, problem)
+        calibration = _with_convergence(
+            calibration, levels.top, prediction, stepper, problem
+        )
     if pilot_keys == 0 or levels.num_levels == 1:
         return calibration
     # The amplification pilots: `mlem_sample` on the pilot's noise, its checked
@@ -180,13 +181,14 @@ def calibrate_sampler(
     return with_amplification(calibration, mean_added, level_key, pilot_keys)
 
 
-def _with_convergence(calibration, top, stepper, problem: Problem) -> Calibration:
-    """`calibration` with the sampler's own error and order with the top network
-    (`top = (network, its prediction type)`) on the pilot's grid
-    (`sampler_convergence`, on the path of `fold_in(key, 2)`)."""
-    network, prediction = top
+def _with_convergence(
+    calibration, top, prediction: str, stepper, problem: Problem
+) -> Calibration:
+    """`calibration` with the sampler's own error and order with the `top` network
+    (predicting `prediction`) on the pilot's grid (`sampler_convergence`, on the
+    path of `fold_in(key, 2)`)."""
     error, order = sampler_convergence(
-        network,
+        top,
         stepper.param,
         stepper.sampler,
         problem.y0,
