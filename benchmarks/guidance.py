@@ -336,11 +336,21 @@ FAMILIES = (
 )
 
 
-def matched(runs, ref_steps) -> dict:
-    ref = next(r for r in runs if r["family"] == "full CFG" and r["steps"] == ref_steps)
-    out = {"reference": ref["describe"]}
+RATIOS = (
+    ("randomised vs full CFG", "full CFG", "randomised guidance"),
+    ("randomised vs best interval", "interval", "randomised guidance"),
+    ("ladder vs full CFG", "full CFG", "randomised guidance + ladder"),
+    ("ladder vs best interval", "interval", "randomised guidance + ladder"),
+    ("ladder vs T-Stitch CFG", "T-Stitch CFG", "randomised guidance + ladder"),
+)
+
+
+def _matched_families(runs, accept) -> dict:
+    """Per family, the cheapest run in FLOPs and the fastest in seconds among the
+    runs `accept` keeps (`None` if none), and the `RATIOS` of those costs."""
+    out: dict = {}
     for fam in FAMILIES:
-        ok = [r for r in runs if r["family"] == fam and _not_worse(r, ref)]
+        ok = [r for r in runs if r["family"] == fam and accept(r)]
         if not ok:
             out[fam] = None
             continue
@@ -353,63 +363,38 @@ def matched(runs, ref_steps) -> dict:
             seconds=by_seconds["seconds"],
             describe_seconds=by_seconds["describe"],
         )
-    ratios = {}
-    for name, a, b in RATIOS:
-        if out.get(a) and out.get(b):
-            ratios[name] = dict(
-                flops=out[a]["flops"] / out[b]["flops"],
-                seconds=out[a]["seconds"] / out[b]["seconds"],
-            )
-        else:
-            ratios[name] = None
-    out["ratios"] = ratios
+    out["ratios"] = {
+        name: None
+        if not (out[a] and out[b])
+        else dict(
+            flops=out[a]["flops"] / out[b]["flops"],
+            seconds=out[a]["seconds"] / out[b]["seconds"],
+        )
+        for name, a, b in RATIOS
+    }
     return out
 
 
-RATIOS = (
-    ("randomised vs full CFG", "full CFG", "randomised guidance"),
-    ("randomised vs best interval", "interval", "randomised guidance"),
-    ("ladder vs full CFG", "full CFG", "randomised guidance + ladder"),
-    ("ladder vs best interval", "interval", "randomised guidance + ladder"),
-    ("ladder vs T-Stitch CFG", "T-Stitch CFG", "randomised guidance + ladder"),
-)
+def matched(runs, ref_steps) -> dict:
+    """Matched in accuracy and KID to full CFG at `ref_steps` (`_not_worse`)."""
+    ref = next(r for r in runs if r["family"] == "full CFG" and r["steps"] == ref_steps)
+    return {"reference": ref["describe"]} | _matched_families(
+        runs, lambda r: _not_worse(r, ref)
+    )
 
 
 def matched_error(runs) -> list[dict]:
     """At each full-CFG run's pathwise error (to the reference on the same noise):
     per family the cheapest run (in FLOPs, and separately in seconds) whose error is
     at most that, and the ratios of those costs."""
-    out = []
     targets = sorted(
         (r for r in runs if r["family"] == "full CFG"), key=lambda r: r["steps"]
     )
-    for target in targets:
-        e = target["error"][0]
-        row: dict = {"target": target["describe"], "error": e}
-        for fam in FAMILIES:
-            ok = [r for r in runs if r["family"] == fam and r["error"][0] <= e]
-            row[fam] = (
-                None
-                if not ok
-                else dict(
-                    describe=min(ok, key=lambda r: r["flops"])["describe"],
-                    top_equivalent=min(r["top_equivalent"] for r in ok),
-                    flops=min(r["flops"] for r in ok),
-                    seconds=min(r["seconds"] for r in ok),
-                    describe_seconds=min(ok, key=lambda r: r["seconds"])["describe"],
-                )
-            )
-        row["ratios"] = {
-            name: None
-            if not (row[a] and row[b])
-            else dict(
-                flops=row[a]["flops"] / row[b]["flops"],
-                seconds=row[a]["seconds"] / row[b]["seconds"],
-            )
-            for name, a, b in RATIOS
-        }
-        out.append(row)
-    return out
+    return [
+        {"target": t["describe"], "error": t["error"][0]}
+        | _matched_families(runs, lambda r, e=t["error"][0]: r["error"][0] <= e)
+        for t in targets
+    ]
 
 
 def error_table(rows) -> str:
